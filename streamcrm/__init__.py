@@ -1,0 +1,1 @@
+"""streamcrm: streaming customer scoring on Kafka, Faust, Redis and River."""

@@ -1,0 +1,5 @@
+"""``python -m streamcrm`` is the ``streamcrm`` command."""
+
+from streamcrm.cli import main
+
+raise SystemExit(main())

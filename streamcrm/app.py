@@ -1,0 +1,103 @@
+"""The Faust application: thin agents around :class:`~streamcrm.pipeline.ScoringPipeline`.
+
+One agent per input topic, each with ``concurrency=1`` so a partition's events are applied in
+order. Every message ends in exactly one output: a score on ``crm.scores``, a dead letter on
+``crm.deadletter``, or nothing for a duplicate. No exception leaves the agent loop: a Faust
+agent that raises would ack the message and skip it forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from streamcrm.errors import InvalidEventError
+from streamcrm.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter
+from streamcrm.pipeline import ScoringPipeline
+from streamcrm.settings import Settings
+from streamcrm.store import RedisStateStore
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> faust.App:
+    """Wire topics, agents and the checkpoint timer for ``settings`` (broker and Redis set)."""
+    if settings.kafka_bootstrap is None or settings.redis_url is None:
+        raise ValueError("create_app needs kafka_bootstrap and redis_url; see streamcrm.cli")
+    if pipeline is None:
+        store = RedisStateStore.from_url(settings.redis_url, settings.redis_namespace)
+        pipeline = ScoringPipeline(store, settings.scoring)
+    datadir = settings.data_dir / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        datadir=str(datadir),
+        web_enabled=settings.web_port is not None,
+        web_port=settings.web_port or 6066,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+    )
+    topics = settings.topics
+    scores_topic = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
+    deadletter_topic = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
+
+    async def process(message: Any) -> None:
+        try:
+            scored = await pipeline.handle(message.value, message.topic)
+        except Exception as error:  # noqa: BLE001 - every failure is dead-lettered, never raised
+            if not isinstance(error, InvalidEventError):
+                logger.exception(
+                    "processing failed at %s[%d]@%d", message.topic, message.partition, message.offset
+                )
+            letter = dead_letter_for(message, error)
+            await deadletter_topic.send(key=message.key, value=letter.model_dump_json().encode())
+            return
+        if scored.score is not None:
+            await scores_topic.send(
+                key=scored.score.customer_id.encode(), value=scored.score.model_dump_json().encode()
+            )
+
+    for topic_name in topics.inputs:
+        source = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
+
+        async def score_events(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                await process(event.message)
+
+        app.agent(source, name=f"score-{topic_name}", concurrency=1)(score_events)
+
+    @app.timer(settings.model_checkpoint_interval_s)
+    async def checkpoint_models() -> None:
+        if await pipeline.checkpoint_models():
+            logger.info("checkpointed models %s", pipeline.models.version)
+
+    @app.on_before_shutdown.connect
+    async def final_checkpoint(sender: faust.App, **_: Any) -> None:
+        await pipeline.checkpoint_models()
+
+    app.streamcrm_pipeline = pipeline  # type: ignore[attr-defined]
+    return app
+
+
+def dead_letter_for(message: Any, error: Exception) -> DeadLetter:
+    """The dead-letter record for a message that failed with ``error``."""
+    raw: bytes = message.value or b""
+    reason = error.reason if isinstance(error, InvalidEventError) else f"{error}"
+    return DeadLetter(
+        source_topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key.decode("utf-8", "replace") if message.key else None,
+        error_type=type(error).__name__,
+        reason=reason or type(error).__name__,
+        raw=raw[:MAX_DEADLETTER_RAW_BYTES].decode("utf-8", "replace"),
+        raw_size=len(raw),
+    )

@@ -1,0 +1,244 @@
+"""The ``streamcrm`` command: worker | demo | simulate | schemas | score | topics.
+
+Every command reads :class:`~streamcrm.settings.Settings` once from ``STREAMCRM_*``
+variables; a broker or Redis left unconfigured is started embedded where that makes sense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from streamcrm.embedded import embedded_services
+from streamcrm.errors import ConfigurationError, StreamcrmError
+from streamcrm.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        result: int = args.run(settings, args)
+        return result
+    except StreamcrmError as error:
+        print(f"streamcrm: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamcrm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="run a scoring worker (Faust)")
+    worker.set_defaults(run=run_worker)
+
+    demo = commands.add_parser(
+        "demo", help="embedded broker + Redis + worker + simulated live events, scores shown"
+    )
+    demo.add_argument("--customers", type=int, default=300)
+    demo.add_argument("--days", type=int, default=365)
+    demo.add_argument("--days-per-second", type=float, default=8.0,
+                      help="simulated days of events sent per wall-clock second")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--refresh-s", type=float, default=3.0)
+    demo.set_defaults(run=run_demo)
+
+    simulate = commands.add_parser("simulate", help="produce (or write) a simulated event stream")
+    simulate.add_argument("--customers", type=int, default=1000)
+    simulate.add_argument("--days", type=int, default=180)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--out", type=Path, help="write JSON lines here instead of producing")
+    simulate.add_argument("--truth", type=Path, help="write the ground truth (JSON) here")
+    simulate.set_defaults(run=run_simulate)
+
+    schemas = commands.add_parser("schemas", help="write the topics' JSON Schema files")
+    schemas.add_argument("--dir", type=Path, default=Path("schemas"))
+    schemas.add_argument("--check", action="store_true", help="fail if the files are stale")
+    schemas.set_defaults(run=run_schemas)
+
+    score = commands.add_parser("score", help="print a customer's state and scores from Redis")
+    score.add_argument("customer_id")
+    score.set_defaults(run=run_score)
+
+    topics = commands.add_parser("topics", help="create the topics on the configured broker")
+    topics.set_defaults(run=run_topics)
+    return parser
+
+
+def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run one Faust worker until it is stopped (embedded services if none configured)."""
+    import faust
+
+    from streamcrm.app import create_app
+    from streamcrm.kafka_io import ensure_topics
+
+    with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
+        if settings.kafka_bootstrap is None:
+            settings = settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
+        else:
+            settings = settings.model_copy(update={"redis_url": services.redis_url})
+        ensure_topics(settings, services.kafka_bootstrap)
+        app = create_app(settings)
+        worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as stop:
+            return int(stop.code or 0)
+    return 0
+
+
+def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """The main job on embedded defaults, with scores printed as they flow."""
+    from streamcrm.demo import run_live_demo
+
+    with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
+        local = settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
+        if settings.kafka_bootstrap is not None:
+            local = settings.model_copy(update={"redis_url": services.redis_url})
+        return run_live_demo(
+            local,
+            customers=args.customers,
+            days=args.days,
+            days_per_second=args.days_per_second,
+            seed=args.seed,
+            refresh_s=args.refresh_s,
+        )
+
+
+def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    """Produce a seeded simulated history to the input topics, or write it to a file."""
+    from streamcrm.kafka_io import ensure_topics, make_producer, produce_events
+    from streamcrm.simulator import simulate
+
+    simulation = simulate(customers=args.customers, days=args.days, seed=args.seed)
+    if args.truth:
+        truth = {cid: _truth_record(t) for cid, t in simulation.truth.items()}
+        args.truth.write_text(json.dumps(truth, indent=1, sort_keys=True))
+    if args.out:
+        with args.out.open("w") as out:
+            for event in simulation.events:
+                out.write(event.model_dump_json() + "\n")
+        print(f"wrote {len(simulation.events)} events to {args.out}")
+        return 0
+    if settings.kafka_bootstrap is None:
+        raise ConfigurationError("set STREAMCRM_KAFKA_BOOTSTRAP (or use --out FILE)")
+    ensure_topics(settings, settings.kafka_bootstrap)
+    producer = make_producer(settings.kafka_bootstrap)
+    started = time.perf_counter()
+    sent = produce_events(producer, settings, simulation.events)
+    producer.flush()
+    producer.close()
+    elapsed = time.perf_counter() - started
+    print(f"produced {sent} events in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):,.0f}/s)")
+    return 0
+
+
+def _truth_record(truth: object) -> dict[str, object]:
+    from dataclasses import asdict
+
+    record = asdict(truth)  # type: ignore[call-overload]
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in record.items()}
+
+
+def run_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    """Write (or, with --check, verify) the JSON Schema files."""
+    from streamcrm.schemas import stale_schemas, write_schemas
+
+    if args.check:
+        stale = stale_schemas(args.dir)
+        for name in stale:
+            print(f"stale or missing: {args.dir / name} (run: streamcrm schemas)")
+        return 1 if stale else 0
+    for path in write_schemas(args.dir):
+        print(path)
+    return 0
+
+
+def run_score(settings: Settings, args: argparse.Namespace) -> int:
+    """Print one customer's state and latest score from Redis as JSON."""
+    from streamcrm.store import RedisStateStore
+
+    if settings.redis_url is None:
+        raise ConfigurationError("set STREAMCRM_REDIS_URL to the Redis the workers use")
+
+    async def fetch() -> tuple[object, object]:
+        store = RedisStateStore.from_url(settings.redis_url or "", settings.redis_namespace)
+        try:
+            return await store.load(args.customer_id), await store.load_score(args.customer_id)
+        finally:
+            await store.close()
+
+    state, score = asyncio.run(fetch())
+    if state is None:
+        print(f"no state for customer {args.customer_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps({
+        "state": state.model_dump(mode="json"),  # type: ignore[attr-defined]
+        "score": score.model_dump(mode="json") if score else None,  # type: ignore[attr-defined]
+    }, indent=2))
+    return 0
+
+
+def run_topics(settings: Settings, args: argparse.Namespace) -> int:
+    """Create the streamcrm topics on the configured broker."""
+    from streamcrm.kafka_io import ensure_topics
+
+    if settings.kafka_bootstrap is None:
+        raise ConfigurationError("set STREAMCRM_KAFKA_BOOTSTRAP")
+    for name in ensure_topics(settings, settings.kafka_bootstrap):
+        print(f"created {name}")
+    return 0
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """Environment for a worker subprocess that uses exactly ``settings``."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(mode="json").items():
+        key = f"STREAMCRM_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def start_worker_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m streamcrm worker`` configured by ``settings``; output to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamcrm", "worker"],
+        env=worker_environment(settings),
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def stop_worker_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """Ask a worker to stop (SIGTERM: Faust shuts down cleanly), kill it if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+__all__ = ["main", "start_worker_process", "stop_worker_process", "worker_environment"]

@@ -1,0 +1,49 @@
+"""Every error streamcrm raises on purpose, rooted in one class.
+
+::
+
+    StreamcrmError
+    ├── InvalidEventError (also ValueError)   a message that cannot become an event
+    │   ├── UndecodableEventError             not JSON / not UTF-8 / too large or too deep
+    │   ├── EventValidationError              JSON, but breaks the event schema
+    │   └── WrongTopicError                   a valid event on a topic that does not carry its type
+    ├── ConfigurationError                    settings that cannot work together
+    └── ServiceError                          an embedded broker or redis-server failed to start
+
+The scoring core raises; the adapters (Faust agents, CLI) catch ``InvalidEventError``,
+dead-letter the message with ``reason`` and carry on.
+"""
+
+from __future__ import annotations
+
+
+class StreamcrmError(Exception):
+    """Root of every error raised on purpose by streamcrm."""
+
+
+class InvalidEventError(StreamcrmError, ValueError):
+    """A message that cannot become an event; ``reason`` is readable by a person."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UndecodableEventError(InvalidEventError):
+    """The bytes are not a JSON object (bad UTF-8, bad JSON, too large, too deeply nested)."""
+
+
+class EventValidationError(InvalidEventError):
+    """The JSON breaks the event schema (missing field, out-of-range value, unknown type)."""
+
+
+class WrongTopicError(InvalidEventError):
+    """A valid event that arrived on a topic which does not carry its type."""
+
+
+class ConfigurationError(StreamcrmError):
+    """Settings that cannot work together."""
+
+
+class ServiceError(StreamcrmError):
+    """An embedded service (broker, redis-server) could not be started or reached."""

@@ -1,0 +1,223 @@
+"""Wire models of the events streamcrm consumes and the records it produces.
+
+Every input event carries ``event_id`` (unique; used for idempotency), ``customer_id``
+(the Kafka key), ``occurred_at`` (event time, timezone-aware) and ``schema_version``.
+The ``type`` field discriminates the union:
+
+==============  ===============  =====================================================
+topic           ``type``         meaning
+==============  ===============  =====================================================
+crm.purchases   ``purchase``     an order was placed
+crm.purchases   ``refund``       (part of) an order was refunded; value goes down
+crm.feedback    ``feedback``     a rating on a declared scale (CSAT 1-5, NPS 0-10)
+crm.support     ``support``      a ticket was opened / answered / resolved / escalated
+crm.support     ``cancellation`` the customer closed the account (explicit churn)
+==============  ===============  =====================================================
+
+Messages are validated once, at the edge, by :func:`decode_event`.
+
+>>> event = decode_event(
+...     b'{"type": "feedback", "event_id": "e1", "customer_id": "c1",'
+...     b' "occurred_at": "2026-01-05T10:00:00Z", "rating": 5, "scale": "csat",'
+...     b' "category": "service"}',
+...     topic="crm.feedback",
+... )
+>>> event.normalised_rating
+1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from streamcrm.errors import EventValidationError, UndecodableEventError, WrongTopicError
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
+Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Channel = Literal["web", "mobile", "store", "phone", "email", "chat"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Event(_Record):
+    event_id: Identifier
+    customer_id: Identifier
+    occurred_at: AwareDatetime
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class PurchaseEvent(_Event):
+    """An order was placed: ``amount`` is the order total, ``cost`` its cost when known."""
+
+    type: Literal["purchase"] = "purchase"
+    order_id: Identifier
+    amount: Money
+    currency: CurrencyCode = "USD"
+    items: int = Field(ge=1, le=10_000)
+    channel: Channel
+    cost: Money | None = None
+
+
+class RefundEvent(_Event):
+    """(Part of) an order was refunded or cancelled: ``amount`` comes off monetary value."""
+
+    type: Literal["refund"] = "refund"
+    order_id: Identifier
+    amount: Money
+    currency: CurrencyCode = "USD"
+    reason: str | None = Field(default=None, max_length=500)
+
+
+RATING_SCALES: Mapping[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10)}
+
+
+class FeedbackEvent(_Event):
+    """A rating on a declared scale: CSAT 1-5 or NPS 0-10."""
+
+    type: Literal["feedback"] = "feedback"
+    rating: int
+    scale: Literal["csat", "nps"]
+    category: Literal["product", "service", "brand"]
+    comment: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _rating_on_its_scale(self) -> FeedbackEvent:
+        low, high = RATING_SCALES[self.scale]
+        if not low <= self.rating <= high:
+            raise ValueError(f"rating {self.rating} is outside the {self.scale} scale {low}-{high}")
+        return self
+
+    @property
+    def normalised_rating(self) -> float:
+        """The rating mapped onto [0, 1]: ``(rating - low) / (high - low)``."""
+        low, high = RATING_SCALES[self.scale]
+        return (self.rating - low) / (high - low)
+
+
+class SupportEvent(_Event):
+    """A step in a support ticket's life."""
+
+    type: Literal["support"] = "support"
+    ticket_id: Identifier
+    action: Literal["opened", "first_response", "resolved", "escalated"]
+    channel: Channel
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    category: Literal["inquiry", "complaint", "feedback"]
+
+
+class CancellationEvent(_Event):
+    """The customer closed the account or cancelled the contract: an explicit churn label."""
+
+    type: Literal["cancellation"] = "cancellation"
+    reason: str | None = Field(default=None, max_length=500)
+
+
+Event = Annotated[
+    PurchaseEvent | RefundEvent | FeedbackEvent | SupportEvent | CancellationEvent,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+TOPIC_EVENT_TYPES: Mapping[str, frozenset[str]] = {
+    "purchases": frozenset({"purchase", "refund"}),
+    "feedback": frozenset({"feedback"}),
+    "support": frozenset({"support", "cancellation"}),
+}
+
+
+def decode_event(raw: bytes, topic: str | None = None) -> Event:
+    """Validate raw message bytes into an event, or raise an ``InvalidEventError``.
+
+    ``topic`` (a full name such as ``crm.purchases``) restricts the accepted types to those the
+    topic carries; its last dot-separated part names the kind.
+
+    >>> decode_event(b"{", topic="crm.feedback")
+    Traceback (most recent call last):
+    ...
+    streamcrm.errors.UndecodableEventError: not valid JSON: EOF while parsing an object at line 1 column 1
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise UndecodableEventError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        event = EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as error:
+        raise _as_invalid_event(error) from None
+    if topic is not None:
+        allowed = TOPIC_EVENT_TYPES.get(topic.rsplit(".", 1)[-1])
+        if allowed is not None and event.type not in allowed:
+            raise WrongTopicError(f"event type {event.type!r} does not belong on topic {topic!r}")
+    return event
+
+
+def _as_invalid_event(error: ValidationError) -> EventValidationError | UndecodableEventError:
+    first = error.errors(include_url=False)[0]
+    if first["type"] in {"json_invalid", "json_type"}:
+        return UndecodableEventError(f"not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')}")
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or '<root>'}: {e['msg']}"
+        for e in error.errors(include_url=False)[:5]
+    )
+    return EventValidationError(problems)
+
+
+class CustomerScore(_Record):
+    """What streamcrm says about one customer after an event, keyed by ``customer_id``.
+
+    ``as_of`` is the event time of the newest event applied (scores never read the wall
+    clock). Every model-made field comes with ``model_version``.
+    """
+
+    customer_id: str
+    as_of: datetime
+    event_id: str
+    churn_probability: float
+    segment_id: int | None
+    segment_name: str
+    satisfaction_mean: float | None
+    satisfaction_recent: float | None
+    customer_value: float
+    clv_simple: float
+    clv_discounted: float
+    loyalty: float
+    health: float
+    recency_days: float | None
+    frequency: int
+    monetary: float
+    open_tickets: int
+    model_version: str
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class DeadLetter(_Record):
+    """A message that could not be processed, with where it came from and why."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None
+    error_type: str
+    reason: str
+    raw: str = Field(description="the raw payload, decoded as UTF-8 with replacement characters")
+    raw_size: int
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+MAX_DEADLETTER_RAW_BYTES = 16 * 1024

@@ -1,0 +1,56 @@
+"""Incremental customer segmentation (River KMeans) with readable, stable names.
+
+Customers are placed by scaled RFM, satisfaction and support features. Cluster ids are
+River's centre indices, which stay fixed as centres move; each centre gets a name from its
+*value rank* (frequency + monetary − recency, in scaled units): the highest-ranked centre is
+``champions``, then ``loyal``, ``at_risk`` and ``hibernating``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from river import cluster, preprocessing
+
+SEGMENT_NAMES: tuple[str, ...] = ("champions", "loyal", "at_risk", "hibernating")
+UNSEGMENTED = "new"
+
+
+def segment_features(features: Mapping[str, float]) -> dict[str, float]:
+    """The clustering view of a customer: log-scaled RFM, satisfaction and support load."""
+    return {
+        "recency": math.log1p(features["recency_days"]),
+        "frequency": math.log1p(features["frequency"]),
+        "monetary": math.log1p(features["monetary"]),
+        "satisfaction": features["satisfaction_mean"],
+        "support_load": math.log1p(features["open_tickets"] + features["complaints"]),
+    }
+
+
+class SegmentModel:
+    """Standard-scaled KMeans over :func:`segment_features`, learned one customer at a time."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.scaler = preprocessing.StandardScaler()
+        self.kmeans = cluster.KMeans(n_clusters=len(SEGMENT_NAMES), halflife=0.3, seed=seed)
+        self.n_learned = 0
+
+    def learn_predict_one(self, features: Mapping[str, float]) -> tuple[int, str]:
+        """Learn from one customer's features and return its (segment id, segment name)."""
+        raw = segment_features(features)
+        self.scaler.learn_one(raw)
+        scaled = self.scaler.transform_one(raw)
+        self.kmeans.learn_one(scaled)
+        self.n_learned += 1
+        segment_id = int(self.kmeans.predict_one(scaled))
+        return segment_id, self.segment_names()[segment_id]
+
+    def segment_names(self) -> dict[int, str]:
+        """Name each centre by its value rank (see the module docstring)."""
+
+        def value(centre: Mapping[str, float]) -> float:
+            return centre["frequency"] + centre["monetary"] - centre["recency"]
+
+        ranked = sorted(self.kmeans.centers, key=lambda i: value(self.kmeans.centers[i]), reverse=True)
+        return {segment_id: SEGMENT_NAMES[rank] for rank, segment_id in enumerate(ranked)}

@@ -1,0 +1,91 @@
+"""The one seam where the pure scoring core meets I/O.
+
+``raw bytes → decode/validate → load state → score_event (pure) → save state → score``.
+The caller (a Faust agent, a test) emits the score and dead-letters what raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from streamcrm.events import decode_event
+from streamcrm.models import ModelBundle
+from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
+from streamcrm.store import StateStore
+
+MODEL_CHECKPOINT = "bundle"
+logger = logging.getLogger(__name__)
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped once nobody holds or waits for it.
+
+    Three agents (one per input topic) may see events of the same customer at once; the lock
+    keeps each customer's load → apply → save step whole.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class ScoringPipeline:
+    """Scores raw events against a state store, with models checkpointed to the same store."""
+
+    def __init__(self, store: StateStore, config: ScoringConfig) -> None:
+        self.store = store
+        self.config = config
+        self.models = ModelBundle()
+        self._locks = KeyedLocks()
+        self._models_loaded = False
+        self._checkpointed_version: str | None = None
+
+    async def load_models(self) -> None:
+        """Resume from the newest checkpoint, if there is one (once per process)."""
+        if self._models_loaded:
+            return
+        blob = await self.store.load_model(MODEL_CHECKPOINT)
+        if blob is not None:
+            self.models = ModelBundle.from_bytes(blob)
+            logger.info("resumed models from checkpoint %s", self.models.version)
+        self._checkpointed_version = self.models.version
+        self._models_loaded = True
+
+    async def checkpoint_models(self) -> bool:
+        """Save the models if they changed since the last checkpoint; True if saved."""
+        version = self.models.version
+        if not self._models_loaded or version == self._checkpointed_version:
+            return False
+        await self.store.save_model(MODEL_CHECKPOINT, self.models.to_bytes(), version)
+        self._checkpointed_version = version
+        return True
+
+    async def handle(self, raw: bytes, topic: str | None = None) -> ScoredEvent:
+        """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter."""
+        event = decode_event(raw, topic)
+        await self.load_models()
+        async with self._locks.hold(event.customer_id):
+            state = await self.store.load(event.customer_id)
+            scored = score_event(state, event, self.models, self.config)
+            if scored.score is not None:
+                await self.store.save(scored.state, scored.score)
+        return scored

@@ -1,0 +1,108 @@
+"""One customer event in, one score out: the pure core of streamcrm.
+
+``score_event(state, event, models, config)`` follows the one-way flow
+
+    apply event to state → label pending snapshots (models learn) → features
+    → churn probability + segment → deterministic scores → new pending snapshot
+
+It does no I/O; the River models are the only thing it changes besides the returned state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from streamcrm.events import CustomerScore, Event
+from streamcrm.features import customer_features
+from streamcrm.models import ModelBundle
+from streamcrm.models.churn import add_pending, settle_pending
+from streamcrm.scores import (
+    DEFAULT_DISCOUNT_RATE,
+    DEFAULT_HORIZON_YEARS,
+    clv_discounted,
+    clv_simple,
+    customer_value,
+    health_score,
+    loyalty_index,
+    satisfaction_mean,
+)
+from streamcrm.state import CustomerState, PendingSnapshot, apply
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """The knobs of the scoring core (a slice of the settings)."""
+
+    churn_window: timedelta = timedelta(days=90)
+    discount_rate: float = DEFAULT_DISCOUNT_RATE
+    horizon_years: int = DEFAULT_HORIZON_YEARS
+
+
+@dataclass(frozen=True)
+class ScoredEvent:
+    """The outcome of one event: the state to save and the score to emit (None if duplicate)."""
+
+    state: CustomerState
+    score: CustomerScore | None
+    examples_learned: int = 0
+
+    @property
+    def duplicate(self) -> bool:
+        """True when the event had been applied before and so changed nothing."""
+        return self.score is None
+
+
+def score_event(
+    state: CustomerState | None, event: Event, models: ModelBundle, config: ScoringConfig
+) -> ScoredEvent:
+    """Apply ``event`` to ``state``, let the models learn what it settles, and score the customer."""
+    transition = apply(state, event)
+    if transition.duplicate:
+        return ScoredEvent(state=transition.state, score=None)
+    new_state = transition.state
+
+    labelled, pending = settle_pending(new_state.pending_snapshots, event, config.churn_window)
+    for example in labelled:
+        models.churn.learn_one(example.features, example.churned)
+
+    as_of = new_state.last_event_at
+    features = customer_features(new_state, as_of)
+    cancelled = new_state.cancelled_at is not None and (
+        new_state.last_purchase_at is None or new_state.last_purchase_at <= new_state.cancelled_at
+    )
+    churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(features)
+    segment_id, segment_name = models.segments.learn_predict_one(features)
+    loyalty = loyalty_index(new_state, features)
+
+    score = CustomerScore(
+        customer_id=new_state.customer_id,
+        as_of=as_of,
+        event_id=event.event_id,
+        churn_probability=churn_probability,
+        segment_id=segment_id,
+        segment_name=segment_name,
+        satisfaction_mean=satisfaction_mean(new_state),
+        satisfaction_recent=new_state.satisfaction_recent,
+        customer_value=customer_value(features),
+        clv_simple=clv_simple(features, churn_probability),
+        clv_discounted=clv_discounted(
+            features, churn_probability, config.discount_rate, config.horizon_years
+        ),
+        loyalty=loyalty,
+        health=health_score(
+            churn_probability, features["satisfaction_recent"], loyalty, features["open_tickets"]
+        ),
+        recency_days=features["recency_days"] if new_state.last_purchase_at else None,
+        frequency=new_state.order_count,
+        monetary=new_state.monetary,
+        open_tickets=new_state.open_tickets,
+        model_version=models.version,
+    )
+    if not cancelled:
+        pending = add_pending(pending, PendingSnapshot(scored_at=as_of, features=features))
+    return ScoredEvent(
+        state=new_state.model_copy(update={"pending_snapshots": pending}),
+        score=score,
+        examples_learned=len(labelled),
+    )

@@ -1,0 +1,115 @@
+"""One frozen settings object, read from ``STREAMCRM_*`` environment variables at start-up.
+
+Nothing reads the environment at import time: call :meth:`Settings.from_env` once and pass
+the object down.
+
+>>> Settings().topics.scores
+'crm.scores'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamcrm.scoring import ScoringConfig
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic name, derived from one prefix."""
+
+    prefix: str
+
+    @property
+    def purchases(self) -> str:
+        return f"{self.prefix}.purchases"
+
+    @property
+    def feedback(self) -> str:
+        return f"{self.prefix}.feedback"
+
+    @property
+    def support(self) -> str:
+        return f"{self.prefix}.support"
+
+    @property
+    def scores(self) -> str:
+        return f"{self.prefix}.scores"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.purchases, self.feedback, self.support)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.inputs, self.scores, self.deadletter)
+
+
+class Settings(BaseSettings):
+    """Everything a streamcrm process can be told; see ``docs/configuration.md``."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMCRM_", frozen=True, extra="ignore")
+
+    app_id: str = Field("streamcrm", description="Faust app id = Kafka consumer group.")
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port]; unset = start an embedded Tansu broker."
+    )
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db; unset = start an embedded redis-server."
+    )
+    topic_prefix: str = Field("crm", description="Topics are <prefix>.purchases, ... .scores.")
+    redis_namespace: str = Field("streamcrm", description="Redis keys start <namespace>:v1:.")
+    partitions: int = Field(4, ge=1, description="Partitions per topic when streamcrm creates it.")
+    replication_factor: int = Field(1, ge=1)
+    churn_window_days: float = Field(90.0, gt=0, description="Churn window W for labels.")
+    discount_rate: float = Field(0.10, ge=0, description="Yearly discount rate r for CLV.")
+    clv_horizon_years: int = Field(5, ge=1, le=50)
+    model_checkpoint_interval_s: float = Field(10.0, gt=0)
+    broker_rebalance_timeout_s: float = Field(60.0, gt=0)
+    broker_session_timeout_s: float = Field(60.0, gt=0)
+    broker_heartbeat_interval_s: float = Field(3.0, gt=0)
+    web_port: int | None = Field(None, description="Faust web server port; unset = off.")
+    data_dir: Path = Field(Path(".streamcrm"), description="Faust's local data directory.")
+    log_level: str = Field("INFO")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the environment once (the only place that does)."""
+        return cls()
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def scoring(self) -> ScoringConfig:
+        return ScoringConfig(
+            churn_window=timedelta(days=self.churn_window_days),
+            discount_rate=self.discount_rate,
+            horizon_years=self.clv_horizon_years,
+        )
+
+    def for_local_broker(self, kafka_bootstrap: str, redis_url: str) -> Settings:
+        """These settings pointed at embedded services, with short group timeouts.
+
+        Against Tansu a group join waits about half the rebalance timeout, so local runs use
+        a few seconds; production keeps Kafka-appropriate values.
+        """
+        return self.model_copy(
+            update={
+                "kafka_bootstrap": kafka_bootstrap,
+                "redis_url": redis_url,
+                "broker_rebalance_timeout_s": 4.0,
+                "broker_session_timeout_s": 6.0,
+                "broker_heartbeat_interval_s": 1.0,
+            }
+        )

@@ -1,0 +1,124 @@
+"""Where customer state, latest scores and model checkpoints live: Redis, or an in-memory twin.
+
+Redis layout (versioned prefix, one hash per customer, JSON for state):
+
+====================================  =====================================================
+key                                   value
+====================================  =====================================================
+``{ns}:v1:customer:{customer_id}``    hash: ``state`` (CustomerState JSON), ``score``
+                                      (CustomerScore JSON), ``as_of`` (ISO event time)
+``{ns}:v1:model:{name}``              string: pickled ModelBundle checkpoint
+``{ns}:v1:model:{name}:version``      string: the checkpoint's model version
+====================================  =====================================================
+
+The state and its idempotency record (recent event ids) are one JSON value, and state and
+score are written by one ``HSET``, so a reader never sees one without the other.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from streamcrm.events import CustomerScore
+from streamcrm.state import CustomerState
+
+KEY_VERSION = "v1"
+
+
+class StateStore(Protocol):
+    """The small interface the pipeline needs from a state store."""
+
+    async def load(self, customer_id: str) -> CustomerState | None: ...
+
+    async def save(self, state: CustomerState, score: CustomerScore) -> None: ...
+
+    async def load_score(self, customer_id: str) -> CustomerScore | None: ...
+
+    async def load_model(self, name: str) -> bytes | None: ...
+
+    async def save_model(self, name: str, blob: bytes, version: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class InMemoryStateStore:
+    """A dict-backed twin of :class:`RedisStateStore`, for unit tests and dry runs."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, str] = {}
+        self._scores: dict[str, str] = {}
+        self._models: dict[str, tuple[bytes, str]] = {}
+
+    async def load(self, customer_id: str) -> CustomerState | None:
+        raw = self._states.get(customer_id)
+        return CustomerState.model_validate_json(raw) if raw is not None else None
+
+    async def save(self, state: CustomerState, score: CustomerScore) -> None:
+        self._states[state.customer_id] = state.model_dump_json()
+        self._scores[state.customer_id] = score.model_dump_json()
+
+    async def load_score(self, customer_id: str) -> CustomerScore | None:
+        raw = self._scores.get(customer_id)
+        return CustomerScore.model_validate_json(raw) if raw is not None else None
+
+    async def load_model(self, name: str) -> bytes | None:
+        stored = self._models.get(name)
+        return stored[0] if stored else None
+
+    async def save_model(self, name: str, blob: bytes, version: str) -> None:
+        self._models[name] = (blob, version)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisStateStore:
+    """Customer state in Redis hashes, under a versioned key prefix."""
+
+    def __init__(self, client: aioredis.Redis, namespace: str = "streamcrm") -> None:
+        self._redis = client
+        self._prefix = f"{namespace}:{KEY_VERSION}"
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str = "streamcrm") -> RedisStateStore:
+        return cls(aioredis.Redis.from_url(url), namespace)
+
+    def customer_key(self, customer_id: str) -> str:
+        return f"{self._prefix}:customer:{customer_id}"
+
+    def model_key(self, name: str) -> str:
+        return f"{self._prefix}:model:{name}"
+
+    async def load(self, customer_id: str) -> CustomerState | None:
+        raw = await self._redis.hget(self.customer_key(customer_id), "state")
+        return CustomerState.model_validate_json(raw) if raw is not None else None
+
+    async def save(self, state: CustomerState, score: CustomerScore) -> None:
+        await self._redis.hset(
+            self.customer_key(state.customer_id),
+            mapping={
+                "state": state.model_dump_json(),
+                "score": score.model_dump_json(),
+                "as_of": score.as_of.isoformat(),
+            },
+        )
+
+    async def load_score(self, customer_id: str) -> CustomerScore | None:
+        raw = await self._redis.hget(self.customer_key(customer_id), "score")
+        return CustomerScore.model_validate_json(raw) if raw is not None else None
+
+    async def load_model(self, name: str) -> bytes | None:
+        blob: bytes | None = await self._redis.get(self.model_key(name))
+        return blob
+
+    async def save_model(self, name: str, blob: bytes, version: str) -> None:
+        key = self.model_key(name)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, blob)
+            pipe.set(f"{key}:version", version)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
