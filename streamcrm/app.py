@@ -55,7 +55,10 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         except Exception as error:  # noqa: BLE001 - every failure is dead-lettered, never raised
             if not isinstance(error, InvalidEventError):
                 logger.exception(
-                    "processing failed at %s[%d]@%d", message.topic, message.partition, message.offset
+                    "processing failed at %s[%d]@%d",
+                    message.topic,
+                    message.partition,
+                    message.offset,
                 )
             letter = dead_letter_for(message, error)
             await deadletter_topic.send(key=message.key, value=letter.model_dump_json().encode())

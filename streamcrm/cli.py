@@ -52,8 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--customers", type=int, default=300)
     demo.add_argument("--days", type=int, default=365)
-    demo.add_argument("--days-per-second", type=float, default=8.0,
-                      help="simulated days of events sent per wall-clock second")
+    demo.add_argument(
+        "--days-per-second",
+        type=float,
+        default=8.0,
+        help="simulated days of events sent per wall-clock second",
+    )
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--refresh-s", type=float, default=3.0)
     demo.set_defaults(run=run_demo)
@@ -187,10 +191,15 @@ def run_score(settings: Settings, args: argparse.Namespace) -> int:
     if state is None:
         print(f"no state for customer {args.customer_id!r}", file=sys.stderr)
         return 1
-    print(json.dumps({
-        "state": state.model_dump(mode="json"),  # type: ignore[attr-defined]
-        "score": score.model_dump(mode="json") if score else None,  # type: ignore[attr-defined]
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "state": state.model_dump(mode="json"),  # type: ignore[attr-defined]
+                "score": score.model_dump(mode="json") if score else None,  # type: ignore[attr-defined]
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -119,4 +119,6 @@ def poll_records(consumer: KafkaConsumer, timeout_ms: int = 500) -> Iterator[Rec
     """The records one poll returns, flattened."""
     for batch in consumer.poll(timeout_ms=timeout_ms).values():
         for message in batch:
-            yield Record(message.topic, message.partition, message.offset, message.key, message.value)
+            yield Record(
+                message.topic, message.partition, message.offset, message.key, message.value
+            )

@@ -56,7 +56,7 @@ class ScoredEvent:
 def score_event(
     state: CustomerState | None, event: Event, models: ModelBundle, config: ScoringConfig
 ) -> ScoredEvent:
-    """Apply ``event`` to ``state``, let the models learn what it settles, and score the customer."""
+    """Apply ``event``, let the models learn from what it settles, and score the customer."""
     transition = apply(state, event)
     if transition.duplicate:
         return ScoredEvent(state=transition.state, score=None)
@@ -80,6 +80,7 @@ def score_event(
         as_of=as_of,
         event_id=event.event_id,
         churn_probability=churn_probability,
+        cancelled=cancelled,
         segment_id=segment_id,
         segment_name=segment_name,
         satisfaction_mean=satisfaction_mean(new_state),

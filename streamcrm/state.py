@@ -165,7 +165,9 @@ def _changes_for(state: CustomerState, event: Event) -> dict[str, object]:
             return _support_changes(state, event)
         case CancellationEvent():
             at = event.occurred_at
-            return {"cancelled_at": at if state.cancelled_at is None else min(state.cancelled_at, at)}
+            return {
+                "cancelled_at": at if state.cancelled_at is None else min(state.cancelled_at, at)
+            }
     raise TypeError(f"unknown event type {type(event).__name__}")  # pragma: no cover
 
 
@@ -175,8 +177,12 @@ def _purchase_changes(state: CustomerState, event: PurchaseEvent) -> dict[str, o
         "order_count": state.order_count + 1,
         "gross_revenue": state.gross_revenue + event.amount,
         "total_items": state.total_items + event.items,
-        "first_purchase_at": at if state.first_purchase_at is None else min(state.first_purchase_at, at),
-        "last_purchase_at": at if state.last_purchase_at is None else max(state.last_purchase_at, at),
+        "first_purchase_at": at
+        if state.first_purchase_at is None
+        else min(state.first_purchase_at, at),
+        "last_purchase_at": at
+        if state.last_purchase_at is None
+        else max(state.last_purchase_at, at),
     }
     if event.cost is not None:
         changes["known_cost"] = state.known_cost + event.cost

@@ -52,5 +52,7 @@ class SegmentModel:
         def value(centre: Mapping[str, float]) -> float:
             return centre["frequency"] + centre["monetary"] - centre["recency"]
 
-        ranked = sorted(self.kmeans.centers, key=lambda i: value(self.kmeans.centers[i]), reverse=True)
+        ranked = sorted(
+            self.kmeans.centers, key=lambda i: value(self.kmeans.centers[i]), reverse=True
+        )
         return {segment_id: SEGMENT_NAMES[rank] for rank, segment_id in enumerate(ranked)}

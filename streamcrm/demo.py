@@ -1,0 +1,206 @@
+"""``streamcrm demo``: the whole product on one machine, with scores printed as they flow.
+
+A worker process consumes the input topics; a producer thread replays a seeded simulated
+history in *accelerated event time* (``days_per_second``) as if it were live; the main thread
+reads ``crm.scores`` and prints a table of the customers most at risk, then a summary that
+scores the scorer against the simulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import TextIO
+
+from streamcrm.cli import start_worker_process, stop_worker_process
+from streamcrm.events import CustomerScore
+from streamcrm.kafka_io import (
+    ensure_topics,
+    make_producer,
+    poll_records,
+    produce_events,
+    read_topic,
+)
+from streamcrm.settings import Settings
+from streamcrm.simulator import CustomerTruth, Simulation, simulate
+
+QUIET_PERIOD_S = 8.0
+"""After the last event is sent, stop once no score has arrived for this long."""
+
+
+def run_live_demo(
+    settings: Settings,
+    *,
+    customers: int,
+    days: int,
+    days_per_second: float,
+    seed: int,
+    refresh_s: float,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run worker + live simulated events + a score view until the simulation has played."""
+    assert settings.kafka_bootstrap is not None and settings.redis_url is not None
+    ensure_topics(settings, settings.kafka_bootstrap)
+    simulation = simulate(customers=customers, days=days, seed=seed)
+    log_path = settings.data_dir / "demo-worker.log"
+    print(
+        f"streamcrm demo: {customers} simulated customers, {len(simulation.events):,} events over "
+        f"{days} days, played at {days_per_second:g} days/s\n"
+        f"  broker  {settings.kafka_bootstrap}   redis  {settings.redis_url}\n"
+        f"  worker log  {log_path}\n"
+        f"  inspect one customer:  STREAMCRM_REDIS_URL={settings.redis_url} "
+        f"streamcrm score cust-00001\n",
+        file=out,
+        flush=True,
+    )
+    worker = start_worker_process(settings, log_path)
+    producer = _LiveProducer(settings, simulation, days_per_second)
+    consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores)
+    latest: dict[str, CustomerScore] = {}
+    received = 0
+    started = time.monotonic()
+    first_score_after: float | None = None
+    try:
+        producer.start()
+        next_refresh = time.monotonic() + refresh_s
+        last_arrival = time.monotonic()
+        while True:
+            for record in poll_records(consumer, timeout_ms=200):
+                if record.value is None:
+                    continue
+                score = CustomerScore.model_validate_json(record.value)
+                latest[score.customer_id] = score
+                received += 1
+                last_arrival = time.monotonic()
+                if first_score_after is None:
+                    first_score_after = last_arrival - started
+            now = time.monotonic()
+            if now >= next_refresh:
+                print(_view(latest, received, producer, simulation.truth, now - started), file=out)
+                out.flush()
+                next_refresh = now + refresh_s
+            if worker.poll() is not None:
+                print(f"worker exited with {worker.returncode}; see {log_path}", file=out)
+                return 1
+            if producer.done and now - last_arrival > QUIET_PERIOD_S:
+                break
+    finally:
+        producer.stop()
+        consumer.close()
+        stop_worker_process(worker)
+    print(_view(latest, received, producer, simulation.truth, time.monotonic() - started), file=out)
+    print(_summary(latest, simulation.truth, first_score_after), file=out, flush=True)
+    return 0
+
+
+class _LiveProducer(threading.Thread):
+    """Sends the simulated events when their (accelerated) event time comes."""
+
+    def __init__(self, settings: Settings, simulation: Simulation, days_per_second: float) -> None:
+        super().__init__(name="simulated-live-events", daemon=True)
+        self.settings = settings
+        self.events = simulation.events
+        self.seconds_per_day = 1.0 / days_per_second
+        self.sent = 0
+        self.done = False
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        assert self.settings.kafka_bootstrap is not None
+        producer = make_producer(self.settings.kafka_bootstrap)
+        try:
+            if not self.events:
+                return
+            origin = self.events[0].occurred_at
+            started = time.monotonic()
+            for event in self.events:
+                due = started + (event.occurred_at - origin).total_seconds() / 86_400 * (
+                    self.seconds_per_day
+                )
+                if self._stopping.wait(max(due - time.monotonic(), 0.0)):
+                    return
+                produce_events(producer, self.settings, [event])
+                self.sent += 1
+            producer.flush()
+        finally:
+            producer.close()
+            self.done = True
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=10)
+
+
+def _view(
+    latest: Mapping[str, CustomerScore],
+    received: int,
+    producer: _LiveProducer,
+    truth: Mapping[str, CustomerTruth],
+    elapsed: float,
+) -> str:
+    lines = [
+        f"\n[{elapsed:5.0f}s] events sent {producer.sent:,}/{len(producer.events):,}   "
+        f"scores received {received:,}   customers scored {len(latest):,}"
+    ]
+    if not latest:
+        lines.append("  waiting for the first scores (the worker is joining its consumer group)")
+        return "\n".join(lines)
+    newest = max(latest.values(), key=lambda s: s.as_of)
+    segments = Counter(score.segment_name for score in latest.values())
+    lines.append(
+        f"  event time {newest.as_of:%Y-%m-%d}   model {newest.model_version}   segments "
+        + ", ".join(f"{name} {count}" for name, count in segments.most_common())
+    )
+    lines.append(
+        f"  most at risk among active customers:\n  {'customer':<12}{'churn':>7}{'segment':>13}{'health':>8}{'CLV':>10}"
+        f"{'satisf.':>9}{'orders':>8}{'recency':>9}  truth"
+    )
+    active = [score for score in latest.values() if not score.cancelled]
+    lines[-2] += f"   cancelled {len(latest) - len(active)}"
+    at_risk = sorted(active, key=lambda s: s.churn_probability, reverse=True)[:8]
+    for score in at_risk:
+        satisfaction = "-" if score.satisfaction_mean is None else f"{score.satisfaction_mean:.2f}"
+        recency = "-" if score.recency_days is None else f"{score.recency_days:.0f}d"
+        actual = truth.get(score.customer_id)
+        lines.append(
+            f"  {score.customer_id:<12}{score.churn_probability:>7.0%}{score.segment_name:>13}"
+            f"{score.health:>8.0f}{score.clv_discounted:>10,.0f}{satisfaction:>9}"
+            f"{score.frequency:>8}{recency:>9}  {'churns' if actual and actual.churns else 'stays'}"
+        )
+    return "\n".join(lines)
+
+
+def _summary(
+    latest: Mapping[str, CustomerScore],
+    truth: Mapping[str, CustomerTruth],
+    first_score_after: float | None,
+) -> str:
+    labelled = [(s.churn_probability, truth[c].churns) for c, s in latest.items() if c in truth]
+    auc = roc_auc(labelled)
+    first = "never" if first_score_after is None else f"{first_score_after:.1f}s after start"
+    return (
+        f"\nsummary: {len(latest)} customers scored; first score {first}; "
+        f"ROC AUC of the final churn probability against the simulator's truth: "
+        f"{'n/a' if auc is None else f'{auc:.3f}'}"
+    )
+
+
+def roc_auc(scored: list[tuple[float, bool]]) -> float | None:
+    """Exact ROC AUC (Mann-Whitney U with ties counted half); None without both classes.
+
+    >>> roc_auc([(0.9, True), (0.2, False), (0.5, False)])
+    1.0
+    >>> roc_auc([(0.5, True), (0.5, False)])
+    0.5
+    """
+    positives = [p for p, label in scored if label]
+    negatives = [p for p, label in scored if not label]
+    if not positives or not negatives:
+        return None
+    wins = sum(
+        1.0 if pos > neg else 0.5 if pos == neg else 0.0 for pos in positives for neg in negatives
+    )
+    return wins / (len(positives) * len(negatives))
