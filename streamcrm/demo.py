@@ -150,16 +150,17 @@ def _view(
         return "\n".join(lines)
     newest = max(latest.values(), key=lambda s: s.as_of)
     segments = Counter(score.segment_name for score in latest.values())
+    active = [score for score in latest.values() if not score.cancelled]
     lines.append(
-        f"  event time {newest.as_of:%Y-%m-%d}   model {newest.model_version}   segments "
+        f"  event time {newest.as_of:%Y-%m-%d}   model {newest.model_version}   "
+        f"cancelled {len(latest) - len(active)}   segments "
         + ", ".join(f"{name} {count}" for name, count in segments.most_common())
     )
+    lines.append("  most at risk among active customers:")
     lines.append(
-        f"  most at risk among active customers:\n  {'customer':<12}{'churn':>7}{'segment':>13}{'health':>8}{'CLV':>10}"
+        f"  {'customer':<12}{'churn':>7}{'segment':>13}{'health':>8}{'CLV':>10}"
         f"{'satisf.':>9}{'orders':>8}{'recency':>9}  truth"
     )
-    active = [score for score in latest.values() if not score.cancelled]
-    lines[-2] += f"   cancelled {len(latest) - len(active)}"
     at_risk = sorted(active, key=lambda s: s.churn_probability, reverse=True)[:8]
     for score in at_risk:
         satisfaction = "-" if score.satisfaction_mean is None else f"{score.satisfaction_mean:.2f}"

@@ -27,6 +27,20 @@ from streamcrm.state import CustomerState
 KEY_VERSION = "v1"
 
 
+def customer_key(namespace: str, customer_id: str) -> str:
+    """The Redis hash of one customer.
+
+    >>> customer_key("streamcrm", "c1")
+    'streamcrm:v1:customer:c1'
+    """
+    return f"{namespace}:{KEY_VERSION}:customer:{customer_id}"
+
+
+def model_key(namespace: str, name: str) -> str:
+    """The Redis string holding a model checkpoint."""
+    return f"{namespace}:{KEY_VERSION}:model:{name}"
+
+
 class StateStore(Protocol):
     """The small interface the pipeline needs from a state store."""
 
@@ -79,17 +93,17 @@ class RedisStateStore:
 
     def __init__(self, client: aioredis.Redis, namespace: str = "streamcrm") -> None:
         self._redis = client
-        self._prefix = f"{namespace}:{KEY_VERSION}"
+        self._namespace = namespace
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "streamcrm") -> RedisStateStore:
         return cls(aioredis.Redis.from_url(url), namespace)
 
     def customer_key(self, customer_id: str) -> str:
-        return f"{self._prefix}:customer:{customer_id}"
+        return customer_key(self._namespace, customer_id)
 
     def model_key(self, name: str) -> str:
-        return f"{self._prefix}:model:{name}"
+        return model_key(self._namespace, name)
 
     async def load(self, customer_id: str) -> CustomerState | None:
         raw = await self._redis.hget(self.customer_key(customer_id), "state")

@@ -31,18 +31,25 @@ def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+def isolated_settings(
+    services: EmbeddedServices, name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Settings with their own topics, consumer group and Redis namespace, on ``services``."""
+    return Settings(
+        app_id=name,
+        topic_prefix=name,
+        redis_namespace=name,
+        data_dir=tmp_path_factory.mktemp("faust-data"),
+        model_checkpoint_interval_s=1.0,
+    ).for_local_broker(services.kafka_bootstrap, services.redis_url)
+
+
 @pytest.fixture
 def settings(
     services: EmbeddedServices, unique_name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
     """Settings for one test: its own topics, consumer group and Redis namespace."""
-    return Settings(
-        app_id=unique_name,
-        topic_prefix=unique_name,
-        redis_namespace=unique_name,
-        data_dir=tmp_path_factory.mktemp("faust-data"),
-        model_checkpoint_interval_s=1.0,
-    ).for_local_broker(services.kafka_bootstrap, services.redis_url)
+    return isolated_settings(services, unique_name, tmp_path_factory)
 
 
 @pytest.fixture

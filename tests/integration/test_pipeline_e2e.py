@@ -1,0 +1,259 @@
+"""The whole pipeline on real services: kafka-python → Tansu → Faust worker → Redis → scores.
+
+Each expectation is computed here, independently, from the raw events the test produced.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from streamcrm.embedded import EmbeddedServices
+from streamcrm.events import (
+    CancellationEvent,
+    Event,
+    FeedbackEvent,
+    PurchaseEvent,
+    RefundEvent,
+    SupportEvent,
+)
+from streamcrm.settings import Settings
+from streamcrm.simulator import simulate
+from tests.conftest import isolated_settings
+from tests.integration.worker_harness import (
+    TopicReader,
+    dead_letters,
+    redis_model_version,
+    redis_state,
+    running_worker,
+    scores,
+    send,
+    send_raw,
+)
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def shared_settings(
+    services: EmbeddedServices, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    return isolated_settings(services, "e2e-shared", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def worker(shared_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with running_worker(shared_settings, log):
+        yield
+
+
+@pytest.fixture(scope="module")
+def score_reader(shared_settings: Settings, worker: None) -> Iterator[TopicReader]:
+    assert shared_settings.kafka_bootstrap is not None
+    reader = TopicReader(shared_settings.kafka_bootstrap, shared_settings.topics.scores)
+    yield reader
+    reader.close()
+
+
+def purchase(customer: str, n: int, amount: float, day: float) -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=f"{customer}-p{n}",
+        customer_id=customer,
+        order_id=f"{customer}-o{n}",
+        amount=amount,
+        items=1,
+        channel="web",
+        occurred_at=T0 + timedelta(days=day),
+    )
+
+
+def expected_aggregates(events: list[Event]) -> dict[str, dict[str, object]]:
+    """Per-customer figures computed straight from the raw events, not by streamcrm."""
+    out: dict[str, dict[str, object]] = defaultdict(
+        lambda: {
+            "orders": 0,
+            "gross": 0.0,
+            "refunds": 0.0,
+            "ratings": [],
+            "opened": 0,
+            "resolved": 0,
+            "last_purchase": None,
+            "last_event": None,
+            "cancelled": False,
+        }
+    )
+    for event in events:
+        agg = out[event.customer_id]
+        last_event = agg["last_event"]
+        agg["last_event"] = max(last_event, event.occurred_at) if last_event else event.occurred_at  # type: ignore[call-overload]
+        if isinstance(event, PurchaseEvent):
+            agg["orders"] = int(agg["orders"]) + 1  # type: ignore[call-overload]
+            agg["gross"] = float(agg["gross"]) + event.amount  # type: ignore[arg-type]
+            last = agg["last_purchase"]
+            agg["last_purchase"] = max(last, event.occurred_at) if last else event.occurred_at  # type: ignore[call-overload]
+        elif isinstance(event, RefundEvent):
+            agg["refunds"] = float(agg["refunds"]) + event.amount  # type: ignore[arg-type]
+        elif isinstance(event, FeedbackEvent):
+            low, high = (1, 5) if event.scale == "csat" else (0, 10)
+            agg["ratings"].append((event.rating - low) / (high - low))  # type: ignore[union-attr]
+        elif isinstance(event, SupportEvent):
+            if event.action == "opened":
+                agg["opened"] = int(agg["opened"]) + 1  # type: ignore[call-overload]
+            elif event.action == "resolved":
+                agg["resolved"] = int(agg["resolved"]) + 1  # type: ignore[call-overload]
+        elif isinstance(event, CancellationEvent):
+            agg["cancelled"] = True
+    return out
+
+
+def test_scores_and_redis_state_match_an_independent_computation(
+    shared_settings: Settings, score_reader: TopicReader
+) -> None:
+    history = simulate(customers=25, days=150, seed=11).events
+    events = [e.model_copy(update={"customer_id": f"sim-{e.customer_id}"}) for e in history]
+    send(shared_settings, events)
+    wanted_ids = {e.event_id for e in events}
+
+    score_reader.wait_for(lambda records: wanted_ids <= {s.event_id for s in scores(records)})
+
+    latest = {}
+    for score in scores(score_reader.records):
+        if score.event_id in wanted_ids:
+            latest[score.customer_id] = score  # one partition per customer: offset order
+    expected = expected_aggregates(events)
+    assert set(latest) == set(expected)
+    for customer_id, agg in expected.items():
+        score = latest[customer_id]
+        ratings: list[float] = agg["ratings"]  # type: ignore[assignment]
+        net = max(float(agg["gross"]) - float(agg["refunds"]), 0.0)  # type: ignore[arg-type]
+        assert score.frequency == agg["orders"]
+        assert score.monetary == pytest.approx(net)
+        assert score.open_tickets == int(agg["opened"]) - int(agg["resolved"])  # type: ignore[call-overload]
+        assert score.as_of == agg["last_event"]
+        if ratings:
+            assert score.satisfaction_mean == pytest.approx(sum(ratings) / len(ratings))
+        else:
+            assert score.satisfaction_mean is None
+        assert score.cancelled == agg["cancelled"]
+        if agg["cancelled"]:
+            assert score.churn_probability == 1.0
+        else:
+            assert 0.0 <= score.churn_probability <= 1.0
+        assert score.segment_name in {"champions", "loyal", "at_risk", "hibernating"}
+
+        state, raw_score = redis_state(shared_settings, customer_id)
+        assert state is not None
+        assert state.order_count == agg["orders"]
+        assert state.gross_revenue == pytest.approx(float(agg["gross"]))  # type: ignore[arg-type]
+        assert state.last_purchase_at == agg["last_purchase"]
+        assert state.rating_count == len(ratings)
+        assert state.events_applied == sum(1 for e in events if e.customer_id == customer_id)
+        assert raw_score is not None and raw_score.decode() == score.model_dump_json()
+
+
+def test_a_purchase_is_scored_with_values_computed_from_the_formulas(
+    shared_settings: Settings, score_reader: TopicReader
+) -> None:
+    events = [purchase("formula", 1, 40.0, 0), purchase("formula", 2, 80.0, 30)]
+    send(shared_settings, events)
+    score_reader.wait_for(lambda records: "formula-p2" in {s.event_id for s in scores(records)})
+
+    final = next(s for s in scores(score_reader.records) if s.event_id == "formula-p2")
+    # Two orders in 30 days of tenure: AOV 60, 2 orders per month, 24 per year.
+    assert final.customer_value == pytest.approx(60.0 * 24)
+    assert final.clv_simple == pytest.approx(60.0 * 24 * (1 - final.churn_probability))
+    retention = 1 - final.churn_probability
+    assert final.clv_discounted == pytest.approx(
+        sum(60.0 * 24 * retention**t / 1.1**t for t in range(1, 6))
+    )
+    assert final.recency_days == 0.0
+    assert final.monetary == 120.0
+
+
+def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_going(
+    shared_settings: Settings, score_reader: TopicReader
+) -> None:
+    topics = shared_settings.topics
+    assert shared_settings.kafka_bootstrap is not None
+    letters = TopicReader(shared_settings.kafka_bootstrap, topics.deadletter)
+    try:
+        send_raw(shared_settings, topics.purchases, b"bad-1", b"{this is not json")
+        send_raw(
+            shared_settings,
+            topics.feedback,
+            b"bad-2",
+            purchase("bad-2", 1, 5.0, 0).model_dump_json().encode(),
+        )
+        too_high = (
+            FeedbackEvent(
+                event_id="bad-3-f1",
+                customer_id="bad-3",
+                rating=5,
+                scale="csat",
+                category="service",
+                occurred_at=T0,
+            )
+            .model_dump_json()
+            .replace('"rating":5', '"rating":9')
+        )
+        send_raw(shared_settings, topics.feedback, b"bad-3", too_high.encode())
+        send(shared_settings, [purchase("after-bad", 1, 10.0, 0)])
+
+        letters.wait_for(lambda records: len(records) >= 3)
+        score_reader.wait_for(
+            lambda records: "after-bad-p1" in {s.event_id for s in scores(records)}
+        )
+        by_key = {letter.key: letter for letter in dead_letters(letters.records)}
+        assert by_key["bad-1"].error_type == "UndecodableEventError"
+        assert by_key["bad-1"].raw == "{this is not json"
+        assert by_key["bad-1"].source_topic == topics.purchases
+        assert by_key["bad-2"].error_type == "WrongTopicError"
+        assert "purchase" in by_key["bad-2"].reason
+        assert by_key["bad-3"].error_type == "EventValidationError"
+        assert "outside the csat scale" in by_key["bad-3"].reason
+        assert all(letter.offset >= 0 for letter in by_key.values())
+        assert redis_state(shared_settings, "bad-3")[0] is None
+    finally:
+        letters.close()
+
+
+def test_a_duplicate_event_is_applied_once(
+    shared_settings: Settings, score_reader: TopicReader
+) -> None:
+    first = purchase("dup", 1, 25.0, 0)
+    send(shared_settings, [first, first, purchase("dup", 2, 30.0, 1)])
+    score_reader.wait_for(lambda records: "dup-p2" in {s.event_id for s in scores(records)})
+
+    dup_scores = [s for s in scores(score_reader.records) if s.customer_id == "dup"]
+    assert [s.event_id for s in dup_scores] == ["dup-p1", "dup-p2"]
+    state, _ = redis_state(shared_settings, "dup")
+    assert state is not None and state.order_count == 2 and state.gross_revenue == 55.0
+
+
+def test_a_restarted_worker_resumes_the_models_from_their_checkpoint(
+    services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    settings = isolated_settings(services, "e2e-restart", tmp_path_factory)
+    assert settings.kafka_bootstrap is not None
+    events = [purchase("resume", n, 10.0 + n, day=7 * n) for n in range(1, 6)]
+    with running_worker(settings, tmp_path / "first.log"):
+        send(settings, events)
+        reader = TopicReader(settings.kafka_bootstrap, settings.topics.scores)
+        reader.wait_for(lambda records: len(records) >= len(events))
+    # Stopped cleanly: the final checkpoint holds the version of the last score.
+    last_version = scores(reader.records)[-1].model_version
+    assert last_version == "churn-4.segments-5"
+    assert redis_model_version(settings) == last_version
+
+    with running_worker(settings, tmp_path / "second.log"):
+        send(settings, [purchase("resume", 6, 20.0, day=50)])
+        reader.wait_for(lambda records: len(records) >= len(events) + 1)
+    assert scores(reader.records)[-1].model_version == "churn-5.segments-6"
+    reader.close()

@@ -1,0 +1,122 @@
+"""A real streamcrm worker process for integration tests, and ways to read what it wrote."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+from kafka import KafkaConsumer
+
+from streamcrm.cli import start_worker_process, stop_worker_process
+from streamcrm.events import CustomerScore, DeadLetter, Event
+from streamcrm.kafka_io import (
+    Record,
+    ensure_topics,
+    make_producer,
+    poll_records,
+    produce_events,
+    read_topic,
+)
+from streamcrm.pipeline import MODEL_CHECKPOINT
+from streamcrm.settings import Settings
+from streamcrm.state import CustomerState
+from streamcrm.store import customer_key, model_key
+
+WAIT_S = 90.0
+
+
+@contextmanager
+def running_worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``streamcrm worker`` as a subprocess; its log is printed if the test fails."""
+    assert settings.kafka_bootstrap is not None
+    ensure_topics(settings, settings.kafka_bootstrap)
+    process = start_worker_process(settings, log_path)
+    try:
+        yield process
+    except BaseException:
+        print(f"--- worker log {log_path} (tail) ---")
+        print(log_path.read_text(errors="replace")[-6000:])
+        raise
+    finally:
+        stop_worker_process(process)
+
+
+def send(settings: Settings, events: Iterable[Event]) -> int:
+    """Produce events with kafka-python, keyed by customer, to their topics."""
+    assert settings.kafka_bootstrap is not None
+    producer = make_producer(settings.kafka_bootstrap)
+    try:
+        sent = produce_events(producer, settings, events)
+        producer.flush()
+        return sent
+    finally:
+        producer.close()
+
+
+def send_raw(settings: Settings, topic: str, key: bytes, value: bytes) -> None:
+    """Produce raw bytes (for malformed messages)."""
+    assert settings.kafka_bootstrap is not None
+    producer = make_producer(settings.kafka_bootstrap)
+    try:
+        producer.send(topic, key=key, value=value)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+class TopicReader:
+    """Accumulates every record of one topic from the beginning."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer: KafkaConsumer = read_topic(bootstrap, topic)
+        self.records: list[Record] = []
+
+    def wait_for(self, done: Callable[[list[Record]], bool], timeout_s: float = WAIT_S) -> None:
+        """Poll until ``done(records)`` holds; fail the test after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not done(self.records):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout_s}s with {len(self.records)} records"
+                )
+            self.records.extend(poll_records(self.consumer, timeout_ms=300))
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def scores(records: Iterable[Record]) -> list[CustomerScore]:
+    return [CustomerScore.model_validate_json(r.value) for r in records if r.value is not None]
+
+
+def dead_letters(records: Iterable[Record]) -> list[DeadLetter]:
+    return [DeadLetter.model_validate_json(r.value) for r in records if r.value is not None]
+
+
+def redis_state(settings: Settings, customer_id: str) -> tuple[CustomerState | None, bytes | None]:
+    """A customer's state and raw score JSON straight from Redis (sync client)."""
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        raw_state, raw_score = client.hmget(
+            customer_key(settings.redis_namespace, customer_id), ["state", "score"]
+        )
+    finally:
+        client.close()
+    state = CustomerState.model_validate_json(raw_state) if raw_state else None
+    return state, raw_score
+
+
+def redis_model_version(settings: Settings) -> str | None:
+    """The version of the newest model checkpoint in Redis."""
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        raw = client.get(model_key(settings.redis_namespace, MODEL_CHECKPOINT) + ":version")
+    finally:
+        client.close()
+    return raw.decode() if raw else None

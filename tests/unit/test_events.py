@@ -1,0 +1,380 @@
+"""Behaviour of the wire models and of ``decode_event``, the one validating edge."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from streamcrm.errors import (
+    EventValidationError,
+    InvalidEventError,
+    StreamcrmError,
+    UndecodableEventError,
+    WrongTopicError,
+)
+from streamcrm.events import (
+    MAX_MESSAGE_BYTES,
+    CancellationEvent,
+    FeedbackEvent,
+    PurchaseEvent,
+    RefundEvent,
+    SupportEvent,
+    decode_event,
+)
+
+COMMON: dict[str, Any] = {
+    "event_id": "e-1",
+    "customer_id": "c-1",
+    "occurred_at": "2026-01-05T10:00:00Z",
+}
+PAYLOADS: dict[str, dict[str, Any]] = {
+    "purchase": {
+        "type": "purchase",
+        "order_id": "o-1",
+        "amount": 80.5,
+        "items": 2,
+        "channel": "web",
+        "cost": 40.0,
+    },
+    "refund": {"type": "refund", "order_id": "o-1", "amount": 20.0, "reason": "broken"},
+    "feedback": {"type": "feedback", "rating": 4, "scale": "csat", "category": "service"},
+    "support": {
+        "type": "support",
+        "ticket_id": "t-1",
+        "action": "opened",
+        "channel": "chat",
+        "category": "complaint",
+    },
+    "cancellation": {"type": "cancellation", "reason": "moved away"},
+}
+TOPICS = {
+    "purchase": "crm.purchases",
+    "refund": "crm.purchases",
+    "feedback": "crm.feedback",
+    "support": "crm.support",
+    "cancellation": "crm.support",
+}
+
+
+def payload(kind: str, **overrides: Any) -> dict[str, Any]:
+    """A valid event of ``kind`` as a JSON-ready dict, with ``overrides`` applied."""
+    return {**COMMON, **PAYLOADS[kind], **overrides}
+
+
+def encode(fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def feedback(rating: int, scale: str) -> bytes:
+    return encode(payload("feedback", rating=rating, scale=scale))
+
+
+@pytest.mark.parametrize(
+    ("kind", "model"),
+    [
+        ("purchase", PurchaseEvent),
+        ("refund", RefundEvent),
+        ("feedback", FeedbackEvent),
+        ("support", SupportEvent),
+        ("cancellation", CancellationEvent),
+    ],
+)
+def test_valid_event_of_each_type_decodes_on_its_topic(kind: str, model: type) -> None:
+    event = decode_event(encode(payload(kind)), topic=TOPICS[kind])
+
+    assert isinstance(event, model)
+    assert event.type == kind
+    assert event.event_id == "e-1"
+    assert event.customer_id == "c-1"
+    assert event.occurred_at.utcoffset() is not None
+    assert event.schema_version == 1
+
+
+def test_decoding_without_a_topic_accepts_every_type() -> None:
+    for kind in PAYLOADS:
+        assert decode_event(encode(payload(kind))).type == kind
+
+
+def test_offset_timestamps_keep_their_instant() -> None:
+    event = decode_event(encode(payload("purchase", occurred_at="2026-01-05T12:00:00+02:00")))
+
+    assert event.occurred_at == decode_event(encode(payload("purchase"))).occurred_at
+
+
+def test_purchase_fields_are_decoded() -> None:
+    event = decode_event(encode(payload("purchase")), topic="crm.purchases")
+
+    assert isinstance(event, PurchaseEvent)
+    assert (event.order_id, event.amount, event.items, event.channel, event.cost) == (
+        "o-1",
+        80.5,
+        2,
+        "web",
+        40.0,
+    )
+    assert event.currency == "USD"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason_part"),
+    [
+        (b"{", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b'{"type": "purchase", "x": ' + b"[" * 300 + b"]" * 300 + b"}", "recursion limit"),
+    ],
+    ids=["truncated", "empty", "bad-utf8", "too-deep"],
+)
+def test_bytes_that_are_not_json_are_undecodable(raw: bytes, reason_part: str) -> None:
+    with pytest.raises(UndecodableEventError) as caught:
+        decode_event(raw, topic="crm.purchases")
+
+    assert reason_part in caught.value.reason
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: events._as_invalid_event only maps json_invalid/json_type to "
+        "UndecodableEventError, but pydantic reports non-object JSON as 'dict_type', so "
+        "b'[1, 2]' raises EventValidationError although errors.py documents "
+        "UndecodableEventError for bytes that are not a JSON object"
+    ),
+)
+@pytest.mark.parametrize("raw", [b"[1, 2]", b'"purchase"', b"42", b"null"])
+def test_json_that_is_not_an_object_is_undecodable(raw: bytes) -> None:
+    with pytest.raises(UndecodableEventError):
+        decode_event(raw)
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2]", b'"purchase"', b"42", b"null"])
+def test_json_that_is_not_an_object_is_an_invalid_event_saying_so(raw: bytes) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        decode_event(raw)
+
+    assert "object" in caught.value.reason
+
+
+def test_unknown_type_names_the_expected_ones() -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload("purchase", type="wishlist")))
+
+    assert "wishlist" in caught.value.reason
+    assert "purchase" in caught.value.reason
+
+
+def test_missing_type_is_rejected() -> None:
+    fields = payload("purchase")
+    del fields["type"]
+
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(fields))
+
+    assert "type" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("purchase", "order_id"),
+        ("purchase", "amount"),
+        ("purchase", "event_id"),
+        ("refund", "amount"),
+        ("feedback", "rating"),
+        ("feedback", "scale"),
+        ("support", "ticket_id"),
+        ("support", "action"),
+        ("cancellation", "customer_id"),
+        ("cancellation", "occurred_at"),
+    ],
+)
+def test_missing_field_is_named_in_the_reason(kind: str, field: str) -> None:
+    fields = payload(kind)
+    del fields[field]
+
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(fields))
+
+    assert f"{kind}.{field}: Field required" in caught.value.reason
+
+
+def test_naive_datetime_is_rejected() -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload("purchase", occurred_at="2026-01-05T10:00:00")))
+
+    assert "occurred_at" in caught.value.reason
+    assert "timezone" in caught.value.reason
+
+
+@pytest.mark.parametrize("kind", ["purchase", "refund"])
+def test_negative_amount_is_rejected(kind: str) -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload(kind, amount=-0.01)))
+
+    assert f"{kind}.amount" in caught.value.reason
+    assert "greater than or equal to 0" in caught.value.reason
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_amount_is_rejected(literal: str) -> None:
+    raw = encode(payload("purchase", amount=12345.0)).replace(b"12345.0", literal.encode())
+
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(raw)
+
+    assert "amount" in caught.value.reason
+
+
+def test_zero_amount_is_accepted() -> None:
+    event = decode_event(encode(payload("refund", amount=0)))
+
+    assert isinstance(event, RefundEvent)
+    assert event.amount == 0.0
+
+
+@pytest.mark.parametrize(
+    ("scale", "rating"), [("csat", 0), ("csat", 6), ("nps", -1), ("nps", 11)]
+)
+def test_rating_outside_its_scale_is_rejected(scale: str, rating: int) -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(feedback(rating, scale))
+
+    assert f"rating {rating} is outside the {scale} scale" in caught.value.reason
+
+
+@pytest.mark.parametrize(("scale", "rating"), [("csat", 1), ("csat", 5), ("nps", 0), ("nps", 10)])
+def test_rating_on_the_edge_of_its_scale_is_accepted(scale: str, rating: int) -> None:
+    event = decode_event(feedback(rating, scale), topic="crm.feedback")
+
+    assert isinstance(event, FeedbackEvent)
+    assert event.rating == rating
+
+
+def test_fractional_rating_is_rejected() -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload("feedback", rating=4.5)))
+
+    assert "rating" in caught.value.reason
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: FeedbackEvent.rating is a lax `int`, so JSON true decodes as rating 1 although "
+        "the published schemas/crm.feedback.schema.json says rating is an integer"
+    ),
+)
+def test_boolean_rating_is_rejected() -> None:
+    with pytest.raises(EventValidationError):
+        decode_event(encode(payload("feedback", rating=True)))
+
+
+@pytest.mark.parametrize("kind", sorted(PAYLOADS))
+def test_unknown_field_is_rejected(kind: str) -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload(kind, colour="red")))
+
+    assert f"{kind}.colour: Extra inputs are not permitted" in caught.value.reason
+
+
+def test_unknown_schema_version_is_rejected() -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload("purchase", schema_version=2)))
+
+    assert "schema_version" in caught.value.reason
+
+
+@pytest.mark.parametrize("customer_id", ["", "has space", "x" * 129, "semi;colon"])
+def test_malformed_identifier_is_rejected(customer_id: str) -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload("purchase", customer_id=customer_id)))
+
+    assert "customer_id" in caught.value.reason
+
+
+def test_oversize_message_is_rejected_before_parsing() -> None:
+    raw = encode(payload("purchase")).ljust(MAX_MESSAGE_BYTES + 1)
+
+    with pytest.raises(UndecodableEventError) as caught:
+        decode_event(raw)
+
+    assert caught.value.reason == (
+        f"message of {MAX_MESSAGE_BYTES + 1} bytes exceeds {MAX_MESSAGE_BYTES}"
+    )
+
+
+def test_message_of_exactly_the_limit_is_accepted() -> None:
+    raw = encode(payload("purchase")).ljust(MAX_MESSAGE_BYTES)
+
+    assert decode_event(raw).type == "purchase"
+
+
+@pytest.mark.parametrize(
+    ("kind", "topic"),
+    [
+        ("feedback", "crm.purchases"),
+        ("purchase", "crm.feedback"),
+        ("refund", "crm.support"),
+        ("support", "crm.purchases"),
+        ("cancellation", "crm.feedback"),
+    ],
+)
+def test_event_on_the_wrong_topic_is_rejected(kind: str, topic: str) -> None:
+    with pytest.raises(WrongTopicError) as caught:
+        decode_event(encode(payload(kind)), topic=topic)
+
+    assert caught.value.reason == f"event type {kind!r} does not belong on topic {topic!r}"
+
+
+def test_topic_prefix_does_not_matter_only_its_kind() -> None:
+    event = decode_event(encode(payload("feedback")), topic="t123.staging.feedback")
+
+    assert event.type == "feedback"
+
+
+def test_invalid_event_error_is_a_value_error_and_a_streamcrm_error() -> None:
+    assert issubclass(InvalidEventError, ValueError)
+    assert issubclass(InvalidEventError, StreamcrmError)
+    for subclass in (UndecodableEventError, EventValidationError, WrongTopicError):
+        assert issubclass(subclass, InvalidEventError)
+
+    with pytest.raises(ValueError):
+        decode_event(b"not json")
+
+
+def test_reason_is_the_error_message() -> None:
+    error = EventValidationError("amount: must be finite")
+
+    assert error.reason == "amount: must be finite"
+    assert str(error) == "amount: must be finite"
+
+
+@pytest.mark.parametrize(
+    ("scale", "rating", "expected"),
+    [
+        ("csat", 1, 0.0),
+        ("csat", 2, 0.25),
+        ("csat", 3, 0.5),
+        ("csat", 5, 1.0),
+        ("nps", 0, 0.0),
+        ("nps", 5, 0.5),
+        ("nps", 7, 0.7),
+        ("nps", 10, 1.0),
+    ],
+)
+def test_normalised_rating_maps_the_scale_onto_zero_to_one(
+    scale: str, rating: int, expected: float
+) -> None:
+    event = decode_event(feedback(rating, scale))
+
+    assert isinstance(event, FeedbackEvent)
+    assert event.normalised_rating == pytest.approx(expected)
+
+
+def test_events_are_immutable() -> None:
+    event = decode_event(encode(payload("purchase")))
+
+    with pytest.raises(ValueError):
+        event.amount = 1.0  # type: ignore[misc]

@@ -1,0 +1,508 @@
+"""Behaviour of ``apply(state | None, event)``, the one pure step that moves a customer."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamcrm.events import (
+    CancellationEvent,
+    Event,
+    FeedbackEvent,
+    PurchaseEvent,
+    RefundEvent,
+    SupportEvent,
+)
+from streamcrm.state import (
+    MAX_TRACKED_TICKETS,
+    RECENT_EVENT_IDS,
+    SATISFACTION_EWMA_ALPHA,
+    CustomerState,
+    apply,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+_ids = itertools.count()
+
+
+def next_id() -> str:
+    return f"e{next(_ids)}"
+
+
+def purchase(
+    at: datetime = T0,
+    amount: float = 50.0,
+    items: int = 1,
+    cost: float | None = None,
+    event_id: str = "",
+) -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=event_id or next_id(),
+        customer_id="c1",
+        order_id="o1",
+        occurred_at=at,
+        amount=amount,
+        items=items,
+        channel="web",
+        cost=cost,
+    )
+
+
+def refund(at: datetime = T0, amount: float = 10.0) -> RefundEvent:
+    return RefundEvent(
+        event_id=next_id(), customer_id="c1", order_id="o1", occurred_at=at, amount=amount
+    )
+
+
+def rating(
+    value: int, scale: Literal["csat", "nps"] = "csat", at: datetime = T0, event_id: str = ""
+) -> FeedbackEvent:
+    return FeedbackEvent(
+        event_id=event_id or next_id(),
+        customer_id="c1",
+        occurred_at=at,
+        rating=value,
+        scale=scale,
+        category="service",
+    )
+
+
+SupportAction = Literal["opened", "first_response", "resolved", "escalated"]
+SupportCategory = Literal["inquiry", "complaint", "feedback"]
+
+
+def ticket(
+    ticket_id: str,
+    action: SupportAction,
+    at: datetime = T0,
+    category: SupportCategory = "complaint",
+) -> SupportEvent:
+    return SupportEvent(
+        event_id=next_id(),
+        customer_id="c1",
+        occurred_at=at,
+        ticket_id=ticket_id,
+        action=action,
+        channel="chat",
+        category=category,
+    )
+
+
+def cancellation(at: datetime = T0) -> CancellationEvent:
+    return CancellationEvent(event_id=next_id(), customer_id="c1", occurred_at=at)
+
+
+def run(events: Iterable[Event], state: CustomerState | None = None) -> CustomerState:
+    """Apply ``events`` in order and return the final state."""
+    for event in events:
+        state = apply(state, event).state
+    assert state is not None
+    return state
+
+
+def hours(n: float) -> timedelta:
+    return timedelta(hours=n)
+
+
+def days(n: float) -> timedelta:
+    return timedelta(days=n)
+
+
+# --- creation -------------------------------------------------------------------------------
+
+
+def test_first_event_creates_the_state() -> None:
+    event = rating(4, at=T0 + hours(3))
+
+    transition = apply(None, event)
+
+    assert transition.duplicate is False
+    state = transition.state
+    assert state.customer_id == "c1"
+    assert state.first_seen_at == state.last_event_at == T0 + hours(3)
+    assert state.events_applied == 1
+    assert state.recent_event_ids == (event.event_id,)
+
+
+def test_apply_returns_a_new_state_and_leaves_the_old_one_alone() -> None:
+    before = run([purchase()])
+
+    after = apply(before, purchase(amount=30.0)).state
+
+    assert before.order_count == 1
+    assert after.order_count == 2
+
+
+def test_first_seen_and_last_event_span_every_event_time() -> None:
+    state = run([rating(3, at=T0 + days(5)), refund(at=T0 + days(1)), rating(4, at=T0 + days(9))])
+
+    assert state.first_seen_at == T0 + days(1)
+    assert state.last_event_at == T0 + days(9)
+    assert state.events_applied == 3
+
+
+# --- purchases and refunds (RFM) -------------------------------------------------------------
+
+
+def test_purchases_update_the_rfm_fields() -> None:
+    state = run(
+        [
+            purchase(at=T0, amount=80.0, items=2),
+            purchase(at=T0 + days(10), amount=20.0, items=3, cost=12.0),
+        ]
+    )
+
+    assert state.order_count == 2
+    assert state.gross_revenue == 100.0
+    assert state.total_items == 5
+    assert state.first_purchase_at == T0
+    assert state.last_purchase_at == T0 + days(10)
+    assert state.monetary == 100.0
+
+
+def test_cost_is_summed_only_over_orders_that_report_it() -> None:
+    state = run([purchase(amount=80.0), purchase(amount=20.0, cost=12.0)])
+
+    assert state.known_cost == 12.0
+    assert state.revenue_with_cost == 20.0
+
+
+def test_refunds_reduce_monetary_but_not_gross_revenue() -> None:
+    state = run([purchase(amount=100.0), refund(amount=30.0), refund(amount=5.0)])
+
+    assert state.refund_count == 2
+    assert state.refunded_amount == 35.0
+    assert state.gross_revenue == 100.0
+    assert state.monetary == 65.0
+    assert state.order_count == 1
+
+
+def test_monetary_never_goes_below_zero() -> None:
+    state = run([purchase(amount=10.0), refund(amount=25.0)])
+
+    assert state.monetary == 0.0
+
+
+def test_refund_before_any_purchase_gives_zero_monetary() -> None:
+    state = run([refund(amount=25.0)])
+
+    assert state.monetary == 0.0
+    assert state.order_count == 0
+    assert state.first_purchase_at is None
+
+
+def test_out_of_order_purchase_keeps_last_purchase_at_the_newest() -> None:
+    state = run([purchase(at=T0 + days(20)), purchase(at=T0 + days(5))])
+
+    assert state.last_purchase_at == T0 + days(20)
+    assert state.first_purchase_at == T0 + days(5)
+    assert state.last_event_at == T0 + days(20)
+
+
+# --- feedback --------------------------------------------------------------------------------
+
+
+def test_feedback_updates_rating_count_and_normalised_sum() -> None:
+    state = run([rating(5), rating(2), rating(10, "nps"), rating(3, "nps")])
+
+    assert state.rating_count == 4
+    assert state.rating_sum == pytest.approx(1.0 + 0.25 + 1.0 + 0.3)
+
+
+def test_satisfaction_recent_is_the_exponentially_weighted_mean_of_ratings() -> None:
+    ratings = [rating(5), rating(1), rating(4), rating(7, "nps"), rating(2)]
+    normalised = [1.0, 0.0, 0.75, 0.7, 0.25]
+    expected = normalised[0]
+    for value in normalised[1:]:
+        expected = SATISFACTION_EWMA_ALPHA * value + (1 - SATISFACTION_EWMA_ALPHA) * expected
+
+    state = run(ratings)
+
+    assert state.satisfaction_recent == pytest.approx(expected, abs=1e-12)
+
+
+def test_first_rating_sets_satisfaction_recent_to_itself() -> None:
+    state = run([purchase(), rating(4)])
+
+    assert state.satisfaction_recent == pytest.approx(0.75)
+
+
+def test_no_rating_leaves_satisfaction_recent_unknown() -> None:
+    state = run([purchase()])
+
+    assert state.satisfaction_recent is None
+    assert state.rating_count == 0
+
+
+def test_csat_ratings_are_summed_on_their_own_scale() -> None:
+    state = run([rating(5), rating(2), rating(9, "nps")])
+
+    assert state.csat_count == 2
+    assert state.csat_sum == 7
+
+
+@pytest.mark.parametrize(
+    ("score", "bucket"),
+    [
+        (10, "nps_promoters"),
+        (9, "nps_promoters"),
+        (8, "nps_passives"),
+        (7, "nps_passives"),
+        (6, "nps_detractors"),
+        (0, "nps_detractors"),
+    ],
+)
+def test_nps_rating_lands_in_its_bucket(score: int, bucket: str) -> None:
+    state = run([rating(score, "nps")])
+
+    buckets = {
+        "nps_promoters": state.nps_promoters,
+        "nps_passives": state.nps_passives,
+        "nps_detractors": state.nps_detractors,
+    }
+    assert buckets == {name: int(name == bucket) for name in buckets}
+    assert state.csat_count == 0
+
+
+def test_csat_ratings_never_count_as_nps() -> None:
+    state = run([rating(5), rating(1)])
+
+    assert state.nps_promoters == state.nps_passives == state.nps_detractors == 0
+
+
+# --- support tickets -------------------------------------------------------------------------
+
+
+def test_ticket_lifecycle_measures_response_and_resolution_hours() -> None:
+    state = run(
+        [
+            ticket("t1", "opened", T0),
+            ticket("t1", "first_response", T0 + hours(2)),
+            ticket("t1", "resolved", T0 + hours(26)),
+        ]
+    )
+
+    assert state.tickets_opened == 1
+    assert state.tickets_resolved == 1
+    assert state.open_tickets == 0
+    assert state.first_response_count == 1
+    assert state.first_response_hours_sum == pytest.approx(2.0)
+    assert state.resolution_count == 1
+    assert state.resolution_hours_sum == pytest.approx(26.0)
+    assert state.open_ticket_times == {}
+
+
+def test_open_ticket_is_tracked_until_resolved() -> None:
+    state = run([ticket("t1", "opened", T0), ticket("t2", "opened", T0 + hours(1))])
+
+    assert state.open_tickets == 2
+    assert set(state.open_ticket_times) == {"t1", "t2"}
+    assert state.open_ticket_times["t2"].opened_at == T0 + hours(1)
+    assert state.open_ticket_times["t2"].first_response_at is None
+
+    state = run([ticket("t1", "resolved", T0 + hours(5))], state)
+
+    assert state.open_tickets == 1
+    assert set(state.open_ticket_times) == {"t2"}
+
+
+def test_only_the_first_response_is_measured() -> None:
+    state = run(
+        [
+            ticket("t1", "opened", T0),
+            ticket("t1", "first_response", T0 + hours(1)),
+            ticket("t1", "first_response", T0 + hours(8)),
+        ]
+    )
+
+    assert state.first_response_count == 1
+    assert state.first_response_hours_sum == pytest.approx(1.0)
+    assert state.open_ticket_times["t1"].first_response_at == T0 + hours(1)
+
+
+def test_resolution_stamped_before_opening_counts_zero_hours() -> None:
+    state = run([ticket("t1", "opened", T0 + hours(3)), ticket("t1", "resolved", T0)])
+
+    assert state.resolution_hours_sum == 0.0
+    assert state.resolution_count == 1
+
+
+def test_response_to_an_unknown_ticket_is_not_measured() -> None:
+    state = run([ticket("ghost", "first_response", T0)])
+
+    assert state.first_response_count == 0
+    assert state.open_ticket_times == {}
+
+
+def test_resolving_an_untracked_ticket_counts_but_measures_nothing() -> None:
+    state = run([ticket("t1", "opened", T0), ticket("ghost", "resolved", T0 + hours(1))])
+
+    assert state.tickets_resolved == 1
+    assert state.resolution_count == 0
+    assert state.open_tickets == 0
+
+
+def test_tickets_are_counted_by_category_when_opened() -> None:
+    state = run(
+        [
+            ticket("t1", "opened", category="complaint"),
+            ticket("t2", "opened", category="complaint"),
+            ticket("t3", "opened", category="inquiry"),
+            ticket("t3", "resolved", category="inquiry"),
+        ]
+    )
+
+    assert state.tickets_by_category == {"complaint": 2, "inquiry": 1}
+
+
+def test_escalations_are_counted() -> None:
+    state = run(
+        [ticket("t1", "opened"), ticket("t1", "escalated"), ticket("t1", "escalated")]
+    )
+
+    assert state.escalations == 2
+    assert state.open_tickets == 1
+
+
+def test_open_ticket_map_is_bounded_and_forgets_the_oldest() -> None:
+    opened = [ticket(f"t{i}", "opened", T0 + hours(i)) for i in range(MAX_TRACKED_TICKETS + 5)]
+
+    state = run(opened)
+
+    assert len(state.open_ticket_times) == MAX_TRACKED_TICKETS
+    assert set(state.open_ticket_times) == {f"t{i}" for i in range(5, MAX_TRACKED_TICKETS + 5)}
+    assert state.open_tickets == MAX_TRACKED_TICKETS + 5
+
+
+# --- cancellation ----------------------------------------------------------------------------
+
+
+def test_cancellation_sets_cancelled_at() -> None:
+    state = run([purchase(at=T0), cancellation(at=T0 + days(3))])
+
+    assert state.cancelled_at == T0 + days(3)
+    assert state.order_count == 1
+
+
+def test_earliest_cancellation_wins() -> None:
+    state = run([cancellation(at=T0 + days(3)), cancellation(at=T0 + days(1))])
+
+    assert state.cancelled_at == T0 + days(1)
+
+
+# --- idempotency -----------------------------------------------------------------------------
+
+
+def test_duplicate_event_changes_nothing() -> None:
+    event = purchase(amount=80.0)
+    state = run([event, rating(4)])
+
+    transition = apply(state, event)
+
+    assert transition.duplicate is True
+    assert transition.state == state
+
+
+def test_same_event_id_with_different_content_is_still_a_duplicate() -> None:
+    state = run([purchase(event_id="same", amount=80.0)])
+
+    transition = apply(state, purchase(event_id="same", amount=999.0))
+
+    assert transition.duplicate is True
+    assert transition.state.gross_revenue == 80.0
+
+
+def test_recent_event_ids_are_bounded_to_the_newest() -> None:
+    events = [rating(3) for _ in range(RECENT_EVENT_IDS + 10)]
+
+    state = run(events)
+
+    assert state.recent_event_ids == tuple(e.event_id for e in events[-RECENT_EVENT_IDS:])
+    assert state.events_applied == RECENT_EVENT_IDS + 10
+
+
+def test_an_event_older_than_the_id_window_is_no_longer_recognised() -> None:
+    first = purchase()
+    state = run([first, *(rating(3) for _ in range(RECENT_EVENT_IDS))])
+
+    assert apply(state, first).duplicate is False
+
+
+def test_state_round_trips_through_json() -> None:
+    state = run(
+        [
+            purchase(cost=3.0),
+            rating(9, "nps"),
+            ticket("t1", "opened"),
+            ticket("t1", "first_response", T0 + hours(1)),
+            cancellation(T0 + days(1)),
+        ]
+    )
+
+    assert CustomerState.model_validate_json(state.model_dump_json()) == state
+
+
+# --- properties ------------------------------------------------------------------------------
+
+offsets = st.integers(min_value=0, max_value=365 * 24 * 60)
+purchase_specs = st.tuples(
+    st.just("purchase"), offsets, st.floats(min_value=0, max_value=10_000, allow_nan=False)
+)
+feedback_specs = st.tuples(st.just("feedback"), offsets, st.integers(min_value=1, max_value=5))
+
+
+def build(specs: Sequence[tuple[str, int, float]]) -> list[Event]:
+    """Distinct events from ``(kind, minutes after T0, amount or rating)`` specs."""
+    events: list[Event] = []
+    for index, (kind, minutes, value) in enumerate(specs):
+        at = T0 + timedelta(minutes=minutes)
+        if kind == "purchase":
+            events.append(purchase(at=at, amount=value, event_id=f"p{index}"))
+        else:
+            events.append(rating(int(value), at=at, event_id=f"f{index}"))
+    return events
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    specs=st.lists(st.one_of(purchase_specs, feedback_specs), min_size=1, max_size=20),
+)
+def test_aggregates_do_not_depend_on_event_order(
+    data: st.DataObject, specs: list[tuple[str, int, float]]
+) -> None:
+    events = build(specs)
+    shuffled = data.draw(st.permutations(events))
+
+    in_order, reordered = run(events), run(shuffled)
+
+    assert reordered.order_count == in_order.order_count
+    assert reordered.gross_revenue == pytest.approx(in_order.gross_revenue)
+    assert reordered.rating_count == in_order.rating_count
+    assert reordered.rating_sum == pytest.approx(in_order.rating_sum)
+    assert reordered.first_purchase_at == in_order.first_purchase_at
+    assert reordered.last_purchase_at == in_order.last_purchase_at
+    assert reordered.first_seen_at == in_order.first_seen_at
+    assert reordered.last_event_at == in_order.last_event_at
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    specs=st.lists(
+        st.one_of(purchase_specs, feedback_specs), min_size=1, max_size=RECENT_EVENT_IDS
+    )
+)
+def test_applying_every_event_twice_equals_applying_it_once(
+    specs: list[tuple[str, int, float]],
+) -> None:
+    events = build(specs)
+    once = run(events)
+
+    assert run([e for e in events for _ in (0, 1)]) == once
+    assert run([*events, *events]) == once
