@@ -8,18 +8,28 @@ agent that raises would ack the message and skip it forever.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import faust
+import redis.exceptions
 
 from streamcrm.errors import InvalidEventError
 from streamcrm.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter
 from streamcrm.pipeline import ScoringPipeline
+from streamcrm.scoring import ScoredEvent
 from streamcrm.settings import Settings
 from streamcrm.store import RedisStateStore
 
 logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+"""Failures of a service, not of the message: retried until the service is back."""
+MAX_RETRY_DELAY_S = 5.0
 
 
 def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> faust.App:
@@ -49,9 +59,28 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     scores_topic = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
     deadletter_topic = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
 
+    async def handle_with_retry(message: Any) -> ScoredEvent:
+        delay = 0.1
+        while True:
+            try:
+                return await pipeline.handle(message.value, message.topic)
+            except TRANSIENT_ERRORS as error:
+                # Dead-lettering a good event because Redis blinked would lose it from the
+                # live path: hold the partition and retry instead.
+                logger.warning(
+                    "Redis unavailable at %s[%d]@%d (%s); retrying in %.1fs",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
     async def process(message: Any) -> None:
         try:
-            scored = await pipeline.handle(message.value, message.topic)
+            scored = await handle_with_retry(message)
         except Exception as error:  # noqa: BLE001 - every failure is dead-lettered, never raised
             if not isinstance(error, InvalidEventError):
                 logger.exception(
@@ -77,14 +106,20 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
         app.agent(source, name=f"score-{topic_name}", concurrency=1)(score_events)
 
-    @app.timer(settings.model_checkpoint_interval_s)
-    async def checkpoint_models() -> None:
-        if await pipeline.checkpoint_models():
-            logger.info("checkpointed models %s", pipeline.models.version)
+    async def checkpoint() -> None:
+        # A timer that raises crashes the whole Faust app: a failed checkpoint is retried
+        # at the next tick instead.
+        try:
+            if await pipeline.checkpoint_models():
+                logger.info("checkpointed models %s", pipeline.models.version)
+        except TRANSIENT_ERRORS as error:
+            logger.warning("model checkpoint failed (%s); will retry", error)
 
-    @app.on_before_shutdown.connect
+    app.timer(settings.model_checkpoint_interval_s, name="checkpoint-models")(checkpoint)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def final_checkpoint(sender: faust.App, **_: Any) -> None:
-        await pipeline.checkpoint_models()
+        await checkpoint()
 
     app.streamcrm_pipeline = pipeline  # type: ignore[attr-defined]
     return app

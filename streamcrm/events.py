@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -44,7 +44,7 @@ from pydantic import (
 
 from streamcrm.errors import EventValidationError, UndecodableEventError, WrongTopicError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]

@@ -124,8 +124,8 @@ class RedisStateStore:
         return CustomerScore.model_validate_json(raw) if raw is not None else None
 
     async def load_model(self, name: str) -> bytes | None:
-        blob: bytes | None = await self._redis.get(self.model_key(name))
-        return blob
+        blob = await self._redis.get(self.model_key(name))
+        return blob if blob is None or isinstance(blob, bytes) else blob.encode()
 
     async def save_model(self, name: str, blob: bytes, version: str) -> None:
         key = self.model_key(name)

@@ -85,6 +85,13 @@ class TopicReader:
                 )
             self.records.extend(poll_records(self.consumer, timeout_ms=300))
 
+    def drain(self, seconds: float = 1.0) -> list[Record]:
+        """Read whatever arrives within ``seconds``; return all records so far."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.records.extend(poll_records(self.consumer, timeout_ms=200))
+        return self.records
+
     def close(self) -> None:
         self.consumer.close()
 
