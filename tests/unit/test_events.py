@@ -234,9 +234,7 @@ def test_zero_amount_is_accepted() -> None:
     assert event.amount == 0.0
 
 
-@pytest.mark.parametrize(
-    ("scale", "rating"), [("csat", 0), ("csat", 6), ("nps", -1), ("nps", 11)]
-)
+@pytest.mark.parametrize(("scale", "rating"), [("csat", 0), ("csat", 6), ("nps", -1), ("nps", 11)])
 def test_rating_outside_its_scale_is_rejected(scale: str, rating: int) -> None:
     with pytest.raises(EventValidationError) as caught:
         decode_event(feedback(rating, scale))
@@ -375,6 +373,7 @@ def test_normalised_rating_maps_the_scale_onto_zero_to_one(
 
 def test_events_are_immutable() -> None:
     event = decode_event(encode(payload("purchase")))
+    assert isinstance(event, PurchaseEvent)
 
     with pytest.raises(ValueError):
         event.amount = 1.0  # type: ignore[misc]

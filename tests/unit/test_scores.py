@@ -150,9 +150,7 @@ def test_loyalty_advocacy_uses_mean_satisfaction_without_nps_answers() -> None:
 def test_loyalty_advocacy_uses_nps_when_answered(
     promoters: int, passives: int, detractors: int, advocacy: float
 ) -> None:
-    state = customer(
-        nps_promoters=promoters, nps_passives=passives, nps_detractors=detractors
-    )
+    state = customer(nps_promoters=promoters, nps_passives=passives, nps_detractors=detractors)
 
     # Satisfaction is ignored once NPS is known: set it to the opposite extreme.
     loyalty = loyalty_index(state, loyalty_features(satisfaction=1.0 - advocacy))

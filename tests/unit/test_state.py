@@ -362,9 +362,7 @@ def test_tickets_are_counted_by_category_when_opened() -> None:
 
 
 def test_escalations_are_counted() -> None:
-    state = run(
-        [ticket("t1", "opened"), ticket("t1", "escalated"), ticket("t1", "escalated")]
-    )
+    state = run([ticket("t1", "opened"), ticket("t1", "escalated"), ticket("t1", "escalated")])
 
     assert state.escalations == 2
     assert state.open_tickets == 1
@@ -494,9 +492,7 @@ def test_aggregates_do_not_depend_on_event_order(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    specs=st.lists(
-        st.one_of(purchase_specs, feedback_specs), min_size=1, max_size=RECENT_EVENT_IDS
-    )
+    specs=st.lists(st.one_of(purchase_specs, feedback_specs), min_size=1, max_size=RECENT_EVENT_IDS)
 )
 def test_applying_every_event_twice_equals_applying_it_once(
     specs: list[tuple[str, int, float]],
