@@ -5,6 +5,9 @@ Each expectation is computed here, independently, from the raw events the test p
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from streamcrm.cli import worker_environment
 from streamcrm.embedded import EmbeddedServices
 from streamcrm.events import (
     CancellationEvent,
@@ -257,3 +261,53 @@ def test_a_restarted_worker_resumes_the_models_from_their_checkpoint(
         reader.wait_for(lambda records: len(records) >= len(events) + 1)
     assert scores(reader.records)[-1].model_version == "churn-5.segments-6"
     reader.close()
+
+
+def test_cli_simulate_produces_a_history_that_cli_score_then_shows(
+    shared_settings: Settings, score_reader: TopicReader, tmp_path: Path
+) -> None:
+    settings = shared_settings
+    env = worker_environment(settings)
+    truth_file = tmp_path / "truth.json"
+    produced = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamcrm",
+            "simulate",
+            "--customers",
+            "4",
+            "--days",
+            "40",
+            "--seed",
+            "5",
+            "--truth",
+            str(truth_file),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert produced.stdout.startswith("produced ")
+    simulated = simulate(customers=4, days=40, seed=5)
+    assert set(json.loads(truth_file.read_text())) == set(simulated.truth)
+    last_event = simulated.events[-1]
+    score_reader.wait_for(
+        lambda records: last_event.event_id in {s.event_id for s in scores(records)}
+    )
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "streamcrm", "score", last_event.customer_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    record = json.loads(shown.stdout)
+    _, raw_score = redis_state(settings, last_event.customer_id)
+    assert raw_score is not None
+    assert record["score"] == json.loads(raw_score)
+    assert record["state"]["customer_id"] == last_event.customer_id
