@@ -229,13 +229,14 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 def start_worker_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``python -m streamcrm worker`` configured by ``settings``; output to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "streamcrm", "worker"],
-        env=worker_environment(settings),
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamcrm", "worker"],
+            env=worker_environment(settings),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def stop_worker_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:

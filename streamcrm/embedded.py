@@ -93,6 +93,7 @@ def start_tansu(log_dir: Path, port: int | None = None) -> RunningService:
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log_path = log_dir / "tansu.log"
+    log_file = log_path.open("wb")
     process = subprocess.Popen(
         [
             str(tansu_binary()),
@@ -104,10 +105,11 @@ def start_tansu(log_dir: Path, port: int | None = None) -> RunningService:
             "--storage-engine",
             "memory://tansu/",
         ],
-        stdout=log_path.open("wb"),
+        stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
+    log_file.close()  # the child holds its own descriptor
     service = RunningService("tansu", f"127.0.0.1:{port}", process, log_path)
     _wait_for_port(service, port)
     return service
@@ -117,6 +119,7 @@ def start_redis(log_dir: Path, port: int | None = None) -> RunningService:
     """Start a throw-away redis-server (no persistence) on a free loopback port."""
     port = port or free_port()
     log_path = log_dir / "redis.log"
+    log_file = log_path.open("wb")
     process = subprocess.Popen(
         [
             str(redis_server_binary()),
@@ -133,10 +136,11 @@ def start_redis(log_dir: Path, port: int | None = None) -> RunningService:
             "--daemonize",
             "no",
         ],
-        stdout=log_path.open("wb"),
+        stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
+    log_file.close()  # the child holds its own descriptor
     service = RunningService("redis-server", f"redis://127.0.0.1:{port}/0", process, log_path)
     _wait_for_port(service, port)
     return service

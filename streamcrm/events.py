@@ -71,7 +71,7 @@ class PurchaseEvent(_Event):
     order_id: Identifier
     amount: Money
     currency: CurrencyCode = "USD"
-    items: int = Field(ge=1, le=10_000)
+    items: int = Field(ge=1, le=10_000, strict=True)
     channel: Channel
     cost: Money | None = None
 
@@ -93,7 +93,7 @@ class FeedbackEvent(_Event):
     """A rating on a declared scale: CSAT 1-5 or NPS 0-10."""
 
     type: Literal["feedback"] = "feedback"
-    rating: int
+    rating: int = Field(strict=True)
     scale: Literal["csat", "nps"]
     category: Literal["product", "service", "brand"]
     comment: str | None = Field(default=None, max_length=2000)
@@ -167,12 +167,17 @@ def decode_event(raw: bytes, topic: str | None = None) -> Event:
     return event
 
 
+_NOT_AN_OBJECT = frozenset({"dict_type", "model_type", "model_attributes_type"})
+
+
 def _as_invalid_event(error: ValidationError) -> EventValidationError | UndecodableEventError:
     first = error.errors(include_url=False)[0]
     if first["type"] in {"json_invalid", "json_type"}:
         return UndecodableEventError(
             f"not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')}"
         )
+    if not first["loc"] and first["type"] in _NOT_AN_OBJECT:
+        return UndecodableEventError("not a JSON object: an event must be a JSON object")
     problems = "; ".join(
         f"{'.'.join(str(part) for part in e['loc']) or '<root>'}: {e['msg']}"
         for e in error.errors(include_url=False)[:5]

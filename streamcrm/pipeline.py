@@ -57,18 +57,24 @@ class ScoringPipeline:
         self.models = ModelBundle()
         self._locks = KeyedLocks()
         self._models_loaded = False
+        self._loading_models = asyncio.Lock()
         self._checkpointed_version: str | None = None
 
     async def load_models(self) -> None:
         """Resume from the newest checkpoint, if there is one (once per process)."""
         if self._models_loaded:
             return
-        blob = await self.store.load_model(MODEL_CHECKPOINT)
-        if blob is not None:
-            self.models = ModelBundle.from_bytes(blob)
-            logger.info("resumed models from checkpoint %s", self.models.version)
-        self._checkpointed_version = self.models.version
-        self._models_loaded = True
+        # Events of several agents may arrive while the checkpoint is being read: only the
+        # first loads it, so nothing learned meanwhile is replaced by the checkpoint.
+        async with self._loading_models:
+            if self._models_loaded:
+                return
+            blob = await self.store.load_model(MODEL_CHECKPOINT)
+            if blob is not None:
+                self.models = ModelBundle.from_bytes(blob)
+                logger.info("resumed models from checkpoint %s", self.models.version)
+            self._checkpointed_version = self.models.version
+            self._models_loaded = True
 
     async def checkpoint_models(self) -> bool:
         """Save the models if they changed since the last checkpoint; True if saved."""

@@ -37,7 +37,7 @@ RECENT_EVENT_IDS = 64
 """How many recent event ids each customer remembers for duplicate detection."""
 
 MAX_TRACKED_TICKETS = 32
-"""Open tickets whose timestamps are kept (to measure response and resolution times)."""
+"""Open tickets tracked per customer; beyond this the oldest is taken as abandoned."""
 
 SATISFACTION_EWMA_ALPHA = 0.3
 """Weight of the newest rating in the recent-satisfaction EWMA."""
@@ -117,8 +117,8 @@ class CustomerState(BaseModel):
 
     @property
     def open_tickets(self) -> int:
-        """Tickets opened and not yet resolved."""
-        return max(self.tickets_opened - self.tickets_resolved, 0)
+        """Tickets opened and not yet resolved (at most ``MAX_TRACKED_TICKETS``)."""
+        return len(self.open_ticket_times)
 
 
 @dataclass(frozen=True)
@@ -235,13 +235,14 @@ def _support_changes(state: CustomerState, event: SupportEvent) -> dict[str, obj
             )
         case "escalated":
             changes["escalations"] = state.escalations + 1
-        case "resolved":
+        case "resolved" if ticket is not None:
+            # Resolving an unknown or already-resolved ticket changes nothing: a repeated
+            # "resolved" must not close the customer's other tickets.
+            hours = _hours_between(ticket.opened_at, event.occurred_at)
             changes["tickets_resolved"] = state.tickets_resolved + 1
-            if ticket is not None:
-                hours = _hours_between(ticket.opened_at, event.occurred_at)
-                changes["resolution_count"] = state.resolution_count + 1
-                changes["resolution_hours_sum"] = state.resolution_hours_sum + hours
-                del tickets[event.ticket_id]
+            changes["resolution_count"] = state.resolution_count + 1
+            changes["resolution_hours_sum"] = state.resolution_hours_sum + hours
+            del tickets[event.ticket_id]
     changes["open_ticket_times"] = tickets
     return changes
 

@@ -14,6 +14,13 @@ from collections.abc import Mapping
 from river import cluster, preprocessing
 
 SEGMENT_NAMES: tuple[str, ...] = ("champions", "loyal", "at_risk", "hibernating")
+SEGMENT_FEATURES: tuple[str, ...] = (
+    "recency",
+    "frequency",
+    "monetary",
+    "satisfaction",
+    "support_load",
+)
 UNSEGMENTED = "new"
 
 
@@ -34,6 +41,12 @@ class SegmentModel:
     def __init__(self, seed: int = 7) -> None:
         self.scaler = preprocessing.StandardScaler()
         self.kmeans = cluster.KMeans(n_clusters=len(SEGMENT_NAMES), halflife=0.3, seed=seed)
+        # River draws a centre's starting coordinates lazily, while iterating a set of feature
+        # names, so which draw lands on which feature would follow PYTHONHASHSEED. Drawing them
+        # now, in a fixed order, makes the same seed give the same segments in every process.
+        for centre in self.kmeans.centers.values():
+            for name in SEGMENT_FEATURES:
+                centre[name]  # noqa: B018 - reading a defaultdict key draws its start value
         self.n_learned = 0
 
     def learn_predict_one(self, features: Mapping[str, float]) -> tuple[int, str]:

@@ -134,15 +134,6 @@ def test_bytes_that_are_not_json_are_undecodable(raw: bytes, reason_part: str) -
     assert reason_part in caught.value.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: events._as_invalid_event only maps json_invalid/json_type to "
-        "UndecodableEventError, but pydantic reports non-object JSON as 'dict_type', so "
-        "b'[1, 2]' raises EventValidationError although errors.py documents "
-        "UndecodableEventError for bytes that are not a JSON object"
-    ),
-)
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"purchase"', b"42", b"null"])
 def test_json_that_is_not_an_object_is_undecodable(raw: bytes) -> None:
     with pytest.raises(UndecodableEventError):
@@ -257,13 +248,6 @@ def test_fractional_rating_is_rejected() -> None:
     assert "rating" in caught.value.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: FeedbackEvent.rating is a lax `int`, so JSON true decodes as rating 1 although "
-        "the published schemas/crm.feedback.schema.json says rating is an integer"
-    ),
-)
 def test_boolean_rating_is_rejected() -> None:
     with pytest.raises(EventValidationError):
         decode_event(encode(payload("feedback", rating=True)))

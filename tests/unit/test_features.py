@@ -16,7 +16,7 @@ from streamcrm.features import (
     NEUTRAL_SATISFACTION,
     customer_features,
 )
-from streamcrm.state import CustomerState
+from streamcrm.state import CustomerState, TicketTimes
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -139,6 +139,7 @@ def test_support_load_features() -> None:
     supported = customer(
         tickets_opened=5,
         tickets_resolved=2,
+        open_ticket_times={f"t{i}": TicketTimes(opened_at=AS_OF) for i in range(3)},
         escalations=1,
         tickets_by_category={"complaint": 3, "inquiry": 2},
         first_response_count=2,

@@ -340,12 +340,27 @@ def test_response_to_an_unknown_ticket_is_not_measured() -> None:
     assert state.open_ticket_times == {}
 
 
-def test_resolving_an_untracked_ticket_counts_but_measures_nothing() -> None:
+def test_resolving_an_unknown_ticket_changes_no_counts() -> None:
     state = run([ticket("t1", "opened", T0), ticket("ghost", "resolved", T0 + hours(1))])
 
-    assert state.tickets_resolved == 1
+    assert state.tickets_resolved == 0
     assert state.resolution_count == 0
-    assert state.open_tickets == 0
+    assert state.open_tickets == 1
+
+
+def test_resolving_a_ticket_twice_does_not_close_another() -> None:
+    state = run(
+        [
+            ticket("t1", "opened", T0),
+            ticket("t2", "opened", T0),
+            ticket("t1", "resolved", T0 + hours(1)),
+            ticket("t1", "resolved", T0 + hours(2)),
+        ]
+    )
+
+    assert state.tickets_resolved == 1
+    assert set(state.open_ticket_times) == {"t2"}
+    assert state.open_tickets == 1
 
 
 def test_tickets_are_counted_by_category_when_opened() -> None:
@@ -375,7 +390,7 @@ def test_open_ticket_map_is_bounded_and_forgets_the_oldest() -> None:
 
     assert len(state.open_ticket_times) == MAX_TRACKED_TICKETS
     assert set(state.open_ticket_times) == {f"t{i}" for i in range(5, MAX_TRACKED_TICKETS + 5)}
-    assert state.open_tickets == MAX_TRACKED_TICKETS + 5
+    assert state.open_tickets == MAX_TRACKED_TICKETS  # the oldest are taken as abandoned
 
 
 # --- cancellation ----------------------------------------------------------------------------

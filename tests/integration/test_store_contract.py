@@ -1,0 +1,188 @@
+"""One contract for every ``StateStore``: the in-memory twin and the real Redis store.
+
+The Redis variant runs against the redis-server the test session starts (see
+``tests/conftest.py``), each test under its own namespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from streamcrm.embedded import EmbeddedServices
+from streamcrm.events import CustomerScore, FeedbackEvent, PurchaseEvent
+from streamcrm.models import ModelBundle
+from streamcrm.scoring import ScoringConfig, score_event
+from streamcrm.state import CustomerState
+from streamcrm.store import InMemoryStateStore, RedisStateStore, StateStore
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["in_memory", "redis"])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    """Each contract test runs once per implementation."""
+    if request.param == "in_memory":
+        return InMemoryStateStore()
+    redis_store: RedisStateStore = request.getfixturevalue("redis_store")
+    return redis_store
+
+
+@pytest.fixture
+async def neighbour(
+    store: StateStore, request: pytest.FixtureRequest, unique_name: str
+) -> AsyncIterator[StateStore]:
+    """A second store of the same kind under another namespace."""
+    if isinstance(store, InMemoryStateStore):
+        yield InMemoryStateStore()
+        return
+    services: EmbeddedServices = request.getfixturevalue("services")
+    other = RedisStateStore(aioredis.Redis.from_url(services.redis_url), f"{unique_name}-other")
+    yield other
+    await other.close()
+
+
+def scored(customer_id: str = "c1", day: float = 0.0) -> tuple[CustomerState, CustomerScore]:
+    """A real state and score after one purchase and one rating."""
+    models, config = ModelBundle(), ScoringConfig()
+    at = T0 + timedelta(days=day)
+    first = score_event(
+        None,
+        PurchaseEvent(
+            event_id=f"p-{customer_id}-{day}",
+            customer_id=customer_id,
+            order_id="o1",
+            occurred_at=at,
+            amount=42.5,
+            items=2,
+            channel="store",
+            cost=20.0,
+        ),
+        models,
+        config,
+    )
+    second = score_event(
+        first.state,
+        FeedbackEvent(
+            event_id=f"f-{customer_id}-{day}",
+            customer_id=customer_id,
+            occurred_at=at + timedelta(hours=5),
+            rating=9,
+            scale="nps",
+            category="brand",
+        ),
+        models,
+        config,
+    )
+    assert second.score is not None
+    return second.state, second.score
+
+
+async def test_loading_a_missing_customer_gives_none(store: StateStore) -> None:
+    assert await store.load("nobody") is None
+    assert await store.load_score("nobody") is None
+
+
+async def test_saved_state_and_score_load_back_equal(store: StateStore) -> None:
+    state, score = scored()
+
+    await store.save(state, score)
+
+    assert await store.load("c1") == state
+    assert await store.load_score("c1") == score
+
+
+async def test_saving_again_overwrites_state_and_score(store: StateStore) -> None:
+    old_state, old_score = scored(day=0)
+    new_state, new_score = scored(day=30)
+    await store.save(old_state, old_score)
+
+    await store.save(new_state, new_score)
+
+    assert await store.load("c1") == new_state
+    assert await store.load_score("c1") == new_score
+
+
+async def test_customers_do_not_see_each_other(store: StateStore) -> None:
+    alice, bob = scored("alice"), scored("bob", day=3)
+
+    await store.save(*alice)
+    await store.save(*bob)
+
+    assert await store.load("alice") == alice[0]
+    assert await store.load_score("bob") == bob[1]
+
+
+async def test_missing_model_loads_as_none(store: StateStore) -> None:
+    assert await store.load_model("bundle") is None
+
+
+async def test_model_checkpoint_round_trips(store: StateStore) -> None:
+    bundle = ModelBundle()
+    state, _ = scored()
+    bundle.churn.learn_one(state.pending_snapshots[0].features, churned=False)
+
+    await store.save_model("bundle", bundle.to_bytes(), bundle.version)
+    blob = await store.load_model("bundle")
+
+    assert blob is not None
+    assert ModelBundle.from_bytes(blob).version == bundle.version == "churn-1.segments-0"
+
+
+async def test_saving_a_model_again_overwrites_it(store: StateStore) -> None:
+    await store.save_model("bundle", b"first", "v1")
+
+    await store.save_model("bundle", b"second", "v2")
+
+    assert await store.load_model("bundle") == b"second"
+
+
+async def test_models_are_kept_by_name(store: StateStore) -> None:
+    await store.save_model("a", b"alpha", "v1")
+    await store.save_model("b", b"beta", "v1")
+
+    assert (await store.load_model("a"), await store.load_model("b")) == (b"alpha", b"beta")
+
+
+async def test_namespaces_isolate(store: StateStore, neighbour: StateStore) -> None:
+    state, score = scored()
+
+    await store.save(state, score)
+    await store.save_model("bundle", b"blob", "v1")
+
+    assert await neighbour.load("c1") is None
+    assert await neighbour.load_score("c1") is None
+    assert await neighbour.load_model("bundle") is None
+    assert await store.load("c1") == state
+
+
+async def test_redis_key_layout_matches_the_documented_one(
+    redis_store: RedisStateStore, services: EmbeddedServices, unique_name: str
+) -> None:
+    state, score = scored("c-42")
+    await redis_store.save(state, score)
+    await redis_store.save_model("bundle", b"blob", "churn-3.segments-4")
+
+    raw = aioredis.Redis.from_url(services.redis_url, decode_responses=True)
+    try:
+        customer_key = f"{unique_name}:v1:customer:c-42"
+        assert await raw.type(customer_key) == "hash"
+        fields = await raw.hgetall(customer_key)
+        assert set(fields) == {"state", "score", "as_of"}
+        assert CustomerState.model_validate_json(fields["state"]) == state
+        assert CustomerScore.model_validate_json(fields["score"]) == score
+        assert datetime.fromisoformat(str(fields["as_of"])) == score.as_of
+        assert await raw.get(f"{unique_name}:v1:model:bundle") == "blob"
+        assert await raw.get(f"{unique_name}:v1:model:bundle:version") == "churn-3.segments-4"
+        assert sorted(await raw.keys(f"{unique_name}:*")) == [
+            customer_key,
+            f"{unique_name}:v1:model:bundle",
+            f"{unique_name}:v1:model:bundle:version",
+        ]
+    finally:
+        await raw.aclose()

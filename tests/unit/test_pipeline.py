@@ -1,0 +1,309 @@
+"""Behaviour of the seam where the core meets I/O: ``ScoringPipeline`` over the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from streamcrm.errors import EventValidationError, InvalidEventError, WrongTopicError
+from streamcrm.events import CustomerScore, decode_event
+from streamcrm.models import ModelBundle
+from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline
+from streamcrm.scoring import ScoringConfig, score_event
+from streamcrm.state import CustomerState
+from streamcrm.store import InMemoryStateStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+_ids = itertools.count()
+
+
+def purchase(customer_id: str = "c1", day: float = 0.0, **fields: Any) -> bytes:
+    return json.dumps(
+        {
+            "type": "purchase",
+            "event_id": f"p{next(_ids)}",
+            "customer_id": customer_id,
+            "occurred_at": (T0 + timedelta(days=day)).isoformat(),
+            "order_id": "o1",
+            "amount": 40.0,
+            "items": 1,
+            "channel": "web",
+            **fields,
+        }
+    ).encode()
+
+
+class YieldingStore(InMemoryStateStore):
+    """The in-memory store, but every call yields to the event loop like real I/O does.
+
+    Without the yield, an unlocked load → score → save could never interleave and a
+    concurrency test would pass whether or not the pipeline locks.
+    """
+
+    async def load(self, customer_id: str) -> CustomerState | None:
+        await asyncio.sleep(0)
+        return await super().load(customer_id)
+
+    async def save(self, state: CustomerState, score: CustomerScore) -> None:
+        await asyncio.sleep(0)
+        await super().save(state, score)
+
+
+@pytest.fixture
+def store() -> InMemoryStateStore:
+    return InMemoryStateStore()
+
+
+@pytest.fixture
+def pipeline(store: InMemoryStateStore) -> ScoringPipeline:
+    return ScoringPipeline(store, ScoringConfig())
+
+
+async def test_handle_saves_the_new_state_and_score(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    scored = await pipeline.handle(purchase(amount=75.0), topic="crm.purchases")
+
+    assert scored.score is not None
+    assert await store.load("c1") == scored.state
+    assert await store.load_score("c1") == scored.score
+    assert scored.state.order_count == 1
+    assert scored.score.monetary == 75.0
+
+
+async def test_handle_carries_state_from_one_event_to_the_next(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    await pipeline.handle(purchase(day=0))
+    await pipeline.handle(purchase(day=10))
+
+    state = await store.load("c1")
+    assert state is not None
+    assert state.order_count == 2
+    assert pipeline.models.churn.n_learned == 1
+
+
+async def test_customers_are_kept_apart(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    await pipeline.handle(purchase("alice"))
+    await pipeline.handle(purchase("alice"))
+    await pipeline.handle(purchase("bob"))
+
+    alice, bob = await store.load("alice"), await store.load("bob")
+    assert alice is not None and bob is not None
+    assert (alice.order_count, bob.order_count) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "topic", "error"),
+    [
+        (b"{not json", "crm.purchases", InvalidEventError),
+        (purchase(amount=-5.0), "crm.purchases", EventValidationError),
+        (purchase(), "crm.feedback", WrongTopicError),
+    ],
+    ids=["undecodable", "invalid", "wrong-topic"],
+)
+async def test_invalid_message_raises_and_saves_nothing(
+    pipeline: ScoringPipeline,
+    store: InMemoryStateStore,
+    raw: bytes,
+    topic: str,
+    error: type[InvalidEventError],
+) -> None:
+    with pytest.raises(error):
+        await pipeline.handle(raw, topic=topic)
+
+    assert await store.load("c1") is None
+    assert await store.load_score("c1") is None
+    assert await store.load_model(MODEL_CHECKPOINT) is None
+    assert pipeline.models.version == ModelBundle().version
+
+
+async def test_duplicate_message_is_reported_and_changes_nothing(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    raw = purchase()
+    first = await pipeline.handle(raw)
+    version = pipeline.models.version
+
+    again = await pipeline.handle(raw)
+
+    assert again.duplicate is True
+    assert again.score is None
+    assert await store.load("c1") == first.state
+    assert await store.load_score("c1") == first.score
+    assert pipeline.models.version == version
+
+
+async def test_checkpoint_saves_only_when_the_models_changed(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    assert await pipeline.checkpoint_models() is False  # nothing loaded, nothing learned
+
+    await pipeline.handle(purchase())
+    assert await pipeline.checkpoint_models() is True
+    assert await pipeline.checkpoint_models() is False
+
+    await pipeline.handle(purchase())
+    assert await pipeline.checkpoint_models() is True
+
+    blob = await store.load_model(MODEL_CHECKPOINT)
+    assert blob is not None
+    assert ModelBundle.from_bytes(blob).version == pipeline.models.version
+
+
+async def test_a_duplicate_does_not_make_a_new_checkpoint(pipeline: ScoringPipeline) -> None:
+    raw = purchase()
+    await pipeline.handle(raw)
+    await pipeline.checkpoint_models()
+
+    await pipeline.handle(raw)
+
+    assert await pipeline.checkpoint_models() is False
+
+
+async def test_a_new_pipeline_resumes_from_the_checkpoint(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    for day in (0, 10, 20):
+        await pipeline.handle(purchase(day=day))
+    await pipeline.checkpoint_models()
+
+    resumed = ScoringPipeline(store, ScoringConfig())
+    await resumed.load_models()
+
+    assert resumed.models.version == pipeline.models.version == "churn-2.segments-3"
+    assert await resumed.checkpoint_models() is False
+
+
+async def test_models_are_loaded_once_per_process(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    await pipeline.load_models()
+    await store.save_model(MODEL_CHECKPOINT, ModelBundle().to_bytes(), "churn-0.segments-0")
+    models = pipeline.models
+
+    await pipeline.load_models()
+
+    assert pipeline.models is models
+
+
+class SlowFirstCheckpointStore(InMemoryStateStore):
+    """The in-memory store whose first ``load_model`` waits until ``release`` is set.
+
+    Real stores answer concurrent reads in any order; this one makes the order certain.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.model_reads = 0
+
+    async def load_model(self, name: str) -> bytes | None:
+        self.model_reads += 1
+        if self.model_reads == 1:
+            await self.release.wait()
+        return await super().load_model(name)
+
+
+async def test_concurrent_start_up_does_not_forget_what_the_models_learned() -> None:
+    store = SlowFirstCheckpointStore()
+    checkpoint = ModelBundle()
+    await store.save_model(MODEL_CHECKPOINT, checkpoint.to_bytes(), checkpoint.version)
+    pipeline = ScoringPipeline(store, ScoringConfig())
+
+    slow = asyncio.create_task(pipeline.handle(purchase("c1")))
+    await asyncio.sleep(0)  # the first handle() is now waiting for its checkpoint read
+    second = asyncio.create_task(pipeline.handle(purchase("c2")))
+    await asyncio.sleep(0)  # the second arrives while the checkpoint is still being read
+    store.release.set()
+    await asyncio.wait_for(asyncio.gather(slow, second), timeout=5)
+
+    assert pipeline.models.segments.n_learned == 2
+    assert store.model_reads == 1
+
+
+async def test_concurrent_events_of_one_customer_are_applied_one_at_a_time() -> None:
+    store = YieldingStore()
+    pipeline = ScoringPipeline(store, ScoringConfig())
+
+    results = await asyncio.gather(*(pipeline.handle(purchase("c1", day=i)) for i in range(50)))
+
+    state = await store.load("c1")
+    assert state is not None
+    assert state.order_count == 50
+    assert state.events_applied == 50
+    assert not any(result.duplicate for result in results)
+    assert len(pipeline._locks) == 0
+
+
+async def test_yielding_store_really_lets_unlocked_updates_race() -> None:
+    # The control for the test above: without the lock, the same burst loses updates.
+    store = YieldingStore()
+    pipeline = ScoringPipeline(store, ScoringConfig())
+    await pipeline.load_models()
+
+    async def unlocked(raw: bytes) -> None:
+        event = decode_event(raw)
+        scored = score_event(await store.load("c1"), event, pipeline.models, pipeline.config)
+        assert scored.score is not None
+        await store.save(scored.state, scored.score)
+
+    await asyncio.gather(*(unlocked(purchase("c1", day=i)) for i in range(50)))
+
+    state = await store.load("c1")
+    assert state is not None
+    assert state.order_count < 50
+
+
+async def test_keyed_locks_serialise_holders_of_one_key_and_then_forget_it() -> None:
+    locks = KeyedLocks()
+    inside: list[str] = []
+    overlaps: list[int] = []
+
+    async def hold(key: str, tag: str) -> None:
+        async with locks.hold(key):
+            inside.append(tag)
+            overlaps.append(len(inside))
+            await asyncio.sleep(0)
+            inside.remove(tag)
+
+    await asyncio.gather(*(hold("a", f"a{i}") for i in range(10)))
+
+    assert overlaps == [1] * 10
+    assert len(locks) == 0
+
+
+async def test_keyed_locks_let_different_keys_proceed_together() -> None:
+    locks = KeyedLocks()
+    both_inside = asyncio.Event()
+    entered: set[str] = set()
+
+    async def hold(key: str) -> None:
+        async with locks.hold(key):
+            entered.add(key)
+            if len(entered) == 2:
+                both_inside.set()
+            await asyncio.wait_for(both_inside.wait(), timeout=1.0)
+
+    await asyncio.gather(hold("a"), hold("b"))
+
+    assert len(locks) == 0
+
+
+async def test_keyed_locks_are_released_when_the_holder_fails() -> None:
+    locks = KeyedLocks()
+
+    with pytest.raises(RuntimeError):
+        async with locks.hold("a"):
+            raise RuntimeError("boom")
+
+    assert len(locks) == 0
+    async with locks.hold("a"):
+        assert len(locks) == 1

@@ -1,0 +1,274 @@
+"""Behaviour of ``score_event``: one event in, the new state and one score out."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streamcrm.events import (
+    CancellationEvent,
+    CustomerScore,
+    Event,
+    FeedbackEvent,
+    PurchaseEvent,
+    RefundEvent,
+    SupportEvent,
+)
+from streamcrm.features import customer_features
+from streamcrm.models import ModelBundle
+from streamcrm.models.segments import SEGMENT_NAMES
+from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
+from streamcrm.state import CustomerState
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CONFIG = ScoringConfig()
+_ids = itertools.count()
+
+
+def days(n: float) -> timedelta:
+    return timedelta(days=n)
+
+
+def purchase(day: float, amount: float = 60.0, customer_id: str = "c1") -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=f"p{next(_ids)}",
+        customer_id=customer_id,
+        order_id=f"o{next(_ids)}",
+        occurred_at=T0 + days(day),
+        amount=amount,
+        items=1,
+        channel="web",
+    )
+
+
+def feedback(day: float, rating: int = 4) -> FeedbackEvent:
+    return FeedbackEvent(
+        event_id=f"f{next(_ids)}",
+        customer_id="c1",
+        occurred_at=T0 + days(day),
+        rating=rating,
+        scale="csat",
+        category="product",
+    )
+
+
+def cancellation(day: float) -> CancellationEvent:
+    return CancellationEvent(
+        event_id=f"x{next(_ids)}", customer_id="c1", occurred_at=T0 + days(day)
+    )
+
+
+def score_all(
+    events: Iterable[Event], models: ModelBundle, state: CustomerState | None = None
+) -> ScoredEvent:
+    """Score ``events`` in order, carrying the state; return the last outcome."""
+    scored = None
+    for event in events:
+        scored = score_event(state, event, models, CONFIG)
+        state = scored.state
+    assert scored is not None
+    return scored
+
+
+def test_default_config_uses_a_ninety_day_churn_window() -> None:
+    assert CONFIG.churn_window == timedelta(days=90)
+
+
+def test_purchase_score_is_consistent_with_the_state() -> None:
+    models = ModelBundle()
+    first = score_all([purchase(0, amount=100.0)], models)
+
+    scored = score_event(first.state, purchase(20, amount=50.0), models, CONFIG)
+
+    score, state = scored.score, scored.state
+    assert isinstance(score, CustomerScore)
+    assert score.customer_id == "c1"
+    assert score.as_of == T0 + days(20)
+    assert score.frequency == state.order_count == 2
+    assert score.monetary == state.monetary == 150.0
+    assert score.recency_days == 0.0
+    assert score.open_tickets == 0
+    assert score.satisfaction_mean is None
+    assert score.satisfaction_recent is None
+    assert score.model_version == models.version
+    assert score.segment_name in SEGMENT_NAMES
+    assert 0.0 <= score.churn_probability <= 1.0
+    assert 0.0 <= score.loyalty <= 1.0
+    assert 0.0 <= score.health <= 100.0
+
+
+def test_model_version_is_the_version_after_this_event_was_learned() -> None:
+    models = ModelBundle()
+
+    scored = score_all([purchase(0), purchase(10)], models)
+
+    assert scored.score is not None
+    assert scored.score.model_version == models.version == "churn-1.segments-2"
+
+
+def test_score_carries_the_event_id_and_satisfaction() -> None:
+    event = feedback(3, rating=5)
+
+    scored = score_all([purchase(0), event], ModelBundle())
+
+    assert scored.score is not None
+    assert scored.score.event_id == event.event_id
+    assert scored.score.satisfaction_mean == 1.0
+    assert scored.score.satisfaction_recent == 1.0
+
+
+def test_recency_is_unknown_before_any_purchase() -> None:
+    scored = score_all([feedback(0)], ModelBundle())
+
+    assert scored.score is not None
+    assert scored.score.recency_days is None
+    assert scored.score.frequency == 0
+
+
+def test_purchase_leaves_a_pending_snapshot_of_the_scored_features() -> None:
+    scored = score_all([purchase(0)], ModelBundle())
+
+    (snapshot,) = scored.state.pending_snapshots
+    assert snapshot.scored_at == T0
+    assert snapshot.features == customer_features(scored.state, T0)
+
+
+def test_a_second_purchase_within_the_window_teaches_one_retained_example() -> None:
+    models = ModelBundle()
+    first = score_all([purchase(0)], models)
+
+    second = score_event(first.state, purchase(30), models, CONFIG)
+
+    assert second.examples_learned == 1
+    assert models.churn.n_learned == 1
+    assert models.churn.n_churned == 0
+    assert [s.scored_at for s in second.state.pending_snapshots] == [T0 + days(30)]
+
+
+def test_a_purchase_after_the_window_teaches_churned_examples() -> None:
+    models = ModelBundle()
+
+    score_all([purchase(0), feedback(70), purchase(150)], models)
+
+    assert models.churn.n_learned == 2
+    assert models.churn.n_churned == 1
+
+
+def test_cancellation_means_certain_churn_and_teaches_every_pending_snapshot() -> None:
+    models = ModelBundle()
+    before = score_all([purchase(0), feedback(5)], models)
+    pending = len(before.state.pending_snapshots)
+    learned, churned = models.churn.n_learned, models.churn.n_churned
+
+    scored = score_event(before.state, cancellation(12), models, CONFIG)
+
+    assert pending == 2
+    assert scored.score is not None
+    assert scored.score.churn_probability == 1.0
+    assert scored.score.clv_simple == 0.0
+    assert scored.state.pending_snapshots == ()
+    assert scored.examples_learned == pending
+    assert models.churn.n_learned == learned + pending
+    assert models.churn.n_churned == churned + pending
+
+
+def test_a_cancelled_customer_stays_certain_churn_without_new_snapshots() -> None:
+    models = ModelBundle()
+
+    scored = score_all([purchase(0), cancellation(1), feedback(2, rating=1)], models)
+
+    assert scored.score is not None
+    assert scored.score.churn_probability == 1.0
+    assert scored.state.pending_snapshots == ()
+
+
+def test_a_purchase_after_cancellation_reactivates_the_customer() -> None:
+    models = ModelBundle()
+
+    scored = score_all([purchase(0), cancellation(1), purchase(40)], models)
+
+    assert scored.score is not None
+    assert scored.score.churn_probability < 1.0
+    assert len(scored.state.pending_snapshots) == 1
+
+
+def test_duplicate_event_gives_no_score_and_teaches_nothing() -> None:
+    models = ModelBundle()
+    event = purchase(0)
+    first = score_event(None, event, models, CONFIG)
+    version = models.version
+
+    again = score_event(first.state, event, models, CONFIG)
+
+    assert again.duplicate is True
+    assert again.score is None
+    assert again.examples_learned == 0
+    assert again.state == first.state
+    assert models.version == version
+
+
+def test_a_new_event_is_not_a_duplicate() -> None:
+    assert score_event(None, purchase(0), ModelBundle(), CONFIG).duplicate is False
+
+
+def test_scores_depend_only_on_event_time_and_the_event_stream() -> None:
+    events: list[Event] = [
+        purchase(0, 80.0),
+        feedback(2, 3),
+        SupportEvent(
+            event_id="s1",
+            customer_id="c1",
+            occurred_at=T0 + days(3),
+            ticket_id="t1",
+            action="opened",
+            channel="chat",
+            category="complaint",
+        ),
+        purchase(40, 20.0),
+        RefundEvent(
+            event_id="r1", customer_id="c1", occurred_at=T0 + days(41), order_id="o", amount=5.0
+        ),
+        purchase(200, 70.0),
+        cancellation(210),
+    ]
+
+    def replay() -> list[CustomerScore | None]:
+        models = ModelBundle()
+        state: CustomerState | None = None
+        scores: list[CustomerScore | None] = []
+        for event in events:
+            scored = score_event(state, event, models, CONFIG)
+            state = scored.state
+            scores.append(scored.score)
+        return scores
+
+    first, second = replay(), replay()
+
+    assert first == second
+    assert all(score is not None for score in first)
+
+
+def test_churn_window_is_configurable() -> None:
+    models = ModelBundle()
+    short = ScoringConfig(churn_window=timedelta(days=7))
+    first = score_event(None, purchase(0), models, short)
+
+    score_event(first.state, purchase(30), models, short)
+
+    assert models.churn.n_churned == 1
+
+
+@pytest.mark.parametrize(("rate", "horizon"), [(0.0, 1), (0.2, 3)])
+def test_discount_rate_and_horizon_come_from_the_config(rate: float, horizon: int) -> None:
+    config = ScoringConfig(discount_rate=rate, horizon_years=horizon)
+    models = ModelBundle()
+
+    scored = score_event(None, purchase(0, amount=100.0), models, config)
+
+    assert scored.score is not None
+    value, retention = scored.score.customer_value, 1.0 - scored.score.churn_probability
+    expected = sum(value * retention**t / (1 + rate) ** t for t in range(1, horizon + 1))
+    assert scored.score.clv_discounted == pytest.approx(expected)
