@@ -8,28 +8,18 @@ agent that raises would ack the message and skip it forever.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import faust
-import redis.exceptions
 
-from streamcrm.errors import InvalidEventError
+from streamcrm.errors import InvalidEventError, StoreUnavailableError
 from streamcrm.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter
 from streamcrm.pipeline import ScoringPipeline
-from streamcrm.scoring import ScoredEvent
 from streamcrm.settings import Settings
 from streamcrm.store import RedisStateStore
 
 logger = logging.getLogger(__name__)
-
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
-"""Failures of a service, not of the message: retried until the service is back."""
-MAX_RETRY_DELAY_S = 5.0
 
 
 def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> faust.App:
@@ -59,28 +49,9 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     scores_topic = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
     deadletter_topic = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
 
-    async def handle_with_retry(message: Any) -> ScoredEvent:
-        delay = 0.1
-        while True:
-            try:
-                return await pipeline.handle(message.value, message.topic)
-            except TRANSIENT_ERRORS as error:
-                # Dead-lettering a good event because Redis blinked would lose it from the
-                # live path: hold the partition and retry instead.
-                logger.warning(
-                    "Redis unavailable at %s[%d]@%d (%s); retrying in %.1fs",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    error,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY_S)
-
     async def process(message: Any) -> None:
         try:
-            scored = await handle_with_retry(message)
+            scored = await pipeline.handle(message.value, message.topic)
         except Exception as error:  # noqa: BLE001 - every failure is dead-lettered, never raised
             if not isinstance(error, InvalidEventError):
                 logger.exception(
@@ -112,7 +83,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         try:
             if await pipeline.checkpoint_models():
                 logger.info("checkpointed models %s", pipeline.models.version)
-        except TRANSIENT_ERRORS as error:
+        except StoreUnavailableError as error:
             logger.warning("model checkpoint failed (%s); will retry", error)
 
     app.timer(settings.model_checkpoint_interval_s, name="checkpoint-models")(checkpoint)
@@ -121,7 +92,6 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     async def final_checkpoint(sender: faust.App, **_: Any) -> None:
         await checkpoint()
 
-    app.streamcrm_pipeline = pipeline  # type: ignore[attr-defined]
     return app
 
 

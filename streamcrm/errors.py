@@ -8,10 +8,12 @@
     │   ├── EventValidationError              JSON, but breaks the event schema
     │   └── WrongTopicError                   a valid event on a topic that does not carry its type
     ├── ConfigurationError                    settings that cannot work together
-    └── ServiceError                          an embedded broker or redis-server failed to start
+    ├── ServiceError                          an embedded broker or redis-server failed to start
+    └── StoreUnavailableError                 the state store cannot be reached right now
 
 The scoring core raises; the adapters (Faust agents, CLI) catch ``InvalidEventError``,
-dead-letter the message with ``reason`` and carry on.
+dead-letter the message with ``reason`` and carry on. ``StoreUnavailableError`` is the
+opposite case: the message is fine, the store is not, so the pipeline waits and retries.
 """
 
 from __future__ import annotations
@@ -47,3 +49,7 @@ class ConfigurationError(StreamcrmError):
 
 class ServiceError(StreamcrmError):
     """An embedded service (broker, redis-server) could not be started or reached."""
+
+
+class StoreUnavailableError(StreamcrmError):
+    """The state store cannot be reached; the operation is retried, never dead-lettered."""

@@ -2,22 +2,31 @@
 
 ``raw bytes → decode/validate → load state → score_event (pure) → save state → score``.
 The caller (a Faust agent, a test) emits the score and dead-letters what raises.
+
+While the store is unavailable the pipeline waits and retries each store call: the message
+is fine, so dead-lettering it would drop a good event from the live path, and retrying the
+whole step would let the models learn its labels twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
+from streamcrm.errors import StoreUnavailableError
 from streamcrm.events import decode_event
 from streamcrm.models import ModelBundle
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
 from streamcrm.store import StateStore
 
 MODEL_CHECKPOINT = "bundle"
+FIRST_RETRY_DELAY_S = 0.1
+MAX_RETRY_DELAY_S = 5.0
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class KeyedLocks:
@@ -69,7 +78,9 @@ class ScoringPipeline:
         async with self._loading_models:
             if self._models_loaded:
                 return
-            blob = await self.store.load_model(MODEL_CHECKPOINT)
+            blob = await _until_available(
+                lambda: self.store.load_model(MODEL_CHECKPOINT), "load the model checkpoint"
+            )
             if blob is not None:
                 self.models = ModelBundle.from_bytes(blob)
                 logger.info("resumed models from checkpoint %s", self.models.version)
@@ -90,8 +101,24 @@ class ScoringPipeline:
         event = decode_event(raw, topic)
         await self.load_models()
         async with self._locks.hold(event.customer_id):
-            state = await self.store.load(event.customer_id)
+            state = await _until_available(
+                lambda: self.store.load(event.customer_id), f"load {event.customer_id}"
+            )
             scored = score_event(state, event, self.models, self.config)
-            if scored.score is not None:
-                await self.store.save(scored.state, scored.score)
+            if (score := scored.score) is not None:
+                await _until_available(
+                    lambda: self.store.save(scored.state, score), f"save {event.customer_id}"
+                )
         return scored
+
+
+async def _until_available(operation: Callable[[], Awaitable[_T]], what: str) -> _T:
+    """Run a store operation, waiting with exponential back-off while the store is down."""
+    delay = FIRST_RETRY_DELAY_S
+    while True:
+        try:
+            return await operation()
+        except StoreUnavailableError as error:
+            logger.warning("cannot %s (%s); retrying in %.1fs", what, error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)

@@ -17,10 +17,14 @@ score are written by one ``HSET``, so a reader never sees one without the other.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
+from streamcrm.errors import StoreUnavailableError
 from streamcrm.events import CustomerScore
 from streamcrm.state import CustomerState
 
@@ -42,7 +46,10 @@ def model_key(namespace: str, name: str) -> str:
 
 
 class StateStore(Protocol):
-    """The small interface the pipeline needs from a state store."""
+    """The small interface the pipeline needs from a state store.
+
+    An implementation raises ``StoreUnavailableError`` when its service cannot be reached.
+    """
 
     async def load(self, customer_id: str) -> CustomerState | None: ...
 
@@ -106,33 +113,46 @@ class RedisStateStore:
         return model_key(self._namespace, name)
 
     async def load(self, customer_id: str) -> CustomerState | None:
-        raw = await self._redis.hget(self.customer_key(customer_id), "state")
+        with _unavailable_as_store_error():
+            raw = await self._redis.hget(self.customer_key(customer_id), "state")
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
     async def save(self, state: CustomerState, score: CustomerScore) -> None:
-        await self._redis.hset(
-            self.customer_key(state.customer_id),
-            mapping={
-                "state": state.model_dump_json(),
-                "score": score.model_dump_json(),
-                "as_of": score.as_of.isoformat(),
-            },
-        )
+        with _unavailable_as_store_error():
+            await self._redis.hset(
+                self.customer_key(state.customer_id),
+                mapping={
+                    "state": state.model_dump_json(),
+                    "score": score.model_dump_json(),
+                    "as_of": score.as_of.isoformat(),
+                },
+            )
 
     async def load_score(self, customer_id: str) -> CustomerScore | None:
-        raw = await self._redis.hget(self.customer_key(customer_id), "score")
+        with _unavailable_as_store_error():
+            raw = await self._redis.hget(self.customer_key(customer_id), "score")
         return CustomerScore.model_validate_json(raw) if raw is not None else None
 
     async def load_model(self, name: str) -> bytes | None:
-        blob = await self._redis.get(self.model_key(name))
+        with _unavailable_as_store_error():
+            blob = await self._redis.get(self.model_key(name))
         return blob if blob is None or isinstance(blob, bytes) else blob.encode()
 
     async def save_model(self, name: str, blob: bytes, version: str) -> None:
         key = self.model_key(name)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, blob)
-            pipe.set(f"{key}:version", version)
-            await pipe.execute()
+        with _unavailable_as_store_error():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(key, blob)
+                pipe.set(f"{key}:version", version)
+                await pipe.execute()
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+@contextmanager
+def _unavailable_as_store_error() -> Iterator[None]:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        raise StoreUnavailableError(f"Redis unavailable: {error}") from error

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from streamcrm.embedded import EmbeddedServices
+from streamcrm.embedded import EmbeddedServices, free_port
+from streamcrm.errors import StoreUnavailableError
 from streamcrm.events import CustomerScore, FeedbackEvent, PurchaseEvent
 from streamcrm.models import ModelBundle
 from streamcrm.scoring import ScoringConfig, score_event
@@ -186,3 +187,15 @@ async def test_redis_key_layout_matches_the_documented_one(
         ]
     finally:
         await raw.aclose()
+
+
+async def test_an_unreachable_redis_raises_store_unavailable() -> None:
+    store = RedisStateStore(aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await store.load("c1")
+        state, score = scored()
+        with pytest.raises(StoreUnavailableError):
+            await store.save(state, score)
+    finally:
+        await store.close()

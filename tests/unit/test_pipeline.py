@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from streamcrm.errors import EventValidationError, InvalidEventError, WrongTopicError
+from streamcrm.errors import (
+    EventValidationError,
+    InvalidEventError,
+    StoreUnavailableError,
+    WrongTopicError,
+)
 from streamcrm.events import CustomerScore, decode_event
 from streamcrm.models import ModelBundle
 from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline
@@ -307,3 +312,41 @@ async def test_keyed_locks_are_released_when_the_holder_fails() -> None:
     assert len(locks) == 0
     async with locks.hold("a"):
         assert len(locks) == 1
+
+
+class FlakyStore(InMemoryStateStore):
+    """Unavailable for the first ``failures`` loads and the first ``failures`` saves."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.load_failures = failures
+        self.save_failures = failures
+
+    async def load(self, customer_id: str) -> CustomerState | None:
+        if self.load_failures:
+            self.load_failures -= 1
+            raise StoreUnavailableError("down")
+        return await super().load(customer_id)
+
+    async def save(self, state: CustomerState, score: CustomerScore) -> None:
+        if self.save_failures:
+            self.save_failures -= 1
+            raise StoreUnavailableError("down")
+        await super().save(state, score)
+
+
+async def test_an_unavailable_store_is_waited_for_and_the_models_learn_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streamcrm.pipeline.FIRST_RETRY_DELAY_S", 0.001)
+    store = FlakyStore(failures=0)
+    pipeline = ScoringPipeline(store, ScoringConfig())
+    await pipeline.handle(purchase("c1", day=0))
+    store.load_failures = store.save_failures = 3
+
+    scored = await pipeline.handle(purchase("c1", day=10))
+
+    assert scored.examples_learned == 1
+    assert pipeline.models.churn.n_learned == 1  # not once per retry
+    state = await store.load("c1")
+    assert state is not None and state.order_count == 2
