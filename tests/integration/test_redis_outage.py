@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from streamcrm.embedded import EmbeddedServices, free_port, start_redis
+from streamcrm.embedded import EmbeddedServices, RunningService, free_port, start_redis
 from streamcrm.events import PurchaseEvent
 from streamcrm.kafka_io import ensure_topics
 from tests.conftest import isolated_settings
@@ -35,15 +36,41 @@ def purchase(n: int) -> PurchaseEvent:
     )
 
 
+class RestartableRedis:
+    """A redis-server of this test's own, stopped and started again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir()
+        self.directory = directory
+        self.port = free_port()
+        self.service: RunningService = start_redis(directory, self.port)
+
+    @property
+    def address(self) -> str:
+        return self.service.address
+
+    def stop(self) -> None:
+        self.service.stop()
+
+    def start(self) -> None:
+        self.service = start_redis(self.directory, self.port)
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    redis_server = RestartableRedis(tmp_path / "redis")
+    yield redis_server
+    redis_server.stop()
+
+
 def test_events_sent_while_redis_is_down_are_scored_once_it_is_back(
-    services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    services: EmbeddedServices,
+    restartable_redis: RestartableRedis,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    port = free_port()
-    redis_dir = tmp_path / "redis"
-    redis_dir.mkdir()
-    own_redis = start_redis(redis_dir, port)
     settings = isolated_settings(services, "outage", tmp_path_factory).model_copy(
-        update={"redis_url": own_redis.address}
+        update={"redis_url": restartable_redis.address}
     )
     assert settings.kafka_bootstrap is not None
     ensure_topics(settings, settings.kafka_bootstrap)
@@ -54,18 +81,18 @@ def test_events_sent_while_redis_is_down_are_scored_once_it_is_back(
             send(settings, [purchase(1)])
             scores_seen.wait_for(lambda records: len(records) >= 1)
 
-            own_redis.stop()
+            restartable_redis.stop()
             send(settings, [purchase(2)])
             time.sleep(3)  # the worker meets the outage and retries
             # Redis restarts empty (no persistence): the state begins again from event 2.
-            own_redis = start_redis(redis_dir, port)
+            restartable_redis.start()
             scores_seen.wait_for(lambda records: len(records) >= 2)
 
         assert [s.event_id for s in scores(scores_seen.records)] == ["outage-p1", "outage-p2"]
         assert letters.drain(seconds=1.0) == []
+        assert "Redis unavailable" in (tmp_path / "worker.log").read_text()
         state, _ = redis_state(settings, "outage")
         assert state is not None and state.recent_event_ids == ("outage-p2",)
     finally:
         scores_seen.close()
         letters.close()
-        own_redis.stop()
