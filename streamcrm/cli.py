@@ -221,6 +221,8 @@ def worker_environment(settings: Settings) -> dict[str, str]:
         key = f"STREAMCRM_{name.upper()}"
         if value is None:
             env.pop(key, None)
+        elif isinstance(value, dict | list):
+            env[key] = json.dumps(value)
         else:
             env[key] = str(value)
     return env

@@ -6,7 +6,8 @@
     ├── InvalidEventError (also ValueError)   a message that cannot become an event
     │   ├── UndecodableEventError             not JSON / not UTF-8 / too large or too deep
     │   ├── EventValidationError              JSON, but breaks the event schema
-    │   └── WrongTopicError                   a valid event on a topic that does not carry its type
+    │   ├── WrongTopicError                   a valid event on a topic that does not carry its type
+    │   └── LateEventError                    older than its topic's newest event beyond lateness
     ├── ConfigurationError                    settings that cannot work together
     ├── ServiceError                          an embedded broker or redis-server failed to start
     └── StoreUnavailableError                 the state store cannot be reached right now
@@ -41,6 +42,11 @@ class EventValidationError(InvalidEventError):
 
 class WrongTopicError(InvalidEventError):
     """A valid event that arrived on a topic which does not carry its type."""
+
+
+class LateEventError(InvalidEventError):
+    """An event older than the newest of its topic (for its customer) by more than the
+    allowed lateness: counted in the customer's state, not applied, and dead-lettered."""
 
 
 class ConfigurationError(StreamcrmError):

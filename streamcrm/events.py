@@ -201,6 +201,9 @@ class CustomerScore(_Record):
     segment_name: str
     satisfaction_mean: float | None
     satisfaction_recent: float | None
+    csat_mean: float | None
+    nps: float | None
+    currency: str = Field(description="the reporting currency of every money field")
     customer_value: float
     clv_simple: float
     clv_discounted: float
@@ -210,6 +213,10 @@ class CustomerScore(_Record):
     frequency: int
     monetary: float
     open_tickets: int
+    escalations: int
+    sla_breaches: int
+    mean_first_response_hours: float | None
+    mean_resolution_hours: float | None
     model_version: str
     schema_version: Literal[1] = SCHEMA_VERSION
 

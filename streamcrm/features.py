@@ -7,7 +7,7 @@ the wall clock, so replaying history gives the same features as the live path.
 >>> from streamcrm.state import CustomerState
 >>> state = CustomerState(customer_id="c1", first_seen_at=datetime(2026, 1, 1, tzinfo=UTC),
 ...                       last_event_at=datetime(2026, 1, 31, tzinfo=UTC), order_count=2,
-...                       gross_revenue=100.0, last_purchase_at=datetime(2026, 1, 21, tzinfo=UTC))
+...                       gross_cents=10_000, last_purchase_at=datetime(2026, 1, 21, tzinfo=UTC))
 >>> f = customer_features(state, as_of=state.last_event_at)
 >>> f["recency_days"], f["tenure_days"], f["average_order_value"]
 (10.0, 30.0, 50.0)
@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from streamcrm.state import CustomerState
 
 SECONDS_PER_DAY = 86_400.0
+SECONDS_PER_HOUR = 3_600.0
 NEUTRAL_SATISFACTION = 0.5
 """Stands in for satisfaction before a customer has rated anything."""
 
@@ -58,6 +59,7 @@ def customer_features(state: CustomerState, as_of: datetime) -> dict[str, float]
     - support load: open tickets, complaints, escalations, mean first-response hours.
     """
     last_activity = state.last_purchase_at or state.first_seen_at
+    tickets = state.ticket_totals
     tenure_days = _days(as_of - (state.first_purchase_at or state.first_seen_at))
     orders = state.order_count
     return {
@@ -78,11 +80,11 @@ def customer_features(state: CustomerState, as_of: datetime) -> dict[str, float]
         ),
         "rating_count": float(state.rating_count),
         "open_tickets": float(state.open_tickets),
-        "complaints": float(state.tickets_by_category.get("complaint", 0)),
+        "complaints": float(tickets.by_category.get("complaint", 0)),
         "escalations": float(state.escalations),
         "mean_first_response_hours": (
-            state.first_response_hours_sum / state.first_response_count
-            if state.first_response_count
+            tickets.first_response_seconds / tickets.first_response_count / SECONDS_PER_HOUR
+            if tickets.first_response_count
             else 0.0
         ),
         "days_since_last_event": _days(as_of - state.last_event_at),

@@ -14,12 +14,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TypeVar
 
-from streamcrm.errors import StoreUnavailableError
+from streamcrm.errors import LateEventError, StoreUnavailableError
 from streamcrm.events import decode_event
 from streamcrm.models import ModelBundle
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
+from streamcrm.state import topic_kind
 from streamcrm.store import StateStore
 
 MODEL_CHECKPOINT = "bundle"
@@ -97,7 +99,10 @@ class ScoringPipeline:
         return True
 
     async def handle(self, raw: bytes, topic: str | None = None) -> ScoredEvent:
-        """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter."""
+        """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
+
+        A late event is saved as counted (``late_events``) before ``LateEventError`` reports it.
+        """
         event = decode_event(raw, topic)
         await self.load_models()
         async with self._locks.hold(event.customer_id):
@@ -105,11 +110,23 @@ class ScoringPipeline:
                 lambda: self.store.load(event.customer_id), f"load {event.customer_id}"
             )
             scored = score_event(state, event, self.models, self.config)
-            if (score := scored.score) is not None:
+            if not scored.duplicate:
                 await _until_available(
-                    lambda: self.store.save(scored.state, score), f"save {event.customer_id}"
+                    lambda: self.store.save(scored.state, scored.score),
+                    f"save {event.customer_id}",
                 )
+        if scored.late_by is not None:
+            raise LateEventError(
+                f"event at {event.occurred_at.isoformat()} is {_hours(scored.late_by)} older than "
+                f"the newest {topic_kind(event)} event of customer {event.customer_id!r}; "
+                f"allowed lateness is {_hours(self.config.rules.allowed_lateness)}: "
+                "counted as late, not applied"
+            )
         return scored
+
+
+def _hours(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 3600:.1f}h"
 
 
 async def _until_available(operation: Callable[[], Awaitable[_T]], what: str) -> _T:

@@ -23,10 +23,42 @@ def satisfaction_mean(state: CustomerState) -> float | None:
     >>> from datetime import datetime, UTC
     >>> t = datetime(2026, 1, 1, tzinfo=UTC)
     >>> satisfaction_mean(CustomerState(customer_id="c", first_seen_at=t, last_event_at=t,
-    ...                                 rating_count=2, rating_sum=1.5))
+    ...                                 csat_count=2, csat_sum=8))
     0.75
     """
     return state.rating_sum / state.rating_count if state.rating_count else None
+
+
+def csat_mean(state: CustomerState) -> float | None:
+    """Mean CSAT on its own 1-5 scale: Σ rᵢ / n over CSAT answers (null before any)."""
+    return state.csat_sum / state.csat_count if state.csat_count else None
+
+
+def net_promoter_score(state: CustomerState) -> float | None:
+    """NPS in [-100, 100] = 100 × (promoters − detractors) / responses (null before any).
+
+    Promoters answered 9-10, passives 7-8, detractors 0-6.
+    """
+    responses = state.nps_count
+    if not responses:
+        return None
+    return 100.0 * (state.nps_promoters - state.nps_detractors) / responses
+
+
+def mean_first_response_hours(state: CustomerState) -> float | None:
+    """Mean hours from a ticket's opening to its first response (null before any)."""
+    tickets = state.ticket_totals
+    if not tickets.first_response_count:
+        return None
+    return tickets.first_response_seconds / tickets.first_response_count / 3600.0
+
+
+def mean_resolution_hours(state: CustomerState) -> float | None:
+    """Mean hours from a ticket's opening to its resolution (null before any)."""
+    tickets = state.ticket_totals
+    if not tickets.resolution_count:
+        return None
+    return tickets.resolution_seconds / tickets.resolution_count / 3600.0
 
 
 def annual_order_rate(features: Mapping[str, float]) -> float:

@@ -10,7 +10,7 @@ It does no I/O; the River models are the only thing it changes besides the retur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from streamcrm.events import CustomerScore, Event
@@ -22,12 +22,16 @@ from streamcrm.scores import (
     DEFAULT_HORIZON_YEARS,
     clv_discounted,
     clv_simple,
+    csat_mean,
     customer_value,
     health_score,
     loyalty_index,
+    mean_first_response_hours,
+    mean_resolution_hours,
+    net_promoter_score,
     satisfaction_mean,
 )
-from streamcrm.state import CustomerState, PendingSnapshot, apply
+from streamcrm.state import CustomerState, PendingSnapshot, StateRules, apply
 
 
 @dataclass(frozen=True)
@@ -37,29 +41,36 @@ class ScoringConfig:
     churn_window: timedelta = timedelta(days=90)
     discount_rate: float = DEFAULT_DISCOUNT_RATE
     horizon_years: int = DEFAULT_HORIZON_YEARS
+    rules: StateRules = field(default_factory=StateRules)
 
 
 @dataclass(frozen=True)
 class ScoredEvent:
-    """The outcome of one event: the state to save and the score to emit (None if duplicate)."""
+    """The outcome of one event: the state to save and the score to emit.
+
+    ``score`` is None when the event was a duplicate (nothing changed) or late (only the
+    customer's late-event count changed; ``late_by`` says by how much).
+    """
 
     state: CustomerState
     score: CustomerScore | None
     examples_learned: int = 0
-
-    @property
-    def duplicate(self) -> bool:
-        """True when the event had been applied before and so changed nothing."""
-        return self.score is None
+    duplicate: bool = False
+    late_by: timedelta | None = None
 
 
 def score_event(
     state: CustomerState | None, event: Event, models: ModelBundle, config: ScoringConfig
 ) -> ScoredEvent:
     """Apply ``event``, let the models learn from what it settles, and score the customer."""
-    transition = apply(state, event)
-    if transition.duplicate:
-        return ScoredEvent(state=transition.state, score=None)
+    transition = apply(state, event, config.rules)
+    if not transition.applied:
+        return ScoredEvent(
+            state=transition.state,
+            score=None,
+            duplicate=transition.duplicate,
+            late_by=transition.late_by,
+        )
     new_state = transition.state
 
     labelled, pending = settle_pending(new_state.pending_snapshots, event, config.churn_window)
@@ -85,6 +96,9 @@ def score_event(
         segment_name=segment_name,
         satisfaction_mean=satisfaction_mean(new_state),
         satisfaction_recent=new_state.satisfaction_recent,
+        csat_mean=csat_mean(new_state),
+        nps=net_promoter_score(new_state),
+        currency=config.rules.reporting_currency,
         customer_value=customer_value(features),
         clv_simple=clv_simple(features, churn_probability),
         clv_discounted=clv_discounted(
@@ -98,6 +112,10 @@ def score_event(
         frequency=new_state.order_count,
         monetary=new_state.monetary,
         open_tickets=new_state.open_tickets,
+        escalations=new_state.escalations,
+        sla_breaches=new_state.ticket_totals.sla_breaches,
+        mean_first_response_hours=mean_first_response_hours(new_state),
+        mean_resolution_hours=mean_resolution_hours(new_state),
         model_version=models.version,
     )
     if not cancelled:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamcrm.errors import ConfigurationError
 from streamcrm.scoring import ScoringConfig
+from streamcrm.state import DEFAULT_EXCHANGE_RATES, StateRules
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, description="Partitions per topic when streamcrm creates it.")
     replication_factor: int = Field(1, ge=1)
     churn_window_days: float = Field(90.0, gt=0, description="Churn window W for labels.")
+    allowed_lateness_hours: float = Field(
+        48.0, ge=0, description="How far behind its topic's newest event an event may be."
+    )
+    reporting_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    exchange_rates: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EXCHANGE_RATES),
+        description="Reporting-currency units per unit of each accepted currency (JSON).",
+    )
     discount_rate: float = Field(0.10, ge=0, description="Yearly discount rate r for CLV.")
     clv_horizon_years: int = Field(5, ge=1, le=50)
     model_checkpoint_interval_s: float = Field(10.0, gt=0)
@@ -80,6 +90,14 @@ class Settings(BaseSettings):
     web_port: int | None = Field(None, description="Faust web server port; unset = off.")
     data_dir: Path = Field(Path(".streamcrm"), description="Faust's local data directory.")
     log_level: str = Field("INFO")
+
+    @model_validator(mode="after")
+    def _reporting_currency_has_rate_one(self) -> Settings:
+        if self.exchange_rates.get(self.reporting_currency) != 1.0:
+            raise ConfigurationError(
+                f"exchange_rates must map the reporting currency {self.reporting_currency} to 1.0"
+            )
+        return self
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -96,6 +114,11 @@ class Settings(BaseSettings):
             churn_window=timedelta(days=self.churn_window_days),
             discount_rate=self.discount_rate,
             horizon_years=self.clv_horizon_years,
+            rules=StateRules(
+                allowed_lateness=timedelta(hours=self.allowed_lateness_hours),
+                reporting_currency=self.reporting_currency,
+                exchange_rates=dict(self.exchange_rates),
+            ),
         )
 
     def for_local_broker(self, kafka_bootstrap: str, redis_url: str) -> Settings:

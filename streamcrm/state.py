@@ -1,10 +1,26 @@
 """Per-customer state and the one pure step that moves it: ``apply(state | None, event)``.
 
-The state holds running sums, never raw event lists, so it stays small and its size does not
-grow with a customer's history. Everything is in event time: nothing here reads a clock.
+The state holds running sums, never raw event lists, so it stays small whatever the length of
+a customer's history. Everything is in event time: nothing here reads a clock.
 
-Idempotency: the ids of the newest ``RECENT_EVENT_IDS`` events are kept inside the state
-itself, so the duplicate check and the update are saved together in one write.
+**Order does not matter.** A customer's events arrive on three topics that are consumed
+independently, so the order in which they are applied is not the order they happened in.
+Every aggregate is therefore built to give the same result in any order:
+
+- money is summed as integer cents of the reporting currency, counts and ratings as integers,
+  response and resolution times as integer seconds (exact, unlike float sums);
+- first/last times are min/max;
+- recent satisfaction is an EWMA computed over the ``RECENT_RATINGS`` newest ratings *sorted by
+  event time*, not folded in arrival order;
+- a ticket keeps the earliest time of each step, and its figures are derived from those times
+  when read, so no arrival order can change them.
+
+**Lateness.** Within one topic, Kafka keeps a customer's events in the order they were
+produced. An event older than the newest event of its topic by more than the allowed lateness
+is *late*: it is counted (``late_events``) and not applied, and the pipeline reports it.
+
+**Idempotency.** The ids of the newest ``RECENT_EVENT_IDS`` events are kept inside the state,
+so the duplicate check and the update are saved together in one write.
 
 >>> from datetime import datetime, UTC
 >>> from streamcrm.events import PurchaseEvent
@@ -19,11 +35,15 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from types import MappingProxyType
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from streamcrm.errors import EventValidationError
 from streamcrm.events import (
     CancellationEvent,
     Event,
@@ -36,74 +56,195 @@ from streamcrm.events import (
 RECENT_EVENT_IDS = 64
 """How many recent event ids each customer remembers for duplicate detection."""
 
-MAX_TRACKED_TICKETS = 32
-"""Open tickets tracked per customer; beyond this the oldest is taken as abandoned."""
+MAX_TRACKED_TICKETS = 16
+"""Tickets remembered per customer. Beyond this the oldest resolved ticket is forgotten first,
+then the oldest open one (taken as abandoned)."""
+
+RECENT_RATINGS = 16
+"""Ratings kept (newest by event time) for the recent-satisfaction EWMA."""
 
 SATISFACTION_EWMA_ALPHA = 0.3
 """Weight of the newest rating in the recent-satisfaction EWMA."""
 
+FIRST_RESPONSE_SLA = MappingProxyType(
+    {
+        "urgent": timedelta(hours=1),
+        "high": timedelta(hours=4),
+        "normal": timedelta(hours=24),
+        "low": timedelta(hours=72),
+    }
+)
+"""Time to first response each ticket priority is promised; slower is an SLA breach."""
+
+DEFAULT_EXCHANGE_RATES = MappingProxyType(
+    {"USD": 1.0, "EUR": 1.08, "GBP": 1.27, "CHF": 1.13, "CAD": 0.73, "AUD": 0.66, "JPY": 0.0067}
+)
+"""Units of the reporting currency (USD) per unit of each accepted currency."""
+
+TOPIC_OF_EVENT_TYPE = MappingProxyType(
+    {
+        "purchase": "purchases",
+        "refund": "purchases",
+        "feedback": "feedback",
+        "support": "support",
+        "cancellation": "support",
+    }
+)
+"""The input topic kind that carries each event type (lateness is measured per topic)."""
+
 SECONDS_PER_HOUR = 3600.0
 
 
-class TicketTimes(BaseModel):
-    """When a still-tracked ticket was opened and first answered."""
+@dataclass(frozen=True)
+class StateRules:
+    """The configurable rules of ``apply``: allowed lateness and currency conversion."""
 
-    model_config = ConfigDict(frozen=True)
+    allowed_lateness: timedelta = timedelta(days=2)
+    reporting_currency: str = "USD"
+    exchange_rates: Mapping[str, float] = field(default_factory=lambda: DEFAULT_EXCHANGE_RATES)
 
-    opened_at: datetime
+    def to_reporting_cents(self, amount: float, currency: str) -> int:
+        """``amount`` in ``currency`` as whole cents of the reporting currency (half-even).
+
+        >>> StateRules().to_reporting_cents(10.0, "EUR")
+        1080
+        >>> StateRules().to_reporting_cents(1.0, "XYZ")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        streamcrm.errors.EventValidationError: unknown currency 'XYZ' (accepted: AUD, CAD, ...)
+        """
+        rate = self.exchange_rates.get(currency)
+        if rate is None:
+            accepted = ", ".join(sorted(self.exchange_rates))
+            raise EventValidationError(f"unknown currency {currency!r} (accepted: {accepted})")
+        cents = Decimal(repr(amount)) * Decimal(repr(rate)) * 100
+        return int(cents.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+DEFAULT_RULES = StateRules()
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TicketTotals(_Frozen):
+    """Support figures summed over tickets (all counts and integer seconds: exact in any order)."""
+
+    opened: int = 0
+    resolved: int = 0
+    first_response_count: int = 0
+    first_response_seconds: int = 0
+    resolution_count: int = 0
+    resolution_seconds: int = 0
+    sla_breaches: int = 0
+    by_category: dict[str, int] = Field(default_factory=dict)
+
+    def __add__(self, other: TicketTotals) -> TicketTotals:
+        categories = dict(self.by_category)
+        for category, count in other.by_category.items():
+            categories[category] = categories.get(category, 0) + count
+        return TicketTotals(
+            opened=self.opened + other.opened,
+            resolved=self.resolved + other.resolved,
+            first_response_count=self.first_response_count + other.first_response_count,
+            first_response_seconds=self.first_response_seconds + other.first_response_seconds,
+            resolution_count=self.resolution_count + other.resolution_count,
+            resolution_seconds=self.resolution_seconds + other.resolution_seconds,
+            sla_breaches=self.sla_breaches + other.sla_breaches,
+            by_category=categories,
+        )
+
+
+class Ticket(_Frozen):
+    """What is known of one ticket. Its steps may arrive in any order, so each time is the
+    earliest seen for its step, and the ticket's figures are derived from the times only when
+    read (:meth:`totals`): no step's arrival order can change them."""
+
+    opened_at: datetime | None = None
+    opened_by: str | None = None
+    priority: str = "normal"
+    category: str | None = None
     first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None and self.resolved_at is None
+
+    def eviction_order(self, ticket_id: str) -> tuple[bool, datetime, str]:
+        """Resolved tickets go first, then the oldest."""
+        known = [t for t in (self.opened_at, self.first_response_at, self.resolved_at) if t]
+        return (self.is_open, min(known), ticket_id)
+
+    def totals(self) -> TicketTotals:
+        """This ticket's contribution to the customer's support figures."""
+        opened, answered, resolved = self.opened_at, self.first_response_at, self.resolved_at
+        if opened is None:
+            return TicketTotals()
+        waited = answered - opened if answered else None
+        sla = FIRST_RESPONSE_SLA.get(self.priority, FIRST_RESPONSE_SLA["normal"])
+        return TicketTotals(
+            opened=1,
+            resolved=int(resolved is not None),
+            first_response_count=int(waited is not None),
+            first_response_seconds=_seconds(waited) if waited is not None else 0,
+            resolution_count=int(resolved is not None),
+            resolution_seconds=_seconds(resolved - opened) if resolved else 0,
+            sla_breaches=int(waited is not None and waited > sla),
+            by_category={self.category: 1} if self.category else {},
+        )
 
 
-class PendingSnapshot(BaseModel):
+class Rating(_Frozen):
+    """One rating, normalised to [0, 1], with the time and id that order it."""
+
+    occurred_at: datetime
+    event_id: str
+    score: float
+
+
+class PendingSnapshot(_Frozen):
     """The features a churn score was made from, kept until the outcome is known.
 
     Learning later from exactly the features that were scored prevents leakage.
     """
 
-    model_config = ConfigDict(frozen=True)
-
     scored_at: datetime
     features: dict[str, float]
 
 
-class CustomerState(BaseModel):
+class CustomerState(_Frozen):
     """Everything streamcrm remembers about one customer (one Redis hash)."""
-
-    model_config = ConfigDict(frozen=True)
 
     customer_id: str
     first_seen_at: datetime
     last_event_at: datetime
+    newest_by_topic: dict[str, datetime] = Field(default_factory=dict)
     events_applied: int = 0
-    # Purchases (RFM): frequency = order_count, monetary = gross_revenue - refunded_amount.
+    late_events: int = 0
+    # Purchases (RFM), money in cents of the reporting currency.
     first_purchase_at: datetime | None = None
     last_purchase_at: datetime | None = None
     order_count: int = 0
-    gross_revenue: float = 0.0
+    gross_cents: int = 0
     total_items: int = 0
-    known_cost: float = 0.0
-    revenue_with_cost: float = 0.0
+    cost_cents: int = 0
+    revenue_with_cost_cents: int = 0
     refund_count: int = 0
-    refunded_amount: float = 0.0
-    # Feedback: every rating normalised to [0, 1] first (see FeedbackEvent.normalised_rating).
-    rating_count: int = 0
-    rating_sum: float = 0.0
-    satisfaction_recent: float | None = None
+    refunded_cents: int = 0
+    # Feedback, on the scales it was given in.
     csat_count: int = 0
     csat_sum: int = 0
+    nps_sum: int = 0
     nps_promoters: int = 0
     nps_passives: int = 0
     nps_detractors: int = 0
+    recent_ratings: tuple[Rating, ...] = ()
     # Support.
-    tickets_opened: int = 0
-    tickets_resolved: int = 0
+    tickets: dict[str, Ticket] = Field(default_factory=dict)
+    forgotten_tickets: TicketTotals = Field(default_factory=TicketTotals)
     escalations: int = 0
-    tickets_by_category: dict[str, int] = Field(default_factory=dict)
-    open_ticket_times: dict[str, TicketTimes] = Field(default_factory=dict)
-    first_response_count: int = 0
-    first_response_hours_sum: float = 0.0
-    resolution_count: int = 0
-    resolution_hours_sum: float = 0.0
     # Explicit churn.
     cancelled_at: datetime | None = None
     # Bookkeeping.
@@ -111,26 +252,85 @@ class CustomerState(BaseModel):
     pending_snapshots: tuple[PendingSnapshot, ...] = ()
 
     @property
+    def gross_revenue(self) -> float:
+        """Gross revenue in the reporting currency."""
+        return self.gross_cents / 100
+
+    @property
+    def refunded_amount(self) -> float:
+        """Refunded amount in the reporting currency."""
+        return self.refunded_cents / 100
+
+    @property
     def monetary(self) -> float:
         """Net monetary value: gross revenue minus refunds, never below zero."""
-        return max(self.gross_revenue - self.refunded_amount, 0.0)
+        return max(self.gross_cents - self.refunded_cents, 0) / 100
+
+    @property
+    def nps_count(self) -> int:
+        return self.nps_promoters + self.nps_passives + self.nps_detractors
+
+    @property
+    def rating_count(self) -> int:
+        """Ratings given, on any scale."""
+        return self.csat_count + self.nps_count
+
+    @property
+    def rating_sum(self) -> float:
+        """Σ sᵢ of ratings normalised to [0, 1]: CSAT (r − 1) / 4, NPS r / 10."""
+        return (self.csat_sum - self.csat_count) / 4 + self.nps_sum / 10
+
+    @property
+    def satisfaction_recent(self) -> float | None:
+        """EWMA s̃ ← α s + (1 − α) s̃ over the newest ratings in event-time order."""
+        recent: float | None = None
+        for rating in self.recent_ratings:
+            recent = (
+                rating.score
+                if recent is None
+                else SATISFACTION_EWMA_ALPHA * rating.score + (1 - SATISFACTION_EWMA_ALPHA) * recent
+            )
+        return recent
+
+    @property
+    def ticket_totals(self) -> TicketTotals:
+        """Support figures over every ticket: those remembered plus those forgotten."""
+        totals = self.forgotten_tickets
+        for ticket in self.tickets.values():
+            totals = totals + ticket.totals()
+        return totals
 
     @property
     def open_tickets(self) -> int:
         """Tickets opened and not yet resolved (at most ``MAX_TRACKED_TICKETS``)."""
-        return len(self.open_ticket_times)
+        return sum(1 for ticket in self.tickets.values() if ticket.is_open)
 
 
 @dataclass(frozen=True)
 class Transition:
-    """The result of one ``apply``: the new state, and whether the event was a duplicate."""
+    """The result of one ``apply``: the new state and what became of the event."""
 
     state: CustomerState
-    duplicate: bool
+    duplicate: bool = False
+    late_by: timedelta | None = None
+
+    @property
+    def applied(self) -> bool:
+        return not self.duplicate and self.late_by is None
 
 
-def apply(state: CustomerState | None, event: Event) -> Transition:
-    """Apply one event to a customer's state; a repeated ``event_id`` changes nothing."""
+def topic_kind(event: Event) -> str:
+    """The input topic kind (``purchases``, ``feedback``, ``support``) of an event."""
+    return TOPIC_OF_EVENT_TYPE[event.type]
+
+
+def apply(
+    state: CustomerState | None, event: Event, rules: StateRules = DEFAULT_RULES
+) -> Transition:
+    """Apply one event to a customer's state.
+
+    A repeated ``event_id`` changes nothing; a late event only counts as late.
+    """
     if state is None:
         state = CustomerState(
             customer_id=event.customer_id,
@@ -140,24 +340,38 @@ def apply(state: CustomerState | None, event: Event) -> Transition:
     elif event.event_id in state.recent_event_ids:
         return Transition(state=state, duplicate=True)
 
-    changes = _changes_for(state, event)
+    recent_ids = (state.recent_event_ids + (event.event_id,))[-RECENT_EVENT_IDS:]
+    kind = topic_kind(event)
+    newest = state.newest_by_topic.get(kind)
+    if newest is not None and newest - event.occurred_at > rules.allowed_lateness:
+        late = state.model_copy(
+            update={"late_events": state.late_events + 1, "recent_event_ids": recent_ids}
+        )
+        return Transition(state=late, late_by=newest - event.occurred_at)
+
+    changes = _changes_for(state, event, rules)
     changes.update(
         first_seen_at=min(state.first_seen_at, event.occurred_at),
         last_event_at=max(state.last_event_at, event.occurred_at),
+        newest_by_topic={
+            **state.newest_by_topic,
+            kind: event.occurred_at if newest is None else max(newest, event.occurred_at),
+        },
         events_applied=state.events_applied + 1,
-        recent_event_ids=(state.recent_event_ids + (event.event_id,))[-RECENT_EVENT_IDS:],
+        recent_event_ids=recent_ids,
     )
-    return Transition(state=state.model_copy(update=changes), duplicate=False)
+    return Transition(state=state.model_copy(update=changes))
 
 
-def _changes_for(state: CustomerState, event: Event) -> dict[str, object]:
+def _changes_for(state: CustomerState, event: Event, rules: StateRules) -> dict[str, object]:
     match event:
         case PurchaseEvent():
-            return _purchase_changes(state, event)
+            return _purchase_changes(state, event, rules)
         case RefundEvent():
             return {
                 "refund_count": state.refund_count + 1,
-                "refunded_amount": state.refunded_amount + event.amount,
+                "refunded_cents": state.refunded_cents
+                + rules.to_reporting_cents(event.amount, event.currency),
             }
         case FeedbackEvent():
             return _feedback_changes(state, event)
@@ -165,45 +379,44 @@ def _changes_for(state: CustomerState, event: Event) -> dict[str, object]:
             return _support_changes(state, event)
         case CancellationEvent():
             at = event.occurred_at
-            return {
-                "cancelled_at": at if state.cancelled_at is None else min(state.cancelled_at, at)
-            }
+            return {"cancelled_at": _earliest(state.cancelled_at, at)}
     raise TypeError(f"unknown event type {type(event).__name__}")  # pragma: no cover
 
 
-def _purchase_changes(state: CustomerState, event: PurchaseEvent) -> dict[str, object]:
+def _purchase_changes(
+    state: CustomerState, event: PurchaseEvent, rules: StateRules
+) -> dict[str, object]:
     at = event.occurred_at
+    amount_cents = rules.to_reporting_cents(event.amount, event.currency)
     changes: dict[str, object] = {
         "order_count": state.order_count + 1,
-        "gross_revenue": state.gross_revenue + event.amount,
+        "gross_cents": state.gross_cents + amount_cents,
         "total_items": state.total_items + event.items,
-        "first_purchase_at": at
-        if state.first_purchase_at is None
-        else min(state.first_purchase_at, at),
+        "first_purchase_at": _earliest(state.first_purchase_at, at),
         "last_purchase_at": at
         if state.last_purchase_at is None
         else max(state.last_purchase_at, at),
     }
     if event.cost is not None:
-        changes["known_cost"] = state.known_cost + event.cost
-        changes["revenue_with_cost"] = state.revenue_with_cost + event.amount
+        changes["cost_cents"] = state.cost_cents + rules.to_reporting_cents(
+            event.cost, event.currency
+        )
+        changes["revenue_with_cost_cents"] = state.revenue_with_cost_cents + amount_cents
     return changes
 
 
 def _feedback_changes(state: CustomerState, event: FeedbackEvent) -> dict[str, object]:
-    score = event.normalised_rating
-    recent = state.satisfaction_recent
-    changes: dict[str, object] = {
-        "rating_count": state.rating_count + 1,
-        "rating_sum": state.rating_sum + score,
-        "satisfaction_recent": score
-        if recent is None
-        else SATISFACTION_EWMA_ALPHA * score + (1 - SATISFACTION_EWMA_ALPHA) * recent,
-    }
+    rating = Rating(
+        occurred_at=event.occurred_at, event_id=event.event_id, score=event.normalised_rating
+    )
+    newest = sorted((*state.recent_ratings, rating), key=lambda r: (r.occurred_at, r.event_id))
+    changes: dict[str, object] = {"recent_ratings": tuple(newest[-RECENT_RATINGS:])}
     if event.scale == "csat":
         changes["csat_count"] = state.csat_count + 1
         changes["csat_sum"] = state.csat_sum + event.rating
-    elif event.rating >= 9:
+        return changes
+    changes["nps_sum"] = state.nps_sum + event.rating
+    if event.rating >= 9:
         changes["nps_promoters"] = state.nps_promoters + 1
     elif event.rating >= 7:
         changes["nps_passives"] = state.nps_passives + 1
@@ -213,39 +426,42 @@ def _feedback_changes(state: CustomerState, event: FeedbackEvent) -> dict[str, o
 
 
 def _support_changes(state: CustomerState, event: SupportEvent) -> dict[str, object]:
-    tickets = dict(state.open_ticket_times)
-    ticket = tickets.get(event.ticket_id)
-    changes: dict[str, object] = {}
+    """Record one ticket step as the earliest time seen for that step."""
+    at = event.occurred_at
+    if event.action == "escalated":
+        return {"escalations": state.escalations + 1}
+    tickets = dict(state.tickets)
+    ticket = tickets.get(event.ticket_id, Ticket())
     match event.action:
-        case "opened":
-            by_category = dict(state.tickets_by_category)
-            by_category[event.category] = by_category.get(event.category, 0) + 1
-            changes["tickets_opened"] = state.tickets_opened + 1
-            changes["tickets_by_category"] = by_category
-            tickets[event.ticket_id] = TicketTimes(opened_at=event.occurred_at)
-            if len(tickets) > MAX_TRACKED_TICKETS:
-                oldest = min(tickets, key=lambda ticket_id: tickets[ticket_id].opened_at)
-                del tickets[oldest]
-        case "first_response" if ticket is not None and ticket.first_response_at is None:
-            hours = _hours_between(ticket.opened_at, event.occurred_at)
-            changes["first_response_count"] = state.first_response_count + 1
-            changes["first_response_hours_sum"] = state.first_response_hours_sum + hours
-            tickets[event.ticket_id] = ticket.model_copy(
-                update={"first_response_at": event.occurred_at}
+        case "opened" if ticket.opened_at is None or (at, event.event_id) < (
+            ticket.opened_at,
+            ticket.opened_by or "",
+        ):
+            ticket = ticket.model_copy(
+                update={
+                    "opened_at": at,
+                    "opened_by": event.event_id,
+                    "priority": event.priority,
+                    "category": event.category,
+                }
             )
-        case "escalated":
-            changes["escalations"] = state.escalations + 1
-        case "resolved" if ticket is not None:
-            # Resolving an unknown or already-resolved ticket changes nothing: a repeated
-            # "resolved" must not close the customer's other tickets.
-            hours = _hours_between(ticket.opened_at, event.occurred_at)
-            changes["tickets_resolved"] = state.tickets_resolved + 1
-            changes["resolution_count"] = state.resolution_count + 1
-            changes["resolution_hours_sum"] = state.resolution_hours_sum + hours
-            del tickets[event.ticket_id]
-    changes["open_ticket_times"] = tickets
+        case "first_response":
+            ticket = ticket.model_copy(
+                update={"first_response_at": _earliest(ticket.first_response_at, at)}
+            )
+        case "resolved":
+            ticket = ticket.model_copy(update={"resolved_at": _earliest(ticket.resolved_at, at)})
+    tickets[event.ticket_id] = ticket
+    changes: dict[str, object] = {"tickets": tickets}
+    if len(tickets) > MAX_TRACKED_TICKETS:
+        forgotten = min(tickets, key=lambda ticket_id: tickets[ticket_id].eviction_order(ticket_id))
+        changes["forgotten_tickets"] = state.forgotten_tickets + tickets.pop(forgotten).totals()
     return changes
 
 
-def _hours_between(start: datetime, end: datetime) -> float:
-    return max((end - start).total_seconds(), 0.0) / SECONDS_PER_HOUR
+def _earliest(current: datetime | None, candidate: datetime) -> datetime:
+    return candidate if current is None else min(current, candidate)
+
+
+def _seconds(delta: timedelta) -> int:
+    return max(int(delta.total_seconds()), 0)

@@ -53,7 +53,9 @@ class StateStore(Protocol):
 
     async def load(self, customer_id: str) -> CustomerState | None: ...
 
-    async def save(self, state: CustomerState, score: CustomerScore) -> None: ...
+    async def save(self, state: CustomerState, score: CustomerScore | None) -> None:
+        """Write the state, and the score unless it is None, in one step."""
+        ...
 
     async def load_score(self, customer_id: str) -> CustomerScore | None: ...
 
@@ -76,9 +78,10 @@ class InMemoryStateStore:
         raw = self._states.get(customer_id)
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
-    async def save(self, state: CustomerState, score: CustomerScore) -> None:
+    async def save(self, state: CustomerState, score: CustomerScore | None) -> None:
         self._states[state.customer_id] = state.model_dump_json()
-        self._scores[state.customer_id] = score.model_dump_json()
+        if score is not None:
+            self._scores[state.customer_id] = score.model_dump_json()
 
     async def load_score(self, customer_id: str) -> CustomerScore | None:
         raw = self._scores.get(customer_id)
@@ -117,16 +120,14 @@ class RedisStateStore:
             raw = await self._redis.hget(self.customer_key(customer_id), "state")
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
-    async def save(self, state: CustomerState, score: CustomerScore) -> None:
+    async def save(self, state: CustomerState, score: CustomerScore | None) -> None:
+        fields = {"state": state.model_dump_json()}
+        if score is not None:
+            fields["score"] = score.model_dump_json()
+            fields["as_of"] = score.as_of.isoformat()
         with _unavailable_as_store_error():
-            await self._redis.hset(
-                self.customer_key(state.customer_id),
-                mapping={
-                    "state": state.model_dump_json(),
-                    "score": score.model_dump_json(),
-                    "as_of": score.as_of.isoformat(),
-                },
-            )
+            key = self.customer_key(state.customer_id)
+            await self._redis.hset(key, mapping=fields)  # type: ignore[arg-type]
 
     async def load_score(self, customer_id: str) -> CustomerScore | None:
         with _unavailable_as_store_error():

@@ -311,3 +311,21 @@ def test_cli_simulate_produces_a_history_that_cli_score_then_shows(
     assert raw_score is not None
     assert record["score"] == json.loads(raw_score)
     assert record["state"]["customer_id"] == last_event.customer_id
+
+
+def test_a_late_event_is_dead_lettered_with_its_reason_and_counted(
+    shared_settings: Settings, score_reader: TopicReader
+) -> None:
+    assert shared_settings.kafka_bootstrap is not None
+    letters = TopicReader(shared_settings.kafka_bootstrap, shared_settings.topics.deadletter)
+    try:
+        send(shared_settings, [purchase("late", 1, 10.0, day=10), purchase("late", 2, 10.0, day=1)])
+        letters.wait_for(lambda records: any(r.key == b"late" for r in records))
+
+        letter = next(d for d in dead_letters(letters.records) if d.key == "late")
+        assert letter.error_type == "LateEventError"
+        assert "216.0h older than the newest purchases event" in letter.reason
+        state, _ = redis_state(shared_settings, "late")
+        assert state is not None and state.late_events == 1 and state.order_count == 1
+    finally:
+        letters.close()

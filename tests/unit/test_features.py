@@ -16,13 +16,17 @@ from streamcrm.features import (
     NEUTRAL_SATISFACTION,
     customer_features,
 )
-from streamcrm.state import CustomerState, TicketTimes
+from streamcrm.state import CustomerState, Rating, Ticket, TicketTotals
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def days(n: float) -> timedelta:
     return timedelta(days=n)
+
+
+def hours(n: float) -> timedelta:
+    return timedelta(hours=n)
 
 
 def customer(**fields: Any) -> CustomerState:
@@ -39,9 +43,9 @@ def buyer(**fields: Any) -> CustomerState:
             "first_purchase_at": T0 + days(10),
             "last_purchase_at": T0 + days(50),
             "order_count": 4,
-            "gross_revenue": 400.0,
+            "gross_cents": 40_000,
             "refund_count": 1,
-            "refunded_amount": 100.0,
+            "refunded_cents": 10_000,
             **fields,
         }
     )
@@ -126,24 +130,46 @@ def test_satisfaction_is_neutral_before_any_rating() -> None:
 
 
 def test_satisfaction_is_the_mean_and_the_ewma_of_ratings() -> None:
-    rated = customer(rating_count=4, rating_sum=3.0, satisfaction_recent=0.9)
+    # CSAT 5, 4, 4 and 2 normalise to 1, 0.75, 0.75, 0.25: mean 0.6875.
+    ratings = [(1, 1.0), (2, 0.75), (3, 0.75), (4, 0.25)]
+    rated = customer(
+        csat_count=4,
+        csat_sum=15,
+        recent_ratings=tuple(
+            Rating(occurred_at=T0 + days(day), event_id=f"f{day}", score=score)
+            for day, score in ratings
+        ),
+    )
 
     features = customer_features(rated, AS_OF)
 
-    assert features["satisfaction_mean"] == 0.75
-    assert features["satisfaction_recent"] == 0.9
+    ewma = 1.0
+    for _, score in ratings[1:]:
+        ewma = 0.3 * score + 0.7 * ewma
+    assert features["satisfaction_mean"] == 0.6875
+    assert features["satisfaction_recent"] == pytest.approx(ewma)
     assert features["rating_count"] == 4.0
 
 
 def test_support_load_features() -> None:
+    # Three open complaints (one answered after 2 h) and, long resolved and forgotten, two
+    # inquiries, one answered after 5 h.
     supported = customer(
-        tickets_opened=5,
-        tickets_resolved=2,
-        open_ticket_times={f"t{i}": TicketTimes(opened_at=AS_OF) for i in range(3)},
+        tickets={
+            "t0": Ticket(
+                opened_at=AS_OF - hours(2), first_response_at=AS_OF, category="complaint"
+            ),
+            "t1": Ticket(opened_at=AS_OF, category="complaint"),
+            "t2": Ticket(opened_at=AS_OF, category="complaint"),
+        },
+        forgotten_tickets=TicketTotals(
+            opened=2,
+            resolved=2,
+            by_category={"inquiry": 2},
+            first_response_count=1,
+            first_response_seconds=5 * 3600,
+        ),
         escalations=1,
-        tickets_by_category={"complaint": 3, "inquiry": 2},
-        first_response_count=2,
-        first_response_hours_sum=7.0,
     )
 
     features = customer_features(supported, AS_OF)
@@ -187,8 +213,8 @@ def test_exactly_the_documented_features_are_present() -> None:
 @given(
     as_of_offset=st.floats(min_value=-1000, max_value=1000),
     orders=st.integers(min_value=0, max_value=1000),
-    gross=st.floats(min_value=0, max_value=1e7),
-    refunded=st.floats(min_value=0, max_value=1e7),
+    gross=st.integers(min_value=0, max_value=10**9),
+    refunded=st.integers(min_value=0, max_value=10**9),
     refunds=st.integers(min_value=0, max_value=1000),
     ratings=st.integers(min_value=0, max_value=100),
     tickets=st.tuples(st.integers(0, 50), st.integers(0, 50)),
@@ -196,21 +222,23 @@ def test_exactly_the_documented_features_are_present() -> None:
 def test_every_feature_is_a_finite_non_negative_float(
     as_of_offset: float,
     orders: int,
-    gross: float,
-    refunded: float,
+    gross: int,
+    refunded: int,
     refunds: int,
     ratings: int,
     tickets: tuple[int, int],
 ) -> None:
     state = buyer(
         order_count=orders,
-        gross_revenue=gross,
-        refunded_amount=refunded,
+        gross_cents=gross,
+        refunded_cents=refunded,
         refund_count=refunds,
-        rating_count=ratings,
-        rating_sum=ratings * 0.6,
-        tickets_opened=tickets[0],
-        tickets_resolved=tickets[1],
+        csat_count=ratings,
+        csat_sum=ratings * 4,
+        tickets={
+            f"t{i}": Ticket(opened_at=T0, resolved_at=T0 if i < tickets[1] else None)
+            for i in range(tickets[0])
+        },
     )
 
     features = customer_features(state, T0 + days(as_of_offset))

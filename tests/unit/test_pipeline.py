@@ -13,6 +13,7 @@ import pytest
 from streamcrm.errors import (
     EventValidationError,
     InvalidEventError,
+    LateEventError,
     StoreUnavailableError,
     WrongTopicError,
 )
@@ -350,3 +351,26 @@ async def test_an_unavailable_store_is_waited_for_and_the_models_learn_once(
     assert pipeline.models.churn.n_learned == 1  # not once per retry
     state = await store.load("c1")
     assert state is not None and state.order_count == 2
+
+
+async def test_a_late_event_is_counted_saved_and_reported_not_applied(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    await pipeline.handle(purchase("c1", day=10))
+    score_before = await store.load_score("c1")
+
+    with pytest.raises(LateEventError, match=r"72\.0h older than the newest purchases event"):
+        await pipeline.handle(purchase("c1", day=7))
+
+    state = await store.load("c1")
+    assert state is not None and state.late_events == 1 and state.order_count == 1
+    assert await store.load_score("c1") == score_before
+
+
+async def test_an_unknown_currency_is_reported_and_nothing_is_saved(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    with pytest.raises(EventValidationError, match="unknown currency 'XYZ'"):
+        await pipeline.handle(purchase("c1", currency="XYZ"))
+
+    assert await store.load("c1") is None

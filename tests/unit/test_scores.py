@@ -43,7 +43,9 @@ def loyalty_features(tenure_days: float = 0.0, satisfaction: float = 0.5) -> dic
 
 
 def test_satisfaction_mean_is_the_mean_normalised_rating() -> None:
-    assert satisfaction_mean(customer(rating_count=4, rating_sum=3.0)) == 0.75
+    # CSAT 4, 4 and NPS 10, 5 normalise to 0.75, 0.75, 1.0, 0.5.
+    rated = customer(csat_count=2, csat_sum=8, nps_sum=15, nps_promoters=1, nps_detractors=1)
+    assert satisfaction_mean(rated) == 0.75
 
 
 def test_satisfaction_mean_is_unknown_before_any_rating() -> None:

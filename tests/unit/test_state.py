@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamcrm.errors import EventValidationError
 from streamcrm.events import (
     CancellationEvent,
     Event,
@@ -24,6 +25,7 @@ from streamcrm.state import (
     RECENT_EVENT_IDS,
     SATISFACTION_EWMA_ALPHA,
     CustomerState,
+    StateRules,
     apply,
 )
 
@@ -82,13 +84,16 @@ def ticket(
     action: SupportAction,
     at: datetime = T0,
     category: SupportCategory = "complaint",
+    priority: Literal["low", "normal", "high", "urgent"] = "normal",
+    event_id: str | None = None,
 ) -> SupportEvent:
     return SupportEvent(
-        event_id=next_id(),
+        event_id=event_id or next_id(),
         customer_id="c1",
         occurred_at=at,
         ticket_id=ticket_id,
         action=action,
+        priority=priority,
         channel="chat",
         category=category,
     )
@@ -98,10 +103,16 @@ def cancellation(at: datetime = T0) -> CancellationEvent:
     return CancellationEvent(event_id=next_id(), customer_id="c1", occurred_at=at)
 
 
-def run(events: Iterable[Event], state: CustomerState | None = None) -> CustomerState:
+ANY_ORDER = StateRules(allowed_lateness=timedelta(days=365 * 100))
+"""Rules under which no event is late, for tests about order-independence."""
+
+
+def run(
+    events: Iterable[Event], state: CustomerState | None = None, rules: StateRules = ANY_ORDER
+) -> CustomerState:
     """Apply ``events`` in order and return the final state."""
     for event in events:
-        state = apply(state, event).state
+        state = apply(state, event, rules).state
     assert state is not None
     return state
 
@@ -169,8 +180,8 @@ def test_purchases_update_the_rfm_fields() -> None:
 def test_cost_is_summed_only_over_orders_that_report_it() -> None:
     state = run([purchase(amount=80.0), purchase(amount=20.0, cost=12.0)])
 
-    assert state.known_cost == 12.0
-    assert state.revenue_with_cost == 20.0
+    assert state.cost_cents == 1200
+    assert state.revenue_with_cost_cents == 2000
 
 
 def test_refunds_reduce_monetary_but_not_gross_revenue() -> None:
@@ -288,28 +299,27 @@ def test_ticket_lifecycle_measures_response_and_resolution_hours() -> None:
         ]
     )
 
-    assert state.tickets_opened == 1
-    assert state.tickets_resolved == 1
+    assert state.ticket_totals.opened == 1
+    assert state.ticket_totals.resolved == 1
     assert state.open_tickets == 0
-    assert state.first_response_count == 1
-    assert state.first_response_hours_sum == pytest.approx(2.0)
-    assert state.resolution_count == 1
-    assert state.resolution_hours_sum == pytest.approx(26.0)
-    assert state.open_ticket_times == {}
+    assert state.ticket_totals.first_response_count == 1
+    assert state.ticket_totals.first_response_seconds == 2 * 3600
+    assert state.ticket_totals.resolution_count == 1
+    assert state.ticket_totals.resolution_seconds == 26 * 3600
 
 
 def test_open_ticket_is_tracked_until_resolved() -> None:
     state = run([ticket("t1", "opened", T0), ticket("t2", "opened", T0 + hours(1))])
 
     assert state.open_tickets == 2
-    assert set(state.open_ticket_times) == {"t1", "t2"}
-    assert state.open_ticket_times["t2"].opened_at == T0 + hours(1)
-    assert state.open_ticket_times["t2"].first_response_at is None
+    assert {tid for tid, t in state.tickets.items() if t.is_open} == {"t1", "t2"}
+    assert state.tickets["t2"].opened_at == T0 + hours(1)
+    assert state.tickets["t2"].first_response_at is None
 
     state = run([ticket("t1", "resolved", T0 + hours(5))], state)
 
     assert state.open_tickets == 1
-    assert set(state.open_ticket_times) == {"t2"}
+    assert {tid for tid, t in state.tickets.items() if t.is_open} == {"t2"}
 
 
 def test_only_the_first_response_is_measured() -> None:
@@ -321,30 +331,53 @@ def test_only_the_first_response_is_measured() -> None:
         ]
     )
 
-    assert state.first_response_count == 1
-    assert state.first_response_hours_sum == pytest.approx(1.0)
-    assert state.open_ticket_times["t1"].first_response_at == T0 + hours(1)
+    assert state.ticket_totals.first_response_count == 1
+    assert state.ticket_totals.first_response_seconds == 3600
+    assert state.tickets["t1"].first_response_at == T0 + hours(1)
 
 
 def test_resolution_stamped_before_opening_counts_zero_hours() -> None:
     state = run([ticket("t1", "opened", T0 + hours(3)), ticket("t1", "resolved", T0)])
 
-    assert state.resolution_hours_sum == 0.0
-    assert state.resolution_count == 1
+    assert state.ticket_totals.resolution_seconds == 0
+    assert state.ticket_totals.resolution_count == 1
 
 
 def test_response_to_an_unknown_ticket_is_not_measured() -> None:
     state = run([ticket("ghost", "first_response", T0)])
 
-    assert state.first_response_count == 0
-    assert state.open_ticket_times == {}
+    assert state.ticket_totals.first_response_count == 0
+    assert state.open_tickets == 0
+
+
+def test_a_response_that_arrives_before_its_opening_is_measured_when_the_opening_comes() -> None:
+    state = run([ticket("t1", "first_response", T0 + hours(3)), ticket("t1", "opened", T0)])
+
+    assert state.ticket_totals.first_response_count == 1
+    assert state.ticket_totals.first_response_seconds == 3 * 3600
+    assert state.open_tickets == 1
+
+
+def test_a_first_response_slower_than_its_priority_promises_is_an_sla_breach() -> None:
+    state = run(
+        [
+            ticket("fast", "opened", T0, priority="urgent"),
+            ticket("fast", "first_response", T0 + hours(0.5)),
+            ticket("slow", "opened", T0, priority="urgent"),
+            ticket("slow", "first_response", T0 + hours(2)),
+            ticket("normal", "opened", T0, priority="normal"),
+            ticket("normal", "first_response", T0 + hours(20)),
+        ]
+    )
+
+    assert state.ticket_totals.sla_breaches == 1
 
 
 def test_resolving_an_unknown_ticket_changes_no_counts() -> None:
     state = run([ticket("t1", "opened", T0), ticket("ghost", "resolved", T0 + hours(1))])
 
-    assert state.tickets_resolved == 0
-    assert state.resolution_count == 0
+    assert state.ticket_totals.resolved == 0
+    assert state.ticket_totals.resolution_count == 0
     assert state.open_tickets == 1
 
 
@@ -358,8 +391,8 @@ def test_resolving_a_ticket_twice_does_not_close_another() -> None:
         ]
     )
 
-    assert state.tickets_resolved == 1
-    assert set(state.open_ticket_times) == {"t2"}
+    assert state.ticket_totals.resolved == 1
+    assert {tid for tid, t in state.tickets.items() if t.is_open} == {"t2"}
     assert state.open_tickets == 1
 
 
@@ -373,7 +406,7 @@ def test_tickets_are_counted_by_category_when_opened() -> None:
         ]
     )
 
-    assert state.tickets_by_category == {"complaint": 2, "inquiry": 1}
+    assert state.ticket_totals.by_category == {"complaint": 2, "inquiry": 1}
 
 
 def test_escalations_are_counted() -> None:
@@ -388,8 +421,8 @@ def test_open_ticket_map_is_bounded_and_forgets_the_oldest() -> None:
 
     state = run(opened)
 
-    assert len(state.open_ticket_times) == MAX_TRACKED_TICKETS
-    assert set(state.open_ticket_times) == {f"t{i}" for i in range(5, MAX_TRACKED_TICKETS + 5)}
+    assert len(state.tickets) == MAX_TRACKED_TICKETS
+    assert set(state.tickets) == {f"t{i}" for i in range(5, MAX_TRACKED_TICKETS + 5)}
     assert state.open_tickets == MAX_TRACKED_TICKETS  # the oldest are taken as abandoned
 
 
@@ -517,3 +550,131 @@ def test_applying_every_event_twice_equals_applying_it_once(
 
     assert run([e for e in events for _ in (0, 1)]) == once
     assert run([*events, *events]) == once
+
+
+# --- order independence and lateness ---------------------------------------------------------
+
+ticket_steps = st.tuples(
+    st.integers(min_value=0, max_value=3),  # which ticket
+    st.sampled_from(["opened", "first_response", "escalated", "resolved"]),
+    offsets,
+)
+refund_amounts = st.floats(min_value=0, max_value=500, allow_nan=False)
+
+
+def mixed_history(
+    specs: Sequence[tuple[str, int, float]],
+    steps: Sequence[tuple[int, str, int]],
+    refunds: Sequence[float],
+) -> list[Event]:
+    """Purchases, ratings, refunds and ticket steps with distinct ids."""
+    events = build(specs)
+    events += [
+        ticket(f"t{number}", action, T0 + timedelta(minutes=minutes), event_id=f"s{index}")  # type: ignore[arg-type]
+        for index, (number, action, minutes) in enumerate(steps)
+    ]
+    events += [
+        RefundEvent(
+            event_id=f"r{index}",
+            customer_id="c1",
+            order_id=f"o{index}",
+            amount=amount,
+            currency="EUR",
+            occurred_at=T0 + days(index),
+        )
+        for index, amount in enumerate(refunds)
+    ]
+    return events
+
+
+def without_arrival_order(state: CustomerState) -> CustomerState:
+    """The state less the one field that records arrival order (the duplicate-id window)."""
+    return state.model_copy(update={"recent_event_ids": ()})
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    data=st.data(),
+    specs=st.lists(st.one_of(purchase_specs, feedback_specs), max_size=15),
+    steps=st.lists(ticket_steps, max_size=12),
+    refunds=st.lists(refund_amounts, max_size=3),
+)
+def test_any_order_of_the_same_events_gives_the_same_state(
+    data: st.DataObject,
+    specs: list[tuple[str, int, float]],
+    steps: list[tuple[int, str, int]],
+    refunds: list[float],
+) -> None:
+    events = mixed_history(specs, steps, refunds)
+    if not events:
+        return
+    in_time_order = sorted(events, key=lambda e: (e.occurred_at, e.event_id))
+    shuffled = data.draw(st.permutations(events))
+
+    assert without_arrival_order(run(shuffled)) == without_arrival_order(run(in_time_order))
+
+
+def test_money_is_converted_to_cents_of_the_reporting_currency() -> None:
+    state = run(
+        [
+            PurchaseEvent(
+                event_id="eur",
+                customer_id="c1",
+                order_id="o1",
+                amount=10.0,
+                currency="EUR",
+                items=1,
+                channel="web",
+                occurred_at=T0,
+            ),
+            purchase(amount=0.1),
+            purchase(amount=0.2),
+        ]
+    )
+
+    assert state.gross_cents == 1080 + 10 + 20
+    assert state.gross_revenue == 11.1
+
+
+def test_an_unknown_currency_is_a_validation_error() -> None:
+    with pytest.raises(EventValidationError, match="unknown currency 'XYZ'"):
+        run([purchase(amount=1.0).model_copy(update={"currency": "XYZ"})])
+
+
+LATENESS = StateRules(allowed_lateness=timedelta(hours=48))
+
+
+def test_an_event_within_the_allowed_lateness_is_applied() -> None:
+    state = run([purchase(at=T0 + days(10)), purchase(at=T0 + days(9))], rules=LATENESS)
+
+    assert state.order_count == 2
+    assert state.late_events == 0
+    assert state.first_purchase_at == T0 + days(9)
+
+
+def test_an_event_later_than_the_allowed_lateness_is_counted_not_applied() -> None:
+    newest = run([purchase(at=T0 + days(10))], rules=LATENESS)
+    late = purchase(at=T0 + days(7))
+
+    transition = apply(newest, late, LATENESS)
+
+    assert transition.late_by == days(3)
+    assert not transition.applied
+    assert transition.state.order_count == 1
+    assert transition.state.late_events == 1
+    assert apply(transition.state, late, LATENESS).duplicate  # redelivery is not counted twice
+
+
+def test_lateness_is_measured_within_a_topic_not_across_topics() -> None:
+    # A rating from long before the newest purchase is on another topic, consumed separately:
+    # it is not late as long as it is not behind the newest *feedback* event.
+    state = run([purchase(at=T0 + days(30)), rating(4, at=T0)], rules=LATENESS)
+
+    assert state.late_events == 0
+    assert state.rating_count == 1
+
+
+def test_recent_satisfaction_follows_event_time_not_arrival() -> None:
+    early, late = rating(1, at=T0), rating(5, at=T0 + days(1))
+
+    assert run([late, early]).satisfaction_recent == run([early, late]).satisfaction_recent
