@@ -189,7 +189,10 @@ class CustomerScore(_Record):
     """What streamcrm says about one customer after an event, keyed by ``customer_id``.
 
     ``as_of`` is the event time of the newest event applied (scores never read the wall
-    clock). Every model-made field comes with ``model_version``.
+    clock). Every model-made field comes with ``model_version``. Fields in
+    ``MODEL_FIELDS`` depend on the shared models and population; ``event_id`` names the event
+    that triggered the record. All other fields are a function of the customer's events alone,
+    whatever order they were consumed in, so replaying a history reproduces them exactly.
     """
 
     customer_id: str
@@ -212,6 +215,10 @@ class CustomerScore(_Record):
     recency_days: float | None
     frequency: int
     monetary: float
+    rfm_recency: int = Field(ge=1, le=5, description="1-5 against the population, 5 = most recent")
+    rfm_frequency: int = Field(ge=1, le=5, description="1-5 against the population, 5 = most")
+    rfm_monetary: int = Field(ge=1, le=5, description="1-5 against the population, 5 = most")
+    population_satisfaction_mean: float | None
     open_tickets: int
     escalations: int
     sla_breaches: int
@@ -219,6 +226,24 @@ class CustomerScore(_Record):
     mean_resolution_hours: float | None
     model_version: str
     schema_version: Literal[1] = SCHEMA_VERSION
+
+
+MODEL_FIELDS: frozenset[str] = frozenset(
+    {
+        "churn_probability",
+        "segment_id",
+        "segment_name",
+        "clv_simple",
+        "clv_discounted",
+        "health",
+        "rfm_recency",
+        "rfm_frequency",
+        "rfm_monetary",
+        "population_satisfaction_mean",
+        "model_version",
+    }
+)
+"""Score fields made by (or from) the shared models and population statistics."""
 
 
 class DeadLetter(_Record):

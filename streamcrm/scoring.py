@@ -84,6 +84,9 @@ def score_event(
     )
     churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(features)
     segment_id, segment_name = models.segments.learn_predict_one(features)
+    mean_satisfaction = satisfaction_mean(new_state)
+    models.population.learn_one(features, mean_satisfaction)
+    recency_code, frequency_code, monetary_code = models.population.rfm_codes(features)
     loyalty = loyalty_index(new_state, features)
 
     score = CustomerScore(
@@ -94,7 +97,7 @@ def score_event(
         cancelled=cancelled,
         segment_id=segment_id,
         segment_name=segment_name,
-        satisfaction_mean=satisfaction_mean(new_state),
+        satisfaction_mean=mean_satisfaction,
         satisfaction_recent=new_state.satisfaction_recent,
         csat_mean=csat_mean(new_state),
         nps=net_promoter_score(new_state),
@@ -110,6 +113,10 @@ def score_event(
         ),
         recency_days=features["recency_days"] if new_state.last_purchase_at else None,
         frequency=new_state.order_count,
+        rfm_recency=recency_code,
+        rfm_frequency=frequency_code,
+        rfm_monetary=monetary_code,
+        population_satisfaction_mean=models.population.mean_satisfaction,
         monetary=new_state.monetary,
         open_tickets=new_state.open_tickets,
         escalations=new_state.escalations,

@@ -6,15 +6,21 @@ import pickle
 from dataclasses import dataclass, field
 
 from streamcrm.models.churn import ChurnModel
+from streamcrm.models.population import PopulationStats
 from streamcrm.models.segments import SegmentModel
 
 
 @dataclass
 class ModelBundle:
-    """The models one scoring step uses, checkpointed together as one versioned artifact."""
+    """The models one scoring step uses, checkpointed together as one versioned artifact.
+
+    The population statistics learn from the same scored customers as the segments, so the
+    segment count also versions them.
+    """
 
     churn: ChurnModel = field(default_factory=ChurnModel)
     segments: SegmentModel = field(default_factory=SegmentModel)
+    population: PopulationStats = field(default_factory=PopulationStats)
 
     @property
     def version(self) -> str:
@@ -38,4 +44,4 @@ class ModelBundle:
         return bundle
 
 
-__all__ = ["ChurnModel", "ModelBundle", "SegmentModel"]
+__all__ = ["ChurnModel", "ModelBundle", "PopulationStats", "SegmentModel"]

@@ -1,0 +1,64 @@
+"""What the whole customer population looks like, kept online: RFM quintiles and means.
+
+RFM codes place one customer against everyone: a 1-5 code per dimension, 5 best (most recent,
+most frequent, highest spending). Boundaries are the population's 20/40/60/80 % quantiles,
+estimated online with River's P² ``stats.Quantile``; like the models, they are shared,
+checkpointed and versioned, so codes are "population fields": they depend on what the
+population looked like when the score was made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from river import stats
+
+QUINTILE_LEVELS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+RFM_FEATURES: Mapping[str, bool] = {"recency_days": False, "frequency": True, "monetary": True}
+"""Each RFM feature and whether a higher value is better (recency: lower is better)."""
+
+
+class PopulationStats:
+    """Online quantiles of recency, frequency and monetary value, and mean satisfaction.
+
+    >>> population = PopulationStats()
+    >>> for n in range(1, 101):
+    ...     population.learn_one({"recency_days": float(n), "frequency": float(n),
+    ...                           "monetary": 10.0 * n}, satisfaction=None)
+    >>> population.rfm_codes({"recency_days": 5.0, "frequency": 95.0, "monetary": 500.0})
+    (5, 5, 3)
+    """
+
+    def __init__(self) -> None:
+        self.quantiles = {
+            name: [stats.Quantile(level) for level in QUINTILE_LEVELS] for name in RFM_FEATURES
+        }
+        self.satisfaction = stats.Mean()
+        self.n_learned = 0
+
+    def learn_one(self, features: Mapping[str, float], satisfaction: float | None) -> None:
+        """Add one scored customer's RFM values (and mean satisfaction, if rated)."""
+        for name, estimators in self.quantiles.items():
+            for estimator in estimators:
+                estimator.update(features[name])
+        if satisfaction is not None:
+            self.satisfaction.update(satisfaction)
+        self.n_learned += 1
+
+    def rfm_codes(self, features: Mapping[str, float]) -> tuple[int, int, int]:
+        """(R, F, M) codes in 1-5: 1 + boundaries the value is better than."""
+        codes = []
+        for name, higher_is_better in RFM_FEATURES.items():
+            value = features[name]
+            boundaries = [q.get() for q in self.quantiles[name] if q.get() is not None]
+            if higher_is_better:
+                code = 1 + sum(value > b for b in boundaries)
+            else:
+                code = 1 + sum(value < b for b in boundaries)
+            codes.append(min(code, 5))
+        return codes[0], codes[1], codes[2]
+
+    @property
+    def mean_satisfaction(self) -> float | None:
+        """Mean over scored customers' mean satisfaction (null before any rating)."""
+        return self.satisfaction.get() if self.satisfaction.n else None
