@@ -50,7 +50,8 @@ class PopulationStats:
         codes = []
         for name, higher_is_better in RFM_FEATURES.items():
             value = features[name]
-            boundaries = [q.get() for q in self.quantiles[name] if q.get() is not None]
+            estimates = (q.get() for q in self.quantiles[name])
+            boundaries = [b for b in estimates if b is not None]
             if higher_is_better:
                 code = 1 + sum(value > b for b in boundaries)
             else:
