@@ -27,7 +27,9 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     if settings.kafka_bootstrap is None or settings.redis_url is None:
         raise ValueError("create_app needs kafka_bootstrap and redis_url; see streamcrm.cli")
     if pipeline is None:
-        store = RedisStateStore.from_url(settings.redis_url, settings.redis_namespace)
+        store = RedisStateStore.from_url(
+            settings.redis_url, settings.redis_namespace, settings.customer_retention
+        )
         pipeline = ScoringPipeline(store, settings.scoring)
     datadir = settings.data_dir / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     allowed_lateness_hours: float = Field(
         48.0, ge=0, description="How far behind its topic's newest event an event may be."
     )
+    customer_retention_days: float | None = Field(
+        400.0,
+        gt=0,
+        description="Customers with no event processed for this long expire from Redis; "
+        "unset = keep forever. Must exceed the churn window plus the allowed lateness.",
+    )
     reporting_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
     exchange_rates: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EXCHANGE_RATES),
@@ -90,6 +96,25 @@ class Settings(BaseSettings):
     web_port: int | None = Field(None, description="Faust web server port; unset = off.")
     data_dir: Path = Field(Path(".streamcrm"), description="Faust's local data directory.")
     log_level: str = Field("INFO")
+
+    @model_validator(mode="after")
+    def _retention_outlives_the_churn_window(self) -> Settings:
+        if self.customer_retention_days is None:
+            return self
+        settled_after = timedelta(days=self.churn_window_days, hours=self.allowed_lateness_hours)
+        if timedelta(days=self.customer_retention_days) <= settled_after:
+            raise ConfigurationError(
+                f"customer_retention_days ({self.customer_retention_days:g}) must exceed the "
+                f"churn window ({self.churn_window_days:g} days) plus the allowed lateness "
+                f"({self.allowed_lateness_hours:g} h), or customers expire before their churn "
+                "labels are settled"
+            )
+        return self
+
+    @property
+    def customer_retention(self) -> timedelta | None:
+        days = self.customer_retention_days
+        return timedelta(days=days) if days is not None else None
 
     @model_validator(mode="after")
     def _reporting_currency_has_rate_one(self) -> Settings:

@@ -13,12 +13,22 @@ key                                   value
 
 The state and its idempotency record (recent event ids) are one JSON value, and state and
 score are written by one ``HSET``, so a reader never sees one without the other.
+
+**Retention.** With a retention period set, every save also (re)sets the customer hash's TTL
+in the same MULTI/EXEC: a customer with no event for that long disappears from Redis. Redis
+TTLs run on the wall clock, so "inactive" means "no event *processed* for the period"; on the
+live path that is event-time inactivity, while a replay of old history keeps its customers for
+the period from the replay on. A customer who comes back after expiry starts again as new.
+The churn window must be shorter than the retention period (the settings check it), so a
+snapshot's churn label is settled before its customer can expire.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -69,21 +79,39 @@ class StateStore(Protocol):
 class InMemoryStateStore:
     """A dict-backed twin of :class:`RedisStateStore`, for unit tests and dry runs."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        retention: timedelta | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._states: dict[str, str] = {}
         self._scores: dict[str, str] = {}
+        self._expires_at: dict[str, float] = {}
         self._models: dict[str, tuple[bytes, str]] = {}
+        self._retention = retention
+        self._clock = clock
+
+    def _expire(self, customer_id: str) -> None:
+        deadline = self._expires_at.get(customer_id)
+        if deadline is not None and self._clock() >= deadline:
+            for table in (self._states, self._scores, self._expires_at):
+                table.pop(customer_id, None)
 
     async def load(self, customer_id: str) -> CustomerState | None:
+        self._expire(customer_id)
         raw = self._states.get(customer_id)
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
     async def save(self, state: CustomerState, score: CustomerScore | None) -> None:
+        self._expire(state.customer_id)
         self._states[state.customer_id] = state.model_dump_json()
         if score is not None:
             self._scores[state.customer_id] = score.model_dump_json()
+        if self._retention is not None:
+            self._expires_at[state.customer_id] = self._clock() + self._retention.total_seconds()
 
     async def load_score(self, customer_id: str) -> CustomerScore | None:
+        self._expire(customer_id)
         raw = self._scores.get(customer_id)
         return CustomerScore.model_validate_json(raw) if raw is not None else None
 
@@ -101,13 +129,21 @@ class InMemoryStateStore:
 class RedisStateStore:
     """Customer state in Redis hashes, under a versioned key prefix."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str = "streamcrm") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        namespace: str = "streamcrm",
+        retention: timedelta | None = None,
+    ) -> None:
         self._redis = client
         self._namespace = namespace
+        self._retention_ms = int(retention.total_seconds() * 1000) if retention else None
 
     @classmethod
-    def from_url(cls, url: str, namespace: str = "streamcrm") -> RedisStateStore:
-        return cls(aioredis.Redis.from_url(url), namespace)
+    def from_url(
+        cls, url: str, namespace: str = "streamcrm", retention: timedelta | None = None
+    ) -> RedisStateStore:
+        return cls(aioredis.Redis.from_url(url), namespace, retention)
 
     def customer_key(self, customer_id: str) -> str:
         return customer_key(self._namespace, customer_id)
@@ -125,9 +161,13 @@ class RedisStateStore:
         if score is not None:
             fields["score"] = score.model_dump_json()
             fields["as_of"] = score.as_of.isoformat()
+        key = self.customer_key(state.customer_id)
         with _unavailable_as_store_error():
-            key = self.customer_key(state.customer_id)
-            await self._redis.hset(key, mapping=fields)  # type: ignore[arg-type]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                if self._retention_ms is not None:
+                    pipe.pexpire(key, self._retention_ms)
+                await pipe.execute()
 
     async def load_score(self, customer_id: str) -> CustomerScore | None:
         with _unavailable_as_store_error():

@@ -6,6 +6,7 @@ The Redis variant runs against the redis-server the test session starts (see
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -199,3 +200,53 @@ async def test_an_unreachable_redis_raises_store_unavailable() -> None:
             await store.save(state, score)
     finally:
         await store.close()
+
+
+RETENTION = timedelta(milliseconds=400)
+
+
+@pytest.fixture(params=["in_memory", "redis"])
+async def retaining_store(
+    request: pytest.FixtureRequest, unique_name: str
+) -> AsyncIterator[StateStore]:
+    """A store of each kind that forgets customers after ``RETENTION`` without a save."""
+    if request.param == "in_memory":
+        yield InMemoryStateStore(retention=RETENTION)
+        return
+    services: EmbeddedServices = request.getfixturevalue("services")
+    store = RedisStateStore(aioredis.Redis.from_url(services.redis_url), unique_name, RETENTION)
+    yield store
+    await store.close()
+
+
+async def test_a_customer_without_events_for_the_retention_period_expires(
+    retaining_store: StateStore,
+) -> None:
+    state, score = scored("quiet")
+    await retaining_store.save(state, score)
+    await asyncio.sleep(RETENTION.total_seconds() * 2)
+
+    assert await retaining_store.load("quiet") is None
+    assert await retaining_store.load_score("quiet") is None
+
+
+async def test_each_save_restarts_the_retention_period(retaining_store: StateStore) -> None:
+    state, score = scored("active")
+    for _ in range(4):  # active for twice the retention period, never idle for one
+        await retaining_store.save(state, score)
+        await asyncio.sleep(RETENTION.total_seconds() / 2)
+
+    assert await retaining_store.load("active") == state
+
+
+async def test_the_retention_ttl_is_set_with_the_state_in_redis(
+    services: EmbeddedServices, unique_name: str
+) -> None:
+    client = aioredis.Redis.from_url(services.redis_url)
+    store = RedisStateStore(client, unique_name, timedelta(days=400))
+    state, score = scored("ttl")
+    await store.save(state, score)
+
+    ttl_ms = await client.pttl(store.customer_key("ttl"))
+    await store.close()
+    assert timedelta(days=399) < timedelta(milliseconds=ttl_ms) <= timedelta(days=400)

@@ -1,0 +1,53 @@
+"""The settings object: one frozen, validated source of configuration."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from streamcrm.errors import ConfigurationError
+from streamcrm.settings import Settings
+
+
+def test_settings_are_read_from_streamcrm_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMCRM_CHURN_WINDOW_DAYS", "30")
+    monkeypatch.setenv("STREAMCRM_EXCHANGE_RATES", '{"USD": 1.0, "EUR": 1.1}')
+
+    settings = Settings.from_env()
+
+    assert settings.scoring.churn_window == timedelta(days=30)
+    assert dict(settings.scoring.rules.exchange_rates) == {"USD": 1.0, "EUR": 1.1}
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(Exception, match="frozen"):
+        Settings().partitions = 8  # type: ignore[misc]
+
+
+def test_retention_shorter_than_the_churn_window_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="must exceed the churn window"):
+        Settings(customer_retention_days=60, churn_window_days=90)
+
+
+def test_retention_can_be_switched_off() -> None:
+    assert Settings(customer_retention_days=None).customer_retention is None
+
+
+def test_the_reporting_currency_must_have_rate_one() -> None:
+    with pytest.raises(ConfigurationError, match="reporting currency EUR"):
+        Settings(reporting_currency="EUR")
+
+
+def test_local_broker_settings_shorten_the_group_timeouts_only() -> None:
+    production = Settings()
+    local = production.for_local_broker("127.0.0.1:9092", "redis://127.0.0.1:6379/0")
+
+    assert local.broker_rebalance_timeout_s < production.broker_rebalance_timeout_s
+    assert local.churn_window_days == production.churn_window_days
+    assert (local.kafka_bootstrap, local.redis_url) == (
+        "127.0.0.1:9092",
+        "redis://127.0.0.1:6379/0",
+    )
