@@ -59,7 +59,9 @@ class Topics:
 class Settings(BaseSettings):
     """Everything a streamcrm process can be told; see ``docs/configuration.md``."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAMCRM_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMCRM_", frozen=True, extra="ignore", env_parse_none_str="none"
+    )
 
     app_id: str = Field("streamcrm", description="Faust app id = Kafka consumer group.")
     kafka_bootstrap: str | None = Field(

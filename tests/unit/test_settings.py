@@ -51,3 +51,11 @@ def test_local_broker_settings_shorten_the_group_timeouts_only() -> None:
         "127.0.0.1:9092",
         "redis://127.0.0.1:6379/0",
     )
+
+
+def test_retention_is_switched_off_from_the_environment_with_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMCRM_CUSTOMER_RETENTION_DAYS", "none")
+
+    assert Settings.from_env().customer_retention is None
