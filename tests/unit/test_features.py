@@ -156,9 +156,7 @@ def test_support_load_features() -> None:
     # inquiries, one answered after 5 h.
     supported = customer(
         tickets={
-            "t0": Ticket(
-                opened_at=AS_OF - hours(2), first_response_at=AS_OF, category="complaint"
-            ),
+            "t0": Ticket(opened_at=AS_OF - hours(2), first_response_at=AS_OF, category="complaint"),
             "t1": Ticket(opened_at=AS_OF, category="complaint"),
             "t2": Ticket(opened_at=AS_OF, category="complaint"),
         },

@@ -1,0 +1,125 @@
+"""How fast ``streamcrm replay`` reads and publishes, against raw kafka-python as a baseline.
+
+Run ``python benchmarks/replay_rate.py [--events 100000]``. It starts an embedded Tansu broker
+(and redis-server, unused), simulates a history of about N events, writes it to a temporary
+JSON-lines file and measures, in one run:
+
+(a) read + validate: ``read_history`` on the file (parse, ``decode_event`` each line, sort);
+(b) publish: ``replay_history`` of those events through a ``make_producer`` producer, flushed;
+(c) baseline: the same producer configuration sending the same messages (same topics, keys
+    and value bytes), serialised beforehand, in a bare ``send`` loop, flushed.
+
+(b) / (c) is the share of the raw producer's rate that replay keeps. (b) and (c) each write to
+topics of their own, so neither finds the other's data on the broker; each is run
+``--repeat`` times, alternating, and the best run is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from streamcrm.embedded import embedded_services
+from streamcrm.events import Event
+from streamcrm.kafka_io import ensure_topics, event_topic, make_producer
+from streamcrm.replay import read_history, replay_history, write_history
+from streamcrm.settings import Settings
+from streamcrm.simulator import simulate
+
+DAYS = 365
+PILOT_CUSTOMERS = 200
+
+
+def simulate_about(events: int, seed: int) -> tuple[tuple[Event, ...], int]:
+    """A simulated year with about ``events`` events; also the number of customers used."""
+    pilot = len(simulate(customers=PILOT_CUSTOMERS, days=DAYS, seed=seed).events)
+    customers = max(1, math.ceil(events * PILOT_CUSTOMERS / pilot))
+    return simulate(customers=customers, days=DAYS, seed=seed).events, customers
+
+
+def fresh_settings(base: Settings, label: str) -> Settings:
+    """Settings with topics no other measurement has written to."""
+    return base.model_copy(update={"topic_prefix": f"bench-{label}-{uuid.uuid4().hex[:8]}"})
+
+
+def measure_replay(base: Settings, bootstrap: str, events: Sequence[Event]) -> float:
+    settings = fresh_settings(base, "replay")
+    ensure_topics(settings, bootstrap)
+    producer = make_producer(bootstrap)
+    try:
+        summary = replay_history(events, settings, producer)
+    finally:
+        producer.close()
+    if summary.failed:
+        raise RuntimeError(f"{summary.failed} sends failed: {summary.first_failure}")
+    return summary.elapsed_s
+
+
+def measure_raw(base: Settings, bootstrap: str, events: Sequence[Event]) -> float:
+    settings = fresh_settings(base, "raw")
+    ensure_topics(settings, bootstrap)
+    messages = [
+        (event_topic(settings, event), event.customer_id.encode(), event.model_dump_json().encode())
+        for event in events
+    ]
+    producer = make_producer(bootstrap)
+    try:
+        started = time.perf_counter()
+        for topic, key, value in messages:
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+        return time.perf_counter() - started
+    finally:
+        producer.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000, help="about how many events")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of (b) and (c); best kept")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    events, customers = simulate_about(args.events, args.seed)
+    n = len(events)
+    print(f"history: {n:,} events ({customers:,} customers over {DAYS} days)", flush=True)
+    with (
+        embedded_services() as services,
+        tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp,
+    ):
+        base = Settings().for_local_broker(services.kafka_bootstrap, services.redis_url)
+        path = Path(tmp) / "history.jsonl"
+        write_history(path, events)
+        size_mb = path.stat().st_size / 1e6
+
+        started = time.perf_counter()
+        read = read_history(path)
+        read_s = time.perf_counter() - started
+        assert len(read.events) == n and not read.rejections
+
+        replay_s, raw_s = math.inf, math.inf
+        for _ in range(args.repeat):
+            replay_s = min(replay_s, measure_replay(base, services.kafka_bootstrap, read.events))
+            raw_s = min(raw_s, measure_raw(base, services.kafka_bootstrap, read.events))
+
+    rows = [
+        ("(a) read + validate (read_history)", read_s),
+        ("(b) publish (replay_history)", replay_s),
+        ("(c) raw kafka-python send + flush", raw_s),
+    ]
+    print(f"file: {size_mb:.1f} MB of JSON lines; broker: embedded Tansu; best of {args.repeat}")
+    print(f"{'stage':<38}{'seconds':>10}{'events/s':>12}")
+    for label, seconds in rows:
+        print(f"{label:<38}{seconds:>10.2f}{n / seconds:>12,.0f}")
+    print(f"{'(b) / (c)':<38}{'':>10}{raw_s / replay_s:>12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
