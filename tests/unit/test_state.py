@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Literal
 
 import pytest
@@ -678,3 +679,60 @@ def test_recent_satisfaction_follows_event_time_not_arrival() -> None:
     early, late = rating(1, at=T0), rating(5, at=T0 + days(1))
 
     assert run([late, early]).satisfaction_recent == run([early, late]).satisfaction_recent
+
+
+def cents(amount: float, rate: float = 1.0) -> int:
+    """Half-even cents, computed here independently of StateRules."""
+    return int(
+        (Decimal(repr(amount)) * Decimal(repr(rate)) * 100).quantize(
+            Decimal(1), rounding=ROUND_HALF_EVEN
+        )
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    specs=st.lists(st.one_of(purchase_specs, feedback_specs), max_size=15),
+    steps=st.lists(ticket_steps, max_size=12),
+    refunds=st.lists(refund_amounts, max_size=3),
+)
+def test_aggregates_match_a_direct_computation_from_the_raw_events(
+    specs: list[tuple[str, int, float]],
+    steps: list[tuple[int, str, int]],
+    refunds: list[float],
+) -> None:
+    events = mixed_history(specs, steps, refunds)
+    if not events:
+        return
+    state = run(events)
+
+    purchases = [e for e in events if isinstance(e, PurchaseEvent)]
+    ratings = [e for e in events if isinstance(e, FeedbackEvent)]
+    assert state.order_count == len(purchases)
+    assert state.gross_cents == sum(cents(e.amount) for e in purchases)
+    assert state.refunded_cents == sum(cents(amount, 1.08) for amount in refunds)
+    assert state.csat_count == len(ratings)
+    assert state.csat_sum == sum(e.rating for e in ratings)
+
+    first: dict[tuple[str, str], datetime] = {}
+    for e in events:
+        if isinstance(e, SupportEvent) and e.action != "escalated":
+            key = (e.ticket_id, e.action)
+            first[key] = min(first.get(key, e.occurred_at), e.occurred_at)
+    opened = {t: at for (t, action), at in first.items() if action == "opened"}
+    answered = {t: first[(t, "first_response")] for t in opened if (t, "first_response") in first}
+    resolved = {t: first[(t, "resolved")] for t in opened if (t, "resolved") in first}
+    totals = state.ticket_totals
+    assert totals.opened == len(opened)
+    assert totals.resolved == len(resolved)
+    assert totals.first_response_count == len(answered)
+    assert totals.first_response_seconds == sum(
+        max(int((answered[t] - opened[t]).total_seconds()), 0) for t in answered
+    )
+    assert totals.resolution_seconds == sum(
+        max(int((resolved[t] - opened[t]).total_seconds()), 0) for t in resolved
+    )
+    assert state.open_tickets == len(opened) - len(resolved)
+    assert state.escalations == sum(
+        1 for e in events if isinstance(e, SupportEvent) and e.action == "escalated"
+    )
