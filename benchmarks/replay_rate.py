@@ -9,9 +9,13 @@ JSON-lines file and measures, in one run:
 (c) baseline: the same producer configuration sending the same messages (same topics, keys
     and value bytes), serialised beforehand, in a bare ``send`` loop, flushed.
 
-(b) / (c) is the share of the raw producer's rate that replay keeps. (b) and (c) each write to
-topics of their own, so neither finds the other's data on the broker; each is run
-``--repeat`` times, alternating, and the best run is kept.
+(d) end to end: with one ``streamcrm worker`` running against the broker and redis-server,
+    the time from the first publish to the last score read back from the scores topic.
+
+(b) / (c) is the share of the raw producer's rate that replay keeps; (d) / (c) shows how far
+scoring is below the rate events can be fed in. (b) and (c) each write to topics of their own,
+so neither finds the other's data on the broker; each is run ``--repeat`` times, alternating,
+and the best run is kept. (d) runs once (``--no-end-to-end`` skips it).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from streamcrm.cli import start_worker_process, stop_worker_process
 from streamcrm.embedded import embedded_services
 from streamcrm.events import Event
-from streamcrm.kafka_io import ensure_topics, event_topic, make_producer
+from streamcrm.kafka_io import ensure_topics, event_topic, make_producer, poll_records, read_topic
 from streamcrm.replay import read_history, replay_history, write_history
 from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
@@ -79,11 +84,44 @@ def measure_raw(base: Settings, bootstrap: str, events: Sequence[Event]) -> floa
         producer.close()
 
 
+def measure_end_to_end(base: Settings, bootstrap: str, events: Sequence[Event], log: Path) -> float:
+    """Seconds from the first publish to the last score, through one real worker."""
+    settings = fresh_settings(base, "e2e").model_copy(
+        update={"app_id": f"bench-{uuid.uuid4().hex[:8]}", "data_dir": log.parent}
+    )
+    ensure_topics(settings, bootstrap)
+    worker = start_worker_process(settings, log)
+    scores = read_topic(bootstrap, settings.topics.scores)
+    letters = read_topic(bootstrap, settings.topics.deadletter)
+    try:
+        warm_up = events[:1]  # wait for the group join, so (d) measures scoring only
+        producer = make_producer(bootstrap)
+        replay_history(warm_up, settings, producer)
+        while not any(True for _ in poll_records(scores, timeout_ms=500)):
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited; see {log}")
+        started = time.perf_counter()
+        replay_history(events[1:], settings, producer)
+        producer.close()
+        done = 0
+        while done < len(events) - 1:
+            done += sum(1 for _ in poll_records(scores, timeout_ms=500))
+            done += sum(1 for _ in poll_records(letters, timeout_ms=0))
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited; see {log}")
+        return time.perf_counter() - started
+    finally:
+        scores.close()
+        letters.close()
+        stop_worker_process(worker)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="about how many events")
     parser.add_argument("--repeat", type=int, default=2, help="runs of (b) and (c); best kept")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-end-to-end", action="store_true", help="skip (d)")
     args = parser.parse_args(argv)
 
     events, customers = simulate_about(args.events, args.seed)
@@ -107,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(args.repeat):
             replay_s = min(replay_s, measure_replay(base, services.kafka_bootstrap, read.events))
             raw_s = min(raw_s, measure_raw(base, services.kafka_bootstrap, read.events))
+        end_to_end_s = (
+            None
+            if args.no_end_to_end
+            else measure_end_to_end(
+                base, services.kafka_bootstrap, read.events, Path(tmp) / "worker.log"
+            )
+        )
 
     rows = [
         ("(a) read + validate (read_history)", read_s),
@@ -117,7 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'stage':<38}{'seconds':>10}{'events/s':>12}")
     for label, seconds in rows:
         print(f"{label:<38}{seconds:>10.2f}{n / seconds:>12,.0f}")
+    if end_to_end_s is not None:
+        label = "(d) end to end: publish -> last score"
+        print(f"{label:<38}{end_to_end_s:>10.2f}{(n - 1) / end_to_end_s:>12,.0f}")
     print(f"{'(b) / (c)':<38}{'':>10}{raw_s / replay_s:>12.2f}")
+    if end_to_end_s is not None:
+        print(f"{'(d) / (c)':<38}{'':>10}{raw_s / end_to_end_s:>12.2f}")
     return 0
 
 

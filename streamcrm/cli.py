@@ -1,4 +1,5 @@
-"""The ``streamcrm`` command: worker | demo | simulate | replay | schemas | score | topics.
+"""The ``streamcrm`` command: worker | demo | simulate | replay | score | population | schemas
+| topics.
 
 Every command reads :class:`~streamcrm.settings.Settings` once from ``STREAMCRM_*``
 variables; a broker or Redis left unconfigured is started embedded where that makes sense.
@@ -101,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="print a customer's state and scores from Redis")
     score.add_argument("customer_id")
     score.set_defaults(run=run_score)
+
+    population = commands.add_parser(
+        "population", help="aggregates over every customer's latest score, from Redis"
+    )
+    population.add_argument("--json", action="store_true", help="print JSON instead of text")
+    population.set_defaults(run=run_population)
 
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
     topics.set_defaults(run=run_topics)
@@ -269,6 +276,29 @@ def run_score(settings: Settings, args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def run_population(settings: Settings, args: argparse.Namespace) -> int:
+    """Print population aggregates (segment shares, RFM codes, score distributions)."""
+    from dataclasses import asdict
+
+    from streamcrm.aggregates import format_summary, summarise
+    from streamcrm.events import CustomerScore
+    from streamcrm.store import RedisStateStore
+
+    if settings.redis_url is None:
+        raise ConfigurationError("set STREAMCRM_REDIS_URL to the Redis the workers use")
+
+    async def collect() -> list[CustomerScore]:
+        store = RedisStateStore.from_url(settings.redis_url or "", settings.redis_namespace)
+        try:
+            return [score async for score in store.iter_scores()]
+        finally:
+            await store.close()
+
+    summary = summarise(asyncio.run(collect()))
+    print(json.dumps(asdict(summary), indent=2) if args.json else format_summary(summary))
     return 0
 
 

@@ -26,7 +26,7 @@ snapshot's churn label is settled before its customer can expire.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Protocol
@@ -68,6 +68,10 @@ class StateStore(Protocol):
         ...
 
     async def load_score(self, customer_id: str) -> CustomerScore | None: ...
+
+    def iter_scores(self) -> AsyncIterator[CustomerScore]:
+        """Every stored customer's latest score (a full scan: for reports, not the hot path)."""
+        ...
 
     async def load_model(self, name: str) -> bytes | None: ...
 
@@ -114,6 +118,11 @@ class InMemoryStateStore:
         self._expire(customer_id)
         raw = self._scores.get(customer_id)
         return CustomerScore.model_validate_json(raw) if raw is not None else None
+
+    async def iter_scores(self) -> AsyncIterator[CustomerScore]:
+        for customer_id in list(self._scores):
+            if (score := await self.load_score(customer_id)) is not None:
+                yield score
 
     async def load_model(self, name: str) -> bytes | None:
         stored = self._models.get(name)
@@ -173,6 +182,26 @@ class RedisStateStore:
         with _unavailable_as_store_error():
             raw = await self._redis.hget(self.customer_key(customer_id), "score")
         return CustomerScore.model_validate_json(raw) if raw is not None else None
+
+    async def iter_scores(self, batch: int = 500) -> AsyncIterator[CustomerScore]:
+        pattern = customer_key(self._namespace, "*")
+        with _unavailable_as_store_error():
+            keys: list[bytes] = []
+            async for key in self._redis.scan_iter(match=pattern, count=batch):
+                keys.append(key)
+                if len(keys) >= batch:
+                    for score in await self._scores_of(keys):
+                        yield score
+                    keys = []
+            for score in await self._scores_of(keys):
+                yield score
+
+    async def _scores_of(self, keys: list[bytes]) -> list[CustomerScore]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(key, "score")
+            raws = await pipe.execute()
+        return [CustomerScore.model_validate_json(raw) for raw in raws if raw is not None]
 
     async def load_model(self, name: str) -> bytes | None:
         with _unavailable_as_store_error():

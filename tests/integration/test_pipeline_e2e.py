@@ -329,3 +329,24 @@ def test_a_late_event_is_dead_lettered_with_its_reason_and_counted(
         assert state is not None and state.late_events == 1 and state.order_count == 1
     finally:
         letters.close()
+
+
+def test_cli_population_summarises_every_scored_customer_in_redis(
+    shared_settings: Settings, score_reader: TopicReader
+) -> None:
+    send(shared_settings, [purchase("population", 1, 12.0, day=3)])
+    score_reader.wait_for(lambda records: "population-p1" in {s.event_id for s in scores(records)})
+    scored_customers = {s.customer_id for s in scores(score_reader.records)}
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "streamcrm", "population", "--json"],
+        env=worker_environment(shared_settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    summary = json.loads(shown.stdout)
+    assert summary["customers"] == len(scored_customers)
+    assert summary["distributions"]["monetary"]["count"] == len(scored_customers)

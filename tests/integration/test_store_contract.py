@@ -250,3 +250,13 @@ async def test_the_retention_ttl_is_set_with_the_state_in_redis(
     ttl_ms = await client.pttl(store.customer_key("ttl"))
     await store.close()
     assert timedelta(days=399) < timedelta(milliseconds=ttl_ms) <= timedelta(days=400)
+
+
+async def test_every_stored_score_can_be_scanned(store: StateStore) -> None:
+    saved = [scored(f"c{n}", day=n) for n in range(7)]
+    for state, score in saved:
+        await store.save(state, score)
+
+    found = [score async for score in store.iter_scores()]
+
+    assert sorted(found, key=lambda s: s.customer_id) == [score for _, score in saved]
