@@ -29,10 +29,11 @@ Messages are validated once, at the edge, by :func:`decode_event`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -47,6 +48,9 @@ from streamcrm.errors import EventValidationError, UndecodableEventError, WrongT
 SCHEMA_VERSION: Final = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda moment: moment.astimezone(UTC))]
+"""A timezone-aware instant, normalised to UTC so that equal instants compare and print alike."""
+
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
@@ -60,7 +64,7 @@ class _Record(BaseModel):
 class _Event(_Record):
     event_id: Identifier
     customer_id: Identifier
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
@@ -74,6 +78,10 @@ class PurchaseEvent(_Event):
     items: int = Field(ge=1, le=10_000, strict=True)
     channel: Channel
     cost: Money | None = None
+    acquisition_cost: Money | None = Field(
+        default=None,
+        description="what acquiring this customer cost (marketing), when this order knows it",
+    )
 
 
 class RefundEvent(_Event):
@@ -209,6 +217,7 @@ class CustomerScore(_Record):
     currency: str = Field(description="the reporting currency of every money field")
     customer_value: float
     clv_simple: float
+    clv_to_acquisition_cost: float | None
     clv_discounted: float
     loyalty: float
     health: float
@@ -234,6 +243,7 @@ MODEL_FIELDS: frozenset[str] = frozenset(
         "segment_id",
         "segment_name",
         "clv_simple",
+        "clv_to_acquisition_cost",
         "clv_discounted",
         "health",
         "rfm_recency",

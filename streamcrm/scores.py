@@ -84,6 +84,19 @@ def clv_simple(features: Mapping[str, float], churn_probability: float) -> float
     return customer_value(features) * (1.0 - churn_probability)
 
 
+def clv_to_acquisition_cost(clv: float, acquisition_cost: float | None) -> float | None:
+    """CLV ÷ customer acquisition cost (CAC), when the cost is known and positive.
+
+    Above 1 the customer is expected to repay what acquiring them cost.
+
+    >>> clv_to_acquisition_cost(450.0, 150.0)
+    3.0
+    """
+    if not acquisition_cost:
+        return None
+    return clv / acquisition_cost
+
+
 def clv_discounted(
     features: Mapping[str, float],
     churn_probability: float,

@@ -22,6 +22,7 @@ from streamcrm.scores import (
     DEFAULT_HORIZON_YEARS,
     clv_discounted,
     clv_simple,
+    clv_to_acquisition_cost,
     csat_mean,
     customer_value,
     health_score,
@@ -88,6 +89,7 @@ def score_event(
     models.population.learn_one(features, mean_satisfaction)
     recency_code, frequency_code, monetary_code = models.population.rfm_codes(features)
     loyalty = loyalty_index(new_state, features)
+    simple_clv = clv_simple(features, churn_probability)
 
     score = CustomerScore(
         customer_id=new_state.customer_id,
@@ -103,7 +105,11 @@ def score_event(
         nps=net_promoter_score(new_state),
         currency=config.rules.reporting_currency,
         customer_value=customer_value(features),
-        clv_simple=clv_simple(features, churn_probability),
+        clv_simple=simple_clv,
+        clv_to_acquisition_cost=clv_to_acquisition_cost(
+            simple_clv,
+            new_state.acquisition.cents / 100 if new_state.acquisition is not None else None,
+        ),
         clv_discounted=clv_discounted(
             features, churn_probability, config.discount_rate, config.horizon_years
         ),

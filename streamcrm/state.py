@@ -196,6 +196,14 @@ class Ticket(_Frozen):
         )
 
 
+class AcquisitionCost(_Frozen):
+    """What acquiring the customer cost, as first reported (earliest event wins)."""
+
+    occurred_at: datetime
+    event_id: str
+    cents: int
+
+
 class Rating(_Frozen):
     """One rating, normalised to [0, 1], with the time and id that order it."""
 
@@ -233,6 +241,7 @@ class CustomerState(_Frozen):
     revenue_with_cost_cents: int = 0
     refund_count: int = 0
     refunded_cents: int = 0
+    acquisition: AcquisitionCost | None = None
     # Feedback, on the scales it was given in.
     csat_count: int = 0
     csat_sum: int = 0
@@ -397,6 +406,15 @@ def _purchase_changes(
         if state.last_purchase_at is None
         else max(state.last_purchase_at, at),
     }
+    if event.acquisition_cost is not None:
+        reported = AcquisitionCost(
+            occurred_at=at,
+            event_id=event.event_id,
+            cents=rules.to_reporting_cents(event.acquisition_cost, event.currency),
+        )
+        known = state.acquisition
+        if known is None or (at, event.event_id) < (known.occurred_at, known.event_id):
+            changes["acquisition"] = reported
     if event.cost is not None:
         changes["cost_cents"] = state.cost_cents + rules.to_reporting_cents(
             event.cost, event.currency

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -361,3 +362,14 @@ def test_events_are_immutable() -> None:
 
     with pytest.raises(ValueError):
         event.amount = 1.0  # type: ignore[misc]
+
+
+def test_event_times_are_normalised_to_utc() -> None:
+    event = decode_event(
+        b'{"type": "cancellation", "event_id": "e1", "customer_id": "c1",'
+        b' "occurred_at": "2026-03-01T10:00:00+02:00"}'
+    )
+
+    assert event.occurred_at == datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    assert event.occurred_at.utcoffset() == timedelta(0)
+    assert '"occurred_at":"2026-03-01T08:00:00Z"' in event.model_dump_json()

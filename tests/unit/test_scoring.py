@@ -272,3 +272,21 @@ def test_discount_rate_and_horizon_come_from_the_config(rate: float, horizon: in
     value, retention = scored.score.customer_value, 1.0 - scored.score.churn_probability
     expected = sum(value * retention**t / (1 + rate) ** t for t in range(1, horizon + 1))
     assert scored.score.clv_discounted == pytest.approx(expected)
+
+
+def test_clv_is_set_against_the_acquisition_cost_when_an_order_reports_it() -> None:
+    order = PurchaseEvent(
+        event_id="cac-1",
+        customer_id="cac",
+        order_id="o1",
+        amount=100.0,
+        items=1,
+        channel="web",
+        acquisition_cost=50.0,
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+    scored = score_event(None, order, ModelBundle(), ScoringConfig())
+
+    assert scored.score is not None
+    assert scored.score.clv_to_acquisition_cost == pytest.approx(scored.score.clv_simple / 50.0)

@@ -22,6 +22,7 @@ from streamcrm.events import (
     SupportEvent,
 )
 from streamcrm.state import (
+    DEFAULT_RULES,
     MAX_TRACKED_TICKETS,
     RECENT_EVENT_IDS,
     SATISFACTION_EWMA_ALPHA,
@@ -736,3 +737,41 @@ def test_aggregates_match_a_direct_computation_from_the_raw_events(
     assert state.escalations == sum(
         1 for e in events if isinstance(e, SupportEvent) and e.action == "escalated"
     )
+
+
+def test_the_earliest_reported_acquisition_cost_is_kept_in_any_order() -> None:
+    first = purchase(at=T0).model_copy(update={"acquisition_cost": 120.0})
+    later = purchase(at=T0 + days(1)).model_copy(update={"acquisition_cost": 80.0})
+
+    for order in ([first, later], [later, first]):
+        acquisition = run(order).acquisition
+        assert acquisition is not None and acquisition.cents == 12_000
+
+
+within_two_days = st.integers(min_value=0, max_value=47 * 60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    specs=st.lists(
+        st.one_of(
+            st.tuples(st.just("purchase"), within_two_days, st.floats(0, 1_000)),
+            st.tuples(st.just("feedback"), within_two_days, st.integers(1, 5)),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_a_stream_shuffled_within_the_allowed_lateness_gives_the_ordered_state(
+    data: st.DataObject, specs: list[tuple[str, int, float]]
+) -> None:
+    events = build(specs)  # all within 47 h of each other: any order is within lateness
+    ordered = sorted(events, key=lambda e: (e.occurred_at, e.event_id))
+    shuffled = data.draw(st.permutations(events))
+
+    in_order = run(ordered, rules=DEFAULT_RULES)
+    reordered = run(shuffled, rules=DEFAULT_RULES)
+
+    assert reordered.late_events == 0
+    assert without_arrival_order(reordered) == without_arrival_order(in_order)
