@@ -229,6 +229,7 @@ class CustomerScore(_Record):
     rfm_monetary: int = Field(ge=1, le=5, description="1-5 against the population, 5 = most")
     population_satisfaction_mean: float | None
     open_tickets: int
+    tickets_by_category: dict[str, int] = Field(description="tickets opened, by category")
     escalations: int
     sla_breaches: int
     mean_first_response_hours: float | None

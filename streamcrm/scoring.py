@@ -89,6 +89,7 @@ def score_event(
     models.population.learn_one(features, mean_satisfaction)
     recency_code, frequency_code, monetary_code = models.population.rfm_codes(features)
     loyalty = loyalty_index(new_state, features)
+    tickets = new_state.ticket_totals
     simple_clv = clv_simple(features, churn_probability)
 
     score = CustomerScore(
@@ -125,8 +126,9 @@ def score_event(
         population_satisfaction_mean=models.population.mean_satisfaction,
         monetary=new_state.monetary,
         open_tickets=new_state.open_tickets,
+        tickets_by_category=dict(sorted(tickets.by_category.items())),
         escalations=new_state.escalations,
-        sla_breaches=new_state.ticket_totals.sla_breaches,
+        sla_breaches=tickets.sla_breaches,
         mean_first_response_hours=mean_first_response_hours(new_state),
         mean_resolution_hours=mean_resolution_hours(new_state),
         model_version=models.version,
