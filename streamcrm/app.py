@@ -9,6 +9,9 @@ agent that raises would ack the message and skip it forever.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -50,6 +53,8 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     topics = settings.topics
     scores_topic = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
     deadletter_topic = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
+    metrics_topic = app.topic(topics.model_metrics, key_serializer="raw", value_serializer="raw")
+    worker_name = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
 
     async def process(message: Any) -> None:
         try:
@@ -89,6 +94,12 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             logger.warning("model checkpoint failed (%s); will retry", error)
 
     app.timer(settings.model_checkpoint_interval_s, name="checkpoint-models")(checkpoint)
+
+    async def publish_model_metrics() -> None:
+        report = pipeline.model_metrics(worker_name, datetime.now(UTC))
+        await metrics_topic.send(key=worker_name.encode(), value=report.model_dump_json().encode())
+
+    app.timer(settings.metrics_interval_s, name="publish-model-metrics")(publish_model_metrics)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def final_checkpoint(sender: faust.App, **_: Any) -> None:

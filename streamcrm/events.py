@@ -272,3 +272,30 @@ class DeadLetter(_Record):
 
 
 MAX_DEADLETTER_RAW_BYTES = 16 * 1024
+
+
+class ModelMetrics(_Record):
+    """A worker's periodic report on ``crm.model-metrics``, keyed by worker.
+
+    Churn quality is measured progressively (each labelled example is predicted before it is
+    learned), so every figure is on data the model had not seen. Figures are null until the
+    first label arrives. Counts are since the worker started.
+    """
+
+    worker: str
+    published_at: datetime = Field(description="wall-clock time of this report")
+    event_time: datetime | None = Field(description="newest event time this worker has seen")
+    model_version: str
+    labelled_examples: int
+    churned_examples: int
+    roc_auc: float | None
+    log_loss: float | None
+    brier: float | None
+    customers_scored: int
+    segment_shares: dict[str, float] = Field(
+        description="share of each segment among the scores made since the last report"
+    )
+    events: dict[str, int] = Field(
+        description="messages since start by outcome: scored, duplicate, late, invalid"
+    )
+    schema_version: Literal[1] = SCHEMA_VERSION

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
-from streamcrm.errors import LateEventError, StoreUnavailableError
-from streamcrm.events import decode_event
+from streamcrm.errors import InvalidEventError, LateEventError, StoreUnavailableError
+from streamcrm.events import ModelMetrics, decode_event
 from streamcrm.models import ModelBundle
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
 from streamcrm.state import topic_kind
@@ -66,6 +67,11 @@ class ScoringPipeline:
         self.store = store
         self.config = config
         self.models = ModelBundle()
+        self.outcomes: Counter[str] = Counter()
+        """Messages handled since start, by outcome: scored, duplicate, late, invalid."""
+        self.segment_mix: Counter[str] = Counter()
+        """Segments of the scores made since the last metrics report."""
+        self.newest_event_time: datetime | None = None
         self._locks = KeyedLocks()
         self._models_loaded = False
         self._loading_models = asyncio.Lock()
@@ -98,12 +104,52 @@ class ScoringPipeline:
         self._checkpointed_version = version
         return True
 
+    def _count(self, scored: ScoredEvent) -> None:
+        if scored.duplicate:
+            self.outcomes["duplicate"] += 1
+        elif scored.late_by is not None:
+            self.outcomes["late"] += 1
+        elif scored.score is not None:
+            self.outcomes["scored"] += 1
+            self.segment_mix[scored.score.segment_name] += 1
+            as_of = scored.score.as_of
+            if self.newest_event_time is None or as_of > self.newest_event_time:
+                self.newest_event_time = as_of
+
+    def model_metrics(self, worker: str, now: datetime) -> ModelMetrics:
+        """The metrics report as of now; starts a new segment-mix interval."""
+        churn = self.models.churn
+        both_classes = 0 < churn.n_churned < churn.n_learned
+        mix_total = sum(self.segment_mix.values())
+        report = ModelMetrics(
+            worker=worker,
+            published_at=now,
+            event_time=self.newest_event_time,
+            model_version=self.models.version,
+            labelled_examples=churn.n_learned,
+            churned_examples=churn.n_churned,
+            roc_auc=churn.roc_auc.get() if both_classes else None,
+            log_loss=churn.log_loss.get() if churn.n_learned else None,
+            brier=churn.brier.get() if churn.n_learned else None,
+            customers_scored=self.models.segments.n_learned,
+            segment_shares={
+                name: count / mix_total for name, count in sorted(self.segment_mix.items())
+            },
+            events=dict(sorted(self.outcomes.items())),
+        )
+        self.segment_mix.clear()
+        return report
+
     async def handle(self, raw: bytes, topic: str | None = None) -> ScoredEvent:
         """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
 
         A late event is saved as counted (``late_events``) before ``LateEventError`` reports it.
         """
-        event = decode_event(raw, topic)
+        try:
+            event = decode_event(raw, topic)
+        except InvalidEventError:
+            self.outcomes["invalid"] += 1
+            raise
         await self.load_models()
         async with self._locks.hold(event.customer_id):
             state = await _until_available(
@@ -115,6 +161,7 @@ class ScoringPipeline:
                     lambda: self.store.save(scored.state, scored.score),
                     f"save {event.customer_id}",
                 )
+        self._count(scored)
         if scored.late_by is not None:
             raise LateEventError(
                 f"event at {event.occurred_at.isoformat()} is {_hours(scored.late_by)} older than "

@@ -17,6 +17,7 @@ from streamcrm.events import (
     CustomerScore,
     DeadLetter,
     FeedbackEvent,
+    ModelMetrics,
     PurchaseEvent,
     RefundEvent,
     SupportEvent,
@@ -28,6 +29,7 @@ _TOPIC_MODELS: dict[str, Any] = {
     "support": Annotated[SupportEvent | CancellationEvent, Field(discriminator="type")],
     "scores": CustomerScore,
     "deadletter": DeadLetter,
+    "model-metrics": ModelMetrics,
 }
 
 

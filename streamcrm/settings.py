@@ -48,12 +48,16 @@ class Topics:
         return f"{self.prefix}.deadletter"
 
     @property
+    def model_metrics(self) -> str:
+        return f"{self.prefix}.model-metrics"
+
+    @property
     def inputs(self) -> tuple[str, str, str]:
         return (self.purchases, self.feedback, self.support)
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.inputs, self.scores, self.deadletter)
+        return (*self.inputs, self.scores, self.deadletter, self.model_metrics)
 
 
 class Settings(BaseSettings):
@@ -92,6 +96,7 @@ class Settings(BaseSettings):
     discount_rate: float = Field(0.10, ge=0, description="Yearly discount rate r for CLV.")
     clv_horizon_years: int = Field(5, ge=1, le=50)
     model_checkpoint_interval_s: float = Field(10.0, gt=0)
+    metrics_interval_s: float = Field(10.0, gt=0, description="How often model metrics go out.")
     broker_rebalance_timeout_s: float = Field(60.0, gt=0)
     broker_session_timeout_s: float = Field(60.0, gt=0)
     broker_heartbeat_interval_s: float = Field(3.0, gt=0)

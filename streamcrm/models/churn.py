@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from river import linear_model, metrics, optim, preprocessing
+from river import linear_model, metrics, optim, preprocessing, stats
 
 from streamcrm.events import CancellationEvent, Event, PurchaseEvent
 from streamcrm.state import PendingSnapshot
@@ -89,6 +89,8 @@ class ChurnModel:
         )
         self.roc_auc = metrics.ROCAUC()
         self.log_loss = metrics.LogLoss()
+        self.brier = stats.Mean()
+        """Brier score: mean of (p − y)² over progressively validated examples."""
         self.n_learned = 0
         self.n_churned = 0
 
@@ -101,6 +103,7 @@ class ChurnModel:
         probability = self.predict_proba_one(features)
         self.roc_auc.update(churned, probability)
         self.log_loss.update(churned, probability)
+        self.brier.update((probability - float(churned)) ** 2)
         self.pipeline.learn_one(dict(features), churned)
         self.n_learned += 1
         self.n_churned += int(churned)

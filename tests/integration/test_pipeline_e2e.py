@@ -21,6 +21,7 @@ from streamcrm.events import (
     CancellationEvent,
     Event,
     FeedbackEvent,
+    ModelMetrics,
     PurchaseEvent,
     RefundEvent,
     SupportEvent,
@@ -350,3 +351,27 @@ def test_cli_population_summarises_every_scored_customer_in_redis(
     summary = json.loads(shown.stdout)
     assert summary["customers"] == len(scored_customers)
     assert summary["distributions"]["monetary"]["count"] == len(scored_customers)
+
+
+def test_model_metrics_are_published_on_their_topic(
+    shared_settings: Settings, score_reader: TopicReader
+) -> None:
+    assert shared_settings.kafka_bootstrap is not None
+    send(shared_settings, [purchase("metrics", n, 20.0, day=5 * n) for n in range(1, 4)])
+    score_reader.wait_for(lambda records: "metrics-p3" in {s.event_id for s in scores(records)})
+    reports = TopicReader(shared_settings.kafka_bootstrap, shared_settings.topics.model_metrics)
+    try:
+        reports.wait_for(
+            lambda records: any(
+                ModelMetrics.model_validate_json(r.value or b"").labelled_examples >= 2
+                for r in records
+            )
+        )
+        latest = ModelMetrics.model_validate_json(reports.records[-1].value or b"")
+    finally:
+        reports.close()
+
+    assert latest.worker.startswith(shared_settings.app_id + "@")
+    assert latest.events["scored"] >= 3
+    assert latest.model_version.startswith(f"churn-{latest.labelled_examples}.")
+    assert latest.brier is not None and 0.0 <= latest.brier <= 1.0

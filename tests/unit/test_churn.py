@@ -264,3 +264,14 @@ def test_bundle_round_trips_through_bytes() -> None:
 def test_bundle_refuses_a_pickle_of_another_type() -> None:
     with pytest.raises(TypeError, match="not ModelBundle"):
         ModelBundle.from_bytes(pickle.dumps({"churn": "not a model"}))
+
+
+def test_the_brier_score_is_the_mean_squared_error_of_the_progressive_predictions() -> None:
+    model = ChurnModel()
+    examples = [({"recency_days": float(d)}, d > 50) for d in (5, 80, 10, 120, 60, 3)]
+    squared_errors = []
+    for features, churned in examples:
+        squared_errors.append((model.predict_proba_one(features) - float(churned)) ** 2)
+        model.learn_one(features, churned)
+
+    assert model.brier.get() == pytest.approx(sum(squared_errors) / len(squared_errors))

@@ -374,3 +374,27 @@ async def test_an_unknown_currency_is_reported_and_nothing_is_saved(
         await pipeline.handle(purchase("c1", currency="XYZ"))
 
     assert await store.load("c1") is None
+
+
+async def test_the_metrics_report_counts_outcomes_and_measures_the_churn_model(
+    pipeline: ScoringPipeline,
+) -> None:
+    for day in (0, 10, 20):
+        await pipeline.handle(purchase("c1", day=day))
+    await pipeline.handle(purchase("c1", day=20, event_id="p-repeat"))
+    await pipeline.handle(purchase("c1", day=20, event_id="p-repeat"))
+    with pytest.raises(InvalidEventError):
+        await pipeline.handle(b"{")
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+
+    report = pipeline.model_metrics("w1", now)
+
+    assert report.events == {"duplicate": 1, "invalid": 1, "scored": 4}
+    assert report.labelled_examples == pipeline.models.churn.n_learned == 3
+    assert report.churned_examples == 0
+    assert report.roc_auc is None  # one class only: AUC is undefined, not 0
+    assert report.brier is not None and report.log_loss is not None
+    assert report.model_version == pipeline.models.version
+    assert report.event_time == T0 + timedelta(days=20)
+    assert sum(report.segment_shares.values()) == pytest.approx(1.0)
+    assert pipeline.model_metrics("w1", now).segment_shares == {}  # a new interval began
