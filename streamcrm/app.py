@@ -58,7 +58,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     async def process(message: Any) -> None:
         try:
-            scored = await pipeline.handle(message.value, message.topic)
+            scored = await pipeline.handle(message.value, message.topic, message.partition)
         except Exception as error:  # noqa: BLE001 - every failure is dead-lettered, never raised
             if not isinstance(error, InvalidEventError):
                 logger.exception(
@@ -94,6 +94,24 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             logger.warning("model checkpoint failed (%s); will retry", error)
 
     app.timer(settings.model_checkpoint_interval_s, name="checkpoint-models")(checkpoint)
+
+    async def sweep_label_ledgers() -> None:
+        # Only the partitions this worker owns: their customers' events come here alone.
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.purchases}
+        try:
+            report = await pipeline.sweep(sorted(owned))
+        except StoreUnavailableError as error:
+            logger.warning("label sweep skipped (%s); will retry", error)
+            return
+        if report.customers:
+            logger.info(
+                "label sweep: %d customers, %d examples learned, %d heartbeats",
+                report.customers,
+                report.examples_learned,
+                report.heartbeats,
+            )
+
+    app.timer(settings.sweep_interval_s, name="sweep-label-ledgers")(sweep_label_ledgers)
 
     async def publish_model_metrics() -> None:
         report = pipeline.model_metrics(worker_name, datetime.now(UTC))

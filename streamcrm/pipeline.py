@@ -13,23 +13,41 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 from streamcrm.errors import InvalidEventError, LateEventError, StoreUnavailableError
 from streamcrm.events import ModelMetrics, decode_event
 from streamcrm.models import ModelBundle
-from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
+from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event, sweep_customer
 from streamcrm.state import topic_kind
-from streamcrm.store import StateStore
+from streamcrm.store import LedgerDue, StateStore
 
 MODEL_CHECKPOINT = "bundle"
 FIRST_RETRY_DELAY_S = 0.1
 MAX_RETRY_DELAY_S = 5.0
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did: customers visited, examples learned, heartbeat snapshots taken."""
+
+    customers: int = 0
+    examples_learned: int = 0
+    heartbeats: int = 0
+
+    def __add__(self, other: SweepReport) -> SweepReport:
+        return SweepReport(
+            self.customers + other.customers,
+            self.examples_learned + other.examples_learned,
+            self.heartbeats + other.heartbeats,
+        )
 
 
 class KeyedLocks:
@@ -104,7 +122,7 @@ class ScoringPipeline:
         self._checkpointed_version = version
         return True
 
-    def _count(self, scored: ScoredEvent) -> None:
+    def _count(self, scored: ScoredEvent, occurred_at: datetime) -> None:
         if scored.duplicate:
             self.outcomes["duplicate"] += 1
         elif scored.late_by is not None:
@@ -112,9 +130,47 @@ class ScoringPipeline:
         elif scored.score is not None:
             self.outcomes["scored"] += 1
             self.segment_mix[scored.score.segment_name] += 1
-            as_of = scored.score.as_of
-            if self.newest_event_time is None or as_of > self.newest_event_time:
-                self.newest_event_time = as_of
+            if self.newest_event_time is None or occurred_at > self.newest_event_time:
+                self.newest_event_time = occurred_at
+
+    async def sweep(self, partitions: Iterable[int], limit: int = 500) -> SweepReport:
+        """Move on the label ledgers of quiet customers that fell due by the watermark.
+
+        Only ``partitions`` this worker owns are swept, so no two workers touch one customer.
+        """
+        report = SweepReport()
+        watermark = self.watermark
+        if watermark is None:
+            return report
+        await self.load_models()
+        for partition in partitions:
+            due = await _until_available(
+                partial(self.store.due_customers, partition, watermark, limit),
+                f"read the due index of partition {partition}",
+            )
+            for customer_id in due:
+                async with self._locks.hold(customer_id):
+                    report = report + await self._sweep_one(partition, customer_id, watermark)
+        return report
+
+    async def _sweep_one(
+        self, partition: int, customer_id: str, watermark: datetime
+    ) -> SweepReport:
+        state = await _until_available(lambda: self.store.load(customer_id), f"load {customer_id}")
+        if state is None:  # expired (retention): nothing left to label
+            await _until_available(
+                lambda: self.store.forget_due(partition, customer_id), f"unfile {customer_id}"
+            )
+            return SweepReport(customers=1)
+        swept = sweep_customer(state, watermark, self.models, self.config)
+        await _until_available(
+            lambda: self.store.save(swept.state, None, LedgerDue(partition, swept.due_at)),
+            f"save {customer_id}",
+        )
+        self.outcomes["labelled by sweep"] += swept.examples_learned
+        return SweepReport(
+            customers=1, examples_learned=swept.examples_learned, heartbeats=swept.heartbeats
+        )
 
     def model_metrics(self, worker: str, now: datetime) -> ModelMetrics:
         """The metrics report as of now; starts a new segment-mix interval."""
@@ -140,10 +196,20 @@ class ScoringPipeline:
         self.segment_mix.clear()
         return report
 
-    async def handle(self, raw: bytes, topic: str | None = None) -> ScoredEvent:
+    @property
+    def watermark(self) -> datetime | None:
+        """Event time up to which this worker takes every event to be in: the newest event
+        time it has applied, less the allowed lateness. It closes churn windows."""
+        if self.newest_event_time is None:
+            return None
+        return self.newest_event_time - self.config.rules.allowed_lateness
+
+    async def handle(self, raw: bytes, topic: str | None = None, partition: int = 0) -> ScoredEvent:
         """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
 
-        A late event is saved as counted (``late_events``) before ``LateEventError`` reports it.
+        ``partition`` is the input partition the message came from (it files the customer in
+        the due index). A late event is saved as counted (``late_events``) before
+        ``LateEventError`` reports it.
         """
         try:
             event = decode_event(raw, topic)
@@ -155,13 +221,17 @@ class ScoringPipeline:
             state = await _until_available(
                 lambda: self.store.load(event.customer_id), f"load {event.customer_id}"
             )
-            scored = score_event(state, event, self.models, self.config)
+            # The event itself is in: it may move the watermark before it is scored.
+            newest = max(self.newest_event_time or event.occurred_at, event.occurred_at)
+            watermark = newest - self.config.rules.allowed_lateness
+            scored = score_event(state, event, self.models, self.config, watermark)
             if not scored.duplicate:
+                due = LedgerDue(partition, scored.due_at) if scored.late_by is None else None
                 await _until_available(
-                    lambda: self.store.save(scored.state, scored.score),
+                    lambda: self.store.save(scored.state, scored.score, due),
                     f"save {event.customer_id}",
                 )
-        self._count(scored)
+        self._count(scored, event.occurred_at)
         if scored.late_by is not None:
             raise LateEventError(
                 f"event at {event.occurred_at.isoformat()} is {_hours(scored.late_by)} older than "

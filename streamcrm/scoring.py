@@ -2,8 +2,10 @@
 
 ``score_event(state, event, models, config)`` follows the one-way flow
 
-    apply event to state → label pending snapshots (models learn) → features
+    apply event to state → settle the label ledger (models learn) → features
     → churn probability + segment → deterministic scores → new pending snapshot
+
+and ``sweep_customer`` moves a quiet customer's ledger on when the watermark advances.
 
 It does no I/O; the River models are the only thing it changes besides the returned state.
 """
@@ -11,12 +13,20 @@ It does no I/O; the River models are the only thing it changes besides the retur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from streamcrm.events import CustomerScore, Event
+from streamcrm.events import CancellationEvent, CustomerScore, Event, PurchaseEvent
 from streamcrm.features import customer_features
+from streamcrm.labels import (
+    LabelledExample,
+    add_snapshot,
+    heartbeat_times,
+    next_due,
+    record_purchase,
+    settle_closed,
+    settle_on_cancellation,
+)
 from streamcrm.models import ModelBundle
-from streamcrm.models.churn import add_pending, settle_pending
 from streamcrm.scores import (
     DEFAULT_DISCOUNT_RATE,
     DEFAULT_HORIZON_YEARS,
@@ -40,6 +50,10 @@ class ScoringConfig:
     """The knobs of the scoring core (a slice of the settings)."""
 
     churn_window: timedelta = timedelta(days=90)
+    heartbeat_interval: timedelta = timedelta(days=30)
+    """A quiet customer is snapshotted again every this much event time..."""
+    heartbeat_horizon: timedelta = timedelta(days=180)
+    """...until quiet for this long (by then their churn label is long settled)."""
     discount_rate: float = DEFAULT_DISCOUNT_RATE
     horizon_years: int = DEFAULT_HORIZON_YEARS
     rules: StateRules = field(default_factory=StateRules)
@@ -58,12 +72,21 @@ class ScoredEvent:
     examples_learned: int = 0
     duplicate: bool = False
     late_by: timedelta | None = None
+    due_at: datetime | None = None
+    """When the customer's label ledger next needs the watermark (see streamcrm.labels)."""
 
 
 def score_event(
-    state: CustomerState | None, event: Event, models: ModelBundle, config: ScoringConfig
+    state: CustomerState | None,
+    event: Event,
+    models: ModelBundle,
+    config: ScoringConfig,
+    watermark: datetime | None = None,
 ) -> ScoredEvent:
-    """Apply ``event``, let the models learn from what it settles, and score the customer."""
+    """Apply ``event``, let the models learn from what it settles, and score the customer.
+
+    ``watermark`` (event time up to which all events are in) closes churn windows.
+    """
     transition = apply(state, event, config.rules)
     if not transition.applied:
         return ScoredEvent(
@@ -74,9 +97,16 @@ def score_event(
         )
     new_state = transition.state
 
-    labelled, pending = settle_pending(new_state.pending_snapshots, event, config.churn_window)
-    for example in labelled:
-        models.churn.learn_one(example.features, example.churned)
+    pending = new_state.pending_snapshots
+    labelled: list[LabelledExample] = []
+    if isinstance(event, PurchaseEvent):
+        pending = record_purchase(pending, event.occurred_at, config.churn_window)
+    elif isinstance(event, CancellationEvent):
+        labelled, pending = settle_on_cancellation(pending, event.occurred_at)
+    if watermark is not None:
+        closed, pending = settle_closed(pending, watermark, config.churn_window)
+        labelled += closed
+    _learn(models, labelled)
 
     as_of = new_state.last_event_at
     features = customer_features(new_state, as_of)
@@ -133,10 +163,88 @@ def score_event(
         mean_resolution_hours=mean_resolution_hours(new_state),
         model_version=models.version,
     )
+    last_snapshot_at = new_state.last_snapshot_at
     if not cancelled:
-        pending = add_pending(pending, PendingSnapshot(scored_at=as_of, features=features))
+        pending = add_snapshot(pending, PendingSnapshot(scored_at=as_of, features=features))
+        last_snapshot_at = max(as_of, last_snapshot_at or as_of)
+    final_state = new_state.model_copy(
+        update={"pending_snapshots": pending, "last_snapshot_at": last_snapshot_at}
+    )
     return ScoredEvent(
-        state=new_state.model_copy(update={"pending_snapshots": pending}),
+        state=final_state,
         score=score,
         examples_learned=len(labelled),
+        due_at=ledger_due_at(final_state, config),
     )
+
+
+@dataclass(frozen=True)
+class SweptCustomer:
+    """A quiet customer's ledger after the watermark moved: heartbeats added, windows closed."""
+
+    state: CustomerState
+    examples_learned: int
+    heartbeats: int
+    due_at: datetime | None
+
+
+def sweep_customer(
+    state: CustomerState, watermark: datetime, models: ModelBundle, config: ScoringConfig
+) -> SweptCustomer:
+    """Add the heartbeat snapshots a quiet customer is owed and learn the windows now closed.
+
+    A heartbeat at time g scores the customer's features as of g (recency keeps growing), so
+    the model also learns what long silences lead to.
+    """
+    pending = state.pending_snapshots
+    last_snapshot_at = state.last_snapshot_at
+    heartbeats = 0
+    if state.cancelled_at is None and last_snapshot_at is not None:
+        last_activity = state.last_event_at
+        for moment in heartbeat_times(
+            last_snapshot_at,
+            last_activity,
+            watermark,
+            config.heartbeat_interval,
+            config.heartbeat_horizon,
+        ):
+            purchased = state.last_purchase_at is not None and (
+                moment < state.last_purchase_at <= moment + config.churn_window
+            )
+            snapshot = PendingSnapshot(
+                scored_at=moment,
+                features=customer_features(state, moment),
+                purchased=purchased,
+            )
+            pending = add_snapshot(pending, snapshot)
+            last_snapshot_at = moment
+            heartbeats += 1
+    labelled, pending = settle_closed(pending, watermark, config.churn_window)
+    _learn(models, labelled)
+    swept = state.model_copy(
+        update={"pending_snapshots": pending, "last_snapshot_at": last_snapshot_at}
+    )
+    return SweptCustomer(
+        state=swept,
+        examples_learned=len(labelled),
+        heartbeats=heartbeats,
+        due_at=ledger_due_at(swept, config),
+    )
+
+
+def ledger_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:
+    """When this customer's ledger next needs a sweep (None: nothing pending)."""
+    return next_due(
+        state.pending_snapshots,
+        state.last_snapshot_at,
+        state.last_event_at,
+        config.churn_window,
+        config.heartbeat_interval,
+        config.heartbeat_horizon,
+        cancelled=state.cancelled_at is not None,
+    )
+
+
+def _learn(models: ModelBundle, labelled: list[LabelledExample]) -> None:
+    for example in labelled:
+        models.churn.learn_one(example.features, example.churned)

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     clv_horizon_years: int = Field(5, ge=1, le=50)
     model_checkpoint_interval_s: float = Field(10.0, gt=0)
     metrics_interval_s: float = Field(10.0, gt=0, description="How often model metrics go out.")
+    sweep_interval_s: float = Field(
+        5.0, gt=0, description="How often quiet customers' label ledgers are moved on."
+    )
+    heartbeat_interval_days: float = Field(
+        30.0, gt=0, description="A quiet customer is snapshotted for training this often."
+    )
+    heartbeat_horizon_days: float = Field(180.0, gt=0, description="...until quiet for this long.")
     broker_rebalance_timeout_s: float = Field(60.0, gt=0)
     broker_session_timeout_s: float = Field(60.0, gt=0)
     broker_heartbeat_interval_s: float = Field(3.0, gt=0)
@@ -108,11 +115,15 @@ class Settings(BaseSettings):
     def _retention_outlives_the_churn_window(self) -> Settings:
         if self.customer_retention_days is None:
             return self
-        settled_after = timedelta(days=self.churn_window_days, hours=self.allowed_lateness_hours)
+        settled_after = timedelta(
+            days=self.heartbeat_horizon_days + self.churn_window_days,
+            hours=self.allowed_lateness_hours,
+        )
         if timedelta(days=self.customer_retention_days) <= settled_after:
             raise ConfigurationError(
                 f"customer_retention_days ({self.customer_retention_days:g}) must exceed the "
-                f"churn window ({self.churn_window_days:g} days) plus the allowed lateness "
+                f"heartbeat horizon ({self.heartbeat_horizon_days:g} days) plus the churn "
+                f"window ({self.churn_window_days:g} days) plus the allowed lateness "
                 f"({self.allowed_lateness_hours:g} h), or customers expire before their churn "
                 "labels are settled"
             )
@@ -144,6 +155,8 @@ class Settings(BaseSettings):
     def scoring(self) -> ScoringConfig:
         return ScoringConfig(
             churn_window=timedelta(days=self.churn_window_days),
+            heartbeat_interval=timedelta(days=self.heartbeat_interval_days),
+            heartbeat_horizon=timedelta(days=self.heartbeat_horizon_days),
             discount_rate=self.discount_rate,
             horizon_years=self.clv_horizon_years,
             rules=StateRules(

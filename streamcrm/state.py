@@ -220,6 +220,8 @@ class PendingSnapshot(_Frozen):
 
     scored_at: datetime
     features: dict[str, float]
+    purchased: bool = False
+    """Whether the customer purchased within the churn window after ``scored_at``."""
 
 
 class CustomerState(_Frozen):
@@ -259,6 +261,7 @@ class CustomerState(_Frozen):
     # Bookkeeping.
     recent_event_ids: tuple[str, ...] = ()
     pending_snapshots: tuple[PendingSnapshot, ...] = ()
+    last_snapshot_at: datetime | None = None
 
     @property
     def gross_revenue(self) -> float:

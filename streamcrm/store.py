@@ -7,6 +7,8 @@ key                                   value
 ====================================  =====================================================
 ``{ns}:v1:customer:{customer_id}``    hash: ``state`` (CustomerState JSON), ``score``
                                       (CustomerScore JSON), ``as_of`` (ISO event time)
+``{ns}:v1:due:{partition}``          sorted set: customer ids of one input partition, scored
+                                      by when their label ledger next needs the watermark
 ``{ns}:v1:model:{name}``              string: pickled ModelBundle checkpoint
 ``{ns}:v1:model:{name}:version``      string: the checkpoint's model version
 ====================================  =====================================================
@@ -28,7 +30,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -50,6 +53,19 @@ def customer_key(namespace: str, customer_id: str) -> str:
     return f"{namespace}:{KEY_VERSION}:customer:{customer_id}"
 
 
+def due_key(namespace: str, partition: int) -> str:
+    """The sorted set of customers whose label ledger falls due, for one input partition."""
+    return f"{namespace}:{KEY_VERSION}:due:{partition}"
+
+
+@dataclass(frozen=True)
+class LedgerDue:
+    """Where a customer sits in the due index: their partition and next due time (or none)."""
+
+    partition: int
+    at: datetime | None
+
+
 def model_key(namespace: str, name: str) -> str:
     """The Redis string holding a model checkpoint."""
     return f"{namespace}:{KEY_VERSION}:model:{name}"
@@ -63,8 +79,18 @@ class StateStore(Protocol):
 
     async def load(self, customer_id: str) -> CustomerState | None: ...
 
-    async def save(self, state: CustomerState, score: CustomerScore | None) -> None:
-        """Write the state, and the score unless it is None, in one step."""
+    async def save(
+        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
+    ) -> None:
+        """Write the state, the score unless None, and the due index entry, in one step."""
+        ...
+
+    async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
+        """Customers of ``partition`` whose ledger fell due by ``until`` (earliest first)."""
+        ...
+
+    async def forget_due(self, partition: int, customer_id: str) -> None:
+        """Drop a customer from the due index (their state is gone)."""
         ...
 
     async def load_score(self, customer_id: str) -> CustomerScore | None: ...
@@ -91,6 +117,7 @@ class InMemoryStateStore:
         self._states: dict[str, str] = {}
         self._scores: dict[str, str] = {}
         self._expires_at: dict[str, float] = {}
+        self._due: dict[int, dict[str, datetime]] = {}
         self._models: dict[str, tuple[bytes, str]] = {}
         self._retention = retention
         self._clock = clock
@@ -106,13 +133,29 @@ class InMemoryStateStore:
         raw = self._states.get(customer_id)
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
-    async def save(self, state: CustomerState, score: CustomerScore | None) -> None:
+    async def save(
+        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
+    ) -> None:
         self._expire(state.customer_id)
         self._states[state.customer_id] = state.model_dump_json()
         if score is not None:
             self._scores[state.customer_id] = score.model_dump_json()
         if self._retention is not None:
             self._expires_at[state.customer_id] = self._clock() + self._retention.total_seconds()
+        if due is not None:
+            index = self._due.setdefault(due.partition, {})
+            if due.at is None:
+                index.pop(state.customer_id, None)
+            else:
+                index[state.customer_id] = due.at
+
+    async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
+        index = self._due.get(partition, {})
+        due = sorted((at, cid) for cid, at in index.items() if at <= until)
+        return [customer_id for _, customer_id in due[:limit]]
+
+    async def forget_due(self, partition: int, customer_id: str) -> None:
+        self._due.get(partition, {}).pop(customer_id, None)
 
     async def load_score(self, customer_id: str) -> CustomerScore | None:
         self._expire(customer_id)
@@ -165,7 +208,9 @@ class RedisStateStore:
             raw = await self._redis.hget(self.customer_key(customer_id), "state")
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
-    async def save(self, state: CustomerState, score: CustomerScore | None) -> None:
+    async def save(
+        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
+    ) -> None:
         fields = {"state": state.model_dump_json()}
         if score is not None:
             fields["score"] = score.model_dump_json()
@@ -176,7 +221,25 @@ class RedisStateStore:
                 pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
                 if self._retention_ms is not None:
                     pipe.pexpire(key, self._retention_ms)
+                if due is not None:
+                    index = due_key(self._namespace, due.partition)
+                    if due.at is None:
+                        pipe.zrem(index, state.customer_id)
+                    else:
+                        pipe.zadd(index, {state.customer_id: due.at.timestamp()})
                 await pipe.execute()
+
+    async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
+        index = due_key(self._namespace, partition)
+        with _unavailable_as_store_error():
+            members = await self._redis.zrangebyscore(
+                index, "-inf", until.timestamp(), start=0, num=limit
+            )
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def forget_due(self, partition: int, customer_id: str) -> None:
+        with _unavailable_as_store_error():
+            await self._redis.zrem(due_key(self._namespace, partition), customer_id)
 
     async def load_score(self, customer_id: str) -> CustomerScore | None:
         with _unavailable_as_store_error():

@@ -42,6 +42,7 @@ def isolated_settings(
         data_dir=tmp_path_factory.mktemp("faust-data"),
         model_checkpoint_interval_s=1.0,
         metrics_interval_s=1.0,
+        sweep_interval_s=1.0,
     ).for_local_broker(services.kafka_bootstrap, services.redis_url)
 
 

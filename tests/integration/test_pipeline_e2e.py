@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -247,7 +248,8 @@ def test_a_restarted_worker_resumes_the_models_from_their_checkpoint(
 ) -> None:
     settings = isolated_settings(services, "e2e-restart", tmp_path_factory)
     assert settings.kafka_bootstrap is not None
-    events = [purchase("resume", n, 10.0 + n, day=7 * n) for n in range(1, 6)]
+    # 100 days apart: each purchase's watermark closes the previous snapshot's window.
+    events = [purchase("resume", n, 10.0 + n, day=100 * n) for n in range(1, 6)]
     with running_worker(settings, tmp_path / "first.log"):
         send(settings, events)
         reader = TopicReader(settings.kafka_bootstrap, settings.topics.scores)
@@ -258,7 +260,7 @@ def test_a_restarted_worker_resumes_the_models_from_their_checkpoint(
     assert redis_model_version(settings) == last_version
 
     with running_worker(settings, tmp_path / "second.log"):
-        send(settings, [purchase("resume", 6, 20.0, day=50)])
+        send(settings, [purchase("resume", 6, 20.0, day=600)])
         reader.wait_for(lambda records: len(records) >= len(events) + 1)
     assert scores(reader.records)[-1].model_version == "churn-5.segments-6"
     reader.close()
@@ -375,3 +377,26 @@ def test_model_metrics_are_published_on_their_topic(
     assert latest.events["scored"] >= 3
     assert latest.model_version.startswith(f"churn-{latest.labelled_examples}.")
     assert latest.brier is not None and 0.0 <= latest.brier <= 1.0
+
+
+def test_a_quiet_customer_is_heartbeated_and_labelled_as_the_watermark_moves(
+    shared_settings: Settings, score_reader: TopicReader
+) -> None:
+    # Far in the future of the other tests' events, so this test drives the watermark.
+    send(shared_settings, [purchase("quiet", 1, 30.0, day=1000)])
+    score_reader.wait_for(lambda records: "quiet-p1" in {s.event_id for s in scores(records)})
+    send(shared_settings, [purchase("mover", 1, 30.0, day=1200)])  # watermark: day 1198
+
+    deadline = time.monotonic() + 60
+    while True:
+        state, _ = redis_state(shared_settings, "quiet")
+        assert state is not None
+        if state.last_snapshot_at == T0 + timedelta(days=1150) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    # Heartbeats every 30 days while quiet for under 180 (days 1030-1150); the windows of
+    # days 1000-1090 closed by day 1198 and were learned, the two newest still wait.
+    assert state.last_snapshot_at == T0 + timedelta(days=1150)
+    assert [s.scored_at for s in state.pending_snapshots] == [
+        T0 + timedelta(days=d) for d in (1120, 1150)
+    ]

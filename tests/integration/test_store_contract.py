@@ -19,7 +19,7 @@ from streamcrm.events import CustomerScore, FeedbackEvent, PurchaseEvent
 from streamcrm.models import ModelBundle
 from streamcrm.scoring import ScoringConfig, score_event
 from streamcrm.state import CustomerState
-from streamcrm.store import InMemoryStateStore, RedisStateStore, StateStore
+from streamcrm.store import InMemoryStateStore, LedgerDue, RedisStateStore, StateStore
 
 pytestmark = pytest.mark.integration
 
@@ -260,3 +260,29 @@ async def test_every_stored_score_can_be_scanned(store: StateStore) -> None:
     found = [score async for score in store.iter_scores()]
 
     assert sorted(found, key=lambda s: s.customer_id) == [score for _, score in saved]
+
+
+async def test_the_due_index_lists_customers_due_by_a_time_earliest_first(
+    store: StateStore,
+) -> None:
+    for customer_id, due_day in (("late", 30), ("soon", 10), ("none", None), ("mid", 20)):
+        state, score = scored(customer_id)
+        at = T0 + timedelta(days=due_day) if due_day is not None else None
+        await store.save(state, score, LedgerDue(partition=3, at=at))
+
+    assert await store.due_customers(3, T0 + timedelta(days=25), limit=10) == ["soon", "mid"]
+    assert await store.due_customers(3, T0 + timedelta(days=99), limit=1) == ["soon"]
+    assert await store.due_customers(4, T0 + timedelta(days=99), limit=10) == []
+
+
+async def test_saving_with_nothing_due_or_forgetting_takes_a_customer_off_the_index(
+    store: StateStore,
+) -> None:
+    for customer_id in ("a", "b"):
+        state, score = scored(customer_id)
+        await store.save(state, score, LedgerDue(partition=0, at=T0))
+    state, score = scored("a")
+    await store.save(state, score, LedgerDue(partition=0, at=None))
+    await store.forget_due(0, "b")
+
+    assert await store.due_customers(0, T0 + timedelta(days=1), limit=10) == []

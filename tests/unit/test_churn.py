@@ -1,33 +1,18 @@
-"""Behaviour of the churn model: delayed labels, bounded pending snapshots, progressive learning,
-and the checkpointed model bundle."""
+"""Behaviour of the churn model (progressive learning) and of the checkpointed model bundle.
+
+The delayed labels it learns from are specified in test_labels.py."""
 
 from __future__ import annotations
 
 import pickle
 import random
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streamcrm.events import (
-    CancellationEvent,
-    Event,
-    FeedbackEvent,
-    PurchaseEvent,
-    RefundEvent,
-    SupportEvent,
-)
 from streamcrm.features import FEATURE_NAMES
 from streamcrm.models import ModelBundle
-from streamcrm.models.churn import (
-    MAX_PENDING_SNAPSHOTS,
-    ChurnModel,
-    LabelledExample,
-    add_pending,
-    settle_pending,
-)
-from streamcrm.state import PendingSnapshot
+from streamcrm.models.churn import ChurnModel
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 WINDOW = timedelta(days=90)
@@ -35,139 +20,6 @@ WINDOW = timedelta(days=90)
 
 def days(n: float) -> timedelta:
     return timedelta(days=n)
-
-
-def snapshot(day: float, marker: float | None = None) -> PendingSnapshot:
-    """A snapshot scored on ``day``; its single feature identifies it."""
-    return PendingSnapshot(
-        scored_at=T0 + days(day), features={"marker": day if marker is None else marker}
-    )
-
-
-def purchase(day: float) -> PurchaseEvent:
-    return PurchaseEvent(
-        event_id=f"p{day}",
-        customer_id="c1",
-        order_id="o1",
-        occurred_at=T0 + days(day),
-        amount=10.0,
-        items=1,
-        channel="web",
-    )
-
-
-def cancellation(day: float) -> CancellationEvent:
-    return CancellationEvent(event_id=f"x{day}", customer_id="c1", occurred_at=T0 + days(day))
-
-
-def churned(labelled: Sequence[LabelledExample]) -> list[bool]:
-    return [example.churned for example in labelled]
-
-
-# --- delayed labels --------------------------------------------------------------------------
-
-
-def test_purchase_within_the_window_labels_pending_snapshots_retained() -> None:
-    labelled, pending = settle_pending([snapshot(0), snapshot(30)], purchase(80), WINDOW)
-
-    assert [(e.features["marker"], e.churned) for e in labelled] == [(0, False), (30, False)]
-    assert pending == ()
-
-
-def test_purchase_exactly_at_the_window_edge_counts_as_retained() -> None:
-    labelled, _ = settle_pending([snapshot(0)], purchase(90), WINDOW)
-
-    assert churned(labelled) == [False]
-
-
-def test_purchase_after_the_window_labels_pending_snapshots_churned() -> None:
-    labelled, pending = settle_pending([snapshot(0), snapshot(50)], purchase(120), WINDOW)
-
-    assert [(e.features["marker"], e.churned) for e in labelled] == [(0, True), (50, False)]
-    assert pending == ()
-
-
-def test_cancellation_labels_every_pending_snapshot_churned() -> None:
-    snapshots = [snapshot(0), snapshot(10), snapshot(400)]
-
-    labelled, pending = settle_pending(snapshots, cancellation(5), WINDOW)
-
-    assert churned(labelled) == [True, True, True]
-    assert [e.features["marker"] for e in labelled] == [0, 10, 400]
-    assert pending == ()
-
-
-@pytest.mark.parametrize(
-    "event",
-    [
-        FeedbackEvent(
-            event_id="f",
-            customer_id="c1",
-            occurred_at=T0 + days(200),
-            rating=1,
-            scale="csat",
-            category="service",
-        ),
-        SupportEvent(
-            event_id="s",
-            customer_id="c1",
-            occurred_at=T0 + days(200),
-            ticket_id="t",
-            action="opened",
-            channel="chat",
-            category="complaint",
-        ),
-        RefundEvent(
-            event_id="r", customer_id="c1", occurred_at=T0 + days(200), order_id="o", amount=5.0
-        ),
-    ],
-    ids=["feedback", "support", "refund"],
-)
-def test_events_that_are_not_purchases_or_cancellations_leave_pending_untouched(
-    event: Event,
-) -> None:
-    snapshots = [snapshot(0), snapshot(10)]
-
-    labelled, pending = settle_pending(snapshots, event, WINDOW)
-
-    assert labelled == []
-    assert pending == tuple(snapshots)
-
-
-def test_snapshots_scored_after_the_purchase_stay_pending() -> None:
-    early, late = snapshot(10), snapshot(60)
-
-    labelled, pending = settle_pending([early, late], purchase(30), WINDOW)
-
-    assert [e.features["marker"] for e in labelled] == [10]
-    assert pending == (late,)
-
-
-def test_settling_nothing_pending_learns_nothing() -> None:
-    assert settle_pending([], purchase(1), WINDOW) == ([], ())
-
-
-def test_labelled_example_carries_the_features_that_were_scored() -> None:
-    scored = PendingSnapshot(scored_at=T0, features={"recency_days": 3.0, "frequency": 2.0})
-
-    labelled, _ = settle_pending([scored], purchase(1), WINDOW)
-
-    assert dict(labelled[0].features) == {"recency_days": 3.0, "frequency": 2.0}
-
-
-def test_add_pending_appends_the_newest() -> None:
-    pending = add_pending((snapshot(0),), snapshot(1))
-
-    assert pending == (snapshot(0), snapshot(1))
-
-
-def test_add_pending_keeps_at_most_the_newest_snapshots() -> None:
-    pending: tuple[PendingSnapshot, ...] = ()
-    for day in range(MAX_PENDING_SNAPSHOTS + 3):
-        pending = add_pending(pending, snapshot(day))
-
-    assert len(pending) == MAX_PENDING_SNAPSHOTS
-    assert pending == tuple(snapshot(d) for d in range(3, MAX_PENDING_SNAPSHOTS + 3))
 
 
 # --- the model -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from streamcrm.models import ModelBundle
 from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline
 from streamcrm.scoring import ScoringConfig, score_event
 from streamcrm.state import CustomerState
-from streamcrm.store import InMemoryStateStore
+from streamcrm.store import InMemoryStateStore, LedgerDue
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _ids = itertools.count()
@@ -55,9 +55,11 @@ class YieldingStore(InMemoryStateStore):
         await asyncio.sleep(0)
         return await super().load(customer_id)
 
-    async def save(self, state: CustomerState, score: CustomerScore) -> None:
+    async def save(
+        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
+    ) -> None:
         await asyncio.sleep(0)
-        await super().save(state, score)
+        await super().save(state, score, due)
 
 
 @pytest.fixture
@@ -91,7 +93,7 @@ async def test_handle_carries_state_from_one_event_to_the_next(
     state = await store.load("c1")
     assert state is not None
     assert state.order_count == 2
-    assert pipeline.models.churn.n_learned == 1
+    assert [s.purchased for s in state.pending_snapshots] == [True, False]
 
 
 async def test_customers_are_kept_apart(
@@ -177,7 +179,7 @@ async def test_a_duplicate_does_not_make_a_new_checkpoint(pipeline: ScoringPipel
 async def test_a_new_pipeline_resumes_from_the_checkpoint(
     pipeline: ScoringPipeline, store: InMemoryStateStore
 ) -> None:
-    for day in (0, 10, 20):
+    for day in (0, 100, 200):  # each purchase's watermark closes the previous window
         await pipeline.handle(purchase(day=day))
     await pipeline.checkpoint_models()
 
@@ -329,11 +331,13 @@ class FlakyStore(InMemoryStateStore):
             raise StoreUnavailableError("down")
         return await super().load(customer_id)
 
-    async def save(self, state: CustomerState, score: CustomerScore) -> None:
+    async def save(
+        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
+    ) -> None:
         if self.save_failures:
             self.save_failures -= 1
             raise StoreUnavailableError("down")
-        await super().save(state, score)
+        await super().save(state, score, due)
 
 
 async def test_an_unavailable_store_is_waited_for_and_the_models_learn_once(
@@ -345,7 +349,7 @@ async def test_an_unavailable_store_is_waited_for_and_the_models_learn_once(
     await pipeline.handle(purchase("c1", day=0))
     store.load_failures = store.save_failures = 3
 
-    scored = await pipeline.handle(purchase("c1", day=10))
+    scored = await pipeline.handle(purchase("c1", day=100))
 
     assert scored.examples_learned == 1
     assert pipeline.models.churn.n_learned == 1  # not once per retry
@@ -379,10 +383,10 @@ async def test_an_unknown_currency_is_reported_and_nothing_is_saved(
 async def test_the_metrics_report_counts_outcomes_and_measures_the_churn_model(
     pipeline: ScoringPipeline,
 ) -> None:
-    for day in (0, 10, 20):
+    for day in (0, 100, 200):
         await pipeline.handle(purchase("c1", day=day))
-    await pipeline.handle(purchase("c1", day=20, event_id="p-repeat"))
-    await pipeline.handle(purchase("c1", day=20, event_id="p-repeat"))
+    await pipeline.handle(purchase("c1", day=300, event_id="p-repeat"))
+    await pipeline.handle(purchase("c1", day=300, event_id="p-repeat"))
     with pytest.raises(InvalidEventError):
         await pipeline.handle(b"{")
     now = datetime(2026, 6, 1, tzinfo=UTC)
@@ -391,10 +395,41 @@ async def test_the_metrics_report_counts_outcomes_and_measures_the_churn_model(
 
     assert report.events == {"duplicate": 1, "invalid": 1, "scored": 4}
     assert report.labelled_examples == pipeline.models.churn.n_learned == 3
-    assert report.churned_examples == 0
+    assert report.churned_examples == 3  # each window closed before the next purchase
     assert report.roc_auc is None  # one class only: AUC is undefined, not 0
     assert report.brier is not None and report.log_loss is not None
     assert report.model_version == pipeline.models.version
-    assert report.event_time == T0 + timedelta(days=20)
+    assert report.event_time == T0 + timedelta(days=300)
     assert sum(report.segment_shares.values()) == pytest.approx(1.0)
     assert pipeline.model_metrics("w1", now).segment_shares == {}  # a new interval began
+
+
+async def test_a_sweep_labels_a_quiet_customer_once_the_watermark_passes_the_window(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    await pipeline.handle(purchase("quiet", day=0), partition=2)
+    await pipeline.handle(purchase("busy", day=1), partition=2)
+    assert (await pipeline.sweep([2])).examples_learned == 0  # nobody's window has closed
+
+    await pipeline.handle(purchase("busy", day=120), partition=2)  # moves the watermark
+    report = await pipeline.sweep([2])
+
+    quiet = await store.load("quiet")
+    assert quiet is not None
+    # Heartbeats on days 30, 60 and 90 (< watermark 118), and the day-0 window closed.
+    assert report.heartbeats == 3
+    assert [s.scored_at for s in quiet.pending_snapshots] == [
+        T0 + timedelta(days=d) for d in (30, 60, 90)
+    ]
+    assert report.examples_learned == 1
+    assert pipeline.models.churn.n_churned >= 1
+
+
+async def test_a_sweep_only_visits_the_partitions_it_is_given(
+    pipeline: ScoringPipeline, store: InMemoryStateStore
+) -> None:
+    await pipeline.handle(purchase("elsewhere", day=0), partition=1)
+    await pipeline.handle(purchase("mover", day=200), partition=0)
+
+    assert (await pipeline.sweep([0])).customers == 0
+    assert (await pipeline.sweep([1])).customers == 1

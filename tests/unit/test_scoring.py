@@ -64,10 +64,16 @@ def cancellation(day: float) -> CancellationEvent:
 def score_all(
     events: Iterable[Event], models: ModelBundle, state: CustomerState | None = None
 ) -> ScoredEvent:
-    """Score ``events`` in order, carrying the state; return the last outcome."""
+    """Score ``events`` in order, carrying the state; return the last outcome.
+
+    The watermark follows the events, as a worker's does (newest event time less lateness).
+    """
     scored = None
+    newest: datetime | None = None
     for event in events:
-        scored = score_event(state, event, models, CONFIG)
+        newest = event.occurred_at if newest is None else max(newest, event.occurred_at)
+        watermark = newest - CONFIG.rules.allowed_lateness
+        scored = score_event(state, event, models, CONFIG, watermark)
         state = scored.state
     assert scored is not None
     return scored
@@ -103,7 +109,7 @@ def test_purchase_score_is_consistent_with_the_state() -> None:
 def test_model_version_is_the_version_after_this_event_was_learned() -> None:
     models = ModelBundle()
 
-    scored = score_all([purchase(0), purchase(10)], models)
+    scored = score_all([purchase(0), purchase(100)], models)  # the day-0 window closed
 
     assert scored.score is not None
     assert scored.score.model_version == models.version == "churn-1.segments-2"
@@ -136,24 +142,30 @@ def test_purchase_leaves_a_pending_snapshot_of_the_scored_features() -> None:
     assert snapshot.features == customer_features(scored.state, T0)
 
 
-def test_a_second_purchase_within_the_window_teaches_one_retained_example() -> None:
+def test_a_second_purchase_within_the_window_marks_the_snapshot_retained_to_learn_later() -> None:
     models = ModelBundle()
     first = score_all([purchase(0)], models)
 
-    second = score_event(first.state, purchase(30), models, CONFIG)
+    second = score_event(first.state, purchase(30), models, CONFIG, watermark=T0 + days(28))
 
-    assert second.examples_learned == 1
-    assert models.churn.n_learned == 1
-    assert models.churn.n_churned == 0
-    assert [s.scored_at for s in second.state.pending_snapshots] == [T0 + days(30)]
+    assert second.examples_learned == 0  # the day-0 window is still open
+    assert [(s.scored_at, s.purchased) for s in second.state.pending_snapshots] == [
+        (T0, True),
+        (T0 + days(30), False),
+    ]
+    third = score_event(second.state, feedback(95), models, CONFIG, watermark=T0 + days(93))
+    assert third.examples_learned == 1
+    assert (models.churn.n_learned, models.churn.n_churned) == (1, 0)
 
 
-def test_a_purchase_after_the_window_teaches_churned_examples() -> None:
+def test_a_window_that_closes_without_a_purchase_teaches_a_churned_example() -> None:
     models = ModelBundle()
 
     score_all([purchase(0), feedback(70), purchase(150)], models)
 
-    assert models.churn.n_learned == 2
+    # day 0: bought again only on day 150 (churned); day 70: bought on day 150 (retained,
+    # but that window closes only on day 160).
+    assert models.churn.n_learned == 1
     assert models.churn.n_churned == 1
 
 
@@ -256,7 +268,7 @@ def test_churn_window_is_configurable() -> None:
     short = ScoringConfig(churn_window=timedelta(days=7))
     first = score_event(None, purchase(0), models, short)
 
-    score_event(first.state, purchase(30), models, short)
+    score_event(first.state, purchase(30), models, short, watermark=T0 + days(28))
 
     assert models.churn.n_churned == 1
 

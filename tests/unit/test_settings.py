@@ -28,8 +28,8 @@ def test_settings_are_frozen() -> None:
 
 
 def test_retention_shorter_than_the_churn_window_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="must exceed the churn window"):
-        Settings(customer_retention_days=60, churn_window_days=90)
+    with pytest.raises(ConfigurationError, match="must exceed the heartbeat horizon"):
+        Settings(customer_retention_days=250, churn_window_days=90, heartbeat_horizon_days=180)
 
 
 def test_retention_can_be_switched_off() -> None:
