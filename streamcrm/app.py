@@ -1,5 +1,10 @@
 """The Faust application: thin agents around :class:`~streamcrm.pipeline.ScoringPipeline`.
 
+One model for the whole group: scoring agents only read the models and publish what they
+should learn to the single-partition ``model-updates`` topic; the ``shared-learner`` agent
+(wherever that partition is assigned) learns everything and checkpoints to Redis; every
+worker loads the newest checkpoint on the checkpoint timer, so all score with one version.
+
 One agent per input topic, each with ``concurrency=1`` so a partition's events are applied in
 order. Every message ends in exactly one output: a score on ``crm.scores``, a dead letter on
 ``crm.deadletter``, or nothing for a duplicate. No exception leaves the agent loop: a Faust
@@ -18,7 +23,8 @@ import faust
 
 from streamcrm.errors import InvalidEventError, StoreUnavailableError
 from streamcrm.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter
-from streamcrm.pipeline import ScoringPipeline
+from streamcrm.models import ModelUpdate
+from streamcrm.pipeline import ScoringPipeline, SharedLearner
 from streamcrm.settings import Settings
 from streamcrm.store import RedisStateStore
 
@@ -29,11 +35,12 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     """Wire topics, agents and the checkpoint timer for ``settings`` (broker and Redis set)."""
     if settings.kafka_bootstrap is None or settings.redis_url is None:
         raise ValueError("create_app needs kafka_bootstrap and redis_url; see streamcrm.cli")
+    store = RedisStateStore.from_url(
+        settings.redis_url, settings.redis_namespace, settings.customer_retention
+    )
     if pipeline is None:
-        store = RedisStateStore.from_url(
-            settings.redis_url, settings.redis_namespace, settings.customer_retention
-        )
-        pipeline = ScoringPipeline(store, settings.scoring)
+        pipeline = ScoringPipeline(store, settings.scoring, shared_models=True)
+    learner = SharedLearner(store)
     datadir = settings.data_dir / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -54,6 +61,12 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     scores_topic = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
     deadletter_topic = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
     metrics_topic = app.topic(topics.model_metrics, key_serializer="raw", value_serializer="raw")
+    updates_topic = app.topic(topics.model_updates, key_serializer="raw", value_serializer="raw")
+
+    async def publish_model_updates() -> None:
+        for update in pipeline.drain_updates():
+            await updates_topic.send(key=b"models", value=update.model_dump_json().encode())
+
     worker_name = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
 
     async def process(message: Any) -> None:
@@ -74,6 +87,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             await scores_topic.send(
                 key=scored.score.customer_id.encode(), value=scored.score.model_dump_json().encode()
             )
+        await publish_model_updates()
 
     for topic_name in topics.inputs:
         source = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
@@ -84,12 +98,25 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
         app.agent(source, name=f"score-{topic_name}", concurrency=1)(score_events)
 
+    async def learn_model_updates(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            try:
+                update = ModelUpdate.model_validate_json(raw)
+            except ValueError:
+                logger.exception("unreadable model update skipped")
+                continue
+            await learner.learn(update)
+
+    app.agent(updates_topic, name="shared-learner", concurrency=1)(learn_model_updates)
+
     async def checkpoint() -> None:
         # A timer that raises crashes the whole Faust app: a failed checkpoint is retried
         # at the next tick instead.
         try:
-            if await pipeline.checkpoint_models():
-                logger.info("checkpointed models %s", pipeline.models.version)
+            if await learner.checkpoint() and learner.models is not None:
+                logger.info("checkpointed models %s", learner.models.version)
+            if await pipeline.refresh_models():
+                logger.info("scoring with models %s", pipeline.models.version)
         except StoreUnavailableError as error:
             logger.warning("model checkpoint failed (%s); will retry", error)
 
@@ -103,6 +130,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         except StoreUnavailableError as error:
             logger.warning("label sweep skipped (%s); will retry", error)
             return
+        await publish_model_updates()
         if report.customers:
             logger.info(
                 "label sweep: %d customers, %d examples learned, %d heartbeats",

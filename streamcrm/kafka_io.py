@@ -32,7 +32,8 @@ def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
         wanted = [
             NewTopic(
                 name,
-                num_partitions=settings.partitions,
+                # One partition: one learner in the whole group, one order of updates.
+                num_partitions=1 if name == topics.model_updates else settings.partitions,
                 replication_factor=settings.replication_factor,
                 topic_configs=COMPACTED if name == topics.scores else {},
             )

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from streamcrm.errors import InvalidEventError, LateEventError, StoreUnavailableError
 from streamcrm.events import ModelMetrics, decode_event
-from streamcrm.models import ModelBundle
+from streamcrm.models import ModelBundle, ModelUpdate, QueuedUpdates
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event, sweep_customer
 from streamcrm.state import topic_kind
 from streamcrm.store import LedgerDue, StateStore
@@ -81,10 +81,16 @@ class KeyedLocks:
 class ScoringPipeline:
     """Scores raw events against a state store, with models checkpointed to the same store."""
 
-    def __init__(self, store: StateStore, config: ScoringConfig) -> None:
+    def __init__(
+        self, store: StateStore, config: ScoringConfig, shared_models: bool = False
+    ) -> None:
+        """``shared_models``: only read the models, queue what they should learn for the one
+        shared learner (:class:`SharedLearner`), and follow its checkpoints
+        (:meth:`refresh_models`). Otherwise this pipeline's models learn at once."""
         self.store = store
         self.config = config
         self.models = ModelBundle()
+        self.updates: QueuedUpdates | None = QueuedUpdates() if shared_models else None
         self.outcomes: Counter[str] = Counter()
         """Messages handled since start, by outcome: scored, duplicate, late, invalid."""
         self.segment_mix: Counter[str] = Counter()
@@ -113,10 +119,34 @@ class ScoringPipeline:
             self._checkpointed_version = self.models.version
             self._models_loaded = True
 
+    async def refresh_models(self) -> bool:
+        """Load the newest checkpoint if its version differs from the one in use."""
+        version = await self.store.load_model_version(MODEL_CHECKPOINT)
+        if version is None or version == self.models.version:
+            return False
+        blob = await self.store.load_model(MODEL_CHECKPOINT)
+        if blob is None:
+            return False
+        self.models = ModelBundle.from_bytes(blob)
+        self._checkpointed_version = self.models.version
+        self._models_loaded = True
+        return True
+
+    def drain_updates(self) -> list[ModelUpdate]:
+        """What the shared learner should learn from the messages handled since last asked."""
+        return self.updates.drain() if self.updates is not None else []
+
     async def checkpoint_models(self) -> bool:
-        """Save the models if they changed since the last checkpoint; True if saved."""
+        """Save the models if they changed since the last checkpoint; True if saved.
+
+        With shared models only the learner checkpoints: this does nothing.
+        """
         version = self.models.version
-        if not self._models_loaded or version == self._checkpointed_version:
+        if (
+            self.updates is not None
+            or not self._models_loaded
+            or version == self._checkpointed_version
+        ):
             return False
         await self.store.save_model(MODEL_CHECKPOINT, self.models.to_bytes(), version)
         self._checkpointed_version = version
@@ -162,7 +192,7 @@ class ScoringPipeline:
                 lambda: self.store.forget_due(partition, customer_id), f"unfile {customer_id}"
             )
             return SweepReport(customers=1)
-        swept = sweep_customer(state, watermark, self.models, self.config)
+        swept = sweep_customer(state, watermark, self.models, self.config, self.updates)
         await _until_available(
             lambda: self.store.save(swept.state, None, LedgerDue(partition, swept.due_at)),
             f"save {customer_id}",
@@ -224,7 +254,9 @@ class ScoringPipeline:
             # The event itself is in: it may move the watermark before it is scored.
             newest = max(self.newest_event_time or event.occurred_at, event.occurred_at)
             watermark = newest - self.config.rules.allowed_lateness
-            scored = score_event(state, event, self.models, self.config, watermark)
+            scored = score_event(
+                state, event, self.models, self.config, watermark, learner=self.updates
+            )
             if not scored.duplicate:
                 due = LedgerDue(partition, scored.due_at) if scored.late_by is None else None
                 await _until_available(
@@ -256,3 +288,43 @@ async def _until_available(operation: Callable[[], Awaitable[_T]], what: str) ->
             logger.warning("cannot %s (%s); retrying in %.1fs", what, error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
+
+class SharedLearner:
+    """The one learner of a worker group: learns every worker's updates, checkpoints them.
+
+    It runs where the single partition of the model-updates topic is assigned. A checkpoint is
+    written only if it has learned more than the stored one, so a learner that just lost its
+    partition cannot overwrite its successor's newer model.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.models: ModelBundle | None = None
+        self._checkpointed = 0
+
+    async def learn(self, update: ModelUpdate) -> None:
+        if self.models is None:
+            blob = await _until_available(
+                lambda: self.store.load_model(MODEL_CHECKPOINT), "load the model checkpoint"
+            )
+            self.models = ModelBundle.from_bytes(blob) if blob is not None else ModelBundle()
+            self._checkpointed = self.models.updates_learned
+        self.models.learn(update)
+
+    async def checkpoint(self) -> bool:
+        """Save the models if they learned anything new and are newer than the stored ones."""
+        models = self.models
+        if models is None or models.updates_learned <= self._checkpointed:
+            return False
+        stored = await self.store.load_model_version(MODEL_CHECKPOINT)
+        if stored is not None and _updates_in(stored) >= models.updates_learned:
+            return False
+        await self.store.save_model(MODEL_CHECKPOINT, models.to_bytes(), models.version)
+        self._checkpointed = models.updates_learned
+        return True
+
+
+def _updates_in(version: str) -> int:
+    """Updates learned by the bundle of a version string ``churn-N.segments-M``: N + M."""
+    return sum(int(part.rsplit("-", 1)[1]) for part in version.split("."))

@@ -26,7 +26,7 @@ from streamcrm.labels import (
     settle_closed,
     settle_on_cancellation,
 )
-from streamcrm.models import ModelBundle
+from streamcrm.models import Learner, ModelBundle
 from streamcrm.scores import (
     DEFAULT_DISCOUNT_RATE,
     DEFAULT_HORIZON_YEARS,
@@ -82,11 +82,16 @@ def score_event(
     models: ModelBundle,
     config: ScoringConfig,
     watermark: datetime | None = None,
+    learner: Learner | None = None,
 ) -> ScoredEvent:
-    """Apply ``event``, let the models learn from what it settles, and score the customer.
+    """Apply ``event``, score the customer, and hand what the models should learn to
+    ``learner`` (the models themselves by default: they learn at once).
 
-    ``watermark`` (event time up to which all events are in) closes churn windows.
+    ``watermark`` (event time up to which all events are in) closes churn windows. Settled
+    labels are learned before the churn prediction; the scored customer is learned by the
+    segments and population after they placed it (predict, then learn).
     """
+    learner = models if learner is None else learner
     transition = apply(state, event, config.rules)
     if not transition.applied:
         return ScoredEvent(
@@ -106,7 +111,7 @@ def score_event(
     if watermark is not None:
         closed, pending = settle_closed(pending, watermark, config.churn_window)
         labelled += closed
-    _learn(models, labelled)
+    _learn(learner, labelled)
 
     as_of = new_state.last_event_at
     features = customer_features(new_state, as_of)
@@ -114,9 +119,8 @@ def score_event(
         new_state.last_purchase_at is None or new_state.last_purchase_at <= new_state.cancelled_at
     )
     churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(features)
-    segment_id, segment_name = models.segments.learn_predict_one(features)
+    segment_id, segment_name = models.segments.predict_one(features)
     mean_satisfaction = satisfaction_mean(new_state)
-    models.population.learn_one(features, mean_satisfaction)
     recency_code, frequency_code, monetary_code = models.population.rfm_codes(features)
     loyalty = loyalty_index(new_state, features)
     tickets = new_state.ticket_totals
@@ -163,6 +167,7 @@ def score_event(
         mean_resolution_hours=mean_resolution_hours(new_state),
         model_version=models.version,
     )
+    learner.learn_scored(features, mean_satisfaction)
     last_snapshot_at = new_state.last_snapshot_at
     if not cancelled:
         pending = add_snapshot(pending, PendingSnapshot(scored_at=as_of, features=features))
@@ -189,7 +194,11 @@ class SweptCustomer:
 
 
 def sweep_customer(
-    state: CustomerState, watermark: datetime, models: ModelBundle, config: ScoringConfig
+    state: CustomerState,
+    watermark: datetime,
+    models: ModelBundle,
+    config: ScoringConfig,
+    learner: Learner | None = None,
 ) -> SweptCustomer:
     """Add the heartbeat snapshots a quiet customer is owed and learn the windows now closed.
 
@@ -220,7 +229,7 @@ def sweep_customer(
             last_snapshot_at = moment
             heartbeats += 1
     labelled, pending = settle_closed(pending, watermark, config.churn_window)
-    _learn(models, labelled)
+    _learn(models if learner is None else learner, labelled)
     swept = state.model_copy(
         update={"pending_snapshots": pending, "last_snapshot_at": last_snapshot_at}
     )
@@ -245,6 +254,6 @@ def ledger_due_at(state: CustomerState, config: ScoringConfig) -> datetime | Non
     )
 
 
-def _learn(models: ModelBundle, labelled: list[LabelledExample]) -> None:
+def _learn(learner: Learner, labelled: list[LabelledExample]) -> None:
     for example in labelled:
-        models.churn.learn_one(example.features, example.churned)
+        learner.learn_labelled(example.features, example.churned)

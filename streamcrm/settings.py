@@ -52,12 +52,23 @@ class Topics:
         return f"{self.prefix}.model-metrics"
 
     @property
+    def model_updates(self) -> str:
+        """What every worker's models should learn, for the one shared learner (1 partition)."""
+        return f"{self.prefix}.model-updates"
+
+    @property
     def inputs(self) -> tuple[str, str, str]:
         return (self.purchases, self.feedback, self.support)
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.inputs, self.scores, self.deadletter, self.model_metrics)
+        return (
+            *self.inputs,
+            self.scores,
+            self.deadletter,
+            self.model_metrics,
+            self.model_updates,
+        )
 
 
 class Settings(BaseSettings):

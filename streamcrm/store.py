@@ -101,6 +101,10 @@ class StateStore(Protocol):
 
     async def load_model(self, name: str) -> bytes | None: ...
 
+    async def load_model_version(self, name: str) -> str | None:
+        """The version of the stored checkpoint (cheap: for polling)."""
+        ...
+
     async def save_model(self, name: str, blob: bytes, version: str) -> None: ...
 
     async def close(self) -> None: ...
@@ -170,6 +174,10 @@ class InMemoryStateStore:
     async def load_model(self, name: str) -> bytes | None:
         stored = self._models.get(name)
         return stored[0] if stored else None
+
+    async def load_model_version(self, name: str) -> str | None:
+        stored = self._models.get(name)
+        return stored[1] if stored else None
 
     async def save_model(self, name: str, blob: bytes, version: str) -> None:
         self._models[name] = (blob, version)
@@ -270,6 +278,11 @@ class RedisStateStore:
         with _unavailable_as_store_error():
             blob = await self._redis.get(self.model_key(name))
         return blob if blob is None or isinstance(blob, bytes) else blob.encode()
+
+    async def load_model_version(self, name: str) -> str | None:
+        with _unavailable_as_store_error():
+            raw = await self._redis.get(f"{self.model_key(name)}:version")
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     async def save_model(self, name: str, blob: bytes, version: str) -> None:
         key = self.model_key(name)

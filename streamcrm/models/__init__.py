@@ -1,13 +1,63 @@
-"""The River models: churn (delayed labels) and segments (incremental clustering)."""
+"""The River models: churn (delayed labels), segments (incremental clustering), population.
+
+Scoring only *reads* the models; what they should learn is handed to a :class:`Learner`.
+``ModelBundle`` is itself one (it learns at once: a single process, the tests); a worker in a
+group instead queues :class:`ModelUpdate` records for the one shared learner (``app.py``).
+"""
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
 
 from streamcrm.models.churn import ChurnModel
 from streamcrm.models.population import PopulationStats
 from streamcrm.models.segments import SegmentModel
+
+
+class ModelUpdate(BaseModel):
+    """One thing for the models to learn: a labelled snapshot, or a scored customer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["labelled", "scored"]
+    features: dict[str, float]
+    churned: bool | None = None
+    """For ``labelled``: what happened (True = churned)."""
+    satisfaction: float | None = None
+    """For ``scored``: the customer's mean satisfaction (null before any rating)."""
+
+
+class Learner(Protocol):
+    """Where scoring sends what the models should learn."""
+
+    def learn_labelled(self, features: Mapping[str, float], churned: bool) -> None: ...
+
+    def learn_scored(self, features: Mapping[str, float], satisfaction: float | None) -> None: ...
+
+
+class QueuedUpdates:
+    """A learner that only collects updates, for a worker to publish to the shared learner."""
+
+    def __init__(self) -> None:
+        self.updates: list[ModelUpdate] = []
+
+    def learn_labelled(self, features: Mapping[str, float], churned: bool) -> None:
+        self.updates.append(ModelUpdate(kind="labelled", features=dict(features), churned=churned))
+
+    def learn_scored(self, features: Mapping[str, float], satisfaction: float | None) -> None:
+        self.updates.append(
+            ModelUpdate(kind="scored", features=dict(features), satisfaction=satisfaction)
+        )
+
+    def drain(self) -> list[ModelUpdate]:
+        """The updates collected so far, handed over once."""
+        updates, self.updates = self.updates, []
+        return updates
 
 
 @dataclass
@@ -31,6 +81,27 @@ class ModelBundle:
         """
         return f"churn-{self.churn.n_learned}.segments-{self.segments.n_learned}"
 
+    def learn_labelled(self, features: Mapping[str, float], churned: bool) -> None:
+        """The churn model learns one labelled snapshot (predicting it first)."""
+        self.churn.learn_one(features, churned)
+
+    def learn_scored(self, features: Mapping[str, float], satisfaction: float | None) -> None:
+        """Segments and population statistics learn one scored customer."""
+        self.segments.learn_one(features)
+        self.population.learn_one(features, satisfaction)
+
+    def learn(self, update: ModelUpdate) -> None:
+        """Apply one queued update."""
+        if update.kind == "labelled":
+            self.learn_labelled(update.features, bool(update.churned))
+        else:
+            self.learn_scored(update.features, update.satisfaction)
+
+    @property
+    def updates_learned(self) -> int:
+        """Everything learned so far (orders checkpoints: a larger count is newer)."""
+        return self.churn.n_learned + self.segments.n_learned
+
     def to_bytes(self) -> bytes:
         """Serialise for a checkpoint (pickle: only ever our own blobs)."""
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
@@ -44,4 +115,12 @@ class ModelBundle:
         return bundle
 
 
-__all__ = ["ChurnModel", "ModelBundle", "PopulationStats", "SegmentModel"]
+__all__ = [
+    "ChurnModel",
+    "Learner",
+    "ModelBundle",
+    "ModelUpdate",
+    "PopulationStats",
+    "QueuedUpdates",
+    "SegmentModel",
+]

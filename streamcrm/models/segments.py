@@ -49,15 +49,23 @@ class SegmentModel:
                 centre[name]  # noqa: B018 - reading a defaultdict key draws its start value
         self.n_learned = 0
 
-    def learn_predict_one(self, features: Mapping[str, float]) -> tuple[int, str]:
-        """Learn from one customer's features and return its (segment id, segment name)."""
-        raw = segment_features(features)
-        self.scaler.learn_one(raw)
-        scaled = self.scaler.transform_one(raw)
-        self.kmeans.learn_one(scaled)
-        self.n_learned += 1
+    def predict_one(self, features: Mapping[str, float]) -> tuple[int, str]:
+        """The (segment id, segment name) of one customer's features, without learning."""
+        scaled = self.scaler.transform_one(segment_features(features))
         segment_id = int(self.kmeans.predict_one(scaled))
         return segment_id, self.segment_names()[segment_id]
+
+    def learn_one(self, features: Mapping[str, float]) -> None:
+        """Move the scaler and the nearest centre toward one customer's features."""
+        raw = segment_features(features)
+        self.scaler.learn_one(raw)
+        self.kmeans.learn_one(self.scaler.transform_one(raw))
+        self.n_learned += 1
+
+    def learn_predict_one(self, features: Mapping[str, float]) -> tuple[int, str]:
+        """Learn from one customer's features and return its (segment id, segment name)."""
+        self.learn_one(features)
+        return self.predict_one(features)
 
     def segment_names(self) -> dict[int, str]:
         """Name each centre by its value rank (see the module docstring)."""

@@ -18,8 +18,9 @@ from streamcrm.errors import (
     WrongTopicError,
 )
 from streamcrm.events import CustomerScore, decode_event
-from streamcrm.models import ModelBundle
-from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline
+from streamcrm.features import FEATURE_NAMES
+from streamcrm.models import ModelBundle, ModelUpdate
+from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
 from streamcrm.scoring import ScoringConfig, score_event
 from streamcrm.state import CustomerState
 from streamcrm.store import InMemoryStateStore, LedgerDue
@@ -433,3 +434,35 @@ async def test_a_sweep_only_visits_the_partitions_it_is_given(
 
     assert (await pipeline.sweep([0])).customers == 0
     assert (await pipeline.sweep([1])).customers == 1
+
+
+async def test_shared_pipelines_queue_updates_and_score_with_the_learners_checkpoint(
+    store: InMemoryStateStore,
+) -> None:
+    first = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    second = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    learner = SharedLearner(store)
+    await first.handle(purchase("a", day=0))
+    await second.handle(purchase("b", day=100))
+    assert first.models.version == second.models.version == "churn-0.segments-0"
+
+    for update in first.drain_updates() + second.drain_updates():
+        await learner.learn(update)
+    assert await learner.checkpoint()
+    assert await first.refresh_models() and await second.refresh_models()
+
+    assert first.models.version == second.models.version == "churn-0.segments-2"
+    scored = await second.handle(purchase("c", day=101))
+    assert scored.score is not None and scored.score.model_version == "churn-0.segments-2"
+
+
+async def test_a_learner_never_overwrites_a_newer_checkpoint(store: InMemoryStateStore) -> None:
+    ahead, behind = SharedLearner(store), SharedLearner(store)
+    scored_update = ModelUpdate(kind="scored", features=dict.fromkeys(FEATURE_NAMES, 1.0))
+    await behind.learn(scored_update)
+    for _ in range(3):
+        await ahead.learn(scored_update)
+    assert await ahead.checkpoint()
+
+    assert await behind.checkpoint() is False
+    assert await store.load_model_version(MODEL_CHECKPOINT) == "churn-0.segments-3"

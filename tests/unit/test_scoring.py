@@ -18,7 +18,7 @@ from streamcrm.events import (
     SupportEvent,
 )
 from streamcrm.features import customer_features
-from streamcrm.models import ModelBundle
+from streamcrm.models import ModelBundle, QueuedUpdates
 from streamcrm.models.segments import SEGMENT_NAMES
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
 from streamcrm.state import CustomerState
@@ -87,6 +87,7 @@ def test_purchase_score_is_consistent_with_the_state() -> None:
     models = ModelBundle()
     first = score_all([purchase(0, amount=100.0)], models)
 
+    version_before = models.version
     scored = score_event(first.state, purchase(20, amount=50.0), models, CONFIG)
 
     score, state = scored.score, scored.state
@@ -99,20 +100,34 @@ def test_purchase_score_is_consistent_with_the_state() -> None:
     assert score.open_tickets == 0
     assert score.satisfaction_mean is None
     assert score.satisfaction_recent is None
-    assert score.model_version == models.version
+    assert score.model_version == version_before  # the models that made it
     assert score.segment_name in SEGMENT_NAMES
     assert 0.0 <= score.churn_probability <= 1.0
     assert 0.0 <= score.loyalty <= 1.0
     assert 0.0 <= score.health <= 100.0
 
 
-def test_model_version_is_the_version_after_this_event_was_learned() -> None:
+def test_model_version_names_the_models_that_made_the_score() -> None:
     models = ModelBundle()
 
     scored = score_all([purchase(0), purchase(100)], models)  # the day-0 window closed
 
+    # The settled label was learned before the prediction; this customer is learned by the
+    # segments only after it was placed (predict, then learn).
     assert scored.score is not None
-    assert scored.score.model_version == models.version == "churn-1.segments-2"
+    assert scored.score.model_version == "churn-1.segments-1"
+    assert models.version == "churn-1.segments-2"
+
+
+def test_a_queued_learner_receives_the_updates_and_the_models_stay_unchanged() -> None:
+    models, queue = ModelBundle(), QueuedUpdates()
+    first = score_event(None, purchase(0), models, CONFIG, learner=queue)
+
+    score_event(first.state, purchase(100), models, CONFIG, T0 + days(98), learner=queue)
+
+    assert models.version == "churn-0.segments-0"
+    assert [u.kind for u in queue.drain()] == ["scored", "labelled", "scored"]
+    assert queue.drain() == []
 
 
 def test_score_carries_the_event_id_and_satisfaction() -> None:
