@@ -181,7 +181,8 @@ class Settings(BaseSettings):
         """These settings pointed at embedded services, with short group timeouts.
 
         Against Tansu a group join waits about half the rebalance timeout, so local runs use
-        a few seconds; production keeps Kafka-appropriate values.
+        a few seconds; production keeps Kafka-appropriate values. Local runs (demos, tests)
+        also checkpoint and sweep every 2 s, so a short demo scores with a learning model.
         """
         return self.model_copy(
             update={
@@ -190,5 +191,7 @@ class Settings(BaseSettings):
                 "broker_rebalance_timeout_s": 4.0,
                 "broker_session_timeout_s": 6.0,
                 "broker_heartbeat_interval_s": 1.0,
+                "model_checkpoint_interval_s": min(self.model_checkpoint_interval_s, 2.0),
+                "sweep_interval_s": min(self.sweep_interval_s, 2.0),
             }
         )
