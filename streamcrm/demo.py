@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from streamcrm.cli import start_worker_process, stop_worker_process
-from streamcrm.events import CustomerScore
+from streamcrm.events import CustomerScore, ModelMetrics
 from streamcrm.kafka_io import (
     ensure_topics,
     make_producer,
@@ -59,7 +59,9 @@ def run_live_demo(
     worker = start_worker_process(settings, log_path)
     producer = _LiveProducer(settings, simulation, days_per_second)
     consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores)
+    metrics_consumer = read_topic(settings.kafka_bootstrap, settings.topics.model_metrics)
     latest: dict[str, CustomerScore] = {}
+    quality: list[ModelMetrics] = []
     received = 0
     started = time.monotonic()
     first_score_after: float | None = None
@@ -77,9 +79,14 @@ def run_live_demo(
                 last_arrival = time.monotonic()
                 if first_score_after is None:
                     first_score_after = last_arrival - started
+            for record in poll_records(metrics_consumer, timeout_ms=0):
+                if record.value is not None:
+                    quality.append(ModelMetrics.model_validate_json(record.value))
             now = time.monotonic()
             if now >= next_refresh:
                 print(_view(latest, received, producer, simulation.truth, now - started), file=out)
+                if quality:
+                    print(_model_quality(quality[-1]), file=out)
                 out.flush()
                 next_refresh = now + refresh_s
             if worker.poll() is not None:
@@ -90,10 +97,24 @@ def run_live_demo(
     finally:
         producer.stop()
         consumer.close()
+        metrics_consumer.close()
         stop_worker_process(worker)
     print(_view(latest, received, producer, simulation.truth, time.monotonic() - started), file=out)
     print(_summary(latest, simulation.truth, first_score_after), file=out, flush=True)
+    if quality:
+        print(_model_quality(quality[-1]), file=out, flush=True)
     return 0
+
+
+def _model_quality(report: ModelMetrics) -> str:
+    def figure(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (
+        f"  churn model {report.model_version}: progressive ROC AUC {figure(report.roc_auc)}, "
+        f"log loss {figure(report.log_loss)}, Brier {figure(report.brier)} over "
+        f"{report.labelled_examples:,} labels ({report.churned_examples:,} churned)"
+    )
 
 
 class _LiveProducer(threading.Thread):
@@ -184,8 +205,9 @@ def _summary(
     first = "never" if first_score_after is None else f"{first_score_after:.1f}s after start"
     return (
         f"\nsummary: {len(latest)} customers scored; first score {first}; "
-        f"ROC AUC of the final churn probability against the simulator's truth: "
-        f"{'n/a' if auc is None else f'{auc:.3f}'}"
+        f"ROC AUC of each customer's last published churn probability against the "
+        f"simulator's truth: {'n/a' if auc is None else f'{auc:.3f}'} (a quiet customer's "
+        "last score dates from their last event: see docs/scores.md)"
     )
 
 
