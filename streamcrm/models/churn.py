@@ -19,7 +19,7 @@ class ChurnModel:
     >>> model = ChurnModel()
     >>> model.predict_proba_one({"recency_days": 5.0})
     0.5
-    >>> for _ in range(200):
+    >>> for _ in range(1000):
     ...     model.learn_one({"recency_days": 120.0}, churned=True)
     ...     model.learn_one({"recency_days": 5.0}, churned=False)
     >>> model.predict_proba_one({"recency_days": 120.0}) > 0.9 > 0.1 > model.predict_proba_one(
@@ -27,7 +27,7 @@ class ChurnModel:
     True
     """
 
-    def __init__(self, learning_rate: float = 0.05, l2: float = 1e-4) -> None:
+    def __init__(self, learning_rate: float = 0.01, l2: float = 1e-4) -> None:
         self.pipeline = preprocessing.StandardScaler() | linear_model.LogisticRegression(
             optimizer=optim.SGD(learning_rate), l2=l2
         )
