@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from streamcrm.state import CustomerState
+from streamcrm.state import CustomerState, TicketTotals
 
 DAYS_PER_YEAR = 365.0
 DEFAULT_DISCOUNT_RATE = 0.10
@@ -45,17 +45,15 @@ def net_promoter_score(state: CustomerState) -> float | None:
     return 100.0 * (state.nps_promoters - state.nps_detractors) / responses
 
 
-def mean_first_response_hours(state: CustomerState) -> float | None:
+def mean_first_response_hours(tickets: TicketTotals) -> float | None:
     """Mean hours from a ticket's opening to its first response (null before any)."""
-    tickets = state.ticket_totals
     if not tickets.first_response_count:
         return None
     return tickets.first_response_seconds / tickets.first_response_count / 3600.0
 
 
-def mean_resolution_hours(state: CustomerState) -> float | None:
+def mean_resolution_hours(tickets: TicketTotals) -> float | None:
     """Mean hours from a ticket's opening to its resolution (null before any)."""
-    tickets = state.ticket_totals
     if not tickets.resolution_count:
         return None
     return tickets.resolution_seconds / tickets.resolution_count / 3600.0

@@ -163,8 +163,8 @@ def score_event(
         tickets_by_category=dict(sorted(tickets.by_category.items())),
         escalations=new_state.escalations,
         sla_breaches=tickets.sla_breaches,
-        mean_first_response_hours=mean_first_response_hours(new_state),
-        mean_resolution_hours=mean_resolution_hours(new_state),
+        mean_first_response_hours=mean_first_response_hours(tickets),
+        mean_resolution_hours=mean_resolution_hours(tickets),
         model_version=models.version,
     )
     learner.learn_scored(features, mean_satisfaction)
