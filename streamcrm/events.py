@@ -234,6 +234,17 @@ class CustomerScore(_Record):
     sla_breaches: int
     mean_first_response_hours: float | None
     mean_resolution_hours: float | None
+    probability_alive: float | None = Field(
+        default=None, description="BG/NBD P(still a customer); null before a purchase or a fit"
+    )
+    expected_purchases: float | None = Field(
+        default=None,
+        description="BG/NBD expected purchase days within the churn window (0 once cancelled)",
+    )
+    clv_expected: float | None = Field(
+        default=None,
+        description="expected spend over the CLV horizon: BG/NBD purchases × Gamma-Gamma spend",
+    )
     model_version: str
     schema_version: Literal[1] = SCHEMA_VERSION
 
@@ -251,6 +262,9 @@ MODEL_FIELDS: frozenset[str] = frozenset(
         "rfm_frequency",
         "rfm_monetary",
         "population_satisfaction_mean",
+        "probability_alive",
+        "expected_purchases",
+        "clv_expected",
         "model_version",
     }
 )

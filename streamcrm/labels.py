@@ -82,14 +82,16 @@ def settle_on_cancellation(
 
 
 def add_snapshot(
-    pending: Sequence[PendingSnapshot], snapshot: PendingSnapshot
+    pending: Sequence[PendingSnapshot],
+    snapshot: PendingSnapshot,
+    capacity: int = MAX_PENDING_SNAPSHOTS,
 ) -> tuple[PendingSnapshot, ...]:
     """Add a snapshot: it replaces a pending one less than a day older (keeping that one's
-    purchase mark), and at most ``MAX_PENDING_SNAPSHOTS`` are kept (the newest)."""
+    purchase mark), and at most ``capacity`` are kept (the newest)."""
     if pending and snapshot.scored_at - pending[-1].scored_at < MIN_SNAPSHOT_SPACING:
         replaced = snapshot.model_copy(update={"purchased": pending[-1].purchased})
         return (*pending[:-1], replaced)
-    return (*pending, snapshot)[-MAX_PENDING_SNAPSHOTS:]
+    return (*pending, snapshot)[-capacity:]
 
 
 def heartbeat_times(

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from streamcrm.events import CancellationEvent, CustomerScore, Event, PurchaseEvent
-from streamcrm.features import customer_features
+from streamcrm.features import churn_features, customer_features, repeat_buying
 from streamcrm.labels import (
+    MAX_PENDING_SNAPSHOTS,
     LabelledExample,
     add_snapshot,
     heartbeat_times,
@@ -26,7 +27,7 @@ from streamcrm.labels import (
     settle_closed,
     settle_on_cancellation,
 )
-from streamcrm.models import Learner, ModelBundle
+from streamcrm.models import BuyingObservation, Learner, ModelBundle
 from streamcrm.scores import (
     DEFAULT_DISCOUNT_RATE,
     DEFAULT_HORIZON_YEARS,
@@ -54,6 +55,11 @@ class ScoringConfig:
     """A quiet customer is snapshotted again every this much event time..."""
     heartbeat_horizon: timedelta = timedelta(days=180)
     """...until quiet for this long (by then their churn label is long settled)."""
+    max_pending_snapshots: int = MAX_PENDING_SNAPSHOTS
+    """Snapshots awaiting a label per customer (the oldest is dropped beyond this): keep it
+    above churn window / heartbeat interval, or quiet customers' heartbeats are lost."""
+    clv_horizon: timedelta = timedelta(days=365)
+    """The horizon of the probabilistic CLV (expected purchases × expected spend)."""
     discount_rate: float = DEFAULT_DISCOUNT_RATE
     horizon_years: int = DEFAULT_HORIZON_YEARS
     rules: StateRules = field(default_factory=StateRules)
@@ -115,10 +121,18 @@ def score_event(
 
     as_of = new_state.last_event_at
     features = customer_features(new_state, as_of)
+    churn_inputs = churn_features(new_state, as_of, config.churn_window)
     cancelled = new_state.cancelled_at is not None and (
         new_state.last_purchase_at is None or new_state.last_purchase_at <= new_state.cancelled_at
     )
-    churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(features)
+    churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(churn_inputs)
+    buying = repeat_buying(new_state)
+    window_forecast = (
+        models.repeat_buying.forecast(buying, as_of, config.churn_window) if buying else None
+    )
+    value_forecast = (
+        models.repeat_buying.forecast(buying, as_of, config.clv_horizon) if buying else None
+    )
     segment_id, segment_name = models.segments.predict_one(features)
     mean_satisfaction = satisfaction_mean(new_state)
     recency_code, frequency_code, monetary_code = models.population.rfm_codes(features)
@@ -165,12 +179,27 @@ def score_event(
         sla_breaches=tickets.sla_breaches,
         mean_first_response_hours=mean_first_response_hours(tickets),
         mean_resolution_hours=mean_resolution_hours(tickets),
+        probability_alive=None if window_forecast is None else window_forecast.probability_alive,
+        expected_purchases=(
+            None if window_forecast is None or cancelled else window_forecast.expected_purchases
+        ),
+        clv_expected=(
+            None if value_forecast is None else 0.0 if cancelled else value_forecast.expected_value
+        ),
         model_version=models.version,
     )
-    learner.learn_scored(features, mean_satisfaction)
+    learner.learn_scored(
+        features,
+        mean_satisfaction,
+        None if buying is None else BuyingObservation(new_state.customer_id, buying, as_of),
+    )
     last_snapshot_at = new_state.last_snapshot_at
     if not cancelled:
-        pending = add_snapshot(pending, PendingSnapshot(scored_at=as_of, features=features))
+        pending = add_snapshot(
+            pending,
+            PendingSnapshot(scored_at=as_of, features=churn_inputs),
+            config.max_pending_snapshots,
+        )
         last_snapshot_at = max(as_of, last_snapshot_at or as_of)
     final_state = new_state.model_copy(
         update={"pending_snapshots": pending, "last_snapshot_at": last_snapshot_at}
@@ -222,10 +251,10 @@ def sweep_customer(
             )
             snapshot = PendingSnapshot(
                 scored_at=moment,
-                features=customer_features(state, moment),
+                features=churn_features(state, moment, config.churn_window),
                 purchased=purchased,
             )
-            pending = add_snapshot(pending, snapshot)
+            pending = add_snapshot(pending, snapshot, config.max_pending_snapshots)
             last_snapshot_at = moment
             heartbeats += 1
     labelled, pending = settle_closed(pending, watermark, config.churn_window)

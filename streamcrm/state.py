@@ -237,6 +237,11 @@ class CustomerState(_Frozen):
     first_purchase_at: datetime | None = None
     last_purchase_at: datetime | None = None
     order_count: int = 0
+    purchase_days: int = 0
+    """Distinct UTC days with a purchase: the *transactions* of repeat-buying models."""
+    recent_purchase_days: tuple[int, ...] = ()
+    """Ordinals of the purchase days a purchase could still arrive for (within the allowed
+    lateness of the newest purchase), so a late order on a known day is not counted again."""
     gross_cents: int = 0
     total_items: int = 0
     cost_cents: int = 0
@@ -402,6 +407,7 @@ def _purchase_changes(
     amount_cents = rules.to_reporting_cents(event.amount, event.currency)
     changes: dict[str, object] = {
         "order_count": state.order_count + 1,
+        **_purchase_day_changes(state, at, rules),
         "gross_cents": state.gross_cents + amount_cents,
         "total_items": state.total_items + event.items,
         "first_purchase_at": _earliest(state.first_purchase_at, at),
@@ -424,6 +430,26 @@ def _purchase_changes(
         )
         changes["revenue_with_cost_cents"] = state.revenue_with_cost_cents + amount_cents
     return changes
+
+
+def _purchase_day_changes(
+    state: CustomerState, at: datetime, rules: StateRules
+) -> dict[str, object]:
+    """Count the purchase's UTC day once, remembering only the days still open to late orders.
+
+    An accepted purchase is at most ``allowed_lateness`` older than the newest event of its
+    topic, so days before that can never be purchased on again and are forgotten.
+    """
+    day = at.date().toordinal()
+    newest = state.newest_by_topic.get(TOPIC_OF_EVENT_TYPE["purchase"])
+    newest = at if newest is None else max(newest, at)
+    still_open = (newest - rules.allowed_lateness).date().toordinal()
+    known = day in state.recent_purchase_days
+    days = state.recent_purchase_days if known else (*state.recent_purchase_days, day)
+    return {
+        "purchase_days": state.purchase_days + (0 if known else 1),
+        "recent_purchase_days": tuple(sorted(d for d in days if d >= still_open)),
+    }
 
 
 def _feedback_changes(state: CustomerState, event: FeedbackEvent) -> dict[str, object]:

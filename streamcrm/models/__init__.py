@@ -10,13 +10,24 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from streamcrm.models.churn import ChurnModel
 from streamcrm.models.population import PopulationStats
+from streamcrm.models.repeat_buying import RepeatBuying, RepeatBuyingModel
 from streamcrm.models.segments import SegmentModel
+
+
+@dataclass(frozen=True)
+class BuyingObservation:
+    """A customer's repeat-buying statistics as of an event time, for the population sample."""
+
+    customer_id: str
+    stats: RepeatBuying
+    as_of: datetime
 
 
 class ModelUpdate(BaseModel):
@@ -30,6 +41,8 @@ class ModelUpdate(BaseModel):
     """For ``labelled``: what happened (True = churned)."""
     satisfaction: float | None = None
     """For ``scored``: the customer's mean satisfaction (null before any rating)."""
+    buying: BuyingObservation | None = None
+    """For ``scored``: the customer's repeat-buying statistics (null before a purchase)."""
 
 
 class Learner(Protocol):
@@ -37,7 +50,12 @@ class Learner(Protocol):
 
     def learn_labelled(self, features: Mapping[str, float], churned: bool) -> None: ...
 
-    def learn_scored(self, features: Mapping[str, float], satisfaction: float | None) -> None: ...
+    def learn_scored(
+        self,
+        features: Mapping[str, float],
+        satisfaction: float | None,
+        buying: BuyingObservation | None = None,
+    ) -> None: ...
 
 
 class QueuedUpdates:
@@ -49,9 +67,16 @@ class QueuedUpdates:
     def learn_labelled(self, features: Mapping[str, float], churned: bool) -> None:
         self.updates.append(ModelUpdate(kind="labelled", features=dict(features), churned=churned))
 
-    def learn_scored(self, features: Mapping[str, float], satisfaction: float | None) -> None:
+    def learn_scored(
+        self,
+        features: Mapping[str, float],
+        satisfaction: float | None,
+        buying: BuyingObservation | None = None,
+    ) -> None:
         self.updates.append(
-            ModelUpdate(kind="scored", features=dict(features), satisfaction=satisfaction)
+            ModelUpdate(
+                kind="scored", features=dict(features), satisfaction=satisfaction, buying=buying
+            )
         )
 
     def drain(self) -> list[ModelUpdate]:
@@ -71,36 +96,50 @@ class ModelBundle:
     churn: ChurnModel = field(default_factory=ChurnModel)
     segments: SegmentModel = field(default_factory=SegmentModel)
     population: PopulationStats = field(default_factory=PopulationStats)
+    repeat_buying: RepeatBuyingModel = field(default_factory=RepeatBuyingModel)
 
     @property
     def version(self) -> str:
-        """Which model made a score: how many examples each model has learned.
+        """Which model made a score: examples learned by each model, refits of the CLV model.
 
         >>> ModelBundle().version
-        'churn-0.segments-0'
+        'churn-0.segments-0.clv-0'
         """
-        return f"churn-{self.churn.n_learned}.segments-{self.segments.n_learned}"
+        return (
+            f"churn-{self.churn.n_learned}.segments-{self.segments.n_learned}"
+            f".clv-{self.repeat_buying.fits}"
+        )
 
     def learn_labelled(self, features: Mapping[str, float], churned: bool) -> None:
         """The churn model learns one labelled snapshot (predicting it first)."""
         self.churn.learn_one(features, churned)
 
-    def learn_scored(self, features: Mapping[str, float], satisfaction: float | None) -> None:
-        """Segments and population statistics learn one scored customer."""
+    def learn_scored(
+        self,
+        features: Mapping[str, float],
+        satisfaction: float | None,
+        buying: BuyingObservation | None = None,
+    ) -> None:
+        """Segments and population statistics learn one scored customer; the CLV model keeps
+        their repeat-buying statistics and refits once a refit interval of event time passed."""
         self.segments.learn_one(features)
         self.population.learn_one(features, satisfaction)
+        if buying is not None:
+            self.repeat_buying.observe(buying.customer_id, buying.stats)
+            if self.repeat_buying.due(buying.as_of):
+                self.repeat_buying.refit(buying.as_of)
 
     def learn(self, update: ModelUpdate) -> None:
         """Apply one queued update."""
         if update.kind == "labelled":
             self.learn_labelled(update.features, bool(update.churned))
         else:
-            self.learn_scored(update.features, update.satisfaction)
+            self.learn_scored(update.features, update.satisfaction, update.buying)
 
     @property
     def updates_learned(self) -> int:
         """Everything learned so far (orders checkpoints: a larger count is newer)."""
-        return self.churn.n_learned + self.segments.n_learned
+        return self.churn.n_learned + self.segments.n_learned + self.repeat_buying.fits
 
     def to_bytes(self) -> bytes:
         """Serialise for a checkpoint (pickle: only ever our own blobs)."""
@@ -116,6 +155,7 @@ class ModelBundle:
 
 
 __all__ = [
+    "BuyingObservation",
     "ChurnModel",
     "Learner",
     "ModelBundle",

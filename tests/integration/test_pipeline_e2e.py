@@ -262,14 +262,14 @@ def test_a_restarted_worker_resumes_the_models_from_their_checkpoint(
         send(settings, events)
         reader = TopicReader(settings.kafka_bootstrap, settings.topics.scores)
         reader.wait_for(lambda records: len(records) >= len(events))
-        wait_for_checkpoint(settings, "churn-4.segments-5")
+        wait_for_checkpoint(settings, "churn-4.segments-5.clv-0")
 
     with running_worker(settings, tmp_path / "second.log"):
         send(settings, [purchase("resume", 6, 20.0, day=600)])
         reader.wait_for(lambda records: len(records) >= len(events) + 1)
         # Scored by the checkpoint it resumed from; then learned, and checkpointed again.
-        assert scores(reader.records)[-1].model_version == "churn-4.segments-5"
-        wait_for_checkpoint(settings, "churn-5.segments-6")
+        assert scores(reader.records)[-1].model_version == "churn-4.segments-5.clv-0"
+        wait_for_checkpoint(settings, "churn-5.segments-6.clv-0")
     reader.close()
 
 

@@ -133,7 +133,7 @@ async def test_model_checkpoint_round_trips(store: StateStore) -> None:
     blob = await store.load_model("bundle")
 
     assert blob is not None
-    assert ModelBundle.from_bytes(blob).version == bundle.version == "churn-1.segments-0"
+    assert ModelBundle.from_bytes(blob).version == bundle.version == "churn-1.segments-0.clv-0"
 
 
 async def test_saving_a_model_again_overwrites_it(store: StateStore) -> None:
@@ -168,7 +168,7 @@ async def test_redis_key_layout_matches_the_documented_one(
 ) -> None:
     state, score = scored("c-42")
     await redis_store.save(state, score)
-    await redis_store.save_model("bundle", b"blob", "churn-3.segments-4")
+    await redis_store.save_model("bundle", b"blob", "churn-3.segments-4.clv-0")
 
     raw = aioredis.Redis.from_url(services.redis_url, decode_responses=True)
     try:
@@ -180,7 +180,7 @@ async def test_redis_key_layout_matches_the_documented_one(
         assert CustomerScore.model_validate_json(fields["score"]) == score
         assert datetime.fromisoformat(str(fields["as_of"])) == score.as_of
         assert await raw.get(f"{unique_name}:v1:model:bundle") == "blob"
-        assert await raw.get(f"{unique_name}:v1:model:bundle:version") == "churn-3.segments-4"
+        assert await raw.get(f"{unique_name}:v1:model:bundle:version") == "churn-3.segments-4.clv-0"
         assert sorted(await raw.keys(f"{unique_name}:*")) == [
             customer_key,
             f"{unique_name}:v1:model:bundle",

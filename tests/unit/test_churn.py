@@ -93,7 +93,7 @@ def trained_bundle() -> ModelBundle:
 def test_bundle_version_counts_what_each_model_learned() -> None:
     bundle = trained_bundle()
 
-    assert bundle.version == "churn-60.segments-60"
+    assert bundle.version == "churn-60.segments-60.clv-0"
 
 
 def test_bundle_round_trips_through_bytes() -> None:

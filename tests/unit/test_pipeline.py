@@ -187,7 +187,7 @@ async def test_a_new_pipeline_resumes_from_the_checkpoint(
     resumed = ScoringPipeline(store, ScoringConfig())
     await resumed.load_models()
 
-    assert resumed.models.version == pipeline.models.version == "churn-2.segments-3"
+    assert resumed.models.version == pipeline.models.version == "churn-2.segments-3.clv-0"
     assert await resumed.checkpoint_models() is False
 
 
@@ -195,7 +195,7 @@ async def test_models_are_loaded_once_per_process(
     pipeline: ScoringPipeline, store: InMemoryStateStore
 ) -> None:
     await pipeline.load_models()
-    await store.save_model(MODEL_CHECKPOINT, ModelBundle().to_bytes(), "churn-0.segments-0")
+    await store.save_model(MODEL_CHECKPOINT, ModelBundle().to_bytes(), "churn-0.segments-0.clv-0")
     models = pipeline.models
 
     await pipeline.load_models()
@@ -444,16 +444,16 @@ async def test_shared_pipelines_queue_updates_and_score_with_the_learners_checkp
     learner = SharedLearner(store)
     await first.handle(purchase("a", day=0))
     await second.handle(purchase("b", day=100))
-    assert first.models.version == second.models.version == "churn-0.segments-0"
+    assert first.models.version == second.models.version == "churn-0.segments-0.clv-0"
 
     for update in first.drain_updates() + second.drain_updates():
         await learner.learn(update)
     assert await learner.checkpoint()
     assert await first.refresh_models() and await second.refresh_models()
 
-    assert first.models.version == second.models.version == "churn-0.segments-2"
+    assert first.models.version == second.models.version == "churn-0.segments-2.clv-0"
     scored = await second.handle(purchase("c", day=101))
-    assert scored.score is not None and scored.score.model_version == "churn-0.segments-2"
+    assert scored.score is not None and scored.score.model_version == "churn-0.segments-2.clv-0"
 
 
 async def test_a_learner_never_overwrites_a_newer_checkpoint(store: InMemoryStateStore) -> None:
@@ -465,4 +465,4 @@ async def test_a_learner_never_overwrites_a_newer_checkpoint(store: InMemoryStat
     assert await ahead.checkpoint()
 
     assert await behind.checkpoint() is False
-    assert await store.load_model_version(MODEL_CHECKPOINT) == "churn-0.segments-3"
+    assert await store.load_model_version(MODEL_CHECKPOINT) == "churn-0.segments-3.clv-0"

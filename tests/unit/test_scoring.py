@@ -17,7 +17,7 @@ from streamcrm.events import (
     RefundEvent,
     SupportEvent,
 )
-from streamcrm.features import customer_features
+from streamcrm.features import churn_features
 from streamcrm.models import ModelBundle, QueuedUpdates
 from streamcrm.models.segments import SEGMENT_NAMES
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
@@ -115,8 +115,8 @@ def test_model_version_names_the_models_that_made_the_score() -> None:
     # The settled label was learned before the prediction; this customer is learned by the
     # segments only after it was placed (predict, then learn).
     assert scored.score is not None
-    assert scored.score.model_version == "churn-1.segments-1"
-    assert models.version == "churn-1.segments-2"
+    assert scored.score.model_version == "churn-1.segments-1.clv-0"
+    assert models.version == "churn-1.segments-2.clv-0"
 
 
 def test_a_queued_learner_receives_the_updates_and_the_models_stay_unchanged() -> None:
@@ -125,7 +125,7 @@ def test_a_queued_learner_receives_the_updates_and_the_models_stay_unchanged() -
 
     score_event(first.state, purchase(100), models, CONFIG, T0 + days(98), learner=queue)
 
-    assert models.version == "churn-0.segments-0"
+    assert models.version == "churn-0.segments-0.clv-0"
     assert [u.kind for u in queue.drain()] == ["scored", "labelled", "scored"]
     assert queue.drain() == []
 
@@ -149,12 +149,12 @@ def test_recency_is_unknown_before_any_purchase() -> None:
     assert scored.score.frequency == 0
 
 
-def test_purchase_leaves_a_pending_snapshot_of_the_scored_features() -> None:
+def test_purchase_leaves_a_pending_snapshot_of_the_churn_features_it_scored() -> None:
     scored = score_all([purchase(0)], ModelBundle())
 
     (snapshot,) = scored.state.pending_snapshots
     assert snapshot.scored_at == T0
-    assert snapshot.features == customer_features(scored.state, T0)
+    assert snapshot.features == churn_features(scored.state, T0, CONFIG.churn_window)
 
 
 def test_a_second_purchase_within_the_window_marks_the_snapshot_retained_to_learn_later() -> None:
