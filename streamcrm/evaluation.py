@@ -179,9 +179,9 @@ def read_evaluation_history(path: Path) -> list[Event]:
 
     history = read_history(path)
     if history.rejections:
-        first = history.rejections[0]
+        first, count = history.rejections[0], len(history.rejections)
         raise ValueError(
-            f"{path.name}: {len(history.rejections)} lines are not valid events"
+            f"{path.name}: {count} line{'s are' if count > 1 else ' is'} not a valid event"
             f" (line {first.line}: {first.reason})"
         )
     return list(history.events)

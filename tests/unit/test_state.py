@@ -218,6 +218,35 @@ def test_out_of_order_purchase_keeps_last_purchase_at_the_newest() -> None:
     assert state.last_event_at == T0 + days(20)
 
 
+def test_purchase_days_count_each_utc_day_with_an_order_once() -> None:
+    state = run(
+        [
+            purchase(at=T0),
+            purchase(at=T0 + timedelta(hours=3)),
+            purchase(at=T0 + days(1)),
+            purchase(at=T0 + days(9)),
+        ]
+    )
+
+    assert (state.order_count, state.purchase_days) == (4, 3)
+
+
+def test_a_late_order_on_a_day_already_counted_is_not_a_new_transaction() -> None:
+    rules = StateRules(allowed_lateness=days(2))
+    state = run([purchase(at=T0 + days(10)), purchase(at=T0 + days(9))], rules=rules)
+    state = run([purchase(at=T0 + days(10) - timedelta(hours=1))], state, rules)
+
+    assert (state.order_count, state.purchase_days) == (3, 2)
+
+
+def test_only_days_still_open_to_late_orders_are_remembered() -> None:
+    rules = StateRules(allowed_lateness=days(2))
+    state = run([purchase(at=T0 + days(d)) for d in (0, 5, 30, 31)], rules=rules)
+
+    assert state.purchase_days == 4
+    assert state.recent_purchase_days == tuple((T0 + days(d)).date().toordinal() for d in (30, 31))
+
+
 # --- feedback --------------------------------------------------------------------------------
 
 
@@ -531,6 +560,7 @@ def test_aggregates_do_not_depend_on_event_order(
     in_order, reordered = run(events), run(shuffled)
 
     assert reordered.order_count == in_order.order_count
+    assert reordered.purchase_days == in_order.purchase_days
     assert reordered.gross_revenue == pytest.approx(in_order.gross_revenue)
     assert reordered.rating_count == in_order.rating_count
     assert reordered.rating_sum == pytest.approx(in_order.rating_sum)
