@@ -193,6 +193,13 @@ def _as_invalid_event(error: ValidationError) -> EventValidationError | Undecoda
     return EventValidationError(problems)
 
 
+class ChurnDriver(_Record):
+    """One feature's contribution to a churn score, in log-odds (weight × scaled value)."""
+
+    feature: str
+    log_odds: float
+
+
 class CustomerScore(_Record):
     """What streamcrm says about one customer after an event, keyed by ``customer_id``.
 
@@ -234,6 +241,13 @@ class CustomerScore(_Record):
     sla_breaches: int
     mean_first_response_hours: float | None
     mean_resolution_hours: float | None
+    churn_drivers: list[ChurnDriver] = Field(
+        default_factory=list,
+        description="the features that moved the churn log-odds most (positive: raise the risk)",
+    )
+    segment_distance: float | None = Field(
+        default=None, description="distance to the segment's centre in scaled units"
+    )
     probability_alive: float | None = Field(
         default=None, description="BG/NBD P(still a customer); null before a purchase or a fit"
     )
@@ -262,6 +276,8 @@ MODEL_FIELDS: frozenset[str] = frozenset(
         "rfm_frequency",
         "rfm_monetary",
         "population_satisfaction_mean",
+        "churn_drivers",
+        "segment_distance",
         "probability_alive",
         "expected_purchases",
         "clv_expected",

@@ -15,7 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from streamcrm.events import CancellationEvent, CustomerScore, Event, PurchaseEvent
+from streamcrm.events import (
+    CancellationEvent,
+    ChurnDriver,
+    CustomerScore,
+    Event,
+    PurchaseEvent,
+)
 from streamcrm.features import churn_features, customer_features, repeat_buying
 from streamcrm.labels import (
     MAX_PENDING_SNAPSHOTS,
@@ -179,6 +185,13 @@ def score_event(
         sla_breaches=tickets.sla_breaches,
         mean_first_response_hours=mean_first_response_hours(tickets),
         mean_resolution_hours=mean_resolution_hours(tickets),
+        churn_drivers=[]
+        if cancelled
+        else [
+            ChurnDriver(feature=name, log_odds=value)
+            for name, value in models.churn.explain_one(churn_inputs)
+        ],
+        segment_distance=models.segments.distance_one(features),
         probability_alive=None if window_forecast is None else window_forecast.probability_alive,
         expected_purchases=(
             None if window_forecast is None or cancelled else window_forecast.expected_purchases

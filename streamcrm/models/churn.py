@@ -42,6 +42,21 @@ class ChurnModel:
         """P(churn) for one customer's features."""
         return float(self.pipeline.predict_proba_one(dict(features)).get(True, 0.0))
 
+    def explain_one(self, features: Mapping[str, float], top: int = 3) -> list[tuple[str, float]]:
+        """The features that moved this customer's churn log-odds most, strongest first.
+
+        A feature's contribution is ``wᵢ · zᵢ``: its weight times its standardised value, so
+        the contributions plus the intercept sum to logit P(churn); positive ones raise the
+        risk. Ties in strength are broken by name; features that contribute 0 are left out.
+        """
+        scaled = self.pipeline["StandardScaler"].transform_one(dict(features))
+        weights = self.pipeline["LogisticRegression"].weights
+        contributions = [
+            (name, float(weights.get(name, 0.0) * value)) for name, value in scaled.items()
+        ]
+        ranked = sorted((c for c in contributions if c[1] != 0.0), key=lambda c: (-abs(c[1]), c[0]))
+        return ranked[:top]
+
     def learn_one(self, features: Mapping[str, float], churned: bool) -> None:
         """Predict (for the progressive metrics), then learn one labelled example."""
         probability = self.predict_proba_one(features)

@@ -55,6 +55,13 @@ class SegmentModel:
         segment_id = int(self.kmeans.predict_one(scaled))
         return segment_id, self.segment_names()[segment_id]
 
+    def distance_one(self, features: Mapping[str, float]) -> float:
+        """Euclidean distance, in scaled units, from the customer to their segment's centre:
+        how typical of the segment they are (0 = at the centre)."""
+        scaled = self.scaler.transform_one(segment_features(features))
+        centre = self.kmeans.centers[int(self.kmeans.predict_one(scaled))]
+        return math.sqrt(sum((scaled[name] - centre[name]) ** 2 for name in SEGMENT_FEATURES))
+
     def learn_one(self, features: Mapping[str, float]) -> None:
         """Move the scaler and the nearest centre toward one customer's features."""
         raw = segment_features(features)

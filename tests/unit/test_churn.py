@@ -4,6 +4,8 @@ The delayed labels it learns from are specified in test_labels.py."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import pickle
 import random
 from datetime import UTC, datetime, timedelta
@@ -127,3 +129,28 @@ def test_the_brier_score_is_the_mean_squared_error_of_the_progressive_prediction
         model.learn_one(features, churned)
 
     assert model.brier.get() == pytest.approx(sum(squared_errors) / len(squared_errors))
+
+
+def test_explanations_name_the_features_that_moved_the_log_odds_and_sum_to_the_logit() -> None:
+    model = ChurnModel()
+    for i in range(400):
+        quiet = i % 2 == 0
+        model.learn_one(
+            {
+                "recency_in_horizons": 3.0 if quiet else 0.1,
+                "satisfaction_mean": 0.5,
+                "noise": (i % 7) / 7,
+            },
+            churned=quiet,
+        )
+    customer = {"recency_in_horizons": 3.0, "satisfaction_mean": 0.5, "noise": 0.5}
+
+    drivers = model.explain_one(customer, top=3)
+
+    assert drivers[0][0] == "recency_in_horizons" and drivers[0][1] > 0
+    assert all(abs(a[1]) >= abs(b[1]) for a, b in itertools.pairwise(drivers))
+    assert "satisfaction_mean" not in dict(drivers)  # constant: scaled to 0, contributes 0
+    intercept = model.pipeline["LogisticRegression"].intercept
+    logit = intercept + sum(value for _, value in model.explain_one(customer, top=99))
+    p = model.predict_proba_one(customer)
+    assert logit == pytest.approx(math.log(p / (1 - p)), abs=1e-9)

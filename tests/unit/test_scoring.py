@@ -17,7 +17,7 @@ from streamcrm.events import (
     RefundEvent,
     SupportEvent,
 )
-from streamcrm.features import churn_features
+from streamcrm.features import CHURN_FEATURE_NAMES, churn_features
 from streamcrm.models import ModelBundle, QueuedUpdates
 from streamcrm.models.segments import SEGMENT_NAMES
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
@@ -317,3 +317,23 @@ def test_clv_is_set_against_the_acquisition_cost_when_an_order_reports_it() -> N
 
     assert scored.score is not None
     assert scored.score.clv_to_acquisition_cost == pytest.approx(scored.score.clv_simple / 50.0)
+
+
+def test_scores_carry_churn_drivers_segment_distance_and_the_repeat_buying_forecast() -> None:
+    models = ModelBundle()
+    for n in range(120):
+        history = [purchase(d, customer_id=f"c{n}") for d in range(0, 1 + n % 5 * 40, 20)]
+        state = score_all(history, models).state
+        models.learn_labelled(churn_features(state, T0 + days(200), days(90)), n % 5 == 0)
+    assert models.repeat_buying.fits >= 1
+
+    scored = score_all([purchase(0), purchase(30), purchase(61)], models)
+
+    assert scored.score is not None
+    drivers = scored.score.churn_drivers
+    assert drivers and {d.feature for d in drivers} <= set(CHURN_FEATURE_NAMES)
+    assert scored.score.segment_distance is not None and scored.score.segment_distance >= 0
+    assert 0 < (scored.score.probability_alive or 0) <= 1
+    assert scored.score.expected_purchases is not None and scored.score.expected_purchases > 0
+    assert scored.score.clv_expected is not None and scored.score.clv_expected > 0
+    assert scored.score.model_version.endswith(f".clv-{models.repeat_buying.fits}")

@@ -174,3 +174,22 @@ def test_same_seed_gives_the_same_segments_in_every_process() -> None:
         outcomes.append(json.loads(stdout))
 
     assert outcomes[0] == outcomes[1]
+
+
+def test_distance_to_the_centre_is_small_for_a_typical_customer_and_large_for_an_outlier() -> None:
+    model = SegmentModel()
+    rng = random.Random(11)
+    for _ in range(2000):
+        loyal = rng.random() < 0.5
+        model.learn_one(
+            features(
+                recency=rng.uniform(1, 10) if loyal else rng.uniform(150, 300),
+                frequency=rng.uniform(8, 12) if loyal else rng.uniform(1, 2),
+                monetary=rng.uniform(400, 600) if loyal else rng.uniform(20, 40),
+            )
+        )
+
+    typical = model.distance_one(features(recency=5, frequency=10, monetary=500))
+    outlier = model.distance_one(features(recency=5, frequency=10, monetary=500_000))
+
+    assert 0 <= typical < 1.0 < outlier
