@@ -321,6 +321,18 @@ class ModelMetrics(_Record):
     roc_auc: float | None
     log_loss: float | None
     brier: float | None
+    rolling_roc_auc: float | None = Field(
+        default=None, description="ROC AUC over the newest 2,000 labelled examples"
+    )
+    recent_brier: float | None = Field(
+        default=None, description="mean squared error over ADWIN's current window"
+    )
+    drifts_detected: int = Field(
+        default=0, description="changes in the churn model's error rate ADWIN has flagged"
+    )
+    model_drift: bool = Field(
+        default=False, description="true when drift was flagged since the previous report"
+    )
     customers_scored: int
     segment_shares: dict[str, float] = Field(
         description="share of each segment among the scores made since the last report"

@@ -94,6 +94,7 @@ class ScoringPipeline:
         self.outcomes: Counter[str] = Counter()
         """Messages handled since start, by outcome: scored, duplicate, late, invalid."""
         self.segment_mix: Counter[str] = Counter()
+        self.drifts_reported = 0
         """Segments of the scores made since the last metrics report."""
         self.newest_event_time: datetime | None = None
         self._locks = KeyedLocks()
@@ -217,6 +218,10 @@ class ScoringPipeline:
             roc_auc=churn.roc_auc.get() if both_classes else None,
             log_loss=churn.log_loss.get() if churn.n_learned else None,
             brier=churn.brier.get() if churn.n_learned else None,
+            rolling_roc_auc=churn.rolling_roc_auc.get() if both_classes else None,
+            recent_brier=churn.error_drift.estimation if churn.n_learned else None,
+            drifts_detected=churn.drifts_detected,
+            model_drift=churn.drifts_detected > self.drifts_reported,
             customers_scored=self.models.segments.n_learned,
             segment_shares={
                 name: count / mix_total for name, count in sorted(self.segment_mix.items())
@@ -224,6 +229,15 @@ class ScoringPipeline:
             events=dict(sorted(self.outcomes.items())),
         )
         self.segment_mix.clear()
+        if report.model_drift:
+            logger.warning(
+                "model drift: the churn model's error rate changed (ADWIN, %d changes so far;"
+                " recent Brier %.4f, overall %.4f)",
+                churn.drifts_detected,
+                report.recent_brier or 0.0,
+                report.brier or 0.0,
+            )
+        self.drifts_reported = churn.drifts_detected
         return report
 
     @property

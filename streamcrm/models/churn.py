@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from river import linear_model, metrics, optim, preprocessing, stats
+from river import drift, linear_model, metrics, optim, preprocessing, stats
+
+ROLLING_WINDOW = 2_000
+"""Labelled examples in the rolling quality window."""
 
 
 class ChurnModel:
@@ -35,6 +38,12 @@ class ChurnModel:
         self.log_loss = metrics.LogLoss()
         self.brier = stats.Mean()
         """Brier score: mean of (p − y)² over progressively validated examples."""
+        self.rolling_roc_auc = metrics.RollingROCAUC(window_size=ROLLING_WINDOW)
+        self.error_drift = drift.ADWIN()
+        """ADWIN over the squared errors (p − y)²: flags a change in the error rate."""
+        self.drifts_detected = 0
+        self.last_drift_at: int | None = None
+        """``n_learned`` when drift was last detected."""
         self.n_learned = 0
         self.n_churned = 0
 
@@ -62,7 +71,16 @@ class ChurnModel:
         probability = self.predict_proba_one(features)
         self.roc_auc.update(churned, probability)
         self.log_loss.update(churned, probability)
-        self.brier.update((probability - float(churned)) ** 2)
+        squared_error = (probability - float(churned)) ** 2
+        self.brier.update(squared_error)
+        self.rolling_roc_auc.update(churned, probability)
+        error_before = self.error_drift.estimation
+        self.error_drift.update(squared_error)
+        # ADWIN flags any change in the mean error; only a rise (the model got worse, as when
+        # what churn looks like changes) is drift to alert on, not the model improving.
+        if self.error_drift.drift_detected and self.error_drift.estimation > error_before:
+            self.drifts_detected += 1
+            self.last_drift_at = self.n_learned + 1
         self.pipeline.learn_one(dict(features), churned)
         self.n_learned += 1
         self.n_churned += int(churned)

@@ -154,3 +154,21 @@ def test_explanations_name_the_features_that_moved_the_log_odds_and_sum_to_the_l
     logit = intercept + sum(value for _, value in model.explain_one(customer, top=99))
     p = model.predict_proba_one(customer)
     assert logit == pytest.approx(math.log(p / (1 - p)), abs=1e-9)
+
+
+def test_a_change_in_what_churn_looks_like_is_flagged_as_drift_and_a_stable_one_is_not() -> None:
+    rng = random.Random(5)
+    model = ChurnModel()
+
+    def learn(n: int, quiet_churn: bool) -> None:
+        for _ in range(n):
+            quiet = rng.random() < 0.5
+            model.learn_one({"recency_in_horizons": 3.0 if quiet else 0.2}, quiet == quiet_churn)
+
+    learn(3000, quiet_churn=True)
+    assert model.drifts_detected == 0
+
+    learn(1000, quiet_churn=False)  # the relation flips: errors jump until the model relearns
+    assert model.drifts_detected >= 1
+    assert model.last_drift_at is not None and 3000 < model.last_drift_at <= 4000
+    assert model.rolling_roc_auc.get() < model.roc_auc.get()

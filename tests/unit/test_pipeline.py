@@ -405,6 +405,21 @@ async def test_the_metrics_report_counts_outcomes_and_measures_the_churn_model(
     assert pipeline.model_metrics("w1", now).segment_shares == {}  # a new interval began
 
 
+async def test_a_metrics_report_raises_model_drift_once_for_each_new_detection(
+    pipeline: ScoringPipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert pipeline.model_metrics("w1", now).model_drift is False
+
+    pipeline.models.churn.drifts_detected = 1  # as ADWIN does when the error rate rises
+    flagged = pipeline.model_metrics("w1", now)
+    again = pipeline.model_metrics("w1", now)
+
+    assert (flagged.model_drift, flagged.drifts_detected) == (True, 1)
+    assert (again.model_drift, again.drifts_detected) == (False, 1)
+    assert sum("model drift" in record.getMessage() for record in caplog.records) == 1
+
+
 async def test_a_sweep_labels_a_quiet_customer_once_the_watermark_passes_the_window(
     pipeline: ScoringPipeline, store: InMemoryStateStore
 ) -> None:
