@@ -133,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=run_evaluate)
 
+    status = commands.add_parser(
+        "status", help="each worker's newest model-quality report, from crm.model-metrics"
+    )
+    status.set_defaults(run=run_status)
+
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
     topics.set_defaults(run=run_topics)
     return parser
@@ -349,6 +354,18 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if args.predictions is not None:
         rows = write_predictions(args.predictions, report)
         print(f"{rows} customers' predictions written to {args.predictions}")
+    return 0
+
+
+def run_status(settings: Settings, args: argparse.Namespace) -> int:
+    from streamcrm.status import format_status, latest_reports
+
+    try:
+        reports = latest_reports(settings.kafka_bootstrap, settings.topics.model_metrics)
+    except LookupError as error:
+        print(f"streamcrm status: {error}: has a worker ever run?", file=sys.stderr)
+        return 2
+    print(format_status(reports))
     return 0
 
 

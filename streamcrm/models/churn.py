@@ -57,7 +57,12 @@ class ChurnModel:
         A feature's contribution is ``wᵢ · zᵢ``: its weight times its standardised value, so
         the contributions plus the intercept sum to logit P(churn); positive ones raise the
         risk. Ties in strength are broken by name; features that contribute 0 are left out.
+        A pipeline other than scaled logistic regression (the benchmark's candidates) explains
+        nothing: an empty list.
         """
+        steps = getattr(self.pipeline, "steps", {})
+        if "StandardScaler" not in steps or "LogisticRegression" not in steps:
+            return []
         scaled = self.pipeline["StandardScaler"].transform_one(dict(features))
         weights = self.pipeline["LogisticRegression"].weights
         contributions = [

@@ -29,6 +29,7 @@ from streamcrm.events import (
 )
 from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
+from streamcrm.status import format_status, latest_reports
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,
@@ -384,6 +385,11 @@ def test_model_metrics_are_published_on_their_topic(
     assert latest.events["scored"] >= 3
     assert latest.model_version.startswith(f"churn-{latest.labelled_examples}.")
     assert latest.brier is not None and 0.0 <= latest.brier <= 1.0
+
+    status = format_status(
+        latest_reports(shared_settings.kafka_bootstrap, shared_settings.topics.model_metrics)
+    )
+    assert latest.worker in status and "ROC AUC" in status and "drift" in status
 
 
 def test_a_quiet_customer_is_heartbeated_and_labelled_as_the_watermark_moves(
