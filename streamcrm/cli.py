@@ -360,6 +360,9 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 def run_status(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.status import format_status, latest_reports
 
+    if settings.kafka_bootstrap is None:
+        print("streamcrm status: set STREAMCRM_KAFKA_BOOTSTRAP to the broker", file=sys.stderr)
+        return 2
     try:
         reports = latest_reports(settings.kafka_bootstrap, settings.topics.model_metrics)
     except LookupError as error:
