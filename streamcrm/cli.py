@@ -365,8 +365,8 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     try:
         reports = latest_reports(settings.kafka_bootstrap, settings.topics.model_metrics)
-    except LookupError as error:
-        print(f"streamcrm status: {error}: has a worker ever run?", file=sys.stderr)
+    except (LookupError, TimeoutError) as error:
+        print(f"streamcrm status: {error} (has a worker ever run?)", file=sys.stderr)
         return 2
     print(format_status(reports))
     return 0

@@ -13,18 +13,21 @@ from streamcrm.events import ModelMetrics
 from streamcrm.kafka_io import poll_records, read_topic
 
 
-def latest_reports(bootstrap: str, topic: str, quiet_s: float = 1.5) -> dict[str, ModelMetrics]:
-    """Each worker's newest report: the topic is read until a poll of ``quiet_s`` brings
-    nothing more."""
+def latest_reports(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, ModelMetrics]:
+    """Each worker's newest report: the topic is read up to the end it had when called
+    (workers keep publishing, so "until nothing more comes" would never end).
+
+    Raises TimeoutError if the end is not reached within ``timeout_s``.
+    """
     consumer = read_topic(bootstrap, topic)
     reports: dict[str, ModelMetrics] = {}
     try:
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < quiet_s:
-            records = list(poll_records(consumer, timeout_ms=300))
-            if records:
-                idle_since = time.monotonic()
-            for record in records:
+        ends = consumer.end_offsets(list(consumer.assignment()))
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout_s:g} s")
+            for record in poll_records(consumer, timeout_ms=300):
                 if record.value:
                     report = ModelMetrics.model_validate_json(record.value)
                     reports[report.worker] = report
