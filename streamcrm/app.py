@@ -23,6 +23,7 @@ import faust
 
 from streamcrm.errors import InvalidEventError, StoreUnavailableError
 from streamcrm.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter
+from streamcrm.kafka_io import topic_ids
 from streamcrm.models import ModelUpdate
 from streamcrm.pipeline import ScoringPipeline, SharedLearner
 from streamcrm.settings import Settings
@@ -40,6 +41,8 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     )
     if pipeline is None:
         pipeline = ScoringPipeline(store, settings.scoring, shared_models=True)
+    pipeline.topic_ids = topic_ids(settings.kafka_bootstrap, settings.topics.inputs)
+    logger.info("input topic ids: %s", pipeline.topic_ids)
     learner = SharedLearner(store)
     datadir = settings.data_dir / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +74,9 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     async def process(message: Any) -> None:
         try:
-            scored = await pipeline.handle(message.value, message.topic, message.partition)
+            scored = await pipeline.handle(
+                message.value, message.topic, message.partition, message.offset
+            )
         except Exception as error:  # noqa: BLE001 - every failure is dead-lettered, never raised
             if not isinstance(error, InvalidEventError):
                 logger.exception(

@@ -96,6 +96,24 @@ class Record:
     value: bytes | None
 
 
+def topic_ids(bootstrap: str, topics: Iterable[str]) -> dict[str, str | None]:
+    """Kafka's id (UUID) of each topic, None where the broker reports none.
+
+    The id changes when a topic is deleted and created again, and when a broker that keeps
+    nothing (Tansu with memory storage) restarts; offsets then start again at 0.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        wanted = list(topics)
+        for topic in wanted:
+            consumer.partitions_for_topic(topic)  # fetches the topic's metadata
+        cluster = consumer._client.cluster  # noqa: SLF001 - kafka-python keeps ids here
+        ids = {topic: cluster.topic_id(topic) for topic in wanted}
+    finally:
+        consumer.close()
+    return {topic: str(found) if found else None for topic, found in ids.items()}
+
+
 def read_topic(bootstrap: str, topic: str, from_beginning: bool = True) -> KafkaConsumer:
     """A group-less consumer assigned to every partition of ``topic``."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)

@@ -25,7 +25,7 @@ from streamcrm.events import ModelMetrics, decode_event
 from streamcrm.models import ModelBundle, ModelUpdate, QueuedUpdates
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event, sweep_customer
 from streamcrm.state import topic_kind
-from streamcrm.store import LedgerDue, StateStore
+from streamcrm.store import InputPosition, LedgerDue, StateStore
 
 MODEL_CHECKPOINT = "bundle"
 FIRST_RETRY_DELAY_S = 0.1
@@ -94,8 +94,10 @@ class ScoringPipeline:
         self.outcomes: Counter[str] = Counter()
         """Messages handled since start, by outcome: scored, duplicate, late, invalid."""
         self.segment_mix: Counter[str] = Counter()
-        self.drifts_reported = 0
         """Segments of the scores made since the last metrics report."""
+        self.drifts_reported = 0
+        self.topic_ids: dict[str, str | None] = {}
+        """Kafka topic ids of the input topics, for the offset marks (see streamcrm.store)."""
         self.newest_event_time: datetime | None = None
         self._locks = KeyedLocks()
         self._models_loaded = False
@@ -248,12 +250,20 @@ class ScoringPipeline:
             return None
         return self.newest_event_time - self.config.rules.allowed_lateness
 
-    async def handle(self, raw: bytes, topic: str | None = None, partition: int = 0) -> ScoredEvent:
+    async def handle(
+        self,
+        raw: bytes,
+        topic: str | None = None,
+        partition: int = 0,
+        offset: int | None = None,
+    ) -> ScoredEvent:
         """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
 
         ``partition`` is the input partition the message came from (it files the customer in
-        the due index). A late event is saved as counted (``late_events``) before
-        ``LateEventError`` reports it.
+        the due index). With ``topic`` and ``offset`` given, the save also moves the partition's
+        offset mark, and a message at or below the mark (redelivered after a crash) changes
+        nothing: it counts as a duplicate. A late event is saved as counted (``late_events``)
+        before ``LateEventError`` reports it.
         """
         try:
             event = decode_event(raw, topic)
@@ -268,15 +278,25 @@ class ScoringPipeline:
             # The event itself is in: it may move the watermark before it is scored.
             newest = max(self.newest_event_time or event.occurred_at, event.occurred_at)
             watermark = newest - self.config.rules.allowed_lateness
+            queued = len(self.updates.updates) if self.updates is not None else 0
             scored = score_event(
                 state, event, self.models, self.config, watermark, learner=self.updates
             )
             if not scored.duplicate:
                 due = LedgerDue(partition, scored.due_at) if scored.late_by is None else None
-                await _until_available(
-                    lambda: self.store.save(scored.state, scored.score, due),
+                position = (
+                    InputPosition(topic, self.topic_ids.get(topic), partition, offset)
+                    if topic is not None and offset is not None
+                    else None
+                )
+                saved = await _until_available(
+                    lambda: self.store.save(scored.state, scored.score, due, position),
                     f"save {event.customer_id}",
                 )
+                if not saved:  # redelivered: its effects are already in the store
+                    if self.updates is not None:
+                        del self.updates.updates[queued:]
+                    scored = ScoredEvent(state=state or scored.state, score=None, duplicate=True)
         self._count(scored, event.occurred_at)
         if scored.late_by is not None:
             raise LateEventError(

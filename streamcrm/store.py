@@ -11,10 +11,18 @@ key                                   value
                                       by when their label ledger next needs the watermark
 ``{ns}:v1:model:{name}``              string: pickled ModelBundle checkpoint
 ``{ns}:v1:model:{name}:version``      string: the checkpoint's model version
+``{ns}:v1:offsets``                   hash: ``{topic}|{topic id}|{partition}`` → the offset
+                                      of the newest input message whose state change is saved
 ====================================  =====================================================
 
-The state and its idempotency record (recent event ids) are one JSON value, and state and
-score are written by one ``HSET``, so a reader never sees one without the other.
+**Exactly-once effects.** A save writes the state (with its recent event ids), the score, the
+due-index entry and the input message's offset mark in one Lua script, which first refuses the
+write if the mark is already at or past that offset. So a message redelivered after a crash
+changes nothing, even when its customer has had more events since than the state remembers
+ids for, and a stale worker still processing a partition that moved on cannot overwrite the
+new owner's work. The mark's field names the topic's id (Kafka's topic UUID), so after a
+broker reset or a re-created topic, whose offsets restart at 0, the old marks are not applied
+to the new log: new events are not skipped as "already applied".
 
 **Retention.** With a retention period set, every save also (re)sets the customer hash's TTL
 in the same MULTI/EXEC: a customer with no event for that long disappears from Redis. Redis
@@ -66,6 +74,30 @@ class LedgerDue:
     at: datetime | None
 
 
+@dataclass(frozen=True)
+class InputPosition:
+    """Where an input message sits: its topic (and the topic's id), partition and offset."""
+
+    topic: str
+    topic_id: str | None
+    partition: int
+    offset: int
+
+    @property
+    def mark_field(self) -> str:
+        """The offsets-hash field of this message's topic partition.
+
+        >>> InputPosition("crm.purchases", "8c1f", 3, 42).mark_field
+        'crm.purchases|8c1f|3'
+        """
+        return f"{self.topic}|{self.topic_id or '-'}|{self.partition}"
+
+
+def offsets_key(namespace: str) -> str:
+    """The Redis hash of applied-offset marks, one field per input topic partition."""
+    return f"{namespace}:{KEY_VERSION}:offsets"
+
+
 def model_key(namespace: str, name: str) -> str:
     """The Redis string holding a model checkpoint."""
     return f"{namespace}:{KEY_VERSION}:model:{name}"
@@ -80,9 +112,19 @@ class StateStore(Protocol):
     async def load(self, customer_id: str) -> CustomerState | None: ...
 
     async def save(
-        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
-    ) -> None:
-        """Write the state, the score unless None, and the due index entry, in one step."""
+        self,
+        state: CustomerState,
+        score: CustomerScore | None,
+        due: LedgerDue | None = None,
+        position: InputPosition | None = None,
+    ) -> bool:
+        """Write the state, the score unless None, the due index entry and the position's
+        offset mark, in one step. Returns False, writing nothing, when the mark shows that
+        position's message was already applied."""
+        ...
+
+    async def applied_offset(self, position: InputPosition) -> int | None:
+        """The offset mark of ``position``'s topic partition (None: nothing applied yet)."""
         ...
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
@@ -123,6 +165,7 @@ class InMemoryStateStore:
         self._expires_at: dict[str, float] = {}
         self._due: dict[int, dict[str, datetime]] = {}
         self._models: dict[str, tuple[bytes, str]] = {}
+        self._offsets: dict[str, int] = {}
         self._retention = retention
         self._clock = clock
 
@@ -137,9 +180,21 @@ class InMemoryStateStore:
         raw = self._states.get(customer_id)
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
+    async def applied_offset(self, position: InputPosition) -> int | None:
+        return self._offsets.get(position.mark_field)
+
     async def save(
-        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
-    ) -> None:
+        self,
+        state: CustomerState,
+        score: CustomerScore | None,
+        due: LedgerDue | None = None,
+        position: InputPosition | None = None,
+    ) -> bool:
+        if position is not None:
+            mark = self._offsets.get(position.mark_field)
+            if mark is not None and mark >= position.offset:
+                return False
+            self._offsets[position.mark_field] = position.offset
         self._expire(state.customer_id)
         self._states[state.customer_id] = state.model_dump_json()
         if score is not None:
@@ -152,6 +207,7 @@ class InMemoryStateStore:
                 index.pop(state.customer_id, None)
             else:
                 index[state.customer_id] = due.at
+        return True
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
         index = self._due.get(partition, {})
@@ -186,6 +242,28 @@ class InMemoryStateStore:
         return None
 
 
+SAVE_SCRIPT = """
+-- KEYS: customer hash, offsets hash, due index.  ARGV: mark field ('' = none), offset,
+-- state JSON, score JSON ('' = none), as_of, retention ms ('' = none), due op ('' / add /
+-- rem), customer id, due score.  Returns 0 (nothing written) if the offset was applied.
+if ARGV[1] ~= '' then
+  local mark = redis.call('HGET', KEYS[2], ARGV[1])
+  if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'score', ARGV[4], 'as_of', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+if ARGV[7] == 'add' then
+  redis.call('ZADD', KEYS[3], ARGV[9], ARGV[8])
+elseif ARGV[7] == 'rem' then
+  redis.call('ZREM', KEYS[3], ARGV[8])
+end
+return 1
+"""
+"""The atomic save: state, score, TTL, due index and offset mark, or nothing at all."""
+
+
 class RedisStateStore:
     """Customer state in Redis hashes, under a versioned key prefix."""
 
@@ -198,6 +276,7 @@ class RedisStateStore:
         self._redis = client
         self._namespace = namespace
         self._retention_ms = int(retention.total_seconds() * 1000) if retention else None
+        self._save_script = client.register_script(SAVE_SCRIPT)
 
     @classmethod
     def from_url(
@@ -216,26 +295,34 @@ class RedisStateStore:
             raw = await self._redis.hget(self.customer_key(customer_id), "state")
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
-    async def save(
-        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
-    ) -> None:
-        fields = {"state": state.model_dump_json()}
-        if score is not None:
-            fields["score"] = score.model_dump_json()
-            fields["as_of"] = score.as_of.isoformat()
-        key = self.customer_key(state.customer_id)
+    async def applied_offset(self, position: InputPosition) -> int | None:
         with _unavailable_as_store_error():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                if self._retention_ms is not None:
-                    pipe.pexpire(key, self._retention_ms)
-                if due is not None:
-                    index = due_key(self._namespace, due.partition)
-                    if due.at is None:
-                        pipe.zrem(index, state.customer_id)
-                    else:
-                        pipe.zadd(index, {state.customer_id: due.at.timestamp()})
-                await pipe.execute()
+            raw = await self._redis.hget(offsets_key(self._namespace), position.mark_field)
+        return int(raw) if raw is not None else None
+
+    async def save(
+        self,
+        state: CustomerState,
+        score: CustomerScore | None,
+        due: LedgerDue | None = None,
+        position: InputPosition | None = None,
+    ) -> bool:
+        due_index = due_key(self._namespace, due.partition if due is not None else 0)
+        keys = [self.customer_key(state.customer_id), offsets_key(self._namespace), due_index]
+        args: list[str | int | float] = [
+            position.mark_field if position is not None else "",
+            position.offset if position is not None else 0,
+            state.model_dump_json(),
+            score.model_dump_json() if score is not None else "",
+            score.as_of.isoformat() if score is not None else "",
+            self._retention_ms if self._retention_ms is not None else "",
+            "" if due is None else "rem" if due.at is None else "add",
+            state.customer_id,
+            due.at.timestamp() if due is not None and due.at is not None else 0,
+        ]
+        with _unavailable_as_store_error():
+            written = await self._save_script(keys=keys, args=args)
+        return bool(written)
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
         index = due_key(self._namespace, partition)

@@ -19,7 +19,13 @@ from streamcrm.events import CustomerScore, FeedbackEvent, PurchaseEvent
 from streamcrm.models import ModelBundle
 from streamcrm.scoring import ScoringConfig, score_event
 from streamcrm.state import CustomerState
-from streamcrm.store import InMemoryStateStore, LedgerDue, RedisStateStore, StateStore
+from streamcrm.store import (
+    InMemoryStateStore,
+    InputPosition,
+    LedgerDue,
+    RedisStateStore,
+    StateStore,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +114,34 @@ async def test_saving_again_overwrites_state_and_score(store: StateStore) -> Non
 
     assert await store.load("c1") == new_state
     assert await store.load_score("c1") == new_score
+
+
+async def test_a_save_at_or_below_the_offset_mark_writes_nothing(store: StateStore) -> None:
+    old_state, old_score = scored(day=0)
+    new_state, new_score = scored(day=30)
+    at = InputPosition("crm.purchases", "id-1", partition=1, offset=10)
+    assert await store.save(old_state, old_score, LedgerDue(1, None), at)
+
+    replayed = await store.save(new_state, new_score, LedgerDue(1, None), at)
+    older = await store.save(
+        new_state, new_score, None, InputPosition("crm.purchases", "id-1", 1, 9)
+    )
+
+    assert (replayed, older) == (False, False)
+    assert await store.load("c1") == old_state and await store.load_score("c1") == old_score
+    assert await store.applied_offset(at) == 10
+
+
+async def test_offset_marks_are_kept_per_topic_id_and_partition(store: StateStore) -> None:
+    state, score = scored()
+    assert await store.save(state, score, None, InputPosition("crm.purchases", "id-1", 0, 50))
+
+    assert await store.save(state, score, None, InputPosition("crm.purchases", "id-1", 1, 0))
+    assert await store.save(state, score, None, InputPosition("crm.purchases", "id-2", 0, 0))
+    assert await store.save(state, score, None, InputPosition("crm.feedback", "id-1", 0, 0))
+    assert await store.save(state, score)  # no position: an unguarded write (sweeps, tests)
+    assert await store.applied_offset(InputPosition("crm.purchases", "id-1", 0, 0)) == 50
+    assert await store.applied_offset(InputPosition("crm.purchases", None, 0, 0)) is None
 
 
 async def test_customers_do_not_see_each_other(store: StateStore) -> None:

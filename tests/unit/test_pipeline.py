@@ -22,8 +22,8 @@ from streamcrm.features import FEATURE_NAMES
 from streamcrm.models import ModelBundle, ModelUpdate
 from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
 from streamcrm.scoring import ScoringConfig, score_event
-from streamcrm.state import CustomerState
-from streamcrm.store import InMemoryStateStore, LedgerDue
+from streamcrm.state import RECENT_EVENT_IDS, CustomerState
+from streamcrm.store import InMemoryStateStore, InputPosition, LedgerDue
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _ids = itertools.count()
@@ -57,10 +57,14 @@ class YieldingStore(InMemoryStateStore):
         return await super().load(customer_id)
 
     async def save(
-        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
-    ) -> None:
+        self,
+        state: CustomerState,
+        score: CustomerScore | None,
+        due: LedgerDue | None = None,
+        position: InputPosition | None = None,
+    ) -> bool:
         await asyncio.sleep(0)
-        await super().save(state, score, due)
+        return await super().save(state, score, due, position)
 
 
 @pytest.fixture
@@ -165,6 +169,39 @@ async def test_checkpoint_saves_only_when_the_models_changed(
     blob = await store.load_model(MODEL_CHECKPOINT)
     assert blob is not None
     assert ModelBundle.from_bytes(blob).version == pipeline.models.version
+
+
+async def test_a_message_redelivered_after_its_id_was_forgotten_is_stopped_by_the_offset_mark(
+    store: InMemoryStateStore,
+) -> None:
+    pipeline = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    first = purchase("c1", day=0)
+    await pipeline.handle(first, "crm.purchases", partition=2, offset=0)
+    for n in range(1, RECENT_EVENT_IDS + 5):  # more events than the state remembers ids for
+        await pipeline.handle(purchase("c1", day=n / 10), "crm.purchases", 2, offset=n)
+    assert pipeline.updates is not None
+    pipeline.updates.drain()
+    before = await store.load("c1")
+
+    again = await pipeline.handle(first, "crm.purchases", partition=2, offset=0)
+
+    assert again.duplicate and again.score is None
+    assert await store.load("c1") == before
+    assert pipeline.updates.drain() == []  # nothing to learn twice
+
+
+async def test_offset_marks_are_per_topic_incarnation_and_partition(
+    store: InMemoryStateStore,
+) -> None:
+    pipeline = ScoringPipeline(store, ScoringConfig())
+    pipeline.topic_ids = {"crm.purchases": "id-1"}
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases", partition=0, offset=7)
+
+    other_partition = await pipeline.handle(purchase("c2", day=0), "crm.purchases", 1, offset=3)
+    pipeline.topic_ids = {"crm.purchases": "id-2"}  # the topic was re-created: offsets restart
+    recreated = await pipeline.handle(purchase("c3", day=0), "crm.purchases", 0, offset=0)
+
+    assert other_partition.score is not None and recreated.score is not None
 
 
 async def test_a_duplicate_does_not_make_a_new_checkpoint(pipeline: ScoringPipeline) -> None:
@@ -333,12 +370,16 @@ class FlakyStore(InMemoryStateStore):
         return await super().load(customer_id)
 
     async def save(
-        self, state: CustomerState, score: CustomerScore | None, due: LedgerDue | None = None
-    ) -> None:
+        self,
+        state: CustomerState,
+        score: CustomerScore | None,
+        due: LedgerDue | None = None,
+        position: InputPosition | None = None,
+    ) -> bool:
         if self.save_failures:
             self.save_failures -= 1
             raise StoreUnavailableError("down")
-        await super().save(state, score, due)
+        return await super().save(state, score, due, position)
 
 
 async def test_an_unavailable_store_is_waited_for_and_the_models_learn_once(
