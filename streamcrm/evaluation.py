@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -271,15 +272,27 @@ def streaming_forecast(
     return Forecast(buys, expected, expected * counts.expected_spend)
 
 
+REFERENCE_PENALIZERS = (0.0, 0.001, 0.01)
+"""L2 penalties tried in turn when ``lifetimes``' maximum likelihood does not converge (small
+or synthetic histories): unpenalised first, as the published reference is."""
+
+
 def bgnbd_forecasts(
-    stats: Sequence[RepeatBuying], cutoff: datetime, holdout: timedelta
+    stats: Sequence[RepeatBuying],
+    cutoff: datetime,
+    holdout: timedelta,
+    notes: list[str] | None = None,
 ) -> list[Forecast]:
-    """The reference: BG/NBD and Gamma-Gamma fitted by ``lifetimes`` on the calibration data."""
+    """The reference: BG/NBD and Gamma-Gamma fitted by ``lifetimes`` on the calibration data.
+
+    When a fit does not converge it is retried with the next of ``REFERENCE_PENALIZERS``, and
+    the penalty used is added to ``notes``.
+    """
     from lifetimes import BetaGeoFitter, GammaGammaFitter
 
     x, t_x, age = np.array([s.summary(cutoff) for s in stats], dtype=np.float64).T
     weeks = holdout.total_seconds() / SECONDS_PER_WEEK
-    counts = BetaGeoFitter().fit(x, t_x, age)
+    counts = _fit_converged(BetaGeoFitter, "BG/NBD", notes, x, t_x, age)
     expected = np.asarray(
         counts.conditional_expected_number_of_purchases_up_to_time(weeks, x, t_x, age)
     )
@@ -290,7 +303,9 @@ def bgnbd_forecasts(
     transactions = np.array([s.transactions for s in stats], dtype=np.float64)
     mean_spend = np.array([s.mean_spend for s in stats], dtype=np.float64)
     paying = mean_spend > 0
-    spend_model = GammaGammaFitter().fit(transactions[paying], mean_spend[paying])
+    spend_model = _fit_converged(
+        GammaGammaFitter, "Gamma-Gamma", notes, transactions[paying], mean_spend[paying]
+    )
     spend = np.asarray(
         spend_model.conditional_expected_average_profit(transactions, np.maximum(mean_spend, 1e-9))
     )
@@ -298,6 +313,23 @@ def bgnbd_forecasts(
         Forecast(float(p), float(e), float(e * m))
         for p, e, m in zip(buys, expected, spend, strict=True)
     ]
+
+
+def _fit_converged(fitter: type, name: str, notes: list[str] | None, *data: np.ndarray) -> Any:
+    from lifetimes.utils import ConvergenceError
+
+    for penalizer in REFERENCE_PENALIZERS:
+        try:
+            fitted = fitter(penalizer_coef=penalizer).fit(*data)
+        except ConvergenceError:
+            continue
+        if penalizer and notes is not None:
+            notes.append(
+                f"lifetimes' {name} fit did not converge unpenalised; fitted with penalizer "
+                f"{penalizer:g}"
+            )
+        return fitted
+    raise RuntimeError(f"lifetimes' {name} fit did not converge, even penalised")
 
 
 def figures(forecasts: Sequence[Forecast], outcomes: Sequence[Outcome]) -> Figures:
@@ -353,7 +385,8 @@ def evaluate(
         key=lambda s: s.customer_id,
     )
     stats = [repeat_buying(state) for state in customers]
-    reference = bgnbd_forecasts([s for s in stats if s is not None], cutoff, holdout)
+    notes: list[str] = []
+    reference = bgnbd_forecasts([s for s in stats if s is not None], cutoff, holdout, notes)
     rows = [
         CustomerForecasts(
             customer_id=state.customer_id,
@@ -366,9 +399,8 @@ def evaluate(
         if customer_stats is not None
     ]
     newcomers = sum(1 for cid in outcomes if cid not in states)
-    notes = (
-        [f"{newcomers} customers first seen in the holdout are not forecast"] if newcomers else []
-    )
+    if newcomers:
+        notes.append(f"{newcomers} customers first seen in the holdout are not forecast")
     return EvaluationReport(
         cutoff=cutoff,
         holdout=holdout,

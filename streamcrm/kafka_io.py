@@ -142,3 +142,27 @@ def poll_records(consumer: KafkaConsumer, timeout_ms: int = 500) -> Iterator[Rec
             yield Record(
                 message.topic, message.partition, message.offset, message.key, message.value
             )
+
+
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Record]:
+    """Every record of ``topic`` up to the end it had when called (producers may keep
+    writing: "until nothing more comes" might never end).
+
+    Raises TimeoutError if the end is not reached within ``timeout_s``.
+    """
+    consumer = read_topic(bootstrap, topic)
+    records: list[Record] = []
+    try:
+        ends = consumer.end_offsets(list(consumer.assignment()))
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout_s:g} s")
+            records.extend(
+                r
+                for r in poll_records(consumer, timeout_ms=300)
+                if r.offset < ends[TopicPartition(r.topic, r.partition)]
+            )
+    finally:
+        consumer.close()
+    return records

@@ -6,33 +6,19 @@ committed, nothing else sees it) and keeps each worker's newest report.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 
 from streamcrm.events import ModelMetrics
-from streamcrm.kafka_io import poll_records, read_topic
+from streamcrm.kafka_io import read_to_end
 
 
 def latest_reports(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, ModelMetrics]:
-    """Each worker's newest report: the topic is read up to the end it had when called
-    (workers keep publishing, so "until nothing more comes" would never end).
-
-    Raises TimeoutError if the end is not reached within ``timeout_s``.
-    """
-    consumer = read_topic(bootstrap, topic)
+    """Each worker's newest report, reading the topic up to its end at call time."""
     reports: dict[str, ModelMetrics] = {}
-    try:
-        ends = consumer.end_offsets(list(consumer.assignment()))
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end in {timeout_s:g} s")
-            for record in poll_records(consumer, timeout_ms=300):
-                if record.value:
-                    report = ModelMetrics.model_validate_json(record.value)
-                    reports[report.worker] = report
-    finally:
-        consumer.close()
+    for record in read_to_end(bootstrap, topic, timeout_s):
+        if record.value:
+            report = ModelMetrics.model_validate_json(record.value)
+            reports[report.worker] = report
     return reports
 
 
