@@ -22,7 +22,7 @@ from typing import Any
 import faust
 
 from streamcrm.errors import InvalidEventError, StoreUnavailableError
-from streamcrm.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter
+from streamcrm.events import DeadLetter
 from streamcrm.kafka_io import topic_ids
 from streamcrm.models import ModelUpdate
 from streamcrm.pipeline import ScoringPipeline, SharedLearner
@@ -40,7 +40,12 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         settings.redis_url, settings.redis_namespace, settings.customer_retention
     )
     if pipeline is None:
-        pipeline = ScoringPipeline(store, settings.scoring, shared_models=True)
+        pipeline = ScoringPipeline(
+            store,
+            settings.scoring,
+            shared_models=True,
+            max_event_time_skew=settings.max_event_time_skew,
+        )
     pipeline.topic_ids = topic_ids(settings.kafka_bootstrap, settings.topics.inputs)
     logger.info("input topic ids: %s", pipeline.topic_ids)
     learner = SharedLearner(store)
@@ -86,6 +91,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                     message.offset,
                 )
             letter = dead_letter_for(message, error)
+            pipeline.dead_letters[letter.reason_code] += 1
             await deadletter_topic.send(key=message.key, value=letter.model_dump_json().encode())
             return
         if scored.score is not None:
@@ -161,15 +167,14 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
 def dead_letter_for(message: Any, error: Exception) -> DeadLetter:
     """The dead-letter record for a message that failed with ``error``."""
-    raw: bytes = message.value or b""
     reason = error.reason if isinstance(error, InvalidEventError) else f"{error}"
-    return DeadLetter(
+    return DeadLetter.of(
+        message.value or b"",
         source_topic=message.topic,
         partition=message.partition,
         offset=message.offset,
-        key=message.key.decode("utf-8", "replace") if message.key else None,
+        key=message.key,
         error_type=type(error).__name__,
+        reason_code=error.code if isinstance(error, InvalidEventError) else "processing_error",
         reason=reason or type(error).__name__,
-        raw=raw[:MAX_DEADLETTER_RAW_BYTES].decode("utf-8", "replace"),
-        raw_size=len(raw),
     )

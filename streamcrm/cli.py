@@ -1,5 +1,5 @@
-"""The ``streamcrm`` command: worker | demo | simulate | replay | score | population | schemas
-| topics.
+"""The ``streamcrm`` command: worker | demo | simulate | replay | score | population | evaluate
+| status | deadletter | schemas | topics.
 
 Every command reads :class:`~streamcrm.settings.Settings` once from ``STREAMCRM_*``
 variables; a broker or Redis left unconfigured is started embedded where that makes sense.
@@ -137,6 +137,30 @@ def _parser() -> argparse.ArgumentParser:
         "status", help="each worker's newest model-quality report, from crm.model-metrics"
     )
     status.set_defaults(run=run_status)
+
+    deadletter = commands.add_parser(
+        "deadletter",
+        help="dead letters by reason; list or re-publish chosen ones to their source topic",
+        description="Read the dead-letter topic to its current end and print the letters"
+        " counted by reason code. Filters choose letters; --list prints them one per line;"
+        " --republish sends their payloads back to their source topics with their original"
+        " keys (after the producer or streamcrm was fixed). Payloads cut at 16 KiB are never"
+        " re-published.",
+    )
+    deadletter.add_argument("--reason", metavar="CODE", help="only letters with this reason code")
+    deadletter.add_argument("--topic", metavar="TOPIC", help="only letters from this topic")
+    deadletter.add_argument(
+        "--at",
+        metavar="TOPIC:PARTITION:OFFSET",
+        action="append",
+        default=[],
+        help="only this message (repeatable)",
+    )
+    deadletter.add_argument("--list", action="store_true", help="print the chosen letters")
+    deadletter.add_argument(
+        "--republish", action="store_true", help="send the chosen letters' payloads back"
+    )
+    deadletter.set_defaults(run=run_deadletter)
 
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
     topics.set_defaults(run=run_topics)
@@ -369,6 +393,58 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
         print(f"streamcrm status: {error} (has a worker ever run?)", file=sys.stderr)
         return 2
     print(format_status(reports))
+    return 0
+
+
+def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:
+    """Summarise, list or re-publish dead letters (see :mod:`streamcrm.deadletters`)."""
+    from streamcrm.deadletters import (
+        LetterFilter,
+        format_letters,
+        format_summary,
+        parse_position,
+        republish,
+        summarise,
+    )
+    from streamcrm.events import DeadLetter
+    from streamcrm.kafka_io import make_producer, read_to_end
+
+    if settings.kafka_bootstrap is None:
+        raise ConfigurationError("set STREAMCRM_KAFKA_BOOTSTRAP to the broker")
+    try:
+        chosen = LetterFilter(
+            reason_code=args.reason,
+            source_topic=args.topic,
+            positions=frozenset(parse_position(text) for text in args.at),
+        )
+    except ValueError:
+        raise ConfigurationError("--at takes TOPIC:PARTITION:OFFSET") from None
+    try:
+        records = read_to_end(settings.kafka_bootstrap, settings.topics.deadletter)
+    except (LookupError, TimeoutError) as error:
+        raise ConfigurationError(f"cannot read {settings.topics.deadletter}: {error}") from None
+    letters = [
+        letter
+        for record in records
+        if record.value is not None
+        and chosen.matches(letter := DeadLetter.model_validate_json(record.value))
+    ]
+    print(format_summary(summarise(letters), len(letters)))
+    if args.list and letters:
+        print(format_letters(letters))
+    if args.republish:
+        producer = make_producer(settings.kafka_bootstrap)
+        try:
+            report = republish(
+                letters, lambda topic, key, value: producer.send(topic, key=key, value=value)
+            )
+            producer.flush()
+        finally:
+            producer.close()
+        print(
+            f"re-published {report.sent} ({report.now_valid} pass validation now);"
+            f" {report.truncated} cut payloads not sent"
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from streamcrm.cli import start_worker_process, stop_worker_process
@@ -44,7 +45,11 @@ def run_live_demo(
     """Run worker + live simulated events + a score view until the simulation has played."""
     assert settings.kafka_bootstrap is not None and settings.redis_url is not None
     ensure_topics(settings, settings.kafka_bootstrap)
-    simulation = simulate(customers=customers, days=days, seed=seed)
+    # The simulated period ends today: a live worker refuses events dated in the future.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    simulation = simulate(
+        customers=customers, days=days, seed=seed, start=today - timedelta(days=days)
+    )
     log_path = settings.data_dir / "demo-worker.log"
     print(
         f"streamcrm demo: {customers} simulated customers, {len(simulation.events):,} events over "

@@ -7,6 +7,7 @@
     │   ├── UndecodableEventError             not JSON / not UTF-8 / too large or too deep
     │   ├── EventValidationError              JSON, but breaks the event schema
     │   ├── WrongTopicError                   a valid event on a topic that does not carry its type
+    │   ├── FutureEventError                  event time too far ahead of the wall clock
     │   └── LateEventError                    older than its topic's newest event beyond lateness
     ├── ConfigurationError                    settings that cannot work together
     ├── ServiceError                          an embedded broker or redis-server failed to start
@@ -25,28 +26,50 @@ class StreamcrmError(Exception):
 
 
 class InvalidEventError(StreamcrmError, ValueError):
-    """A message that cannot become an event; ``reason`` is readable by a person."""
+    """A message that cannot become an event.
 
-    def __init__(self, reason: str) -> None:
+    ``reason`` is readable by a person; ``code`` is a short, stable slug for counting dead
+    letters by cause (``too_large``, ``not_json``, ``schema:missing``, ...).
+    """
+
+    default_code = "invalid"
+
+    def __init__(self, reason: str, code: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code or self.default_code
 
 
 class UndecodableEventError(InvalidEventError):
     """The bytes are not a JSON object (bad UTF-8, bad JSON, too large, too deeply nested)."""
 
+    default_code = "not_json"
+
 
 class EventValidationError(InvalidEventError):
     """The JSON breaks the event schema (missing field, out-of-range value, unknown type)."""
+
+    default_code = "schema"
 
 
 class WrongTopicError(InvalidEventError):
     """A valid event that arrived on a topic which does not carry its type."""
 
+    default_code = "wrong_topic"
+
+
+class FutureEventError(InvalidEventError):
+    """An event whose event time lies further ahead of the wall clock than the allowed skew:
+    applied, it would move the watermark into the future and close churn windows early."""
+
+    default_code = "future_event_time"
+
 
 class LateEventError(InvalidEventError):
     """An event older than the newest of its topic (for its customer) by more than the
     allowed lateness: counted in the customer's state, not applied, and dead-lettered."""
+
+    default_code = "late_event"
 
 
 class ConfigurationError(StreamcrmError):

@@ -28,6 +28,7 @@ Messages are validated once, at the edge, by :func:`decode_event`.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
@@ -43,7 +44,12 @@ from pydantic import (
     model_validator,
 )
 
-from streamcrm.errors import EventValidationError, UndecodableEventError, WrongTopicError
+from streamcrm.errors import (
+    EventValidationError,
+    FutureEventError,
+    UndecodableEventError,
+    WrongTopicError,
+)
 
 SCHEMA_VERSION: Final = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -151,11 +157,23 @@ TOPIC_EVENT_TYPES: Mapping[str, frozenset[str]] = {
 }
 
 
-def decode_event(raw: bytes, topic: str | None = None) -> Event:
+def decode_event(
+    raw: bytes,
+    topic: str | None = None,
+    not_after: datetime | None = None,
+) -> Event:
     """Validate raw message bytes into an event, or raise an ``InvalidEventError``.
 
     ``topic`` (a full name such as ``crm.purchases``) restricts the accepted types to those the
-    topic carries; its last dot-separated part names the kind.
+    topic carries; its last dot-separated part names the kind. ``not_after`` (the wall clock
+    plus the allowed skew, from the adapter: the core reads no clock) rejects events dated
+    later than it.
+
+    Input bounds (the policy ``docs/events.md`` documents): at most ``MAX_MESSAGE_BYTES``;
+    nesting deeper than the JSON parser's recursion limit (200) is undecodable; identifiers
+    ≤ 128 characters of ``[A-Za-z0-9_.:@-]``, free text ≤ 2,000; amounts finite in
+    [0, 10⁹]; items 1-10,000; ratings integers on their scale; unknown fields and schema
+    versions other than 1 are rejected, never silently dropped.
 
     >>> decode_event(b"{", topic="crm.feedback")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -163,7 +181,9 @@ def decode_event(raw: bytes, topic: str | None = None) -> Event:
     streamcrm.errors.UndecodableEventError: not valid JSON: EOF while parsing an object...
     """
     if len(raw) > MAX_MESSAGE_BYTES:
-        raise UndecodableEventError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        raise UndecodableEventError(
+            f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", code="too_large"
+        )
     try:
         event = EVENT_ADAPTER.validate_json(raw)
     except ValidationError as error:
@@ -172,6 +192,11 @@ def decode_event(raw: bytes, topic: str | None = None) -> Event:
         allowed = TOPIC_EVENT_TYPES.get(topic.rsplit(".", 1)[-1])
         if allowed is not None and event.type not in allowed:
             raise WrongTopicError(f"event type {event.type!r} does not belong on topic {topic!r}")
+    if not_after is not None and event.occurred_at > not_after:
+        raise FutureEventError(
+            f"occurred_at {event.occurred_at.isoformat()} is later than the latest accepted"
+            f" event time {not_after.astimezone(UTC).isoformat()} (wall clock + allowed skew)"
+        )
     return event
 
 
@@ -181,16 +206,31 @@ _NOT_AN_OBJECT = frozenset({"dict_type", "model_type", "model_attributes_type"})
 def _as_invalid_event(error: ValidationError) -> EventValidationError | UndecodableEventError:
     first = error.errors(include_url=False)[0]
     if first["type"] in {"json_invalid", "json_type"}:
+        message = first["msg"].removeprefix("Invalid JSON: ")
         return UndecodableEventError(
-            f"not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')}"
+            f"not valid JSON: {message}",
+            code="too_deep" if "recursion limit" in message else "not_json",
         )
     if not first["loc"] and first["type"] in _NOT_AN_OBJECT:
-        return UndecodableEventError("not a JSON object: an event must be a JSON object")
+        return UndecodableEventError(
+            "not a JSON object: an event must be a JSON object", code="not_object"
+        )
     problems = "; ".join(
         f"{'.'.join(str(part) for part in e['loc']) or '<root>'}: {e['msg']}"
         for e in error.errors(include_url=False)[:5]
     )
-    return EventValidationError(problems)
+    return EventValidationError(problems, code=_schema_code(first))
+
+
+def _schema_code(first: Mapping[str, object]) -> str:
+    """A stable slug for the first schema error: ``unknown_schema_version`` or
+    ``schema:<pydantic error type>`` (``schema:missing``, ``schema:finite_number``, ...)."""
+    location = first.get("loc") or ()
+    if isinstance(location, tuple) and location and location[-1] == "schema_version":
+        return "unknown_schema_version"
+    if first.get("type") == "union_tag_invalid":
+        return "unknown_event_type"
+    return f"schema:{first.get('type')}"
 
 
 class ChurnDriver(_Record):
@@ -288,17 +328,73 @@ MODEL_FIELDS: frozenset[str] = frozenset(
 
 
 class DeadLetter(_Record):
-    """A message that could not be processed, with where it came from and why."""
+    """A message that could not be processed, with where it came from and why.
+
+    ``raw`` holds the payload exactly (UTF-8 text, or base64 when the bytes are not UTF-8) up
+    to ``MAX_DEADLETTER_RAW_BYTES``; a longer payload is cut and ``raw_truncated`` set, and
+    only an uncut payload can be re-published (``streamcrm deadletter --republish``).
+    """
 
     source_topic: str
     partition: int
     offset: int
     key: str | None
     error_type: str
+    reason_code: str = Field(
+        default="invalid", description="short stable cause, for counting: too_large, schema:..."
+    )
     reason: str
-    raw: str = Field(description="the raw payload, decoded as UTF-8 with replacement characters")
+    raw: str = Field(description="the raw payload (see raw_encoding), at most 16 KiB of it")
+    raw_encoding: Literal["utf-8", "base64"] = "utf-8"
+    raw_truncated: bool = False
     raw_size: int
     schema_version: Literal[1] = SCHEMA_VERSION
+
+    @classmethod
+    def of(
+        cls,
+        raw: bytes,
+        *,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        error_type: str,
+        reason_code: str,
+        reason: str,
+    ) -> DeadLetter:
+        """A dead letter for ``raw``, stored exactly (UTF-8 text, else base64), size-bounded.
+
+        >>> letter = DeadLetter.of(b"\\xff{", source_topic="crm.purchases", partition=0,
+        ...     offset=7, key=b"c1", error_type="UndecodableEventError", reason_code="not_json",
+        ...     reason="not valid JSON")
+        >>> letter.raw_encoding, letter.payload()
+        ('base64', b'\\xff{')
+        """
+        kept = raw[:MAX_DEADLETTER_RAW_BYTES]
+        try:
+            text, encoding = kept.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(kept).decode("ascii"), "base64"
+        return cls(
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            key=key.decode("utf-8", "replace") if key is not None else None,
+            error_type=error_type,
+            reason_code=reason_code,
+            reason=reason,
+            raw=text,
+            raw_encoding=encoding,  # type: ignore[arg-type]
+            raw_truncated=len(raw) > len(kept),
+            raw_size=len(raw),
+        )
+
+    def payload(self) -> bytes:
+        """The stored payload bytes (all of them unless ``raw_truncated``)."""
+        if self.raw_encoding == "base64":
+            return base64.b64decode(self.raw)
+        return self.raw.encode("utf-8")
 
 
 MAX_DEADLETTER_RAW_BYTES = 16 * 1024
@@ -339,5 +435,9 @@ class ModelMetrics(_Record):
     )
     events: dict[str, int] = Field(
         description="messages since start by outcome: scored, duplicate, late, invalid"
+    )
+    dead_letters: dict[str, int] = Field(
+        default_factory=dict,
+        description="messages dead-lettered since start, by reason code (too_large, schema:...)",
     )
     schema_version: Literal[1] = SCHEMA_VERSION

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
@@ -82,17 +82,29 @@ class ScoringPipeline:
     """Scores raw events against a state store, with models checkpointed to the same store."""
 
     def __init__(
-        self, store: StateStore, config: ScoringConfig, shared_models: bool = False
+        self,
+        store: StateStore,
+        config: ScoringConfig,
+        shared_models: bool = False,
+        max_event_time_skew: timedelta | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``shared_models``: only read the models, queue what they should learn for the one
         shared learner (:class:`SharedLearner`), and follow its checkpoints
-        (:meth:`refresh_models`). Otherwise this pipeline's models learn at once."""
+        (:meth:`refresh_models`). Otherwise this pipeline's models learn at once.
+
+        ``max_event_time_skew``: events dated later than ``clock()`` plus this are rejected
+        (``FutureEventError``); None accepts any event time."""
         self.store = store
         self.config = config
+        self.max_event_time_skew = max_event_time_skew
+        self.clock = clock
         self.models = ModelBundle()
         self.updates: QueuedUpdates | None = QueuedUpdates() if shared_models else None
         self.outcomes: Counter[str] = Counter()
         """Messages handled since start, by outcome: scored, duplicate, late, invalid."""
+        self.dead_letters: Counter[str] = Counter()
+        """Messages dead-lettered since start, by reason code (counted by the adapter)."""
         self.segment_mix: Counter[str] = Counter()
         """Segments of the scores made since the last metrics report."""
         self.drifts_reported = 0
@@ -229,6 +241,7 @@ class ScoringPipeline:
                 name: count / mix_total for name, count in sorted(self.segment_mix.items())
             },
             events=dict(sorted(self.outcomes.items())),
+            dead_letters=dict(sorted(self.dead_letters.items())),
         )
         self.segment_mix.clear()
         if report.model_drift:
@@ -265,8 +278,13 @@ class ScoringPipeline:
         nothing: it counts as a duplicate. A late event is saved as counted (``late_events``)
         before ``LateEventError`` reports it.
         """
+        not_after = (
+            self.clock() + self.max_event_time_skew
+            if self.max_event_time_skew is not None
+            else None
+        )
         try:
-            event = decode_event(raw, topic)
+            event = decode_event(raw, topic, not_after)
         except InvalidEventError:
             self.outcomes["invalid"] += 1
             raise

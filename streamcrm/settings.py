@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     allowed_lateness_hours: float = Field(
         48.0, ge=0, description="How far behind its topic's newest event an event may be."
     )
+    max_event_time_skew_hours: float | None = Field(
+        24.0,
+        ge=0,
+        description="Events dated more than this ahead of the worker's wall clock are "
+        "dead-lettered (future_event_time); unset = accept any event time.",
+    )
     customer_retention_days: float | None = Field(
         400.0,
         gt=0,
@@ -139,6 +145,11 @@ class Settings(BaseSettings):
                 "labels are settled"
             )
         return self
+
+    @property
+    def max_event_time_skew(self) -> timedelta | None:
+        hours = self.max_event_time_skew_hours
+        return timedelta(hours=hours) if hours is not None else None
 
     @property
     def customer_retention(self) -> timedelta | None:

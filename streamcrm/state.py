@@ -116,7 +116,9 @@ class StateRules:
         rate = self.exchange_rates.get(currency)
         if rate is None:
             accepted = ", ".join(sorted(self.exchange_rates))
-            raise EventValidationError(f"unknown currency {currency!r} (accepted: {accepted})")
+            raise EventValidationError(
+                f"unknown currency {currency!r} (accepted: {accepted})", code="unknown_currency"
+            )
         cents = Decimal(repr(amount)) * Decimal(repr(rate)) * 100
         return int(cents.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 

@@ -43,6 +43,9 @@ def isolated_settings(
         model_checkpoint_interval_s=1.0,
         metrics_interval_s=1.0,
         sweep_interval_s=1.0,
+        # Simulated histories run to the end of 2026 and beyond; the future-time check has
+        # tests of its own.
+        max_event_time_skew_hours=None,
     ).for_local_broker(services.kafka_bootstrap, services.redis_url)
 
 

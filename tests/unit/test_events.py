@@ -373,3 +373,16 @@ def test_event_times_are_normalised_to_utc() -> None:
     assert event.occurred_at == datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
     assert event.occurred_at.utcoffset() == timedelta(0)
     assert '"occurred_at":"2026-03-01T08:00:00Z"' in event.model_dump_json()
+
+
+def test_an_event_dated_beyond_the_allowed_clock_skew_is_rejected_as_future() -> None:
+    from streamcrm.errors import FutureEventError
+
+    raw = (
+        b'{"type": "cancellation", "event_id": "e1", "customer_id": "c1",'
+        b' "occurred_at": "2099-01-01T00:00:00Z"}'
+    )
+    with pytest.raises(FutureEventError) as caught:
+        decode_event(raw, "crm.support", not_after=datetime(2026, 11, 30, tzinfo=UTC))
+    assert caught.value.code == "future_event_time"
+    assert decode_event(raw, "crm.support", not_after=None).customer_id == "c1"

@@ -522,3 +522,19 @@ async def test_a_learner_never_overwrites_a_newer_checkpoint(store: InMemoryStat
 
     assert await behind.checkpoint() is False
     assert await store.load_model_version(MODEL_CHECKPOINT) == "churn-0.segments-3.clv-0"
+
+
+async def test_an_event_dated_too_far_ahead_of_the_clock_is_rejected_and_saves_nothing(
+    store: InMemoryStateStore,
+) -> None:
+    from streamcrm.errors import FutureEventError
+
+    now = T0 + timedelta(days=10)
+    guarded = ScoringPipeline(
+        store, ScoringConfig(), max_event_time_skew=timedelta(hours=24), clock=lambda: now
+    )
+    await guarded.handle(purchase("c1", day=10.9), "crm.purchases")
+    with pytest.raises(FutureEventError):
+        await guarded.handle(purchase("c2", day=11.5), "crm.purchases")
+    assert await store.load("c2") is None
+    assert guarded.outcomes["invalid"] == 1

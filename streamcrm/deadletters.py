@@ -1,0 +1,135 @@
+"""Reading the dead-letter topic: counts by reason, listings, and re-publishing after a fix.
+
+Every message a worker could not process lands on ``crm.deadletter`` as a
+:class:`~streamcrm.events.DeadLetter`: where it came from (topic, partition, offset, key),
+why (``reason_code`` for counting, ``reason`` for people) and its payload, exactly, up to
+16 KiB. ``streamcrm deadletter`` summarises them by reason; with ``--republish`` it sends the
+chosen ones back to their source topic (after the producer or the code was fixed), with their
+original key, so they meet their customer's other events on the same partition again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from streamcrm.events import DeadLetter, decode_event
+
+
+@dataclass(frozen=True)
+class LetterFilter:
+    """Which dead letters a command acts on; an unset field matches everything."""
+
+    reason_code: str | None = None
+    source_topic: str | None = None
+    positions: frozenset[tuple[str, int, int]] = frozenset()
+    """(topic, partition, offset) of the messages wanted; empty = any."""
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.reason_code is not None and letter.reason_code != self.reason_code:
+            return False
+        if self.source_topic is not None and letter.source_topic != self.source_topic:
+            return False
+        position = (letter.source_topic, letter.partition, letter.offset)
+        return not self.positions or position in self.positions
+
+
+def parse_position(text: str) -> tuple[str, int, int]:
+    """``TOPIC:PARTITION:OFFSET`` → a position (topic names may hold dots, not colons).
+
+    >>> parse_position("crm.purchases:2:1041")
+    ('crm.purchases', 2, 1041)
+    """
+    topic, partition, offset = text.rsplit(":", 2)
+    return topic, int(partition), int(offset)
+
+
+@dataclass(frozen=True)
+class ReasonSummary:
+    """How many letters share a reason code, and one reason text as an example."""
+
+    reason_code: str
+    count: int
+    example: str
+
+
+def summarise(letters: Iterable[DeadLetter]) -> list[ReasonSummary]:
+    """Letters counted by reason code, most frequent first (ties by code).
+
+    >>> def letter(code, reason):
+    ...     return DeadLetter.of(b"{", source_topic="t", partition=0, offset=0, key=None,
+    ...         error_type="E", reason_code=code, reason=reason)
+    >>> [(s.reason_code, s.count) for s in summarise(
+    ...     [letter("not_json", "a"), letter("too_large", "b"), letter("not_json", "c")])]
+    [('not_json', 2), ('too_large', 1)]
+    """
+    counts: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for letter in letters:
+        counts[letter.reason_code] += 1
+        examples.setdefault(letter.reason_code, letter.reason)
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [ReasonSummary(code, count, examples[code]) for code, count in ordered]
+
+
+@dataclass(frozen=True)
+class RepublishReport:
+    """What ``republish`` did: sent, of which now valid, and letters it could not send."""
+
+    sent: int = 0
+    now_valid: int = 0
+    truncated: int = 0
+
+
+def republish(
+    letters: Sequence[DeadLetter],
+    send: Callable[[str, bytes | None, bytes], None],
+) -> RepublishReport:
+    """Send each letter's payload back to its source topic with its original key.
+
+    ``send(topic, key, value)`` publishes one message. A letter whose payload was cut
+    (``raw_truncated``) is not sent: part of a message is not the message. ``now_valid``
+    counts the payloads that pass today's validation (the rest will be dead-lettered again,
+    with the then current reason).
+    """
+    sent = now_valid = truncated = 0
+    for letter in letters:
+        if letter.raw_truncated:
+            truncated += 1
+            continue
+        payload = letter.payload()
+        send(letter.source_topic, letter.key.encode() if letter.key else None, payload)
+        sent += 1
+        try:
+            decode_event(payload, letter.source_topic)
+        except ValueError:
+            continue
+        now_valid += 1
+    return RepublishReport(sent=sent, now_valid=now_valid, truncated=truncated)
+
+
+def format_summary(summaries: Sequence[ReasonSummary], total: int) -> str:
+    """A table of reason codes, counts and one example reason each."""
+    if not summaries:
+        return "no dead letters"
+    width = max(len(s.reason_code) for s in summaries)
+    lines = [f"{total} dead letters", f"{'reason':<{width}}  {'count':>7}  example"]
+    lines += [
+        f"{s.reason_code:<{width}}  {s.count:>7}  {_shorten(s.example, 100)}" for s in summaries
+    ]
+    return "\n".join(lines)
+
+
+def format_letters(letters: Sequence[DeadLetter]) -> str:
+    """One line per letter: position, reason code, size and reason."""
+    return "\n".join(
+        f"{letter.source_topic}:{letter.partition}:{letter.offset}  {letter.reason_code}"
+        f"  {letter.raw_size} B{' (cut)' if letter.raw_truncated else ''}"
+        f"  {_shorten(letter.reason, 120)}"
+        for letter in letters
+    )
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
