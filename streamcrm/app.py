@@ -13,17 +13,23 @@ agent that raises would ack the message and skip it forever.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 
-from streamcrm.errors import InvalidEventError, StoreUnavailableError
+from streamcrm.connections import (
+    faust_broker_credentials,
+    kafka_client_options,
+    redis_client_options,
+)
+from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.events import DeadLetter
-from streamcrm.kafka_io import topic_ids
+from streamcrm.kafka_io import read_range, topic_ids
 from streamcrm.models import ModelUpdate
 from streamcrm.pipeline import ScoringPipeline, SharedLearner
 from streamcrm.settings import Settings
@@ -37,8 +43,16 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     if settings.kafka_bootstrap is None or settings.redis_url is None:
         raise ValueError("create_app needs kafka_bootstrap and redis_url; see streamcrm.cli")
     store = RedisStateStore.from_url(
-        settings.redis_url, settings.redis_namespace, settings.customer_retention
+        settings.redis_url,
+        settings.redis_namespace,
+        settings.customer_retention,
+        privacy_key=settings.privacy_key_bytes,
+        client_options=redis_client_options(settings),
     )
+    if settings.privacy_key is None:
+        logger.warning(
+            "STREAMCRM_PRIVACY_KEY is not set: erased customers are named by an unkeyed hash"
+        )
     if pipeline is None:
         pipeline = ScoringPipeline(
             store,
@@ -46,7 +60,11 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             shared_models=True,
             max_event_time_skew=settings.max_event_time_skew,
         )
-    pipeline.topic_ids = topic_ids(settings.kafka_bootstrap, settings.topics.inputs)
+    pipeline.topic_ids = topic_ids(
+        settings.kafka_bootstrap,
+        (*settings.topics.inputs, settings.topics.privacy),
+        kafka_client_options(settings),
+    )
     logger.info("input topic ids: %s", pipeline.topic_ids)
     learner = SharedLearner(store)
     datadir = settings.data_dir / settings.app_id
@@ -54,6 +72,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_broker_credentials(settings),
         store="memory://",
         datadir=str(datadir),
         web_enabled=settings.web_port is not None,
@@ -77,37 +96,117 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     worker_name = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
 
-    async def process(message: Any) -> None:
-        try:
-            scored = await pipeline.handle(
-                message.value, message.topic, message.partition, message.offset
+    kafka_options = kafka_client_options(settings)
+    bootstrap = settings.kafka_bootstrap
+    catch_up_chunk = 5_000
+
+    async def catch_up(behind: StateBehindError, upto: int) -> None:
+        """Re-apply ``[behind.resume_at, upto)`` of the partition, read by a side consumer:
+        the store lost those writes (or Kafka's committed offset is past them). The agent is
+        busy here, so nothing of the topic overtakes the re-read; no seek of Faust's own
+        consumer is needed (a seek races with batches Faust has already fetched)."""
+        logger.warning("%s", behind)
+        before = dict(pipeline.outcomes)
+        start = behind.resume_at
+        while start < upto:
+            end = min(upto, start + catch_up_chunk)
+            records = await asyncio.to_thread(
+                read_range,
+                bootstrap,
+                behind.topic,
+                behind.partition,
+                start,
+                end,
+                kafka_options,
             )
-        except Exception as error:  # noqa: BLE001 - every failure is dead-lettered, never raised
-            if not isinstance(error, InvalidEventError):
-                logger.exception(
-                    "processing failed at %s[%d]@%d",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                )
+            for record in records:
+                pipeline.outcomes["re-applied"] += 1
+                await handle_message(record, catching_up=True)
+            start = end
+        changes = {
+            k: v - before.get(k, 0) for k, v in pipeline.outcomes.items() if v != before.get(k, 0)
+        }
+        logger.info(
+            "%s[%d]: caught up to offset %d (%s)", behind.topic, behind.partition, upto, changes
+        )
+
+    async def dead_letter(message: Incoming, error: Exception, catching_up: bool) -> None:
+        if not isinstance(error, InvalidEventError):
+            logger.exception(
+                "processing failed at %s[%d]@%d", message.topic, message.partition, message.offset
+            )
+        if not catching_up:  # a re-read message was dead-lettered the first time already
             letter = dead_letter_for(message, error)
             pipeline.dead_letters[letter.reason_code] += 1
             await deadletter_topic.send(key=message.key, value=letter.model_dump_json().encode())
+        while True:
+            try:
+                await pipeline.note_dead_lettered(message.topic, message.partition, message.offset)
+                return
+            except StateBehindError as behind:
+                await catch_up(behind, message.offset)
+
+    partition_locks: dict[tuple[str, int], asyncio.Lock] = {}
+    """One lock per input partition: a timer's catch-up and the agent never interleave."""
+
+    def partition_lock(topic: str, partition: int) -> asyncio.Lock:
+        return partition_locks.setdefault((topic, partition), asyncio.Lock())
+
+    async def handle_message(message: Incoming, catching_up: bool = False) -> None:
+        """Apply one message: score, privacy action or dead letter; never raises."""
+        if catching_up:  # the caller holds the partition's lock
+            await apply_message(message, catching_up)
             return
-        if scored.score is not None:
-            await scores_topic.send(
-                key=scored.score.customer_id.encode(), value=scored.score.model_dump_json().encode()
-            )
-        await publish_model_updates()
+        async with partition_lock(message.topic, message.partition):
+            await apply_message(message, catching_up)
+
+    async def apply_message(message: Incoming, catching_up: bool) -> None:
+        while True:
+            try:
+                if message.topic == topics.privacy:
+                    outcome = await pipeline.handle_privacy(
+                        message.value or b"", message.topic, message.partition, message.offset
+                    )
+                    await publish_model_updates()
+                    if outcome.tombstone:
+                        # A null value on the compacted scores topic deletes the record.
+                        await app.producer.send(
+                            topics.scores, outcome.customer_id.encode(), None, None, None, None
+                        )
+                    return
+                scored = await pipeline.handle(
+                    message.value or b"", message.topic, message.partition, message.offset
+                )
+            except StateBehindError as behind:
+                await catch_up(behind, message.offset)
+                continue  # then this message, on a store that is whole again
+            except Exception as error:  # noqa: BLE001 - every failure is dead-lettered
+                await dead_letter(message, error, catching_up)
+                return
+            if scored.score is not None:
+                await scores_topic.send(
+                    key=scored.score.customer_id.encode(),
+                    value=scored.score.model_dump_json().encode(),
+                )
+            await publish_model_updates()
+            return
 
     for topic_name in topics.inputs:
         source = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
 
         async def score_events(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
-                await process(event.message)
+                await handle_message(event.message)
 
         app.agent(source, name=f"score-{topic_name}", concurrency=1)(score_events)
+
+    privacy_source = app.topic(topics.privacy, key_serializer="raw", value_serializer="raw")
+
+    async def apply_privacy_events(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await handle_message(event.message)
+
+    app.agent(privacy_source, name="apply-privacy-events", concurrency=1)(apply_privacy_events)
 
     async def learn_model_updates(stream: faust.StreamT[bytes]) -> None:
         async for raw in stream:
@@ -152,6 +251,21 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     app.timer(settings.sweep_interval_s, name="sweep-label-ledgers")(sweep_label_ledgers)
 
+    async def check_offset_marks() -> None:
+        # Redis may come back without its last writes while a partition has nothing more to
+        # deliver (no save would notice): compare every mark with what was applied.
+        for topic, partition in pipeline.partitions_applied():
+            async with partition_lock(topic, partition):
+                try:
+                    lost = await pipeline.check_partition(topic, partition)
+                except StoreUnavailableError as error:
+                    logger.warning("offset mark check skipped (%s); will retry", error)
+                    return
+                if lost is not None:
+                    await catch_up(*lost)
+
+    app.timer(settings.sweep_interval_s, name="check-offset-marks")(check_offset_marks)
+
     async def publish_model_metrics() -> None:
         report = pipeline.model_metrics(worker_name, datetime.now(UTC))
         await metrics_topic.send(key=worker_name.encode(), value=report.model_dump_json().encode())
@@ -165,7 +279,26 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     return app
 
 
-def dead_letter_for(message: Any, error: Exception) -> DeadLetter:
+class Incoming(Protocol):
+    """What the agents need of a message: a Faust message or a re-read ``Record``."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def dead_letter_for(message: Incoming, error: Exception) -> DeadLetter:
     """The dead-letter record for a message that failed with ``error``."""
     reason = error.reason if isinstance(error, InvalidEventError) else f"{error}"
     return DeadLetter.of(

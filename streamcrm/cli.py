@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from streamcrm.connections import kafka_client_options, redis_client_options
 from streamcrm.embedded import embedded_services
 from streamcrm.errors import ConfigurationError, StreamcrmError
 from streamcrm.settings import Settings
@@ -228,7 +231,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
     if settings.kafka_bootstrap is None:
         raise ConfigurationError("set STREAMCRM_KAFKA_BOOTSTRAP (or use --out FILE)")
     ensure_topics(settings, settings.kafka_bootstrap)
-    producer = make_producer(settings.kafka_bootstrap)
+    producer = make_producer(settings.kafka_bootstrap, kafka_client_options(settings))
     started = time.perf_counter()
     sent = produce_events(producer, settings, simulation.events)
     producer.flush()
@@ -269,7 +272,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         summary = plan_replay(history.events, settings)
     else:
         ensure_topics(settings, bootstrap)
-        producer = make_producer(bootstrap)
+        producer = make_producer(bootstrap, kafka_client_options(settings))
         try:
             with ProgressBar("publishing", sys.stderr) as progress:
                 summary = replay_history(history.events, settings, producer, progress)
@@ -310,7 +313,11 @@ def run_score(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigurationError("set STREAMCRM_REDIS_URL to the Redis the workers use")
 
     async def fetch() -> tuple[object, object]:
-        store = RedisStateStore.from_url(settings.redis_url or "", settings.redis_namespace)
+        store = RedisStateStore.from_url(
+            settings.redis_url or "",
+            settings.redis_namespace,
+            client_options=redis_client_options(settings),
+        )
         try:
             return await store.load(args.customer_id), await store.load_score(args.customer_id)
         finally:
@@ -344,7 +351,11 @@ def run_population(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigurationError("set STREAMCRM_REDIS_URL to the Redis the workers use")
 
     async def collect() -> list[CustomerScore]:
-        store = RedisStateStore.from_url(settings.redis_url or "", settings.redis_namespace)
+        store = RedisStateStore.from_url(
+            settings.redis_url or "",
+            settings.redis_namespace,
+            client_options=redis_client_options(settings),
+        )
         try:
             return [score async for score in store.iter_scores()]
         finally:
@@ -388,7 +399,11 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
         print("streamcrm status: set STREAMCRM_KAFKA_BOOTSTRAP to the broker", file=sys.stderr)
         return 2
     try:
-        reports = latest_reports(settings.kafka_bootstrap, settings.topics.model_metrics)
+        reports = latest_reports(
+            settings.kafka_bootstrap,
+            settings.topics.model_metrics,
+            client_options=kafka_client_options(settings),
+        )
     except (LookupError, TimeoutError) as error:
         print(f"streamcrm status: {error} (has a worker ever run?)", file=sys.stderr)
         return 2
@@ -420,7 +435,11 @@ def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigurationError("--at takes TOPIC:PARTITION:OFFSET") from None
     try:
-        records = read_to_end(settings.kafka_bootstrap, settings.topics.deadletter)
+        records = read_to_end(
+            settings.kafka_bootstrap,
+            settings.topics.deadletter,
+            client_options=kafka_client_options(settings),
+        )
     except (LookupError, TimeoutError) as error:
         raise ConfigurationError(f"cannot read {settings.topics.deadletter}: {error}") from None
     letters = [
@@ -433,7 +452,7 @@ def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:
     if args.list and letters:
         print(format_letters(letters))
     if args.republish:
-        producer = make_producer(settings.kafka_bootstrap)
+        producer = make_producer(settings.kafka_bootstrap, kafka_client_options(settings))
         try:
             report = republish(
                 letters, lambda topic, key, value: producer.send(topic, key=key, value=value)
@@ -460,11 +479,18 @@ def run_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
-    """Environment for a worker subprocess that uses exactly ``settings``."""
+    """Environment for a worker subprocess that uses exactly ``settings``.
+
+    Secrets are passed unwrapped (a dump shows them as ``**********``): the child must be
+    able to connect. The environment is the child's own; nothing here logs it.
+    """
     env = dict(os.environ)
     for name, value in settings.model_dump(mode="json").items():
         key = f"STREAMCRM_{name.upper()}"
-        if value is None:
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):
+            env[key] = secret.get_secret_value()
+        elif value is None:
             env[key] = "none"  # parsed as None (env_parse_none_str), not the default
         elif isinstance(value, dict | list):
             env[key] = json.dumps(value)

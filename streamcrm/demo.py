@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from streamcrm.cli import start_worker_process, stop_worker_process
+from streamcrm.connections import kafka_client_options
 from streamcrm.events import CustomerScore, ModelMetrics
 from streamcrm.kafka_io import (
     ensure_topics,
@@ -54,17 +55,20 @@ def run_live_demo(
     print(
         f"streamcrm demo: {customers} simulated customers, {len(simulation.events):,} events over "
         f"{days} days, played at {days_per_second:g} days/s\n"
-        f"  broker  {settings.kafka_bootstrap}   redis  {settings.redis_url}\n"
+        f"  broker  {settings.kafka_bootstrap}   redis  {settings.redis_url_for_logs}\n"
         f"  worker log  {log_path}\n"
-        f"  inspect one customer:  STREAMCRM_REDIS_URL={settings.redis_url} "
+        f"  inspect one customer:  STREAMCRM_REDIS_URL={settings.redis_url_for_logs} "
         f"streamcrm score cust-00001\n",
         file=out,
         flush=True,
     )
     worker = start_worker_process(settings, log_path)
     producer = _LiveProducer(settings, simulation, days_per_second)
-    consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores)
-    metrics_consumer = read_topic(settings.kafka_bootstrap, settings.topics.model_metrics)
+    security = kafka_client_options(settings)
+    consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores, client_options=security)
+    metrics_consumer = read_topic(
+        settings.kafka_bootstrap, settings.topics.model_metrics, client_options=security
+    )
     latest: dict[str, CustomerScore] = {}
     quality: list[ModelMetrics] = []
     received = 0
@@ -136,7 +140,7 @@ class _LiveProducer(threading.Thread):
 
     def run(self) -> None:
         assert self.settings.kafka_bootstrap is not None
-        producer = make_producer(self.settings.kafka_bootstrap)
+        producer = make_producer(self.settings.kafka_bootstrap, kafka_client_options(self.settings))
         try:
             if not self.events:
                 return

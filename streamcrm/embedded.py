@@ -115,8 +115,12 @@ def start_tansu(log_dir: Path, port: int | None = None) -> RunningService:
     return service
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> RunningService:
-    """Start a throw-away redis-server (no persistence) on a free loopback port."""
+def start_redis(
+    log_dir: Path, port: int | None = None, append_only: bool = False
+) -> RunningService:
+    """Start a redis-server on a free loopback port: throw-away (no persistence), or with
+    ``append_only`` an AOF in ``log_dir`` (fsync every second, as in production), for fault
+    tests that restart it."""
     port = port or free_port()
     log_path = log_dir / "redis.log"
     log_file = log_path.open("wb")
@@ -130,7 +134,9 @@ def start_redis(log_dir: Path, port: int | None = None) -> RunningService:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if append_only else "no",
+            "--appendfsync",
+            "everysec",
             "--dir",
             str(log_dir),
             "--daemonize",

@@ -11,7 +11,8 @@
     │   └── LateEventError                    older than its topic's newest event beyond lateness
     ├── ConfigurationError                    settings that cannot work together
     ├── ServiceError                          an embedded broker or redis-server failed to start
-    └── StoreUnavailableError                 the state store cannot be reached right now
+    ├── StoreUnavailableError                 the state store cannot be reached right now
+    └── StateBehindError                      Redis lost writes: rewind the partition and re-apply
 
 The scoring core raises; the adapters (Faust agents, CLI) catch ``InvalidEventError``,
 dead-letter the message with ``reason`` and carry on. ``StoreUnavailableError`` is the
@@ -82,3 +83,15 @@ class ServiceError(StreamcrmError):
 
 class StoreUnavailableError(StreamcrmError):
     """The state store cannot be reached; the operation is retried, never dead-lettered."""
+
+
+class StateBehindError(StreamcrmError):
+    """The store's offset mark for an input partition is behind what was applied (Redis
+    restarted without its last writes, or behind Kafka's committed offset): the consumer must
+    seek the partition to ``resume_at`` and apply the messages from there again."""
+
+    def __init__(self, topic: str, partition: int, resume_at: int, reason: str) -> None:
+        super().__init__(f"{topic}[{partition}]: {reason}; rewinding to offset {resume_at}")
+        self.topic = topic
+        self.partition = partition
+        self.resume_at = resume_at

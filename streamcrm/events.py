@@ -12,6 +12,8 @@ crm.purchases   ``refund``       (part of) an order was refunded; value goes dow
 crm.feedback    ``feedback``     a rating on a declared scale (CSAT 1-5, NPS 0-10)
 crm.support     ``support``      a ticket was opened / answered / resolved / escalated
 crm.support     ``cancellation`` the customer closed the account (explicit churn)
+crm.privacy     ``erasure``      the customer asked to be forgotten (GDPR / CCPA)
+crm.privacy     ``consent``      the customer consented again after an erasure
 ==============  ===============  =====================================================
 
 Messages are validated once, at the edge, by :func:`decode_event`.
@@ -155,6 +157,41 @@ TOPIC_EVENT_TYPES: Mapping[str, frozenset[str]] = {
     "feedback": frozenset({"feedback"}),
     "support": frozenset({"support", "cancellation"}),
 }
+
+
+class ErasureRequested(_Event):
+    """The customer asked to be forgotten (GDPR art. 17, CCPA): delete everything kept about
+    them and refuse their later events until consent is recorded again."""
+
+    type: Literal["erasure"] = "erasure"
+    regulation: Literal["gdpr", "ccpa", "other"] = "gdpr"
+
+
+class ConsentRecorded(_Event):
+    """The customer (re-)consented to processing: lifts the block an erasure left."""
+
+    type: Literal["consent"] = "consent"
+
+
+PrivacyEvent = Annotated[ErasureRequested | ConsentRecorded, Field(discriminator="type")]
+PRIVACY_EVENT_ADAPTER: TypeAdapter[PrivacyEvent] = TypeAdapter(PrivacyEvent)
+
+
+def decode_privacy_event(raw: bytes) -> PrivacyEvent:
+    """Validate a message of the privacy topic, or raise an ``InvalidEventError``.
+
+    >>> decode_privacy_event(b'{"type": "erasure", "event_id": "r1", "customer_id": "c1",'
+    ...     b' "occurred_at": "2026-03-01T00:00:00Z"}').regulation
+    'gdpr'
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise UndecodableEventError(
+            f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", code="too_large"
+        )
+    try:
+        return PRIVACY_EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as error:
+        raise _as_invalid_event(error) from None
 
 
 def decode_event(

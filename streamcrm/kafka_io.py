@@ -2,18 +2,24 @@
 
 Faust consumes with its own aiokafka driver; everything else that talks to Kafka from a
 plain (non-async) command goes through here.
+
+Functions that take a ``bootstrap`` string also take ``client_options``: the security
+keyword arguments of :func:`streamcrm.connections.kafka_client_options` (SASL, TLS), passed
+to every kafka-python client they make. Left out, the connection is PLAINTEXT.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from streamcrm.connections import kafka_client_options
 from streamcrm.events import Event
 from streamcrm.settings import Settings
 
@@ -23,10 +29,15 @@ COMPACTED = {"cleanup.policy": "compact"}
 def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
     """Create every streamcrm topic that does not exist yet; return the names created.
 
-    ``crm.scores`` is compacted: it holds the latest score per customer.
+    ``crm.scores`` is compacted: it holds the latest score per customer. The admin client
+    connects with the security options of ``settings``.
     """
     topics = settings.topics
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{settings.app_id}-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id=f"{settings.app_id}-admin",
+        **kafka_client_options(settings),
+    )
     try:
         existing = set(admin.list_topics())
         wanted = [
@@ -64,12 +75,14 @@ def event_topic(settings: Settings, event: Event) -> str:
             return topics.support
 
 
-def make_producer(bootstrap: str) -> KafkaProducer:
+def make_producer(bootstrap: str, client_options: Mapping[str, Any] | None = None) -> KafkaProducer:
     """A batching, idempotent producer (``acks=all``): retries never duplicate a message.
 
     Install ``crc32c`` beside kafka-python: it doubles throughput.
     """
-    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024, **(client_options or {})
+    )
 
 
 def produce_events(producer: KafkaProducer, settings: Settings, events: Iterable[Event]) -> int:
@@ -96,13 +109,17 @@ class Record:
     value: bytes | None
 
 
-def topic_ids(bootstrap: str, topics: Iterable[str]) -> dict[str, str | None]:
+def topic_ids(
+    bootstrap: str, topics: Iterable[str], client_options: Mapping[str, Any] | None = None
+) -> dict[str, str | None]:
     """Kafka's id (UUID) of each topic, None where the broker reports none.
 
     The id changes when a topic is deleted and created again, and when a broker that keeps
     nothing (Tansu with memory storage) restarts; offsets then start again at 0.
     """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **(client_options or {})
+    )
     try:
         wanted = list(topics)
         for topic in wanted:
@@ -114,9 +131,16 @@ def topic_ids(bootstrap: str, topics: Iterable[str]) -> dict[str, str | None]:
     return {topic: str(found) if found else None for topic, found in ids.items()}
 
 
-def read_topic(bootstrap: str, topic: str, from_beginning: bool = True) -> KafkaConsumer:
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    from_beginning: bool = True,
+    client_options: Mapping[str, Any] | None = None,
+) -> KafkaConsumer:
     """A group-less consumer assigned to every partition of ``topic``."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **(client_options or {})
+    )
     partitions = None
     deadline = time.monotonic() + 10
     while not partitions and time.monotonic() < deadline:
@@ -144,13 +168,18 @@ def poll_records(consumer: KafkaConsumer, timeout_ms: int = 500) -> Iterator[Rec
             )
 
 
-def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Record]:
+def read_to_end(
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
+) -> list[Record]:
     """Every record of ``topic`` up to the end it had when called (producers may keep
     writing: "until nothing more comes" might never end).
 
     Raises TimeoutError if the end is not reached within ``timeout_s``.
     """
-    consumer = read_topic(bootstrap, topic)
+    consumer = read_topic(bootstrap, topic, client_options=client_options)
     records: list[Record] = []
     try:
         ends = consumer.end_offsets(list(consumer.assignment()))
@@ -158,11 +187,45 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Rec
         while any(consumer.position(tp) < end for tp, end in ends.items()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end in {timeout_s:g} s")
-            records.extend(
-                r
-                for r in poll_records(consumer, timeout_ms=300)
-                if r.offset < ends[TopicPartition(r.topic, r.partition)]
-            )
+            # Keep the whole last batch: Tansu reports its base offset + 1 as the end.
+            records.extend(poll_records(consumer, timeout_ms=300))
+    finally:
+        consumer.close()
+    return records
+
+
+def read_range(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    start: int,
+    end: int,
+    client_options: Mapping[str, Any] | None = None,
+    idle_s: float = 3.0,
+) -> list[Record]:
+    """The records of one partition with ``start <= offset < end`` (fewer where the log has
+    gaps or retention removed them): a worker re-reads what Redis lost this way.
+
+    The broker's end offset is not asked (Tansu reports the last batch's base offset + 1):
+    reading stops at ``end``, or when nothing new came for ``idle_s``.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **(client_options or {})
+    )
+    where = TopicPartition(topic, partition)
+    records: list[Record] = []
+    try:
+        consumer.assign([where])
+        first = consumer.beginning_offsets([where])[where]
+        consumer.seek(where, max(start, first))
+        last_progress = time.monotonic()
+        while consumer.position(where) < end:
+            polled = [r for r in poll_records(consumer, timeout_ms=300) if r.offset < end]
+            if polled:
+                records.extend(polled)
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > idle_s:
+                break
     finally:
         consumer.close()
     return records

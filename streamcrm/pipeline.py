@@ -20,12 +20,18 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
-from streamcrm.errors import InvalidEventError, LateEventError, StoreUnavailableError
-from streamcrm.events import ModelMetrics, decode_event
+from streamcrm.errors import (
+    InvalidEventError,
+    LateEventError,
+    StateBehindError,
+    StoreUnavailableError,
+)
+from streamcrm.events import ErasureRequested, ModelMetrics, decode_event, decode_privacy_event
 from streamcrm.models import ModelBundle, ModelUpdate, QueuedUpdates
+from streamcrm.privacy import ErasureReport
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event, sweep_customer
 from streamcrm.state import topic_kind
-from streamcrm.store import InputPosition, LedgerDue, StateStore
+from streamcrm.store import InputPosition, LedgerDue, SaveResult, StateStore
 
 MODEL_CHECKPOINT = "bundle"
 FIRST_RETRY_DELAY_S = 0.1
@@ -111,6 +117,12 @@ class ScoringPipeline:
         self.topic_ids: dict[str, str | None] = {}
         """Kafka topic ids of the input topics, for the offset marks (see streamcrm.store)."""
         self.newest_event_time: datetime | None = None
+        self._last_marks: dict[str, int | None] = {}
+        """Per input partition (mark field): the offset mark this worker last wrote, or the
+        stored one it started from. Checked on every save: Redis losing writes shows as a
+        stored mark below it (see ``SaveResult.STATE_BEHIND``)."""
+        self._partitions: dict[str, tuple[str, int]] = {}
+        """Topic and partition of each mark field seen."""
         self._locks = KeyedLocks()
         self._models_loaded = False
         self._loading_models = asyncio.Lock()
@@ -278,6 +290,7 @@ class ScoringPipeline:
         nothing: it counts as a duplicate. A late event is saved as counted (``late_events``)
         before ``LateEventError`` reports it.
         """
+        position = await self._position(topic, partition, offset)
         not_after = (
             self.clock() + self.max_event_time_skew
             if self.max_event_time_skew is not None
@@ -302,18 +315,23 @@ class ScoringPipeline:
             )
             if not scored.duplicate:
                 due = LedgerDue(partition, scored.due_at) if scored.late_by is None else None
-                position = (
-                    InputPosition(topic, self.topic_ids.get(topic), partition, offset)
-                    if topic is not None and offset is not None
-                    else None
-                )
                 saved = await _until_available(
                     lambda: self.store.save(scored.state, scored.score, due, position),
                     f"save {event.customer_id}",
                 )
-                if not saved:  # redelivered: its effects are already in the store
+                self._after_write(position, saved)
+                if saved == SaveResult.STATE_BEHIND:
                     if self.updates is not None:
                         del self.updates.updates[queued:]
+                    raise await self._state_behind(position)
+                if saved != SaveResult.APPLIED:
+                    # Redelivered (its effects are already in the store) or an erased
+                    # customer's event: nothing of it may reach the models either.
+                    if self.updates is not None:
+                        del self.updates.updates[queued:]
+                    if saved == SaveResult.CUSTOMER_ERASED:
+                        self.outcomes["erased customer"] += 1
+                        return ScoredEvent(state=scored.state, score=None, erased=True)
                     scored = ScoredEvent(state=state or scored.state, score=None, duplicate=True)
         self._count(scored, event.occurred_at)
         if scored.late_by is not None:
@@ -324,6 +342,174 @@ class ScoringPipeline:
                 "counted as late, not applied"
             )
         return scored
+
+    async def handle_privacy(
+        self,
+        raw: bytes,
+        topic: str | None = None,
+        partition: int = 0,
+        offset: int | None = None,
+    ) -> PrivacyOutcome:
+        """Apply an erasure request or a consent record (see :mod:`streamcrm.privacy`).
+
+        Raises ``InvalidEventError`` for a message to dead-letter. An erasure also tells the
+        shared learner to forget the customer; the caller emits the score tombstone.
+        """
+        try:
+            event = decode_privacy_event(raw)
+        except InvalidEventError:
+            self.outcomes["invalid"] += 1
+            raise
+        position = await self._position(topic, partition, offset)
+        async with self._locks.hold(event.customer_id):
+            if isinstance(event, ErasureRequested):
+                report = await _until_available(
+                    lambda: self.store.erase(
+                        event.customer_id, partition, position, event.occurred_at
+                    ),
+                    "erase a customer",
+                )
+                if not report.already_applied and position is not None:
+                    self._last_marks[position.mark_field] = position.offset
+                if report.already_applied:
+                    self.outcomes["duplicate"] += 1
+                    return PrivacyOutcome(event.customer_id, "erasure", report, duplicate=True)
+                if self.updates is not None:
+                    self.updates.forget(event.customer_id)
+                else:
+                    self.models.forget(event.customer_id)
+                self.outcomes["erased"] += 1
+                logger.info(
+                    "erased subject %s (state deleted: %s)", report.subject, report.state_deleted
+                )
+                return PrivacyOutcome(event.customer_id, "erasure", report)
+            recorded = await _until_available(
+                lambda: self.store.record_consent(event.customer_id, position, event.occurred_at),
+                "record consent",
+            )
+            if recorded and position is not None:
+                self._last_marks[position.mark_field] = position.offset
+            self.outcomes["consent recorded" if recorded else "duplicate"] += 1
+            return PrivacyOutcome(event.customer_id, "consent", None, duplicate=not recorded)
+
+    async def _position(
+        self, topic: str | None, partition: int, offset: int | None
+    ) -> InputPosition | None:
+        """Where a message sits, with the mark this worker last wrote for its partition.
+
+        At a partition's first message in this process the stored mark is read: a message
+        beyond ``mark + 1`` means Kafka's committed offset is ahead of Redis (Redis lost
+        writes while no worker was running, or was replaced): rewind to the mark.
+        """
+        if topic is None or offset is None:
+            return None
+        position = InputPosition(topic, self.topic_ids.get(topic), partition, offset)
+        field = position.mark_field
+        if field not in self._last_marks:
+            self._partitions[field] = (topic, partition)
+            stored = await _until_available(
+                lambda: self.store.applied_offset(position), "read an offset mark"
+            )
+            self._last_marks[field] = stored
+            resume_at = 0 if stored is None else stored + 1
+            if offset > resume_at:
+                self.outcomes["rewinds"] += 1
+                raise StateBehindError(
+                    topic,
+                    partition,
+                    resume_at,
+                    f"first message at offset {offset}, but the store has applied up to "
+                    f"{'nothing' if stored is None else stored}",
+                )
+        return InputPosition(
+            topic, position.topic_id, partition, offset, previous=self._last_marks[field]
+        )
+
+    def _after_write(self, position: InputPosition | None, result: SaveResult) -> None:
+        if position is not None and result in (SaveResult.APPLIED, SaveResult.CUSTOMER_ERASED):
+            self._last_marks[position.mark_field] = position.offset
+
+    def partitions_applied(self) -> list[tuple[str, int]]:
+        """The input partitions this worker has applied messages of (to check with
+        :meth:`check_partition`)."""
+        return [
+            self._partitions[field]
+            for field, applied in self._last_marks.items()
+            if applied is not None
+        ]
+
+    async def check_partition(
+        self, topic: str, partition: int
+    ) -> tuple[StateBehindError, int] | None:
+        """Whether the partition's stored mark fell below what this worker applied: Redis
+        lost writes, and no later message of the partition came to show it (a quiet or fully
+        consumed partition). Returns the error and the offset to re-apply up to, or None.
+
+        Call it holding whatever keeps the partition's messages from being applied meanwhile
+        (the app's partition lock): it resets the partition's mark to the stored one.
+        Raises StoreUnavailableError.
+        """
+        position = InputPosition(topic, self.topic_ids.get(topic), partition, 0)
+        applied = self._last_marks.get(position.mark_field)
+        if applied is None:
+            return None
+        position = InputPosition(topic, position.topic_id, partition, applied, previous=applied)
+        stored = await self.store.applied_offset(position)
+        if stored is not None and stored >= applied:
+            return None
+        return await self._state_behind(position), applied + 1
+
+    async def _state_behind(self, position: InputPosition | None) -> StateBehindError:
+        assert position is not None, "only a positioned write can find the store behind"
+        stored = await _until_available(
+            lambda: self.store.applied_offset(position), "read an offset mark"
+        )
+        self._last_marks[position.mark_field] = stored
+        self.outcomes["rewinds"] += 1
+        return StateBehindError(
+            position.topic,
+            position.partition,
+            0 if stored is None else stored + 1,
+            f"the store's mark is {stored} but this worker had applied up to "
+            f"{position.previous}: Redis lost writes",
+        )
+
+    async def note_dead_lettered(
+        self, topic: str | None, partition: int, offset: int | None
+    ) -> None:
+        """Move the partition's mark past a dead-lettered message, so that every handled
+        offset is marked (what lets a restarted worker tell a gap from lost writes)."""
+        if topic is None or offset is None:
+            return
+        position = InputPosition(
+            topic,
+            self.topic_ids.get(topic),
+            partition,
+            offset,
+            previous=self._last_marks.get(
+                InputPosition(topic, self.topic_ids.get(topic), partition, offset).mark_field
+            ),
+        )
+        result = await _until_available(
+            lambda: self.store.mark_applied(position), "mark a dead letter"
+        )
+        self._after_write(position, result)
+        if result == SaveResult.STATE_BEHIND:
+            raise await self._state_behind(position)
+
+
+@dataclass(frozen=True)
+class PrivacyOutcome:
+    """What a privacy event did; ``tombstone`` says whether to delete the customer's score."""
+
+    customer_id: str
+    action: str
+    erasure: ErasureReport | None
+    duplicate: bool = False
+
+    @property
+    def tombstone(self) -> bool:
+        return self.action == "erasure" and not self.duplicate
 
 
 def _hours(delta: timedelta) -> str:
@@ -354,6 +540,7 @@ class SharedLearner:
         self.store = store
         self.models: ModelBundle | None = None
         self._checkpointed = 0
+        self._forgotten = 0
 
     async def learn(self, update: ModelUpdate) -> None:
         if self.models is None:
@@ -363,17 +550,27 @@ class SharedLearner:
             self.models = ModelBundle.from_bytes(blob) if blob is not None else ModelBundle()
             self._checkpointed = self.models.updates_learned
         self.models.learn(update)
+        if update.kind == "forget":
+            self._forgotten += 1
 
     async def checkpoint(self) -> bool:
-        """Save the models if they learned anything new and are newer than the stored ones."""
+        """Save the models if they learned (or forgot) anything and are not older than the
+        stored ones."""
         models = self.models
-        if models is None or models.updates_learned <= self._checkpointed:
+        if models is None or (models.updates_learned <= self._checkpointed and not self._forgotten):
             return False
         stored = await self.store.load_model_version(MODEL_CHECKPOINT)
-        if stored is not None and _updates_in(stored) >= models.updates_learned:
-            return False
+        if stored is not None:
+            stored_updates = _updates_in(stored)
+            # Equal counts: the stored model is this one, unless this one has since forgotten
+            # an erased customer.
+            if stored_updates > models.updates_learned or (
+                stored_updates == models.updates_learned and not self._forgotten
+            ):
+                return False
         await self.store.save_model(MODEL_CHECKPOINT, models.to_bytes(), models.version)
         self._checkpointed = models.updates_learned
+        self._forgotten = 0
         return True
 
 

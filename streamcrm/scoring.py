@@ -83,6 +83,8 @@ class ScoredEvent:
     score: CustomerScore | None
     examples_learned: int = 0
     duplicate: bool = False
+    erased: bool = False
+    """The customer was erased: nothing was saved or learned (see streamcrm.privacy)."""
     late_by: timedelta | None = None
     due_at: datetime | None = None
     """When the customer's label ledger next needs the watermark (see streamcrm.labels)."""

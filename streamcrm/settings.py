@@ -12,10 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamcrm.connections import (
+    SASL_PROTOCOLS,
+    TLS_PROTOCOLS,
+    redact_url,
+    split_url_password,
+    url_username,
+)
 from streamcrm.errors import ConfigurationError
 from streamcrm.scoring import ScoringConfig
 from streamcrm.state import DEFAULT_EXCHANGE_RATES, StateRules
@@ -57,6 +65,11 @@ class Topics:
         return f"{self.prefix}.model-updates"
 
     @property
+    def privacy(self) -> str:
+        """Erasure requests and consent records (GDPR / CCPA)."""
+        return f"{self.prefix}.privacy"
+
+    @property
     def inputs(self) -> tuple[str, str, str]:
         return (self.purchases, self.feedback, self.support)
 
@@ -64,11 +77,22 @@ class Topics:
     def all(self) -> tuple[str, ...]:
         return (
             *self.inputs,
+            self.privacy,
             self.scores,
             self.deadletter,
             self.model_metrics,
             self.model_updates,
         )
+
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+def _files_exist(paths: dict[str, Path | None]) -> None:
+    for name, path in paths.items():
+        if path is not None and not path.is_file():
+            raise ConfigurationError(f"{name}: no such file: {path}")
 
 
 class Settings(BaseSettings):
@@ -83,8 +107,36 @@ class Settings(BaseSettings):
         None, description="host:port[,host:port]; unset = start an embedded Tansu broker."
     )
     redis_url: str | None = Field(
-        None, description="redis://host:port/db; unset = start an embedded redis-server."
+        None,
+        description="redis://host:port/db (rediss:// for TLS); unset = start an embedded "
+        "redis-server. A password written in the URL is moved to redis_password.",
     )
+    # Secure connections (docs/security.md). Passwords are SecretStr: repr, str and dumps show
+    # '**********'; streamcrm.connections unwraps them only to hand them to a client.
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL protocols only)."
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="CA bundle (PEM) the broker's certificate is checked against; "
+        "unset = the system's CAs.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS; may also hold the key."
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM).")
+    redis_username: str | None = Field(None, description="Redis ACL user; unset = default.")
+    redis_password: SecretStr | None = Field(None, description="Redis AUTH / ACL password.")
+    redis_ssl_ca_certs: Path | None = Field(
+        None, description="CA bundle (PEM) for a rediss:// URL; unset = the system's CAs."
+    )
+    redis_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM).")
+    redis_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM).")
     topic_prefix: str = Field("crm", description="Topics are <prefix>.purchases, ... .scores.")
     redis_namespace: str = Field("streamcrm", description="Redis keys start <namespace>:v1:.")
     partitions: int = Field(4, ge=1, description="Partitions per topic when streamcrm creates it.")
@@ -127,6 +179,12 @@ class Settings(BaseSettings):
     web_port: int | None = Field(None, description="Faust web server port; unset = off.")
     data_dir: Path = Field(Path(".streamcrm"), description="Faust's local data directory.")
     log_level: str = Field("INFO")
+    privacy_key: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC that names erased customers in the block list and audit "
+        "trail; unset = a stand-in derived from the namespace (ids then only as hidden as "
+        "they are hard to guess). Set it in production and keep it stable.",
+    )
 
     @model_validator(mode="after")
     def _retention_outlives_the_churn_window(self) -> Settings:
@@ -147,6 +205,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def privacy_key_bytes(self) -> bytes | None:
+        return self.privacy_key.get_secret_value().encode() if self.privacy_key else None
+
+    @property
     def max_event_time_skew(self) -> timedelta | None:
         hours = self.max_event_time_skew_hours
         return timedelta(hours=hours) if hours is not None else None
@@ -163,6 +225,95 @@ class Settings(BaseSettings):
                 f"exchange_rates must map the reporting currency {self.reporting_currency} to 1.0"
             )
         return self
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _protocol_names_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_out_of_the_redis_url(cls, data: Any) -> Any:
+        """Move a password written in ``redis_url`` into ``redis_password`` (a SecretStr), so
+        that no repr, dump or log of the settings carries it."""
+        if not isinstance(data, dict) or not isinstance(data.get("redis_url"), str):
+            return data
+        url, password = split_url_password(data["redis_url"])
+        username = url_username(url)
+        if username is not None and data.get("redis_username") not in (None, username):
+            raise ConfigurationError(
+                "two Redis user names: one in redis_url and another in redis_username; give it once"
+            )
+        if password is None:
+            return data
+        if data.get("redis_password") is not None:
+            raise ConfigurationError(
+                "two Redis passwords: one in redis_url and another in redis_password; "
+                "give it once (STREAMCRM_REDIS_PASSWORD keeps it out of the URL)"
+            )
+        return {**data, "redis_url": url, "redis_password": password}
+
+    @model_validator(mode="after")
+    def _kafka_security_settings_fit_the_protocol(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        sasl = {
+            "kafka_sasl_mechanism": self.kafka_sasl_mechanism,
+            "kafka_sasl_username": self.kafka_sasl_username,
+            "kafka_sasl_password": self.kafka_sasl_password,
+        }
+        tls = {
+            "kafka_ssl_cafile": self.kafka_ssl_cafile,
+            "kafka_ssl_certfile": self.kafka_ssl_certfile,
+            "kafka_ssl_keyfile": self.kafka_ssl_keyfile,
+        }
+        if protocol in SASL_PROTOCOLS:
+            missing = [name for name, value in sasl.items() if not value]
+            if missing:
+                raise ConfigurationError(
+                    f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism, "
+                    f"kafka_sasl_username and kafka_sasl_password; missing: {', '.join(missing)}"
+                )
+        elif given := [name for name, value in sasl.items() if value is not None]:
+            raise ConfigurationError(
+                f"{', '.join(given)} set, but kafka_security_protocol is {protocol}, which "
+                "does not authenticate: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if protocol not in TLS_PROTOCOLS and (
+            given := [name for name, value in tls.items() if value is not None]
+        ):
+            raise ConfigurationError(
+                f"{', '.join(given)} set, but kafka_security_protocol is {protocol}, which "
+                "does not use TLS: use SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ConfigurationError("kafka_ssl_keyfile needs kafka_ssl_certfile")
+        _files_exist(tls)
+        return self
+
+    @model_validator(mode="after")
+    def _redis_tls_settings_need_a_rediss_url(self) -> Settings:
+        tls = {
+            "redis_ssl_ca_certs": self.redis_ssl_ca_certs,
+            "redis_ssl_certfile": self.redis_ssl_certfile,
+            "redis_ssl_keyfile": self.redis_ssl_keyfile,
+        }
+        given = [name for name, value in tls.items() if value is not None]
+        if given and not (self.redis_url or "").startswith("rediss://"):
+            raise ConfigurationError(
+                f"{', '.join(given)} set, but redis_url is not a rediss:// URL "
+                f"({self.redis_url_for_logs or 'unset: the embedded redis-server has no TLS'})"
+            )
+        if self.redis_ssl_keyfile is not None and self.redis_ssl_certfile is None:
+            raise ConfigurationError("redis_ssl_keyfile needs redis_ssl_certfile")
+        _files_exist(tls)
+        return self
+
+    @property
+    def redis_url_for_logs(self) -> str | None:
+        """``redis_url`` as log lines and messages show it: any password as ``***``."""
+        if self.redis_url is None:
+            return None
+        return redact_url(self.redis_url, password_configured=self.redis_password is not None)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -7,15 +7,22 @@ committed, nothing else sees it) and keeps each worker's newest report.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from streamcrm.events import ModelMetrics
 from streamcrm.kafka_io import read_to_end
 
 
-def latest_reports(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, ModelMetrics]:
-    """Each worker's newest report, reading the topic up to its end at call time."""
+def latest_reports(
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
+) -> dict[str, ModelMetrics]:
+    """Each worker's newest report, reading the topic up to its end at call time
+    (``client_options``: :func:`streamcrm.connections.kafka_client_options`)."""
     reports: dict[str, ModelMetrics] = {}
-    for record in read_to_end(bootstrap, topic, timeout_s):
+    for record in read_to_end(bootstrap, topic, timeout_s, client_options):
         if record.value:
             report = ModelMetrics.model_validate_json(record.value)
             reports[report.worker] = report

@@ -13,6 +13,9 @@ key                                   value
 ``{ns}:v1:model:{name}:version``      string: the checkpoint's model version
 ``{ns}:v1:offsets``                   hash: ``{topic}|{topic id}|{partition}`` → the offset
                                       of the newest input message whose state change is saved
+``{ns}:v1:erased``                    hash: subject hash → erasure time, for every erased
+                                      customer not yet re-consented (no customer ids)
+``{ns}:v1:audit``                     stream: erasure / consent records (subject hashes only)
 ====================================  =====================================================
 
 **Exactly-once effects.** A save writes the state (with its recent event ids), the score, the
@@ -36,17 +39,19 @@ snapshot's churn label is settled before its customer can expire.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Protocol
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.events import CustomerScore
+from streamcrm.privacy import ErasureReport, default_privacy_key, subject_hash
 from streamcrm.state import CustomerState
 
 KEY_VERSION = "v1"
@@ -82,6 +87,9 @@ class InputPosition:
     topic_id: str | None
     partition: int
     offset: int
+    previous: int | None = field(default=None, compare=False)
+    """The mark this worker last wrote for the partition, if it wrote one: a stored mark
+    below it means Redis lost writes (see ``SaveResult.STATE_BEHIND``)."""
 
     @property
     def mark_field(self) -> str:
@@ -96,6 +104,33 @@ class InputPosition:
 def offsets_key(namespace: str) -> str:
     """The Redis hash of applied-offset marks, one field per input topic partition."""
     return f"{namespace}:{KEY_VERSION}:offsets"
+
+
+def erased_key(namespace: str) -> str:
+    """The Redis hash of erased customers' subject hashes (the block list)."""
+    return f"{namespace}:{KEY_VERSION}:erased"
+
+
+def audit_key(namespace: str) -> str:
+    """The Redis stream of privacy audit records."""
+    return f"{namespace}:{KEY_VERSION}:audit"
+
+
+AUDIT_MAX_LENGTH = 1_000_000
+"""Audit records kept (approximately) before the oldest are trimmed."""
+
+
+class SaveResult(IntEnum):
+    """What a save did. Falsy only when nothing was written because it already had been."""
+
+    ALREADY_APPLIED = 0
+    APPLIED = 1
+    CUSTOMER_ERASED = 2
+    """Nothing written: the customer was erased and has not consented again."""
+    STATE_BEHIND = 3
+    """Nothing written: the partition's stored mark is below the one this worker wrote last,
+    so Redis lost writes (restored from an older snapshot, AOF tail lost): the consumer must
+    rewind to the stored mark and apply those messages again."""
 
 
 def model_key(namespace: str, name: str) -> str:
@@ -117,14 +152,36 @@ class StateStore(Protocol):
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
-    ) -> bool:
+    ) -> SaveResult:
         """Write the state, the score unless None, the due index entry and the position's
-        offset mark, in one step. Returns False, writing nothing, when the mark shows that
-        position's message was already applied."""
+        offset mark, in one step. Writes nothing and says why when the mark shows that
+        position's message was already applied, or the customer was erased."""
+        ...
+
+    async def erase(
+        self, customer_id: str, partition: int, position: InputPosition | None, at: datetime
+    ) -> ErasureReport:
+        """In one step: delete the customer's state, score and due entry, block their later
+        events and append an audit record (subject hash only). Idempotent by ``position``."""
+        ...
+
+    async def record_consent(
+        self, customer_id: str, position: InputPosition | None, at: datetime
+    ) -> bool:
+        """Lift an erasure's block and audit it; False when ``position`` was applied."""
+        ...
+
+    async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest privacy audit records (action, subject hash, at), oldest first."""
         ...
 
     async def applied_offset(self, position: InputPosition) -> int | None:
         """The offset mark of ``position``'s topic partition (None: nothing applied yet)."""
+        ...
+
+    async def mark_applied(self, position: InputPosition) -> SaveResult:
+        """Move the mark for a message that changed no state (dead-lettered), with the same
+        checks as :meth:`save`."""
         ...
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
@@ -159,6 +216,7 @@ class InMemoryStateStore:
         self,
         retention: timedelta | None = None,
         clock: Callable[[], float] = time.monotonic,
+        privacy_key: bytes | None = None,
     ) -> None:
         self._states: dict[str, str] = {}
         self._scores: dict[str, str] = {}
@@ -166,8 +224,11 @@ class InMemoryStateStore:
         self._due: dict[int, dict[str, datetime]] = {}
         self._models: dict[str, tuple[bytes, str]] = {}
         self._offsets: dict[str, int] = {}
+        self._erased: dict[str, str] = {}
+        self.audit: list[dict[str, str]] = []
         self._retention = retention
         self._clock = clock
+        self._privacy_key = privacy_key or default_privacy_key("memory")
 
     def _expire(self, customer_id: str) -> None:
         deadline = self._expires_at.get(customer_id)
@@ -189,12 +250,13 @@ class InMemoryStateStore:
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
-    ) -> bool:
-        if position is not None:
-            mark = self._offsets.get(position.mark_field)
-            if mark is not None and mark >= position.offset:
-                return False
-            self._offsets[position.mark_field] = position.offset
+    ) -> SaveResult:
+        if self._behind(position):
+            return SaveResult.STATE_BEHIND
+        if not self._advance_mark(position):
+            return SaveResult.ALREADY_APPLIED
+        if subject_hash(self._privacy_key, state.customer_id) in self._erased:
+            return SaveResult.CUSTOMER_ERASED
         self._expire(state.customer_id)
         self._states[state.customer_id] = state.model_dump_json()
         if score is not None:
@@ -207,7 +269,59 @@ class InMemoryStateStore:
                 index.pop(state.customer_id, None)
             else:
                 index[state.customer_id] = due.at
+        return SaveResult.APPLIED
+
+    def _advance_mark(self, position: InputPosition | None) -> bool:
+        if position is None:
+            return True
+        mark = self._offsets.get(position.mark_field)
+        if mark is not None and mark >= position.offset:
+            return False
+        self._offsets[position.mark_field] = position.offset
         return True
+
+    def _behind(self, position: InputPosition | None) -> bool:
+        if position is None or position.previous is None:
+            return False
+        mark = self._offsets.get(position.mark_field)
+        return mark is None or mark < position.previous
+
+    async def mark_applied(self, position: InputPosition) -> SaveResult:
+        if self._behind(position):
+            return SaveResult.STATE_BEHIND
+        return SaveResult.APPLIED if self._advance_mark(position) else SaveResult.ALREADY_APPLIED
+
+    def lose_writes_since(self, marks: dict[str, int]) -> None:
+        """Test hook: set the offset marks back, as a Redis that lost its last writes would."""
+        self._offsets.update(marks)
+
+    async def erase(
+        self, customer_id: str, partition: int, position: InputPosition | None, at: datetime
+    ) -> ErasureReport:
+        subject = subject_hash(self._privacy_key, customer_id)
+        if not self._advance_mark(position):
+            return ErasureReport(subject, state_deleted=False, already_applied=True)
+        existed = self._states.pop(customer_id, None) is not None
+        self._scores.pop(customer_id, None)
+        self._expires_at.pop(customer_id, None)
+        for index in self._due.values():
+            index.pop(customer_id, None)
+        self._erased[subject] = at.isoformat()
+        self.audit.append(_audit_record("erasure", subject, at, existed))
+        return ErasureReport(subject, state_deleted=existed)
+
+    async def record_consent(
+        self, customer_id: str, position: InputPosition | None, at: datetime
+    ) -> bool:
+        if not self._advance_mark(position):
+            return False
+        subject = subject_hash(self._privacy_key, customer_id)
+        self._erased.pop(subject, None)
+        self.audit.append(_audit_record("consent", subject, at, False))
+        return True
+
+    async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
+        return [dict(record) for record in self.audit[-count:]]
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
         index = self._due.get(partition, {})
@@ -243,14 +357,18 @@ class InMemoryStateStore:
 
 
 SAVE_SCRIPT = """
--- KEYS: customer hash, offsets hash, due index.  ARGV: mark field ('' = none), offset,
--- state JSON, score JSON ('' = none), as_of, retention ms ('' = none), due op ('' / add /
--- rem), customer id, due score.  Returns 0 (nothing written) if the offset was applied.
+-- KEYS: customer hash, offsets hash, due index, erased hash.  ARGV: mark field ('' = none),
+-- offset, state JSON, score JSON ('' = none), as_of, retention ms ('' = none), due op ('' /
+-- add / rem), customer id, due score, subject hash, previous mark ('' = unknown).  Returns
+-- 3 (nothing written) if the stored mark is below the previous one, 0 (nothing written) if
+-- the offset was applied, 2 (nothing written but the mark) if the customer is erased, else 1.
 if ARGV[1] ~= '' then
   local mark = redis.call('HGET', KEYS[2], ARGV[1])
+  if ARGV[11] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[11])) then return 3 end
   if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 end
+if redis.call('HEXISTS', KEYS[4], ARGV[10]) == 1 then return 2 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'score', ARGV[4], 'as_of', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
@@ -263,6 +381,48 @@ return 1
 """
 """The atomic save: state, score, TTL, due index and offset mark, or nothing at all."""
 
+MARK_SCRIPT = """
+-- KEYS: offsets hash.  ARGV: mark field, offset, previous mark ('' = unknown).  Moves the mark
+-- of a message that changed no state (dead-lettered); returns as SAVE_SCRIPT does.
+local mark = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[3])) then return 3 end
+if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+ERASE_SCRIPT = """
+-- KEYS: customer hash, offsets hash, due index, erased hash, audit stream.  ARGV: mark
+-- field ('' = none), offset, customer id, subject hash, time, audit max length.
+-- Returns -1 if the offset was applied, else 1 if state was deleted, 0 if there was none.
+if ARGV[1] ~= '' then
+  local mark = redis.call('HGET', KEYS[2], ARGV[1])
+  if mark and tonumber(mark) >= tonumber(ARGV[2]) then return -1 end
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+local deleted = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'action', 'erasure',
+  'subject', ARGV[4], 'at', ARGV[5], 'state_deleted', tostring(deleted))
+return deleted
+"""
+"""The atomic erasure: state, score, due entry gone; block and audit record written."""
+
+CONSENT_SCRIPT = """
+-- KEYS: offsets hash, erased hash, audit stream.  ARGV: mark field, offset, subject hash,
+-- time, audit max length.  Returns 0 if the offset was applied, else 1.
+if ARGV[1] ~= '' then
+  local mark = redis.call('HGET', KEYS[1], ARGV[1])
+  if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('HDEL', KEYS[2], ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'action', 'consent',
+  'subject', ARGV[3], 'at', ARGV[4], 'state_deleted', '0')
+return 1
+"""
+
 
 class RedisStateStore:
     """Customer state in Redis hashes, under a versioned key prefix."""
@@ -272,17 +432,31 @@ class RedisStateStore:
         client: aioredis.Redis,
         namespace: str = "streamcrm",
         retention: timedelta | None = None,
+        privacy_key: bytes | None = None,
     ) -> None:
         self._redis = client
         self._namespace = namespace
         self._retention_ms = int(retention.total_seconds() * 1000) if retention else None
+        self._privacy_key = privacy_key or default_privacy_key(namespace)
         self._save_script = client.register_script(SAVE_SCRIPT)
+        self._mark_script = client.register_script(MARK_SCRIPT)
+        self._erase_script = client.register_script(ERASE_SCRIPT)
+        self._consent_script = client.register_script(CONSENT_SCRIPT)
 
     @classmethod
     def from_url(
-        cls, url: str, namespace: str = "streamcrm", retention: timedelta | None = None
+        cls,
+        url: str,
+        namespace: str = "streamcrm",
+        retention: timedelta | None = None,
+        privacy_key: bytes | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> RedisStateStore:
-        return cls(aioredis.Redis.from_url(url), namespace, retention)
+        """A store on a new client for ``url``; ``client_options`` are redis-py keyword
+        arguments such as :func:`streamcrm.connections.redis_client_options` (ACL user,
+        password, TLS files)."""
+        client = aioredis.Redis.from_url(url, **(client_options or {}))
+        return cls(client, namespace, retention, privacy_key)
 
     def customer_key(self, customer_id: str) -> str:
         return customer_key(self._namespace, customer_id)
@@ -306,9 +480,14 @@ class RedisStateStore:
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
-    ) -> bool:
+    ) -> SaveResult:
         due_index = due_key(self._namespace, due.partition if due is not None else 0)
-        keys = [self.customer_key(state.customer_id), offsets_key(self._namespace), due_index]
+        keys = [
+            self.customer_key(state.customer_id),
+            offsets_key(self._namespace),
+            due_index,
+            erased_key(self._namespace),
+        ]
         args: list[str | int | float] = [
             position.mark_field if position is not None else "",
             position.offset if position is not None else 0,
@@ -319,10 +498,70 @@ class RedisStateStore:
             "" if due is None else "rem" if due.at is None else "add",
             state.customer_id,
             due.at.timestamp() if due is not None and due.at is not None else 0,
+            subject_hash(self._privacy_key, state.customer_id),
+            _previous(position),
         ]
         with _unavailable_as_store_error():
             written = await self._save_script(keys=keys, args=args)
-        return bool(written)
+        return SaveResult(int(written))
+
+    async def mark_applied(self, position: InputPosition) -> SaveResult:
+        args: list[str | int] = [position.mark_field, position.offset, _previous(position)]
+        with _unavailable_as_store_error():
+            written = await self._mark_script(keys=[offsets_key(self._namespace)], args=args)
+        return SaveResult(int(written))
+
+    async def erase(
+        self, customer_id: str, partition: int, position: InputPosition | None, at: datetime
+    ) -> ErasureReport:
+        subject = subject_hash(self._privacy_key, customer_id)
+        keys = [
+            self.customer_key(customer_id),
+            offsets_key(self._namespace),
+            due_key(self._namespace, partition),
+            erased_key(self._namespace),
+            audit_key(self._namespace),
+        ]
+        args: list[str | int] = [
+            position.mark_field if position is not None else "",
+            position.offset if position is not None else 0,
+            customer_id,
+            subject,
+            at.astimezone(UTC).isoformat(),
+            AUDIT_MAX_LENGTH,
+        ]
+        with _unavailable_as_store_error():
+            deleted = int(await self._erase_script(keys=keys, args=args))
+        if deleted < 0:
+            return ErasureReport(subject, state_deleted=False, already_applied=True)
+        return ErasureReport(subject, state_deleted=deleted == 1)
+
+    async def record_consent(
+        self, customer_id: str, position: InputPosition | None, at: datetime
+    ) -> bool:
+        keys = [
+            offsets_key(self._namespace),
+            erased_key(self._namespace),
+            audit_key(self._namespace),
+        ]
+        args: list[str | int] = [
+            position.mark_field if position is not None else "",
+            position.offset if position is not None else 0,
+            subject_hash(self._privacy_key, customer_id),
+            at.astimezone(UTC).isoformat(),
+            AUDIT_MAX_LENGTH,
+        ]
+        with _unavailable_as_store_error():
+            return bool(await self._consent_script(keys=keys, args=args))
+
+    async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest privacy audit records, oldest first."""
+        with _unavailable_as_store_error():
+            entries = await self._redis.xrevrange(audit_key(self._namespace), count=count)
+        return [
+            {_text(name): _text(value) for name, value in (fields or {}).items()}
+            for _, fields in reversed(entries or [])
+        ]
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
         index = due_key(self._namespace, partition)
@@ -383,9 +622,32 @@ class RedisStateStore:
         await self._redis.aclose()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _previous(position: InputPosition | None) -> int | str:
+    return "" if position is None or position.previous is None else position.previous
+
+
+def _audit_record(action: str, subject: str, at: datetime, deleted: bool) -> dict[str, str]:
+    return {
+        "action": action,
+        "subject": subject,
+        "at": at.astimezone(UTC).isoformat(),
+        "state_deleted": "1" if deleted else "0",
+    }
+
+
 @contextmanager
 def _unavailable_as_store_error() -> Iterator[None]:
     try:
         yield
+    except redis.exceptions.AuthenticationError as error:
+        # A ConnectionError too, but waiting will not cure it: say what to check.
+        raise StoreUnavailableError(
+            f"Redis refused the credentials ({error}): check STREAMCRM_REDIS_USERNAME and "
+            "STREAMCRM_REDIS_PASSWORD (or the user and password in STREAMCRM_REDIS_URL)"
+        ) from error
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
         raise StoreUnavailableError(f"Redis unavailable: {error}") from error

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from streamcrm.embedded import EmbeddedServices, embedded_services
 from streamcrm.settings import Settings
 from streamcrm.store import RedisStateStore
+from tests.tls import Pki, make_pki
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +66,49 @@ async def redis_store(
     store = RedisStateStore(aioredis.Redis.from_url(services.redis_url), unique_name)
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throw-away CA with a server certificate (127.0.0.1, localhost) and a client one."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+FAULT_ROWS: list[dict[str, object]] = []
+"""One row per fault scenario run in this session, printed at the end of the run."""
+
+
+def record_fault(
+    scenario: str,
+    events_in: int,
+    reflected: int,
+    lost: int = 0,
+    duplicated: int = 0,
+    dead_lettered: int = 0,
+    note: str = "",
+) -> None:
+    """Record a fault scenario's figures for the summary table at the end of the run."""
+    FAULT_ROWS.append(
+        {
+            "scenario": scenario,
+            "events in": events_in,
+            "reflected": reflected,
+            "lost": lost,
+            "duplicated": duplicated,
+            "dead-lettered": dead_lettered,
+            "note": note,
+        }
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault scenarios' figures, so a CI log shows them without ``-s``."""
+    if not FAULT_ROWS:
+        return
+    columns = ["scenario", "events in", "reflected", "lost", "duplicated", "dead-lettered"]
+    widths = {c: max(len(c), *(len(str(row[c])) for row in FAULT_ROWS)) for c in columns}
+    terminalreporter.section("fault scenarios")
+    terminalreporter.write_line("  ".join(c.ljust(widths[c]) for c in columns) + "  note")
+    for row in FAULT_ROWS:
+        cells = "  ".join(str(row[c]).ljust(widths[c]) for c in columns)
+        terminalreporter.write_line(f"{cells}  {row['note']}")

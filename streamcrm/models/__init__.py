@@ -31,12 +31,15 @@ class BuyingObservation:
 
 
 class ModelUpdate(BaseModel):
-    """One thing for the models to learn: a labelled snapshot, or a scored customer."""
+    """One thing for the models to learn: a labelled snapshot, a scored customer, or a
+    customer to forget (erased: dropped from the repeat-buying sample)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["labelled", "scored"]
-    features: dict[str, float]
+    kind: Literal["labelled", "scored", "forget"]
+    features: dict[str, float] = {}
+    customer_id: str | None = None
+    """For ``forget``: the erased customer."""
     churned: bool | None = None
     """For ``labelled``: what happened (True = churned)."""
     satisfaction: float | None = None
@@ -78,6 +81,9 @@ class QueuedUpdates:
                 kind="scored", features=dict(features), satisfaction=satisfaction, buying=buying
             )
         )
+
+    def forget(self, customer_id: str) -> None:
+        self.updates.append(ModelUpdate(kind="forget", customer_id=customer_id))
 
     def drain(self) -> list[ModelUpdate]:
         """The updates collected so far, handed over once."""
@@ -129,10 +135,17 @@ class ModelBundle:
             if self.repeat_buying.due(buying.as_of):
                 self.repeat_buying.refit(buying.as_of)
 
+    def forget(self, customer_id: str) -> None:
+        """Drop an erased customer's statistics from the repeat-buying sample."""
+        self.repeat_buying.forget(customer_id)
+
     def learn(self, update: ModelUpdate) -> None:
         """Apply one queued update."""
         if update.kind == "labelled":
             self.learn_labelled(update.features, bool(update.churned))
+        elif update.kind == "forget":
+            if update.customer_id is not None:
+                self.forget(update.customer_id)
         else:
             self.learn_scored(update.features, update.satisfaction, update.buying)
 

@@ -278,6 +278,13 @@ class RepeatBuyingModel:
             del self.sample[evicted]
             self._largest_key = max(k for k, _ in self.sample.values())
 
+    def forget(self, customer_id: str) -> bool:
+        """Drop an erased customer from the sample; True if they were in it."""
+        if self.sample.pop(customer_id, None) is None:
+            return False
+        self._largest_key = max((k for k, _ in self.sample.values()), default=-1)
+        return True
+
     def due(self, as_of: datetime) -> bool:
         """Whether event time ``as_of`` is a refit interval past the last fit."""
         return self.fitted_at is None or as_of >= self.fitted_at + self.refit_interval

@@ -24,6 +24,7 @@ from streamcrm.store import (
     InputPosition,
     LedgerDue,
     RedisStateStore,
+    SaveResult,
     StateStore,
 )
 
@@ -320,3 +321,68 @@ async def test_saving_with_nothing_due_or_forgetting_takes_a_customer_off_the_in
     await store.forget_due(0, "b")
 
     assert await store.due_customers(0, T0 + timedelta(days=1), limit=10) == []
+
+
+async def test_an_erasure_deletes_state_score_and_due_entry_and_blocks_later_saves(
+    store: StateStore,
+) -> None:
+    state, score = scored("alice")
+    await store.save(state, score, LedgerDue(2, T0 + timedelta(days=90)))
+    await store.save(*scored("bob"))
+
+    report = await store.erase("alice", 2, InputPosition("crm.privacy", "p", 2, 7), T0)
+
+    assert report.state_deleted and not report.already_applied
+    assert await store.load("alice") is None and await store.load_score("alice") is None
+    assert await store.due_customers(2, T0 + timedelta(days=365), 10) == []
+    assert await store.load("bob") is not None  # nobody else is touched
+    assert await store.save(state, score) == SaveResult.CUSTOMER_ERASED
+    assert await store.load("alice") is None
+
+
+async def test_an_erasure_is_applied_once_per_message_and_audited_without_the_customer_id(
+    store: StateStore,
+) -> None:
+    await store.save(*scored("alice"))
+    at = InputPosition("crm.privacy", "p", 0, 3)
+
+    first = await store.erase("alice", 0, at, T0)
+    again = await store.erase("alice", 0, at, T0)
+
+    assert (first.already_applied, again.already_applied) == (False, True)
+    records = await store.audit_records()
+    assert [r["action"] for r in records] == ["erasure"]
+    assert records[0]["subject"] == first.subject and records[0]["state_deleted"] == "1"
+    assert all("alice" not in value for record in records for value in record.values())
+
+
+async def test_recorded_consent_lifts_the_block_and_is_audited(store: StateStore) -> None:
+    state, score = scored("alice")
+    await store.erase("alice", 0, None, T0)
+
+    assert await store.record_consent("alice", None, T0 + timedelta(days=1))
+
+    assert await store.save(state, score) == SaveResult.APPLIED
+    assert [r["action"] for r in await store.audit_records()] == ["erasure", "consent"]
+
+
+async def test_a_stored_mark_below_the_writers_previous_one_is_reported_as_state_behind(
+    store: StateStore,
+) -> None:
+    state, score = scored()
+    assert await store.save(state, score, None, InputPosition("crm.purchases", "t", 0, 5))
+
+    # The writer had applied up to offset 9, but the store kept only up to 5 (lost writes):
+    later = InputPosition("crm.purchases", "t", 0, 10, previous=9)
+
+    assert await store.save(state, score, None, later) == SaveResult.STATE_BEHIND
+    assert await store.mark_applied(later) == SaveResult.STATE_BEHIND
+    assert await store.applied_offset(later) == 5  # nothing was written
+
+
+async def test_marking_a_dead_lettered_message_moves_the_mark_once(store: StateStore) -> None:
+    at = InputPosition("crm.purchases", "t", 1, 3)
+
+    assert await store.mark_applied(at) == SaveResult.APPLIED
+    assert await store.mark_applied(at) == SaveResult.ALREADY_APPLIED
+    assert await store.applied_offset(at) == 3

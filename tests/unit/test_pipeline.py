@@ -14,6 +14,7 @@ from streamcrm.errors import (
     EventValidationError,
     InvalidEventError,
     LateEventError,
+    StateBehindError,
     StoreUnavailableError,
     WrongTopicError,
 )
@@ -23,7 +24,7 @@ from streamcrm.models import ModelBundle, ModelUpdate
 from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
 from streamcrm.scoring import ScoringConfig, score_event
 from streamcrm.state import RECENT_EVENT_IDS, CustomerState
-from streamcrm.store import InMemoryStateStore, InputPosition, LedgerDue
+from streamcrm.store import InMemoryStateStore, InputPosition, LedgerDue, SaveResult
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _ids = itertools.count()
@@ -62,7 +63,7 @@ class YieldingStore(InMemoryStateStore):
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
-    ) -> bool:
+    ) -> SaveResult:
         await asyncio.sleep(0)
         return await super().save(state, score, due, position)
 
@@ -195,9 +196,10 @@ async def test_offset_marks_are_per_topic_incarnation_and_partition(
 ) -> None:
     pipeline = ScoringPipeline(store, ScoringConfig())
     pipeline.topic_ids = {"crm.purchases": "id-1"}
-    await pipeline.handle(purchase("c1", day=0), "crm.purchases", partition=0, offset=7)
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases", partition=0, offset=0)
+    await pipeline.handle(purchase("c1", day=1), "crm.purchases", partition=0, offset=7)
 
-    other_partition = await pipeline.handle(purchase("c2", day=0), "crm.purchases", 1, offset=3)
+    other_partition = await pipeline.handle(purchase("c2", day=0), "crm.purchases", 1, offset=0)
     pipeline.topic_ids = {"crm.purchases": "id-2"}  # the topic was re-created: offsets restart
     recreated = await pipeline.handle(purchase("c3", day=0), "crm.purchases", 0, offset=0)
 
@@ -538,3 +540,142 @@ async def test_an_event_dated_too_far_ahead_of_the_clock_is_rejected_and_saves_n
         await guarded.handle(purchase("c2", day=11.5), "crm.purchases")
     assert await store.load("c2") is None
     assert guarded.outcomes["invalid"] == 1
+
+
+def privacy(kind: str, customer_id: str = "c1", day: float = 0.0) -> bytes:
+    return json.dumps(
+        {
+            "type": kind,
+            "event_id": f"r{next(_ids)}",
+            "customer_id": customer_id,
+            "occurred_at": (T0 + timedelta(days=day)).isoformat(),
+        }
+    ).encode()
+
+
+async def test_an_erasure_forgets_the_customer_everywhere_and_asks_for_a_tombstone(
+    store: InMemoryStateStore,
+) -> None:
+    shared = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    await shared.handle(purchase("c1"), "crm.purchases", 0, 0)
+    shared.drain_updates()
+
+    outcome = await shared.handle_privacy(privacy("erasure", day=1), "crm.privacy", 0, 0)
+
+    assert outcome.tombstone and outcome.erasure is not None and outcome.erasure.state_deleted
+    assert await store.load("c1") is None and await store.load_score("c1") is None
+    assert [(u.kind, u.customer_id) for u in shared.drain_updates()] == [("forget", "c1")]
+
+
+async def test_a_late_event_of_an_erased_customer_is_dropped_unsaved_and_unlearned(
+    store: InMemoryStateStore,
+) -> None:
+    shared = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    await shared.handle_privacy(privacy("erasure", day=1), "crm.privacy", 0, 0)
+    shared.drain_updates()
+
+    late = await shared.handle(purchase("c1", day=0.5), "crm.purchases", 0, 0)
+
+    assert late.erased and late.score is None
+    assert await store.load("c1") is None
+    assert shared.drain_updates() == []
+    assert shared.outcomes["erased customer"] == 1
+
+
+async def test_after_recorded_consent_the_customer_starts_again_as_new(
+    store: InMemoryStateStore, pipeline: ScoringPipeline
+) -> None:
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases", 0, 0)
+    await pipeline.handle_privacy(privacy("erasure", day=1), "crm.privacy", 0, 0)
+    consent = await pipeline.handle_privacy(privacy("consent", day=2), "crm.privacy", 0, 1)
+
+    again = await pipeline.handle(purchase("c1", day=3), "crm.purchases", 0, 1)
+
+    assert not consent.tombstone and again.score is not None
+    assert again.state.order_count == 1  # nothing of the erased history came back
+
+
+async def test_a_learner_checkpoints_a_model_that_only_forgot_a_customer(
+    store: InMemoryStateStore,
+) -> None:
+    learner = SharedLearner(store)
+    await learner.learn(ModelUpdate(kind="labelled", features={"x": 1.0}, churned=False))
+    assert await learner.checkpoint()
+
+    await learner.learn(ModelUpdate(kind="forget", customer_id="c1"))
+
+    assert await learner.checkpoint()
+
+
+async def test_a_first_message_beyond_the_stored_mark_asks_to_rewind_to_the_mark(
+    store: InMemoryStateStore,
+) -> None:
+    first = ScoringPipeline(store, ScoringConfig())
+    for offset in range(3):
+        await first.handle(purchase("c1", day=offset), "crm.purchases", 0, offset)
+    # Kafka's committed offset went on to 9, but the store (Redis) kept only up to 2:
+    restarted = ScoringPipeline(store, ScoringConfig())
+
+    with pytest.raises(StateBehindError) as behind:
+        await restarted.handle(purchase("c1", day=9), "crm.purchases", 0, 9)
+
+    assert (behind.value.partition, behind.value.resume_at) == (0, 3)
+    resumed = await restarted.handle(purchase("c1", day=3), "crm.purchases", 0, 3)
+    assert resumed.score is not None
+
+
+async def test_a_fresh_store_with_a_partition_already_consumed_asks_to_rewind_to_the_start(
+    store: InMemoryStateStore, pipeline: ScoringPipeline
+) -> None:
+    with pytest.raises(StateBehindError) as behind:
+        await pipeline.handle(purchase("c1"), "crm.purchases", 2, 40)
+    assert behind.value.resume_at == 0
+
+
+async def test_writes_lost_by_the_store_mid_stream_are_detected_and_nothing_is_learned(
+    store: InMemoryStateStore,
+) -> None:
+    shared = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    for offset in range(5):
+        await shared.handle(purchase("c1", day=offset), "crm.purchases", 0, offset)
+    shared.drain_updates()
+    store.lose_writes_since({InputPosition("crm.purchases", None, 0, 0).mark_field: 1})
+
+    with pytest.raises(StateBehindError) as behind:
+        await shared.handle(purchase("c2", day=5), "crm.purchases", 0, 5)
+
+    assert behind.value.resume_at == 2
+    assert await store.load("c2") is None and shared.drain_updates() == []
+    for offset in range(2, 6):  # the re-read applies again what the store lost
+        again = await shared.handle(purchase("c3", day=offset), "crm.purchases", 0, offset)
+        assert again.score is not None
+
+
+async def test_a_dead_lettered_message_moves_the_mark_so_a_restart_does_not_rewind(
+    store: InMemoryStateStore, pipeline: ScoringPipeline
+) -> None:
+    await pipeline.handle(purchase("c1"), "crm.purchases", 0, 0)
+    with pytest.raises(InvalidEventError):
+        await pipeline.handle(b"{", "crm.purchases", 0, 1)
+    await pipeline.note_dead_lettered("crm.purchases", 0, 1)
+
+    restarted = ScoringPipeline(store, ScoringConfig())
+    after = await restarted.handle(purchase("c1", day=1), "crm.purchases", 0, 2)
+
+    assert after.score is not None
+
+
+async def test_a_quiet_partition_whose_writes_were_lost_is_found_by_the_mark_check(
+    store: InMemoryStateStore, pipeline: ScoringPipeline
+) -> None:
+    for offset in range(4):
+        await pipeline.handle(purchase("c1", day=offset), "crm.purchases", 1, offset)
+    assert pipeline.partitions_applied() == [("crm.purchases", 1)]
+    assert await pipeline.check_partition("crm.purchases", 1) is None
+
+    store.lose_writes_since({InputPosition("crm.purchases", None, 1, 0).mark_field: 1})
+    lost = await pipeline.check_partition("crm.purchases", 1)
+
+    assert lost is not None
+    behind, upto = lost
+    assert (behind.topic, behind.partition, behind.resume_at, upto) == ("crm.purchases", 1, 2, 4)

@@ -144,3 +144,16 @@ def test_refits_are_versioned_and_wait_for_enough_customers_and_the_interval() -
     assert forecast is not None
     assert 0 < forecast.probability_of_purchase <= forecast.probability_alive <= 1
     assert forecast.expected_value == forecast.expected_purchases * forecast.expected_spend
+
+
+def test_a_forgotten_customer_leaves_the_sample() -> None:
+    from streamcrm.models.repeat_buying import RepeatBuyingModel
+
+    model = RepeatBuyingModel(capacity=10)
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    stats = RepeatBuying(first, first + timedelta(days=30), transactions=3, mean_spend=20.0)
+    model.observe("c1", stats)
+    model.observe("c2", stats)
+
+    assert model.forget("c1") and not model.forget("c1")
+    assert list(model.sample) == ["c2"]

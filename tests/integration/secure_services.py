@@ -1,0 +1,162 @@
+"""Servers for the secure-connection tests, each on free loopback ports, stopped by the test.
+
+- :func:`start_secure_redis`: redis-server with an ACL user (default user off) and/or TLS.
+- :func:`tansu_behind_tls`: a Tansu broker reached only through a TLS-terminating proxy.
+  Tansu 0.6 serves no TLS itself (``docs/tansu.md``); the proxy does what a TLS-terminating
+  load balancer in front of a broker does, so the clients' TLS (CA check, host name check,
+  client certificate) is real. Tansu advertises the proxy's address, so every connection a
+  client opens after the bootstrap goes through TLS too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from streamcrm.embedded import RunningService, free_port, redis_server_binary, tansu_binary
+from tests.tls import Pki
+
+STARTUP_TIMEOUT_S = 20.0
+
+
+def _started(service: RunningService, port: int) -> RunningService:
+    """``service`` once it accepts TCP connections on ``port``; stopped if it never does."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            log = service.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{log}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return service
+        time.sleep(0.05)
+    service.stop()
+    raise RuntimeError(f"{service.name} did not listen on port {port}")
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+
+def start_secure_redis(
+    log_dir: Path,
+    *,
+    acl_user: tuple[str, str] | None = None,
+    tls: Pki | None = None,
+    client_certificates: bool = False,
+) -> RunningService:
+    """A throw-away redis-server; its ``address`` is ``redis://`` or, with ``tls``, ``rediss://``.
+
+    ``acl_user`` (name, password): the default user is switched off and only that user, with
+    every permission, gets in. ``client_certificates``: TLS clients must present a certificate
+    signed by the CA.
+    """
+    port = free_port()
+    argv = [str(redis_server_binary()), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(log_dir), "--daemonize", "no"]
+    if tls is None:
+        argv += ["--port", str(port)]
+        address = f"redis://127.0.0.1:{port}/0"
+    else:
+        argv += ["--port", "0", "--tls-port", str(port)]
+        argv += ["--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key)]
+        argv += ["--tls-ca-cert-file", str(tls.ca_cert)]
+        argv += ["--tls-auth-clients", "yes" if client_certificates else "no"]
+        address = f"rediss://127.0.0.1:{port}/0"
+    if acl_user is not None:
+        name, password = acl_user
+        argv += ["--user", "default", "off", "--user", name, "on", f">{password}"]
+        argv += ["~*", "&*", "+@all"]
+    log_path = log_dir / f"redis-{port}.log"
+    process = _spawn(argv, log_path)
+    return _started(RunningService("redis-server", address, process, log_path), port)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+class TlsTerminatingProxy:
+    """Accepts TLS on ``listen_port`` (client certificate required) and forwards the plain
+    bytes to ``target_port``, both on 127.0.0.1, from an event loop in its own thread."""
+
+    def __init__(self, listen_port: int, target_port: int, pki: Pki) -> None:
+        self.listen_port = listen_port
+        self.target_port = target_port
+        self.connections = 0
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_cert))
+        self._context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self._context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tls-proxy")
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        listening = asyncio.start_server(
+            self._forward, "127.0.0.1", self.listen_port, ssl=self._context
+        )
+        self._server = asyncio.run_coroutine_threadsafe(listening, self._loop).result(10)
+
+    async def _forward(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        self.connections += 1
+        try:
+            upstream = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_writer.close()
+            return
+        upstream_reader, upstream_writer = upstream
+        await asyncio.gather(
+            _pipe(client_reader, upstream_writer),
+            _pipe(upstream_reader, client_writer),
+            return_exceptions=True,
+        )
+
+    def stop(self) -> None:
+        async def close_everything() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close_everything(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@contextlib.contextmanager
+def tansu_behind_tls(log_dir: Path, pki: Pki) -> Iterator[TlsTerminatingProxy]:
+    """Tansu (memory storage) on a hidden plain port, advertised and reached only through a
+    mutual-TLS proxy; the bootstrap address is ``127.0.0.1:<proxy.listen_port>``."""
+    broker_port, proxy_port = free_port(), free_port()
+    argv = [str(tansu_binary()), "broker", "--storage-engine", "memory://tansu/"]
+    argv += ["--listener-url", f"tcp://127.0.0.1:{broker_port}"]
+    argv += ["--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}"]
+    log_path = log_dir / "tansu.log"
+    broker = _started(RunningService("tansu", "", _spawn(argv, log_path), log_path), broker_port)
+    proxy = TlsTerminatingProxy(proxy_port, broker_port, pki)
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.stop()
+        broker.stop()
