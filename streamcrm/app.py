@@ -59,6 +59,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             settings.scoring,
             shared_models=True,
             max_event_time_skew=settings.max_event_time_skew,
+            pseudonymise=settings.pseudonymise,
         )
     pipeline.topic_ids = topic_ids(
         settings.kafka_bootstrap,

@@ -312,6 +312,10 @@ def run_score(settings: Settings, args: argparse.Namespace) -> int:
     if settings.redis_url is None:
         raise ConfigurationError("set STREAMCRM_REDIS_URL to the Redis the workers use")
 
+    # With pseudonymised ids the store knows the customer by their pseudonym.
+    stored_id = settings.pseudonymise(args.customer_id) if settings.pseudonymise else None
+    customer_id = stored_id or args.customer_id
+
     async def fetch() -> tuple[object, object]:
         store = RedisStateStore.from_url(
             settings.redis_url or "",
@@ -319,7 +323,7 @@ def run_score(settings: Settings, args: argparse.Namespace) -> int:
             client_options=redis_client_options(settings),
         )
         try:
-            return await store.load(args.customer_id), await store.load_score(args.customer_id)
+            return await store.load(customer_id), await store.load_score(customer_id)
         finally:
             await store.close()
 

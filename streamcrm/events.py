@@ -76,6 +76,11 @@ class _Event(_Record):
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
+BaseEvent = _Event
+"""The fields every input event carries (``event_id``, ``customer_id``, ``occurred_at``,
+``schema_version``), for code that handles any event."""
+
+
 class PurchaseEvent(_Event):
     """An order was placed: ``amount`` is the order total, ``cost`` its cost when known."""
 

@@ -26,7 +26,13 @@ from streamcrm.errors import (
     StateBehindError,
     StoreUnavailableError,
 )
-from streamcrm.events import ErasureRequested, ModelMetrics, decode_event, decode_privacy_event
+from streamcrm.events import (
+    BaseEvent,
+    ErasureRequested,
+    ModelMetrics,
+    decode_event,
+    decode_privacy_event,
+)
 from streamcrm.models import ModelBundle, ModelUpdate, QueuedUpdates
 from streamcrm.privacy import ErasureReport
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event, sweep_customer
@@ -38,6 +44,7 @@ FIRST_RETRY_DELAY_S = 0.1
 MAX_RETRY_DELAY_S = 5.0
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=BaseEvent)
 
 
 @dataclass(frozen=True)
@@ -94,13 +101,17 @@ class ScoringPipeline:
         shared_models: bool = False,
         max_event_time_skew: timedelta | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        pseudonymise: Callable[[str], str] | None = None,
     ) -> None:
         """``shared_models``: only read the models, queue what they should learn for the one
         shared learner (:class:`SharedLearner`), and follow its checkpoints
         (:meth:`refresh_models`). Otherwise this pipeline's models learn at once.
 
         ``max_event_time_skew``: events dated later than ``clock()`` plus this are rejected
-        (``FutureEventError``); None accepts any event time."""
+        (``FutureEventError``); None accepts any event time. ``pseudonymise``: replaces every
+        event's customer id at the edge (see :func:`streamcrm.privacy.pseudonym`), so no id
+        reaches state, scores or models."""
+        self.pseudonymise = pseudonymise
         self.store = store
         self.config = config
         self.max_event_time_skew = max_event_time_skew
@@ -297,7 +308,7 @@ class ScoringPipeline:
             else None
         )
         try:
-            event = decode_event(raw, topic, not_after)
+            event = self._pseudonymised(decode_event(raw, topic, not_after))
         except InvalidEventError:
             self.outcomes["invalid"] += 1
             raise
@@ -356,7 +367,7 @@ class ScoringPipeline:
         shared learner to forget the customer; the caller emits the score tombstone.
         """
         try:
-            event = decode_privacy_event(raw)
+            event = self._pseudonymised(decode_privacy_event(raw))
         except InvalidEventError:
             self.outcomes["invalid"] += 1
             raise
@@ -391,6 +402,11 @@ class ScoringPipeline:
                 self._last_marks[position.mark_field] = position.offset
             self.outcomes["consent recorded" if recorded else "duplicate"] += 1
             return PrivacyOutcome(event.customer_id, "consent", None, duplicate=not recorded)
+
+    def _pseudonymised(self, event: _E) -> _E:
+        if self.pseudonymise is None:
+            return event
+        return event.model_copy(update={"customer_id": self.pseudonymise(event.customer_id)})
 
     async def _position(
         self, topic: str | None, partition: int, offset: int | None

@@ -36,6 +36,20 @@ def subject_hash(key: bytes, customer_id: str) -> str:
     return hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def pseudonym(key: bytes, customer_id: str) -> str:
+    """The id streamcrm keeps for a customer when ids are pseudonymised at the edge:
+    ``p-`` + HMAC-SHA256(key, "pseudonym:" + id), 128 bits in hex. Stable for a key, so one
+    customer's events still meet; not the subject hash (a separate domain of the same key).
+
+    >>> pseudonym(b"k", "cust-1") == pseudonym(b"k", "cust-1")
+    True
+    >>> pseudonym(b"k", "cust-1").startswith("p-"), len(pseudonym(b"k", "cust-1"))
+    (True, 34)
+    """
+    digest = hmac.new(key, b"pseudonym:" + customer_id.encode(), hashlib.sha256)
+    return "p-" + digest.hexdigest()[:32]
+
+
 def default_privacy_key(namespace: str) -> bytes:
     """The stand-in key when none is configured (see ``UNKEYED_PREFIX``)."""
     return UNKEYED_PREFIX + namespace.encode()

@@ -9,8 +9,10 @@ the object down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +27,7 @@ from streamcrm.connections import (
     url_username,
 )
 from streamcrm.errors import ConfigurationError
+from streamcrm.privacy import pseudonym
 from streamcrm.scoring import ScoringConfig
 from streamcrm.state import DEFAULT_EXCHANGE_RATES, StateRules
 
@@ -179,6 +182,11 @@ class Settings(BaseSettings):
     web_port: int | None = Field(None, description="Faust web server port; unset = off.")
     data_dir: Path = Field(Path(".streamcrm"), description="Faust's local data directory.")
     log_level: str = Field("INFO")
+    pseudonymise_customer_ids: bool = Field(
+        False,
+        description="Replace every customer id at the edge by a keyed pseudonym (needs "
+        "privacy_key): state, scores and models never hold the ids.",
+    )
     privacy_key: SecretStr | None = Field(
         None,
         description="Key of the HMAC that names erased customers in the block list and audit "
@@ -203,6 +211,23 @@ class Settings(BaseSettings):
                 "labels are settled"
             )
         return self
+
+    @model_validator(mode="after")
+    def _pseudonyms_need_a_key(self) -> Settings:
+        if self.pseudonymise_customer_ids and self.privacy_key is None:
+            raise ConfigurationError(
+                "pseudonymise_customer_ids needs privacy_key: an unkeyed hash of an id that is "
+                "easy to guess hides nothing"
+            )
+        return self
+
+    @property
+    def pseudonymise(self) -> Callable[[str], str] | None:
+        """The edge's id replacement, when pseudonymisation is on."""
+        key = self.privacy_key_bytes
+        if not self.pseudonymise_customer_ids or key is None:
+            return None
+        return partial(pseudonym, key)
 
     @property
     def privacy_key_bytes(self) -> bytes | None:

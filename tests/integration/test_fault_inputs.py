@@ -11,13 +11,16 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from streamcrm.cli import main
 from streamcrm.embedded import EmbeddedServices
 from streamcrm.events import ModelMetrics, PurchaseEvent
+from streamcrm.kafka_io import ensure_topics
 from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
 from streamcrm.state import CustomerState
@@ -245,3 +248,42 @@ def _latest_dead_letters(records: list) -> dict[str, int]:  # type: ignore[type-
 
 def _dead_letter_count(records: list) -> int:  # type: ignore[type-arg]
     return sum(_latest_dead_letters(records).values())
+
+
+def test_with_pseudonymised_ids_no_customer_id_reaches_redis_or_the_scores_topic(
+    services: EmbeddedServices,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = isolated_settings(services, "pseudonyms", tmp_path_factory).model_copy(
+        update={"pseudonymise_customer_ids": True, "privacy_key": SecretStr("test-key")}
+    )
+    assert settings.kafka_bootstrap is not None and settings.redis_url is not None
+    history = list(simulate(customers=4, days=30, seed=4).events)
+    real_ids = {e.customer_id for e in history}
+    ensure_topics(settings, settings.kafka_bootstrap)
+    reader = TopicReader(settings.kafka_bootstrap, settings.topics.scores)
+    try:
+        with running_worker(settings, tmp_path / "worker.log"):
+            send(settings, history)
+            reader.wait_for(lambda records: len(records) >= len(history))
+    finally:
+        reader.close()
+    keys = {r.key.decode() for r in reader.records if r.key}
+    assert keys and all(key.startswith("p-") for key in keys) and not keys & real_ids
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        stored = [key.decode() for key in client.scan_iter(f"{settings.redis_namespace}:*")]
+    finally:
+        client.close()
+    assert stored and not any(cid in key for key in stored for cid in real_ids)
+
+    monkeypatch.setenv("STREAMCRM_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("STREAMCRM_REDIS_NAMESPACE", settings.redis_namespace)
+    monkeypatch.setenv("STREAMCRM_PSEUDONYMISE_CUSTOMER_IDS", "true")
+    monkeypatch.setenv("STREAMCRM_PRIVACY_KEY", "test-key")
+    some_customer = sorted(real_ids)[0]
+    assert main(["score", some_customer]) == 0  # looked up by the real id
+    assert json.loads(capsys.readouterr().out)["state"]["customer_id"].startswith("p-")

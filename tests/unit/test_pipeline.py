@@ -679,3 +679,20 @@ async def test_a_quiet_partition_whose_writes_were_lost_is_found_by_the_mark_che
     assert lost is not None
     behind, upto = lost
     assert (behind.topic, behind.partition, behind.resume_at, upto) == ("crm.purchases", 1, 2, 4)
+
+
+async def test_pseudonymised_ids_never_reach_the_store_and_erasure_still_finds_them(
+    store: InMemoryStateStore,
+) -> None:
+    from streamcrm.privacy import pseudonym
+
+    hide = lambda customer_id: pseudonym(b"secret", customer_id)  # noqa: E731
+    pipeline = ScoringPipeline(store, ScoringConfig(), pseudonymise=hide)
+
+    scored = await pipeline.handle(purchase("alice"), "crm.purchases", 0, 0)
+
+    assert scored.score is not None and scored.score.customer_id == hide("alice")
+    assert await store.load("alice") is None and await store.load(hide("alice")) is not None
+    erased = await pipeline.handle_privacy(privacy("erasure", "alice", day=1), "crm.privacy", 0, 0)
+    assert erased.customer_id == hide("alice") and erased.tombstone
+    assert await store.load(hide("alice")) is None

@@ -59,3 +59,12 @@ def test_retention_is_switched_off_from_the_environment_with_none(
     monkeypatch.setenv("STREAMCRM_CUSTOMER_RETENTION_DAYS", "none")
 
     assert Settings.from_env().customer_retention is None
+
+
+def test_pseudonymised_ids_need_a_privacy_key() -> None:
+    with pytest.raises(ConfigurationError, match="needs privacy_key"):
+        Settings(pseudonymise_customer_ids=True)
+    keyed = Settings(pseudonymise_customer_ids=True, privacy_key="k")  # type: ignore[arg-type]
+    assert keyed.pseudonymise is not None
+    assert keyed.pseudonymise("c1") == keyed.pseudonymise("c1") != "c1"
+    assert Settings().pseudonymise is None
