@@ -1,5 +1,5 @@
 """The ``streamcrm`` command: worker | demo | simulate | replay | score | population | evaluate
-| status | deadletter | schemas | topics.
+| status | deadletter | bench | schemas | topics.
 
 Every command reads :class:`~streamcrm.settings.Settings` once from ``STREAMCRM_*``
 variables; a broker or Redis left unconfigured is started embedded where that makes sense.
@@ -164,6 +164,24 @@ def _parser() -> argparse.ArgumentParser:
         "--republish", action="store_true", help="send the chosen letters' payloads back"
     )
     deadletter.set_defaults(run=run_deadletter)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure the whole pipeline against its ceiling and a Faust pass-through",
+        description="Start (or use the configured) broker and Redis, simulate a mixed stream,"
+        " and measure in one run: one worker's sustained events/s, a Faust pass-through"
+        " agent's on the same stream, the ceiling from per-event component costs, latency at"
+        " half the pipeline's rate, worker RSS and Redis memory per customer. Prints a table"
+        " and writes JSON.",
+    )
+    bench.add_argument("--customers", type=int, default=100_000)
+    bench.add_argument("--days", type=int, default=14, help="simulated days of activity")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--json", type=Path, default=Path("bench.json"), metavar="FILE")
+    bench.add_argument(
+        "--no-passthrough", action="store_true", help="skip the Faust pass-through baseline"
+    )
+    bench.set_defaults(run=run_bench)
 
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
     topics.set_defaults(run=run_topics)
@@ -468,6 +486,30 @@ def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:
             f"re-published {report.sent} ({report.now_valid} pass validation now);"
             f" {report.truncated} cut payloads not sent"
         )
+    return 0
+
+
+def run_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """``streamcrm bench`` (see :mod:`streamcrm.bench`)."""
+    from streamcrm.bench import format_report, run_bench, write_json
+
+    logging.getLogger().setLevel(logging.WARNING)
+    with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
+        if settings.kafka_bootstrap is None:
+            settings = settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
+        else:
+            settings = settings.model_copy(update={"redis_url": services.redis_url})
+        report = run_bench(
+            settings,
+            customers=args.customers,
+            days=args.days,
+            seed=args.seed,
+            log_dir=settings.data_dir,
+            passthrough=not args.no_passthrough,
+        )
+    print(format_report(report))
+    write_json(args.json, report)
+    print(f"\nfigures written to {args.json}")
     return 0
 
 

@@ -135,13 +135,13 @@ def score_event(
     )
     churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(churn_inputs)
     buying = repeat_buying(new_state)
-    window_forecast = (
-        models.repeat_buying.forecast(buying, as_of, config.churn_window) if buying else None
+    forecasts = (
+        models.repeat_buying.forecasts(buying, as_of, (config.churn_window, config.clv_horizon))
+        if buying
+        else None
     )
-    value_forecast = (
-        models.repeat_buying.forecast(buying, as_of, config.clv_horizon) if buying else None
-    )
-    segment_id, segment_name = models.segments.predict_one(features)
+    window_forecast, value_forecast = forecasts if forecasts is not None else (None, None)
+    segment_id, segment_name, segment_distance = models.segments.place_one(features)
     mean_satisfaction = satisfaction_mean(new_state)
     recency_code, frequency_code, monetary_code = models.population.rfm_codes(features)
     loyalty = loyalty_index(new_state, features)
@@ -193,7 +193,7 @@ def score_event(
             ChurnDriver(feature=name, log_odds=value)
             for name, value in models.churn.explain_one(churn_inputs)
         ],
-        segment_distance=models.segments.distance_one(features),
+        segment_distance=segment_distance,
         probability_alive=None if window_forecast is None else window_forecast.probability_alive,
         expected_purchases=(
             None if window_forecast is None or cancelled else window_forecast.expected_purchases

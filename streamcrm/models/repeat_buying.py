@@ -313,16 +313,48 @@ class RepeatBuyingModel:
         self, stats: RepeatBuying, as_of: datetime, horizon: timedelta
     ) -> RepeatBuyingForecast | None:
         """The customer's forecast over ``horizon`` after ``as_of`` (None before a first fit)."""
-        if self.counts is None or self.spend is None:
+        forecasts = self.forecasts(stats, as_of, (horizon,))
+        return forecasts[0] if forecasts is not None else None
+
+    def forecasts(
+        self, stats: RepeatBuying, as_of: datetime, horizons: Sequence[timedelta]
+    ) -> list[RepeatBuyingForecast] | None:
+        """The customer's forecasts over each horizon (None before a first fit).
+
+        One customer at a time, on the hot path of every score: plain float arithmetic (the
+        same formulas as :func:`probability_alive`, :func:`probability_of_purchase`,
+        :func:`expected_purchases` and :func:`expected_spend`, which work on arrays), with
+        P(alive) computed once for all horizons.
+        """
+        counts, spend = self.counts, self.spend
+        if counts is None or spend is None:
             return None
         x, t_x, age = stats.summary(as_of)
-        weeks = horizon.total_seconds() / SECONDS_PER_WEEK
-        return RepeatBuyingForecast(
-            probability_alive=float(probability_alive(self.counts, x, t_x, age)),
-            probability_of_purchase=float(probability_of_purchase(self.counts, x, t_x, age, weeks)),
-            expected_purchases=float(expected_purchases(self.counts, x, t_x, age, weeks)),
-            expected_spend=float(expected_spend(self.spend, stats.transactions, stats.mean_spend)),
-        )
+        r, alpha, a, b = counts.r, counts.alpha, counts.a, counts.b
+        alive = 1.0
+        if x > 0:
+            exponent = (r + x) * (math.log(alpha + age) - math.log(alpha + t_x))
+            alive = 0.0 if exponent > 700 else 1.0 / (1.0 + a / (b + x - 1) * math.exp(exponent))
+        n, m = stats.transactions, stats.mean_spend
+        per_transaction = spend.p * (spend.gamma + n * m) / (spend.p * n + spend.q - 1)
+        a_minus_one = a - 1 if abs(a - 1) > 1e-9 else 1e-9
+        out = []
+        for horizon in horizons:
+            weeks = horizon.total_seconds() / SECONDS_PER_WEEK
+            quiet_if_alive = math.exp(
+                (r + x) * (math.log(alpha + age) - math.log(alpha + age + weeks))
+            )
+            series = float(hyp2f1(r + x, b + x, a + b + x - 1, weeks / (alpha + age + weeks)))
+            if_alive = (a + b + x - 1) / a_minus_one * (1.0 - quiet_if_alive * series)
+            out.append(
+                RepeatBuyingForecast(
+                    probability_alive=alive,
+                    probability_of_purchase=alive * (1.0 - quiet_if_alive),
+                    expected_purchases=alive * if_alive,
+                    expected_spend=per_transaction,
+                )
+            )
+        return out
 
 
 def summaries_as_arrays(

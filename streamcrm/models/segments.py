@@ -62,6 +62,18 @@ class SegmentModel:
         centre = self.kmeans.centers[int(self.kmeans.predict_one(scaled))]
         return math.sqrt(sum((scaled[name] - centre[name]) ** 2 for name in SEGMENT_FEATURES))
 
+    def place_one(self, features: Mapping[str, float]) -> tuple[int, str, float]:
+        """(segment id, segment name, distance to its centre) in one pass: what a score
+        needs, from one scaling and one nearest-centre search."""
+        scaled = self.scaler.transform_one(segment_features(features))
+        centres = self.kmeans.centers
+        distances = {
+            segment_id: sum((scaled[name] - centre[name]) ** 2 for name in SEGMENT_FEATURES)
+            for segment_id, centre in centres.items()
+        }
+        segment_id = min(distances, key=distances.__getitem__)
+        return segment_id, self.segment_names()[segment_id], math.sqrt(distances[segment_id])
+
     def learn_one(self, features: Mapping[str, float]) -> None:
         """Move the scaler and the nearest centre toward one customer's features."""
         raw = segment_features(features)

@@ -157,3 +157,42 @@ def test_a_forgotten_customer_leaves_the_sample() -> None:
 
     assert model.forget("c1") and not model.forget("c1")
     assert list(model.sample) == ["c2"]
+
+
+def test_the_scalar_forecasts_of_the_hot_path_equal_the_array_formulas() -> None:
+    from streamcrm.models.repeat_buying import (
+        BgNbdParams,
+        GammaGammaParams,
+        RepeatBuyingModel,
+        expected_purchases,
+        expected_spend,
+        probability_alive,
+        probability_of_purchase,
+    )
+
+    model = RepeatBuyingModel()
+    model.counts = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
+    model.spend = GammaGammaParams(p=6.25, q=3.74, gamma=15.44)
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    as_of = first + timedelta(weeks=40)
+    horizons = (timedelta(days=90), timedelta(days=365 * 5))
+    for transactions, last_week in [(1, 0), (2, 3), (5, 30), (12, 39), (40, 2)]:
+        stats = RepeatBuying(first, first + timedelta(weeks=last_week), transactions, 31.5)
+        x, t_x, age = stats.summary(as_of)
+        forecasts = model.forecasts(stats, as_of, horizons)
+        assert forecasts is not None
+        for horizon, forecast in zip(horizons, forecasts, strict=True):
+            weeks = horizon.total_seconds() / (7 * 86_400)
+            params = model.counts
+            assert forecast.probability_alive == pytest.approx(
+                float(probability_alive(params, x, t_x, age)), rel=1e-12
+            )
+            assert forecast.probability_of_purchase == pytest.approx(
+                float(probability_of_purchase(params, x, t_x, age, weeks)), rel=1e-12
+            )
+            assert forecast.expected_purchases == pytest.approx(
+                float(expected_purchases(params, x, t_x, age, weeks)), rel=1e-12
+            )
+            assert forecast.expected_spend == pytest.approx(
+                float(expected_spend(model.spend, transactions, 31.5)), rel=1e-12
+            )

@@ -193,3 +193,25 @@ def test_distance_to_the_centre_is_small_for_a_typical_customer_and_large_for_an
     outlier = model.distance_one(features(recency=5, frequency=10, monetary=500_000))
 
     assert 0 <= typical < 1.0 < outlier
+
+
+def test_placing_a_customer_in_one_pass_agrees_with_predicting_and_measuring_apart() -> None:
+    model = SegmentModel()
+    rng = random.Random(3)
+    customers = [
+        {
+            "recency_days": rng.uniform(0, 200),
+            "frequency": rng.randint(0, 30),
+            "monetary": rng.uniform(0, 3000),
+            "satisfaction_mean": rng.random(),
+            "open_tickets": rng.randint(0, 3),
+            "complaints": rng.randint(0, 2),
+        }
+        for _ in range(300)
+    ]
+    for features in customers[:200]:
+        model.learn_one(features)
+    for features in customers[200:]:
+        segment_id, name, distance = model.place_one(features)
+        assert (segment_id, name) == model.predict_one(features)
+        assert distance == pytest.approx(model.distance_one(features), rel=1e-12)

@@ -1,0 +1,426 @@
+"""``streamcrm bench``: the whole pipeline measured against its ceiling and a baseline, in one run.
+
+What it measures, on one machine, in one run (so ratios compare like with like):
+
+- **pipeline**: one ``streamcrm worker`` consuming a preloaded, realistic mixed stream
+  (simulated purchases, feedback and support of many customers). Sustained events/s is the
+  rate between 10 % and 90 % of the stream, from the worker's own per-second metrics reports
+  (start-up and group join excluded).
+- **Faust pass-through**: :mod:`streamcrm.bench_passthrough` on the same stream (decode →
+  emit, no state, no models): what the framework itself allows.
+- **ceiling**: the sum of the measured per-event costs of the components a worker runs for
+  every event (validate, the pure scoring core with its models, the Redis load + atomic save,
+  serialising the score), in one process without Kafka: the rate if nothing else cost time.
+- **latency** at a fixed offered load (half the measured pipeline rate): event produced →
+  its score consumed, p50 / p95 / p99.
+- **memory**: the worker's resident set at the start and the end of the run, and Redis memory
+  per customer (``used_memory`` growth over the customers stored).
+
+Every figure is printed in a table and written to a JSON file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import redis
+
+from streamcrm.cli import start_worker_process, stop_worker_process
+from streamcrm.events import Event, ModelMetrics, decode_event
+from streamcrm.kafka_io import (
+    ensure_topics,
+    event_topic,
+    make_producer,
+    poll_records,
+    read_topic,
+)
+from streamcrm.models import ModelBundle
+from streamcrm.scoring import ScoringConfig, score_event
+from streamcrm.settings import Settings
+from streamcrm.simulator import DEFAULT_START, simulate
+from streamcrm.state import CustomerState
+from streamcrm.store import RedisStateStore
+
+Message = tuple[str, bytes, bytes]
+"""(topic, key, value) of one input message."""
+
+
+@dataclass
+class BenchReport:
+    """Every figure of one ``streamcrm bench`` run."""
+
+    events: int
+    customers: int
+    preload_events_per_s: float = 0.0
+    pipeline_events_per_s: float = 0.0
+    passthrough_events_per_s: float | None = None
+    ceiling_events_per_s: float = 0.0
+    component_us: dict[str, float] = field(default_factory=dict)
+    latency_offered_per_s: float | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    worker_rss_mib: dict[str, float] = field(default_factory=dict)
+    redis_bytes_per_customer: float | None = None
+
+    def ratios(self) -> dict[str, float]:
+        """The pipeline rate against each baseline measured in the same run."""
+        out = {"pipeline / ceiling": self.pipeline_events_per_s / self.ceiling_events_per_s}
+        if self.passthrough_events_per_s:
+            out["pipeline / Faust pass-through"] = (
+                self.pipeline_events_per_s / self.passthrough_events_per_s
+            )
+        return out
+
+
+def sustained_rate(samples: Sequence[tuple[float, int]], total: int) -> float:
+    """Events per second between the moments 10 % and 90 % of ``total`` were done, from
+    ``(time, events done so far)`` samples, interpolated linearly between samples.
+
+    >>> round(sustained_rate([(0.0, 0), (1.0, 0), (2.0, 500), (3.0, 1000)], 1000), 6)
+    500.0
+    """
+    ordered = sorted(samples)
+
+    def moment(count: float) -> float:
+        for (t0, c0), (t1, c1) in zip(ordered, ordered[1:], strict=False):
+            if c0 <= count <= c1 and c1 > c0:
+                return t0 + (t1 - t0) * (count - c0) / (c1 - c0)
+        raise ValueError(f"the samples never reach {count:g} events")
+
+    low, high = 0.1 * total, 0.9 * total
+    return (high - low) / (moment(high) - moment(low))
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50, p95 and p99 of ``values`` (nearest rank).
+
+    >>> percentiles(list(range(1, 101)))
+    {'p50': 50, 'p95': 95, 'p99': 99}
+    """
+    ordered = sorted(values)
+
+    def rank(share: float) -> float:
+        return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered)) - 1))]
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99)}
+
+
+def stream_for(settings: Settings, events: Sequence[Event]) -> list[Message]:
+    """The input messages of ``events`` for ``settings``' topics, serialised once."""
+    return [
+        (event_topic(settings, e), e.customer_id.encode(), e.model_dump_json().encode())
+        for e in events
+    ]
+
+
+def preload(bootstrap: str, messages: Sequence[Message]) -> float:
+    """Produce every message and flush; returns the seconds it took."""
+    producer = make_producer(bootstrap)
+    try:
+        started = time.perf_counter()
+        for topic, key, value in messages:
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+        return time.perf_counter() - started
+    finally:
+        producer.close()
+
+
+def follow_progress(
+    bootstrap: str,
+    topic: str,
+    total: int,
+    count: Callable[[bytes], int],
+    timeout_s: float,
+) -> list[tuple[float, int]]:
+    """Read per-second progress reports until ``total`` events are done: (time, done)."""
+    consumer = read_topic(bootstrap, topic)
+    samples: list[tuple[float, int]] = [(time.monotonic(), 0)]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while samples[-1][1] < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{samples[-1][1]} of {total} events done in {timeout_s:g}s")
+            for record in poll_records(consumer, timeout_ms=200):
+                if record.value:
+                    samples.append((time.monotonic(), count(record.value)))
+    finally:
+        consumer.close()
+    return samples
+
+
+def scored_count(raw: bytes) -> int:
+    """Events a streamcrm worker has handled, from one of its metrics reports."""
+    events = ModelMetrics.model_validate_json(raw).events
+    return sum(events.get(outcome, 0) for outcome in ("scored", "duplicate", "late", "invalid"))
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process, in MiB (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(f"no VmRSS for pid {pid}")
+
+
+def measure_pipeline(
+    base: Settings, events: Sequence[Event], customers: int, log_dir: Path, report: BenchReport
+) -> Settings:
+    """Preload the stream, run one worker through it; fills the pipeline figures."""
+    assert base.kafka_bootstrap is not None and base.redis_url is not None
+    settings = _fresh(base, "pipeline").model_copy(update={"metrics_interval_s": 1.0})
+    ensure_topics(settings, base.kafka_bootstrap)
+    messages = stream_for(settings, events)
+    report.preload_events_per_s = len(messages) / preload(base.kafka_bootstrap, messages)
+    client = redis.Redis.from_url(base.redis_url)
+    memory_before = int(client.info("memory")["used_memory"])
+    worker = start_worker_process(settings, log_dir / "bench-worker.log")
+    try:
+        time.sleep(1.0)
+        report.worker_rss_mib["start"] = rss_mib(worker.pid)
+        samples = follow_progress(
+            base.kafka_bootstrap,
+            settings.topics.model_metrics,
+            len(messages),
+            scored_count,
+            timeout_s=max(600.0, len(messages) / 50),
+        )
+        report.pipeline_events_per_s = sustained_rate(samples, len(messages))
+        report.worker_rss_mib["after stream"] = rss_mib(worker.pid)
+        memory_after = int(client.info("memory")["used_memory"])
+        report.redis_bytes_per_customer = (memory_after - memory_before) / customers
+        rate = report.pipeline_events_per_s / 2
+        report.latency_offered_per_s = rate
+        report.latency_ms = measure_latency(settings, events, rate, seconds=20.0)
+        report.worker_rss_mib["end"] = rss_mib(worker.pid)
+    finally:
+        stop_worker_process(worker)
+        client.close()
+    return settings
+
+
+def measure_latency(
+    settings: Settings, events: Sequence[Event], rate: float, seconds: float
+) -> dict[str, float]:
+    """Offer ``rate`` events/s for ``seconds`` to a running worker; event produced → score
+    consumed, in milliseconds. The events continue the stream's customers a period later."""
+    assert settings.kafka_bootstrap is not None
+    wanted = int(rate * seconds)
+    later = [
+        e.model_copy(update={"event_id": f"lat-{e.event_id}"})
+        for e in _later_events(events)[:wanted]
+    ]
+    messages = stream_for(settings, later)
+    sent_at: dict[str, float] = {}
+    consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores, from_beginning=False)
+    latencies: list[float] = []
+
+    def produce() -> None:
+        producer = make_producer(settings.kafka_bootstrap or "")
+        started = time.monotonic()
+        for n, ((topic, key, value), event) in enumerate(zip(messages, later, strict=True)):
+            due = started + n / rate
+            while (pause := due - time.monotonic()) > 0:
+                time.sleep(pause)
+            sent_at[event.event_id] = time.monotonic()
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+        producer.close()
+
+    sender = threading.Thread(target=produce, daemon=True)
+    sender.start()
+    deadline = time.monotonic() + seconds + 60
+    try:
+        while len(latencies) < len(messages) and time.monotonic() < deadline:
+            for record in poll_records(consumer, timeout_ms=100):
+                if record.value is None:
+                    continue
+                received = time.monotonic()
+                event_id = json.loads(record.value)["event_id"]
+                if event_id in sent_at:
+                    latencies.append((received - sent_at[event_id]) * 1000)
+    finally:
+        sender.join(timeout=5)
+        consumer.close()
+    if not latencies:
+        raise RuntimeError("no score arrived for the latency events")
+    return {**percentiles(latencies), "events": float(len(latencies))}
+
+
+def _later_events(events: Sequence[Event]) -> list[Event]:
+    """A second stream for the same customers, a period after the first."""
+    span = max(e.occurred_at for e in events) - min(e.occurred_at for e in events)
+    customers = len({e.customer_id for e in events})
+    days = max(1, span.days + 1)
+    later = simulate(customers=customers, days=days, seed=99, start=DEFAULT_START + span)
+    return list(later.events)
+
+
+def measure_passthrough(
+    base: Settings, events: Sequence[Event], log_dir: Path, report: BenchReport
+) -> None:
+    """The Faust pass-through baseline on the same stream."""
+    assert base.kafka_bootstrap is not None
+    settings = _fresh(base, "passthrough")
+    ensure_topics(settings, base.kafka_bootstrap)
+    messages = stream_for(settings, events)
+    preload(base.kafka_bootstrap, messages)
+    log = (log_dir / "bench-passthrough.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamcrm.bench_passthrough",
+            base.kafka_bootstrap,
+            settings.topic_prefix,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    try:
+        samples = follow_progress(
+            base.kafka_bootstrap,
+            f"{settings.topic_prefix}.bench-progress",
+            len(messages),
+            lambda raw: int(json.loads(raw)["count"]),
+            timeout_s=max(600.0, len(messages) / 50),
+        )
+        report.passthrough_events_per_s = sustained_rate(samples, len(messages))
+    finally:
+        stop_worker_process(process)
+
+
+def measure_components(
+    base: Settings, events: Sequence[Event], report: BenchReport, sample: int = 20_000
+) -> None:
+    """Per-event cost of each component, in one process without Kafka (microseconds)."""
+    assert base.redis_url is not None
+    chosen = list(events[:sample])
+    raws = [e.model_dump_json().encode() for e in chosen]
+    started = time.perf_counter()
+    decoded = [decode_event(raw) for raw in raws]
+    decode_s = time.perf_counter() - started
+
+    models, config = ModelBundle(), ScoringConfig(heartbeat_interval=timedelta(days=30))
+    states: dict[str, CustomerState] = {}
+    scored = []
+    started = time.perf_counter()
+    for event in decoded:
+        result = score_event(states.get(event.customer_id), event, models, config)
+        states[event.customer_id] = result.state
+        scored.append(result)
+    core_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    payloads = [r.score.model_dump_json().encode() for r in scored if r.score is not None]
+    encode_s = time.perf_counter() - started
+
+    async def redis_round_trips() -> float:
+        store = RedisStateStore.from_url(base.redis_url or "", f"bench-{uuid.uuid4().hex[:8]}")
+        try:
+            began = time.perf_counter()
+            for result in scored:
+                await store.load(result.state.customer_id)
+                await store.save(result.state, result.score)
+            return time.perf_counter() - began
+        finally:
+            await store.close()
+
+    redis_s = asyncio.run(redis_round_trips())
+    n = len(chosen)
+    report.component_us = {
+        "validate (decode_event)": decode_s / n * 1e6,
+        "scoring core + models (score_event)": core_s / n * 1e6,
+        "Redis load + atomic save": redis_s / n * 1e6,
+        "serialise score": encode_s / max(len(payloads), 1) * 1e6,
+    }
+    report.ceiling_events_per_s = 1e6 / sum(report.component_us.values())
+
+
+def run_bench(
+    base: Settings,
+    customers: int,
+    days: int,
+    seed: int,
+    log_dir: Path,
+    passthrough: bool = True,
+    out: Callable[[str], None] = print,
+) -> BenchReport:
+    """Every measurement in turn (see the module docstring)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out(f"simulating {customers:,} customers over {days} days ...")
+    events = list(simulate(customers=customers, days=days, seed=seed).events)
+    report = BenchReport(events=len(events), customers=len({e.customer_id for e in events}))
+    out(f"{len(events):,} events; measuring the components ...")
+    measure_components(base, events, report)
+    if passthrough:
+        out("Faust pass-through baseline ...")
+        measure_passthrough(base, events, log_dir, report)
+    out("full pipeline (one worker), then latency at half its rate ...")
+    measure_pipeline(base, events, report.customers, log_dir, report)
+    return report
+
+
+def format_report(report: BenchReport) -> str:
+    """The figures as a table."""
+    lines = [
+        f"stream: {report.events:,} events of {report.customers:,} customers"
+        f" (preloaded at {report.preload_events_per_s:,.0f} events/s)",
+        "",
+        f"{'throughput':<44}{'events/s':>12}",
+        f"{'streamcrm pipeline, one worker':<44}{report.pipeline_events_per_s:>12,.0f}",
+    ]
+    if report.passthrough_events_per_s is not None:
+        lines.append(
+            f"{'Faust pass-through (decode → emit)':<44}{report.passthrough_events_per_s:>12,.0f}"
+        )
+    lines.append(f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}")
+    lines += ["", f"{'per-event cost of each component':<44}{'µs':>12}"]
+    lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.component_us.items()]
+    lines += ["", "ratios (same run)"]
+    lines += [f"{name:<44}{ratio:>12.2f}" for name, ratio in report.ratios().items()]
+    if report.latency_ms:
+        lines += [
+            "",
+            f"latency at {report.latency_offered_per_s:,.0f} events/s offered"
+            f" ({report.latency_ms.get('events', 0):,.0f} events), produced → score consumed:",
+            "  "
+            + "  ".join(f"{k} {v:,.0f} ms" for k, v in report.latency_ms.items() if k != "events"),
+        ]
+    lines += [
+        "",
+        "worker RSS: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in report.worker_rss_mib.items()),
+    ]
+    if report.redis_bytes_per_customer is not None:
+        lines.append(f"Redis memory per customer: {report.redis_bytes_per_customer:,.0f} bytes")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, report: BenchReport) -> None:
+    path.write_text(json.dumps({**asdict(report), "ratios": report.ratios()}, indent=2))
+
+
+def _fresh(base: Settings, label: str) -> Settings:
+    name = f"bench-{label}-{uuid.uuid4().hex[:6]}"
+    return base.model_copy(update={"topic_prefix": name, "app_id": name, "redis_namespace": name})
+
+
+__all__ = [
+    "BenchReport",
+    "format_report",
+    "percentiles",
+    "run_bench",
+    "sustained_rate",
+    "write_json",
+]

@@ -1,0 +1,37 @@
+"""The benchmark's arithmetic: sustained rates and percentiles from raw samples."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamcrm.bench import BenchReport, format_report, percentiles, sustained_rate
+
+
+def test_the_sustained_rate_ignores_start_up_and_the_tail() -> None:
+    # A slow start (group join) and a slow tail: only the middle 80 % counts.
+    samples = [(0.0, 0), (5.0, 0), (6.0, 100), (7.0, 500), (8.0, 900), (20.0, 1000)]
+    assert sustained_rate(samples, 1000) == pytest.approx(800 / 2.0)
+
+
+def test_a_stream_never_finished_has_no_sustained_rate() -> None:
+    with pytest.raises(ValueError, match="never reach"):
+        sustained_rate([(0.0, 0), (1.0, 50)], 1000)
+
+
+def test_percentiles_take_the_nearest_rank() -> None:
+    assert percentiles([5.0, 1.0, 3.0, 2.0, 4.0]) == {"p50": 2.0, "p95": 5.0, "p99": 5.0}
+
+
+def test_the_report_states_every_ratio_against_the_same_run() -> None:
+    report = BenchReport(
+        events=10,
+        customers=2,
+        pipeline_events_per_s=500.0,
+        passthrough_events_per_s=4000.0,
+        ceiling_events_per_s=1000.0,
+    )
+    assert report.ratios() == {
+        "pipeline / ceiling": 0.5,
+        "pipeline / Faust pass-through": 0.125,
+    }
+    assert "pipeline / Faust pass-through" in format_report(report)
