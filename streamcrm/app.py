@@ -30,7 +30,7 @@ from streamcrm.connections import (
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.events import DeadLetter
 from streamcrm.kafka_io import read_range, topic_ids
-from streamcrm.models import ModelUpdate
+from streamcrm.models import ModelUpdate, ModelUpdateBatch
 from streamcrm.pipeline import ScoringPipeline, SharedLearner
 from streamcrm.settings import Settings
 from streamcrm.store import RedisStateStore
@@ -91,9 +91,21 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     metrics_topic = app.topic(topics.model_metrics, key_serializer="raw", value_serializer="raw")
     updates_topic = app.topic(topics.model_updates, key_serializer="raw", value_serializer="raw")
 
-    async def publish_model_updates() -> None:
-        for update in pipeline.drain_updates():
-            await updates_topic.send(key=b"models", value=update.model_dump_json().encode())
+    unsent: list[ModelUpdate] = []
+
+    async def publish_model_updates(flush: bool = False) -> None:
+        """Queue what the models should learn; send it as one batch when enough has gathered
+        (or at the flush timer): one Kafka message per update cost as much as the event."""
+        unsent.extend(pipeline.drain_updates())
+        if unsent and (flush or len(unsent) >= MODEL_UPDATE_BATCH):
+            batch = ModelUpdateBatch(updates=list(unsent))
+            unsent.clear()
+            await updates_topic.send(key=b"models", value=batch.model_dump_json().encode())
+
+    async def flush_model_updates() -> None:
+        await publish_model_updates(flush=True)
+
+    app.timer(MODEL_UPDATE_FLUSH_S, name="flush-model-updates")(flush_model_updates)
 
     worker_name = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
 
@@ -212,11 +224,12 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     async def learn_model_updates(stream: faust.StreamT[bytes]) -> None:
         async for raw in stream:
             try:
-                update = ModelUpdate.model_validate_json(raw)
+                updates = model_updates_in(raw)
             except ValueError:
                 logger.exception("unreadable model update skipped")
                 continue
-            await learner.learn(update)
+            for update in updates:
+                await learner.learn(update)
 
     app.agent(updates_topic, name="shared-learner", concurrency=1)(learn_model_updates)
 
@@ -275,6 +288,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def final_checkpoint(sender: faust.App, **_: Any) -> None:
+        await publish_model_updates(flush=True)  # for the next learner, if not this one
         await checkpoint()
 
     return app
@@ -297,6 +311,20 @@ class Incoming(Protocol):
 
     @property
     def value(self) -> bytes | None: ...
+
+
+MODEL_UPDATE_BATCH = 500
+"""Model updates sent in one message at most (and at least, between flushes)."""
+MODEL_UPDATE_FLUSH_S = 0.25
+"""How long model updates may wait for a batch to fill."""
+
+
+def model_updates_in(raw: bytes) -> list[ModelUpdate]:
+    """The updates of one model-updates message: a batch, or one update (older workers)."""
+    try:
+        return ModelUpdateBatch.model_validate_json(raw).updates
+    except ValueError:
+        return [ModelUpdate.model_validate_json(raw)]
 
 
 def dead_letter_for(message: Incoming, error: Exception) -> DeadLetter:

@@ -48,6 +48,15 @@ class ModelUpdate(BaseModel):
     """For ``scored``: the customer's repeat-buying statistics (null before a purchase)."""
 
 
+class ModelUpdateBatch(BaseModel):
+    """What a worker publishes on the model-updates topic: its updates, in order, batched
+    so the learner pays the framework's per-message cost once per batch, not per update."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    updates: list[ModelUpdate]
+
+
 class Learner(Protocol):
     """Where scoring sends what the models should learn."""
 
@@ -173,6 +182,7 @@ __all__ = [
     "Learner",
     "ModelBundle",
     "ModelUpdate",
+    "ModelUpdateBatch",
     "PopulationStats",
     "QueuedUpdates",
     "SegmentModel",

@@ -696,3 +696,15 @@ async def test_pseudonymised_ids_never_reach_the_store_and_erasure_still_finds_t
     erased = await pipeline.handle_privacy(privacy("erasure", "alice", day=1), "crm.privacy", 0, 0)
     assert erased.customer_id == hide("alice") and erased.tombstone
     assert await store.load(hide("alice")) is None
+
+
+def test_model_updates_travel_in_batches_and_single_updates_of_older_workers_still_read() -> None:
+    from streamcrm.app import model_updates_in
+    from streamcrm.models import ModelUpdateBatch
+
+    first = ModelUpdate(kind="labelled", features={"x": 1.0}, churned=True)
+    second = ModelUpdate(kind="forget", customer_id="c1")
+    batch = ModelUpdateBatch(updates=[first, second]).model_dump_json().encode()
+
+    assert model_updates_in(batch) == [first, second]
+    assert model_updates_in(first.model_dump_json().encode()) == [first]
