@@ -29,10 +29,11 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from streamcrm.bench import preload, stream_for
 from streamcrm.cli import start_worker_process, stop_worker_process
 from streamcrm.embedded import embedded_services
 from streamcrm.events import Event
-from streamcrm.kafka_io import ensure_topics, event_topic, make_producer, poll_records, read_topic
+from streamcrm.kafka_io import ensure_topics, make_producer, poll_records, read_topic
 from streamcrm.replay import read_history, replay_history, write_history
 from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
@@ -69,19 +70,7 @@ def measure_replay(base: Settings, bootstrap: str, events: Sequence[Event]) -> f
 def measure_raw(base: Settings, bootstrap: str, events: Sequence[Event]) -> float:
     settings = fresh_settings(base, "raw")
     ensure_topics(settings, bootstrap)
-    messages = [
-        (event_topic(settings, event), event.customer_id.encode(), event.model_dump_json().encode())
-        for event in events
-    ]
-    producer = make_producer(bootstrap)
-    try:
-        started = time.perf_counter()
-        for topic, key, value in messages:
-            producer.send(topic, key=key, value=value)
-        producer.flush()
-        return time.perf_counter() - started
-    finally:
-        producer.close()
+    return preload(bootstrap, stream_for(settings, events))
 
 
 def measure_end_to_end(base: Settings, bootstrap: str, events: Sequence[Event], log: Path) -> float:

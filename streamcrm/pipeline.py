@@ -331,15 +331,13 @@ class ScoringPipeline:
                     f"save {event.customer_id}",
                 )
                 self._after_write(position, saved)
-                if saved == SaveResult.STATE_BEHIND:
-                    if self.updates is not None:
-                        del self.updates.updates[queued:]
-                    raise await self._state_behind(position)
                 if saved != SaveResult.APPLIED:
-                    # Redelivered (its effects are already in the store) or an erased
-                    # customer's event: nothing of it may reach the models either.
+                    # Redelivered (its effects are already in the store), an erased
+                    # customer's event or a store behind: nothing of it may reach the models.
                     if self.updates is not None:
                         del self.updates.updates[queued:]
+                    if saved == SaveResult.STATE_BEHIND:
+                        raise await self._state_behind(position)
                     if saved == SaveResult.CUSTOMER_ERASED:
                         self.outcomes["erased customer"] += 1
                         return ScoredEvent(state=scored.state, score=None, erased=True)
@@ -380,8 +378,8 @@ class ScoringPipeline:
                     ),
                     "erase a customer",
                 )
-                if not report.already_applied and position is not None:
-                    self._last_marks[position.mark_field] = position.offset
+                if not report.already_applied:
+                    self._marked(position)
                 if report.already_applied:
                     self.outcomes["duplicate"] += 1
                     return PrivacyOutcome(event.customer_id, "erasure", report, duplicate=True)
@@ -398,8 +396,8 @@ class ScoringPipeline:
                 lambda: self.store.record_consent(event.customer_id, position, event.occurred_at),
                 "record consent",
             )
-            if recorded and position is not None:
-                self._last_marks[position.mark_field] = position.offset
+            if recorded:
+                self._marked(position)
             self.outcomes["consent recorded" if recorded else "duplicate"] += 1
             return PrivacyOutcome(event.customer_id, "consent", None, duplicate=not recorded)
 
@@ -419,9 +417,9 @@ class ScoringPipeline:
         """
         if topic is None or offset is None:
             return None
-        position = InputPosition(topic, self.topic_ids.get(topic), partition, offset)
-        field = position.mark_field
+        field = self._mark_field(topic, partition)
         if field not in self._last_marks:
+            position = InputPosition(topic, self.topic_ids.get(topic), partition, offset)
             self._partitions[field] = (topic, partition)
             stored = await _until_available(
                 lambda: self.store.applied_offset(position), "read an offset mark"
@@ -437,13 +435,24 @@ class ScoringPipeline:
                     f"first message at offset {offset}, but the store has applied up to "
                     f"{'nothing' if stored is None else stored}",
                 )
-        return InputPosition(
-            topic, position.topic_id, partition, offset, previous=self._last_marks[field]
-        )
+        return self._positioned(topic, partition, offset)
+
+    def _mark_field(self, topic: str, partition: int) -> str:
+        return InputPosition(topic, self.topic_ids.get(topic), partition, 0).mark_field
+
+    def _positioned(self, topic: str, partition: int, offset: int) -> InputPosition:
+        """The message's position, carrying the mark this worker last wrote for it."""
+        previous = self._last_marks.get(self._mark_field(topic, partition))
+        return InputPosition(topic, self.topic_ids.get(topic), partition, offset, previous)
+
+    def _marked(self, position: InputPosition | None) -> None:
+        """Remember that this worker moved the partition's mark to ``position``."""
+        if position is not None:
+            self._last_marks[position.mark_field] = position.offset
 
     def _after_write(self, position: InputPosition | None, result: SaveResult) -> None:
-        if position is not None and result in (SaveResult.APPLIED, SaveResult.CUSTOMER_ERASED):
-            self._last_marks[position.mark_field] = position.offset
+        if result in (SaveResult.APPLIED, SaveResult.CUSTOMER_ERASED):
+            self._marked(position)
 
     def partitions_applied(self) -> list[tuple[str, int]]:
         """The input partitions this worker has applied messages of (to check with
@@ -465,11 +474,10 @@ class ScoringPipeline:
         (the app's partition lock): it resets the partition's mark to the stored one.
         Raises StoreUnavailableError.
         """
-        position = InputPosition(topic, self.topic_ids.get(topic), partition, 0)
-        applied = self._last_marks.get(position.mark_field)
+        applied = self._last_marks.get(self._mark_field(topic, partition))
         if applied is None:
             return None
-        position = InputPosition(topic, position.topic_id, partition, applied, previous=applied)
+        position = self._positioned(topic, partition, applied)
         stored = await self.store.applied_offset(position)
         if stored is not None and stored >= applied:
             return None
@@ -497,15 +505,7 @@ class ScoringPipeline:
         offset is marked (what lets a restarted worker tell a gap from lost writes)."""
         if topic is None or offset is None:
             return
-        position = InputPosition(
-            topic,
-            self.topic_ids.get(topic),
-            partition,
-            offset,
-            previous=self._last_marks.get(
-                InputPosition(topic, self.topic_ids.get(topic), partition, offset).mark_field
-            ),
-        )
+        position = self._positioned(topic, partition, offset)
         result = await _until_available(
             lambda: self.store.mark_applied(position), "mark a dead letter"
         )
