@@ -17,6 +17,8 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -28,7 +30,7 @@ from streamcrm.connections import (
     redis_client_options,
 )
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
-from streamcrm.events import DeadLetter
+from streamcrm.events import CustomerScore, DeadLetter
 from streamcrm.kafka_io import read_range, topic_ids
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
 from streamcrm.pipeline import ScoringPipeline, SharedLearner
@@ -143,15 +145,24 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             "%s[%d]: caught up to offset %d (%s)", behind.topic, behind.partition, upto, changes
         )
 
-    async def dead_letter(message: Incoming, error: Exception, catching_up: bool) -> None:
+    async def send_dead_letter(message: Incoming, error: Exception) -> None:
         if not isinstance(error, InvalidEventError):
-            logger.exception(
-                "processing failed at %s[%d]@%d", message.topic, message.partition, message.offset
+            logger.error(
+                "processing failed at %s[%d]@%d",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc_info=error,
             )
+        letter = dead_letter_for(message, error)
+        pipeline.dead_letters[letter.reason_code] += 1
+        await deadletter_topic.send(key=message.key, value=letter.model_dump_json().encode())
+
+    async def dead_letter(message: Incoming, error: Exception, catching_up: bool) -> None:
         if not catching_up:  # a re-read message was dead-lettered the first time already
-            letter = dead_letter_for(message, error)
-            pipeline.dead_letters[letter.reason_code] += 1
-            await deadletter_topic.send(key=message.key, value=letter.model_dump_json().encode())
+            await send_dead_letter(message, error)
+        elif not isinstance(error, InvalidEventError):
+            logger.error("processing failed again at re-read offset %d", message.offset)
         while True:
             try:
                 await pipeline.note_dead_lettered(message.topic, message.partition, message.offset)
@@ -164,6 +175,32 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     def partition_lock(topic: str, partition: int) -> asyncio.Lock:
         return partition_locks.setdefault((topic, partition), asyncio.Lock())
+
+    async def handle_batch(messages: Sequence[Incoming]) -> None:
+        """Apply a batch of one input topic's messages: scored together where the pipeline
+        can (see ``ScoringPipeline.handle_batch``), the rest one by one; never raises."""
+        async with AsyncExitStack() as held:
+            for topic, partition in sorted({(m.topic, m.partition) for m in messages}):
+                await held.enter_async_context(partition_lock(topic, partition))
+            try:
+                outcomes = await pipeline.handle_batch(messages, send_score)
+            except Exception:  # noqa: BLE001 - nothing of the batch is lost: one by one instead
+                logger.exception(
+                    "batch of %d messages failed; handling them one by one", len(messages)
+                )
+                outcomes = []
+            for message, outcome in zip(messages, outcomes, strict=False):
+                if isinstance(outcome, Exception):
+                    await send_dead_letter(message, outcome)
+            handled = len(outcomes)
+        for message in messages[handled:]:
+            await handle_message(message)
+        await publish_model_updates()
+
+    async def send_score(score: CustomerScore) -> None:
+        await scores_topic.send(
+            key=score.customer_id.encode(), value=score.model_dump_json().encode()
+        )
 
     async def handle_message(message: Incoming, catching_up: bool = False) -> None:
         """Apply one message: score, privacy action or dead letter; never raises."""
@@ -187,8 +224,12 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                             topics.scores, outcome.customer_id.encode(), None, None, None, None
                         )
                     return
-                scored = await pipeline.handle(
-                    message.value or b"", message.topic, message.partition, message.offset
+                await pipeline.handle(
+                    message.value or b"",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    publish=send_score,
                 )
             except StateBehindError as behind:
                 await catch_up(behind, message.offset)
@@ -196,20 +237,18 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             except Exception as error:  # noqa: BLE001 - every failure is dead-lettered
                 await dead_letter(message, error, catching_up)
                 return
-            if scored.score is not None:
-                await scores_topic.send(
-                    key=scored.score.customer_id.encode(),
-                    value=scored.score.model_dump_json().encode(),
-                )
             await publish_model_updates()
             return
 
+    batch_max, batch_wait_s = settings.batch_max_events, settings.batch_max_wait_ms / 1000
     for topic_name in topics.inputs:
         source = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
 
         async def score_events(stream: faust.StreamT[bytes]) -> None:
-            async for event in stream.events():
-                await handle_message(event.message)
+            # Faust acks a batch's messages once the loop body is done with them.
+            assert isinstance(stream, faust.Stream)  # take_events is not on StreamT
+            async for events in stream.take_events(batch_max, within=batch_wait_s):
+                await handle_batch([event.message for event in events])
 
         app.agent(source, name=f"score-{topic_name}", concurrency=1)(score_events)
 

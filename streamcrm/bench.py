@@ -49,7 +49,7 @@ from streamcrm.scoring import ScoringConfig, score_event
 from streamcrm.settings import Settings
 from streamcrm.simulator import DEFAULT_START, simulate
 from streamcrm.state import CustomerState
-from streamcrm.store import RedisStateStore
+from streamcrm.store import PendingWrite, RedisStateStore
 
 Message = tuple[str, bytes, bytes]
 """(topic, key, value) of one input message."""
@@ -70,6 +70,8 @@ class BenchReport:
     latency_ms: dict[str, float] = field(default_factory=dict)
     worker_rss_mib: dict[str, float] = field(default_factory=dict)
     redis_bytes_per_customer: float | None = None
+    redis_one_by_one_us: float | None = None
+    """The Redis load + save per event without batching, for comparison."""
 
     def ratios(self) -> dict[str, float]:
         """The pipeline rate against each baseline measured in the same run."""
@@ -326,26 +328,32 @@ def measure_components(
     payloads = [r.score.model_dump_json().encode() for r in scored if r.score is not None]
     encode_s = time.perf_counter() - started
 
-    async def redis_round_trips() -> float:
+    async def redis_round_trips(batch: int) -> float:
+        """Load and save every scored state, ``batch`` customers per round trip each way."""
         store = RedisStateStore.from_url(base.redis_url or "", f"bench-{uuid.uuid4().hex[:8]}")
         try:
             began = time.perf_counter()
-            for result in scored:
-                await store.load(result.state.customer_id)
-                await store.save(result.state, result.score)
+            for start in range(0, len(scored), batch):
+                chunk = scored[start : start + batch]
+                await store.load_many([result.state.customer_id for result in chunk])
+                await store.save_batch(
+                    [PendingWrite(None, result.state, result.score) for result in chunk]
+                )
             return time.perf_counter() - began
         finally:
             await store.close()
 
-    redis_s = asyncio.run(redis_round_trips())
+    one_by_one_s = asyncio.run(redis_round_trips(1))
+    batched_s = asyncio.run(redis_round_trips(base.batch_max_events))
     n = len(chosen)
     report.component_us = {
         "validate (decode_event)": decode_s / n * 1e6,
         "scoring core + models (score_event)": core_s / n * 1e6,
-        "Redis load + atomic save": redis_s / n * 1e6,
+        f"Redis load + atomic save, batches of {base.batch_max_events}": batched_s / n * 1e6,
         "serialise score": encode_s / max(len(payloads), 1) * 1e6,
     }
     report.ceiling_events_per_s = 1e6 / sum(report.component_us.values())
+    report.redis_one_by_one_us = one_by_one_s / n * 1e6
 
 
 def run_bench(
@@ -388,6 +396,10 @@ def format_report(report: BenchReport) -> str:
     lines.append(f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}")
     lines += ["", f"{'per-event cost of each component':<44}{'µs':>12}"]
     lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.component_us.items()]
+    if report.redis_one_by_one_us is not None:
+        lines.append(
+            f"{'  (Redis one event per round trip)':<44}{report.redis_one_by_one_us:>12,.1f}"
+        )
     lines += ["", "ratios (same run)"]
     lines += [f"{name:<44}{ratio:>12.2f}" for name, ratio in report.ratios().items()]
     if report.latency_ms:

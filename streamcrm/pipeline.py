@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from streamcrm.errors import (
     InvalidEventError,
@@ -28,7 +28,9 @@ from streamcrm.errors import (
 )
 from streamcrm.events import (
     BaseEvent,
+    CustomerScore,
     ErasureRequested,
+    Event,
     ModelMetrics,
     decode_event,
     decode_privacy_event,
@@ -36,8 +38,8 @@ from streamcrm.events import (
 from streamcrm.models import ModelBundle, ModelUpdate, QueuedUpdates
 from streamcrm.privacy import ErasureReport
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event, sweep_customer
-from streamcrm.state import topic_kind
-from streamcrm.store import InputPosition, LedgerDue, SaveResult, StateStore
+from streamcrm.state import CustomerState, topic_kind
+from streamcrm.store import InputPosition, LedgerDue, PendingWrite, SaveResult, StateStore
 
 MODEL_CHECKPOINT = "bundle"
 FIRST_RETRY_DELAY_S = 0.1
@@ -87,8 +89,54 @@ class KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    @asynccontextmanager
+    async def hold_all(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the locks of all ``keys``, taken in sorted order so that two holders of
+        overlapping key sets cannot wait for each other."""
+        async with AsyncExitStack() as stack:
+            for key in sorted(set(keys)):
+                await stack.enter_async_context(self.hold(key))
+            yield
+
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class InputMessage(Protocol):
+    """What the pipeline needs of an input message: where it sits and its bytes."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+Publish = Callable[[CustomerScore], Awaitable[None]]
+"""Sends a new score on (to the scores topic)."""
+
+BatchOutcome = ScoredEvent | Exception
+"""What one message of a batch came to: its scored event, or the error to dead-letter it
+with (its offset mark has moved already)."""
+
+
+@dataclass
+class _Planned:
+    """One message of a batch, scored in memory and not yet saved."""
+
+    outcome: BatchOutcome
+    write: PendingWrite | None
+    """None: nothing to write (a duplicate by event id)."""
+    queued_updates: int
+    """How many model updates were queued before this message: what to keep if its write
+    is refused."""
+    occurred_at: datetime | None = None
 
 
 class ScoringPipeline:
@@ -292,8 +340,13 @@ class ScoringPipeline:
         topic: str | None = None,
         partition: int = 0,
         offset: int | None = None,
+        publish: Publish | None = None,
     ) -> ScoredEvent:
         """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
+
+        ``publish`` is given the new score, if any, while the customer's lock is still held:
+        so scores go out in the order their states were saved, and the last score of a
+        customer on a compacted topic is the one in the store.
 
         ``partition`` is the input partition the message came from (it files the customer in
         the due index). With ``topic`` and ``offset`` given, the save also moves the partition's
@@ -342,15 +395,176 @@ class ScoringPipeline:
                         self.outcomes["erased customer"] += 1
                         return ScoredEvent(state=scored.state, score=None, erased=True)
                     scored = ScoredEvent(state=state or scored.state, score=None, duplicate=True)
+                if publish is not None and scored.score is not None:
+                    await publish(scored.score)
         self._count(scored, event.occurred_at)
         if scored.late_by is not None:
-            raise LateEventError(
-                f"event at {event.occurred_at.isoformat()} is {_hours(scored.late_by)} older than "
-                f"the newest {topic_kind(event)} event of customer {event.customer_id!r}; "
-                f"allowed lateness is {_hours(self.config.rules.allowed_lateness)}: "
-                "counted as late, not applied"
-            )
+            raise self._late_error(event, scored)
         return scored
+
+    def _late_error(self, event: Event, scored: ScoredEvent) -> LateEventError:
+        assert scored.late_by is not None
+        return LateEventError(
+            f"event at {event.occurred_at.isoformat()} is {_hours(scored.late_by)} older than "
+            f"the newest {topic_kind(event)} event of customer {event.customer_id!r}; "
+            f"allowed lateness is {_hours(self.config.rules.allowed_lateness)}: "
+            "counted as late, not applied"
+        )
+
+    async def handle_batch(
+        self, messages: Sequence[InputMessage], publish: Publish | None = None
+    ) -> list[BatchOutcome]:
+        """Score a batch of input messages as :meth:`handle` would one by one, with one Redis
+        round trip to load their customers and one to save everything.
+
+        Returns the outcomes of the messages handled, in order: a prefix of ``messages``. The
+        caller handles the rest one by one with :meth:`handle`; that happens when a save is
+        refused (a redelivered message, a store behind), since every later message of the batch
+        was scored on top of it, and for a whole batch holding a partition's first message in
+        this process (whose stored mark must be checked first). Outcomes that are exceptions
+        are to be dead-lettered; their offset marks have moved already. ``publish`` is given
+        each new score as :meth:`handle` gives it.
+        """
+        if any(self._mark_field(m.topic, m.partition) not in self._last_marks for m in messages):
+            return []
+        events = [self._decoded(message) for message in messages]
+        await self.load_models()
+        customers = {event.customer_id for event in events if isinstance(event, BaseEvent)}
+        async with self._locks.hold_all(customers):
+            states = await _until_available(
+                lambda: self.store.load_many(sorted(customers)), "load a batch of customers"
+            )
+            queued = self._queued_updates()
+            try:
+                planned = self._plan(messages, events, states)
+                writes = [plan.write for plan in planned if plan.write is not None]
+                results = await _until_available(
+                    lambda: self.store.save_batch(writes), "save a batch of customers"
+                )
+            except BaseException:
+                self._drop_updates_from(queued)
+                raise
+            outcomes = self._settled(planned, results)
+            if publish is not None:
+                for outcome in outcomes:
+                    if isinstance(outcome, ScoredEvent) and outcome.score is not None:
+                        await publish(outcome.score)
+        return outcomes
+
+    def _decoded(self, message: InputMessage) -> Event | InvalidEventError:
+        not_after = (
+            self.clock() + self.max_event_time_skew
+            if self.max_event_time_skew is not None
+            else None
+        )
+        try:
+            return self._pseudonymised(decode_event(message.value or b"", message.topic, not_after))
+        except InvalidEventError as error:
+            return error
+
+    def _plan(
+        self,
+        messages: Sequence[InputMessage],
+        events: Sequence[Event | InvalidEventError],
+        states: dict[str, CustomerState | None],
+    ) -> list[_Planned]:
+        """Score the batch in memory, in order, each customer's events on top of each other;
+        every message but a duplicate gets its write (a save, or a bare mark move)."""
+        planned: list[_Planned] = []
+        newest = self.newest_event_time
+        for message, event in zip(messages, events, strict=True):
+            # Each write carries the partition's mark from before the batch: the batch is
+            # written in one atomic step, so a mark below it means writes lost before.
+            position = self._positioned(message.topic, message.partition, message.offset)
+            if isinstance(event, InvalidEventError):
+                plan = _Planned(event, PendingWrite(position), self._queued_updates())
+            else:
+                plan = self._plan_event(event, position, states, newest)
+                if isinstance(plan.outcome, ScoredEvent) and plan.outcome.score is not None:
+                    newest = max(newest or event.occurred_at, event.occurred_at)
+            planned.append(plan)
+        return planned
+
+    def _plan_event(
+        self,
+        event: Event,
+        position: InputPosition,
+        states: dict[str, CustomerState | None],
+        newest: datetime | None,
+    ) -> _Planned:
+        """Score one event on its customer's state so far in the batch (updated in place)."""
+        queued = self._queued_updates()
+        watermark = max(newest or event.occurred_at, event.occurred_at) - (
+            self.config.rules.allowed_lateness
+        )
+        try:
+            scored = score_event(
+                states[event.customer_id],
+                event,
+                self.models,
+                self.config,
+                watermark,
+                learner=self.updates,
+            )
+        except Exception as error:  # noqa: BLE001 - dead-lettered, as handle's would be
+            self._drop_updates_from(queued)
+            return _Planned(error, PendingWrite(position), queued)
+        if scored.duplicate:
+            return _Planned(scored, None, queued, event.occurred_at)
+        states[event.customer_id] = scored.state
+        if scored.late_by is not None:
+            write = PendingWrite(position, scored.state, scored.score)
+            return _Planned(self._late_error(event, scored), write, queued)
+        due = LedgerDue(position.partition, scored.due_at)
+        write = PendingWrite(position, scored.state, scored.score, due)
+        return _Planned(scored, write, queued, event.occurred_at)
+
+    def _queued_updates(self) -> int:
+        return len(self.updates.updates) if self.updates is not None else 0
+
+    def _settled(self, planned: list[_Planned], results: list[SaveResult]) -> list[BatchOutcome]:
+        """The outcomes of the messages whose writes were made (or refused harmlessly), up to
+        the first refusal that leaves the rest to be handled one by one."""
+        outcomes: list[BatchOutcome] = []
+        written = iter(results)
+        for plan in planned:
+            if plan.write is None:  # a duplicate: nothing was to be written
+                self._settle(plan.outcome, plan.occurred_at)
+                outcomes.append(plan.outcome)
+                continue
+            result = next(written, None)
+            if result is None or result == SaveResult.STATE_BEHIND:
+                self._drop_updates_from(plan.queued_updates)
+                return outcomes
+            self._after_write(plan.write.position, result)
+            if result == SaveResult.APPLIED:
+                self._settle(plan.outcome, plan.occurred_at)
+                outcomes.append(plan.outcome)
+                continue
+            # Refused, and every later message was scored on top of this one: keep only what
+            # came before. A redelivered message goes one by one with the rest (it turns out
+            # a duplicate there); an erased customer's event is done (its mark moved).
+            self._drop_updates_from(plan.queued_updates)
+            if result == SaveResult.CUSTOMER_ERASED:
+                assert plan.write.state is not None, "only a save finds a customer erased"
+                self.outcomes["erased customer"] += 1
+                outcomes.append(ScoredEvent(state=plan.write.state, score=None, erased=True))
+            return outcomes
+        return outcomes
+
+    def _settle(self, outcome: BatchOutcome, occurred_at: datetime | None) -> None:
+        """Count a message whose write was made, as :meth:`handle` would have."""
+        if isinstance(outcome, ScoredEvent):
+            assert occurred_at is not None, "a scored message has an event time"
+            self._count(outcome, occurred_at)
+        elif isinstance(outcome, LateEventError):
+            self.outcomes["late"] += 1
+        elif isinstance(outcome, InvalidEventError):
+            self.outcomes["invalid"] += 1
+
+    def _drop_updates_from(self, queued: int) -> None:
+        if self.updates is not None:
+            del self.updates.updates[queued:]
 
     async def handle_privacy(
         self,

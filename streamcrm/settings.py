@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     )
     discount_rate: float = Field(0.10, ge=0, description="Yearly discount rate r for CLV.")
     clv_horizon_years: int = Field(5, ge=1, le=50)
+    batch_max_events: int = Field(
+        500, ge=1, description="Events a worker scores together (one Redis round trip each way)."
+    )
+    batch_max_wait_ms: float = Field(
+        20.0, gt=0, description="How long a batch waits to fill before it is scored anyway."
+    )
     model_checkpoint_interval_s: float = Field(10.0, gt=0)
     metrics_interval_s: float = Field(10.0, gt=0, description="How often model metrics go out.")
     sweep_interval_s: float = Field(

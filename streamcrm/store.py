@@ -39,7 +39,7 @@ snapshot's churn label is settled before its customer can expire.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -101,6 +101,18 @@ class InputPosition:
         return f"{self.topic}|{self.topic_id or '-'}|{self.partition}"
 
 
+@dataclass(frozen=True)
+class PendingWrite:
+    """One message's effect, for :meth:`StateStore.save_batch`: a customer's new state (with
+    its score and due entry) and the message's offset mark, or the mark alone (``state``
+    None: a message that changed no state, such as a dead letter)."""
+
+    position: InputPosition | None
+    state: CustomerState | None = None
+    score: CustomerScore | None = None
+    due: LedgerDue | None = None
+
+
 def offsets_key(namespace: str) -> str:
     """The Redis hash of applied-offset marks, one field per input topic partition."""
     return f"{namespace}:{KEY_VERSION}:offsets"
@@ -146,6 +158,10 @@ class StateStore(Protocol):
 
     async def load(self, customer_id: str) -> CustomerState | None: ...
 
+    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
+        """The states of several customers, in one round trip."""
+        ...
+
     async def save(
         self,
         state: CustomerState,
@@ -182,6 +198,12 @@ class StateStore(Protocol):
     async def mark_applied(self, position: InputPosition) -> SaveResult:
         """Move the mark for a message that changed no state (dead-lettered), with the same
         checks as :meth:`save`."""
+        ...
+
+    async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
+        """Make the writes in order, each as :meth:`save` (or :meth:`mark_applied`) would, in
+        one round trip; stop after the first one that is not ``APPLIED``. Returns the results
+        of the writes tried: the writes after the last result were not tried."""
         ...
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
@@ -241,8 +263,24 @@ class InMemoryStateStore:
         raw = self._states.get(customer_id)
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
+    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
+        return {customer_id: await self.load(customer_id) for customer_id in customer_ids}
+
     async def applied_offset(self, position: InputPosition) -> int | None:
         return self._offsets.get(position.mark_field)
+
+    async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
+        results: list[SaveResult] = []
+        for write in writes:
+            if write.state is None:
+                assert write.position is not None, "a mark-only write needs a position"
+                result = await self.mark_applied(write.position)
+            else:
+                result = await self.save(write.state, write.score, write.due, write.position)
+            results.append(result)
+            if result != SaveResult.APPLIED:
+                break
+        return results
 
     async def save(
         self,
@@ -356,40 +394,53 @@ class InMemoryStateStore:
         return None
 
 
-SAVE_SCRIPT = """
--- KEYS: customer hash, offsets hash, due index, erased hash.  ARGV: mark field ('' = none),
--- offset, state JSON, score JSON ('' = none), as_of, retention ms ('' = none), due op ('' /
--- add / rem), customer id, due score, subject hash, previous mark ('' = unknown).  Returns
--- 3 (nothing written) if the stored mark is below the previous one, 0 (nothing written) if
--- the offset was applied, 2 (nothing written but the mark) if the customer is erased, else 1.
-if ARGV[1] ~= '' then
-  local mark = redis.call('HGET', KEYS[2], ARGV[1])
-  if ARGV[11] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[11])) then return 3 end
-  if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+WRITE_SCRIPT = """
+-- KEYS: offsets hash, erased hash, then two per write: its customer hash and due index.
+-- ARGV: retention ms ('' = none), then ten per write: mark field ('' = none), offset,
+-- previous mark ('' = unknown), state JSON ('' = move the mark only), score JSON ('' =
+-- none), as_of, due op ('' / add / rem), customer id, due score, subject hash.
+-- Applies the writes in order and stops after the first one not applied.  Returns one
+-- result per write tried: 3 (nothing written) if the stored mark is below the previous one,
+-- 0 (nothing written) if the offset was applied, 2 (nothing written but the mark) if the
+-- customer is erased, else 1.
+local results = {}
+for w = 0, (#KEYS - 2) / 2 - 1 do
+  local a = 1 + w * 10
+  local customer, due = KEYS[3 + 2 * w], KEYS[4 + 2 * w]
+  local result = 1
+  if ARGV[a + 1] ~= '' then
+    local mark = redis.call('HGET', KEYS[1], ARGV[a + 1])
+    if ARGV[a + 3] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[a + 3])) then
+      result = 3
+    elseif mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then
+      result = 0
+    else
+      redis.call('HSET', KEYS[1], ARGV[a + 1], ARGV[a + 2])
+    end
+  end
+  if result == 1 and ARGV[a + 4] ~= '' then
+    if redis.call('HEXISTS', KEYS[2], ARGV[a + 10]) == 1 then
+      result = 2
+    else
+      redis.call('HSET', customer, 'state', ARGV[a + 4])
+      if ARGV[a + 5] ~= '' then
+        redis.call('HSET', customer, 'score', ARGV[a + 5], 'as_of', ARGV[a + 6])
+      end
+      if ARGV[1] ~= '' then redis.call('PEXPIRE', customer, ARGV[1]) end
+      if ARGV[a + 7] == 'add' then
+        redis.call('ZADD', due, ARGV[a + 9], ARGV[a + 8])
+      elseif ARGV[a + 7] == 'rem' then
+        redis.call('ZREM', due, ARGV[a + 8])
+      end
+    end
+  end
+  results[#results + 1] = result
+  if result ~= 1 then break end
 end
-if redis.call('HEXISTS', KEYS[4], ARGV[10]) == 1 then return 2 end
-redis.call('HSET', KEYS[1], 'state', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'score', ARGV[4], 'as_of', ARGV[5]) end
-if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
-if ARGV[7] == 'add' then
-  redis.call('ZADD', KEYS[3], ARGV[9], ARGV[8])
-elseif ARGV[7] == 'rem' then
-  redis.call('ZREM', KEYS[3], ARGV[8])
-end
-return 1
+return results
 """
-"""The atomic save: state, score, TTL, due index and offset mark, or nothing at all."""
-
-MARK_SCRIPT = """
--- KEYS: offsets hash.  ARGV: mark field, offset, previous mark ('' = unknown).  Moves the mark
--- of a message that changed no state (dead-lettered); returns as SAVE_SCRIPT does.
-local mark = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[3] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[3])) then return 3 end
-if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
+"""The atomic writes: for each, state, score, TTL, due index and offset mark, or nothing at
+all; a batch stops at the first write refused, so no write builds on one that was not made."""
 
 ERASE_SCRIPT = """
 -- KEYS: customer hash, offsets hash, due index, erased hash, audit stream.  ARGV: mark
@@ -438,8 +489,7 @@ class RedisStateStore:
         self._namespace = namespace
         self._retention_ms = int(retention.total_seconds() * 1000) if retention else None
         self._privacy_key = privacy_key or default_privacy_key(namespace)
-        self._save_script = client.register_script(SAVE_SCRIPT)
-        self._mark_script = client.register_script(MARK_SCRIPT)
+        self._write_script = client.register_script(WRITE_SCRIPT)
         self._erase_script = client.register_script(ERASE_SCRIPT)
         self._consent_script = client.register_script(CONSENT_SCRIPT)
 
@@ -474,6 +524,17 @@ class RedisStateStore:
             raw = await self._redis.hget(offsets_key(self._namespace), position.mark_field)
         return int(raw) if raw is not None else None
 
+    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
+        with _unavailable_as_store_error():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for customer_id in customer_ids:
+                    pipe.hget(self.customer_key(customer_id), "state")
+                raws = await pipe.execute()
+        return {
+            customer_id: CustomerState.model_validate_json(raw) if raw is not None else None
+            for customer_id, raw in zip(customer_ids, raws, strict=True)
+        }
+
     async def save(
         self,
         state: CustomerState,
@@ -481,35 +542,53 @@ class RedisStateStore:
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
     ) -> SaveResult:
-        due_index = due_key(self._namespace, due.partition if due is not None else 0)
-        keys = [
-            self.customer_key(state.customer_id),
-            offsets_key(self._namespace),
-            due_index,
-            erased_key(self._namespace),
-        ]
+        (result,) = await self.save_batch([PendingWrite(position, state, score, due)])
+        return result
+
+    async def mark_applied(self, position: InputPosition) -> SaveResult:
+        (result,) = await self.save_batch([PendingWrite(position)])
+        return result
+
+    async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
+        if not writes:
+            return []
+        offsets = offsets_key(self._namespace)
+        keys = [offsets, erased_key(self._namespace)]
         args: list[str | int | float] = [
+            self._retention_ms if self._retention_ms is not None else ""
+        ]
+        for write in writes:
+            keys.extend(self._write_keys(write, offsets))
+            args.extend(self._write_args(write))
+        with _unavailable_as_store_error():
+            results = await self._write_script(keys=keys, args=args)
+        return [SaveResult(int(result)) for result in results]
+
+    def _write_keys(self, write: PendingWrite, offsets: str) -> tuple[str, str]:
+        if write.state is None:  # a mark-only write touches no customer: any key will do
+            return offsets, offsets
+        due_index = due_key(self._namespace, write.due.partition if write.due else 0)
+        return self.customer_key(write.state.customer_id), due_index
+
+    def _write_args(self, write: PendingWrite) -> list[str | int | float]:
+        position, state, score, due = write.position, write.state, write.score, write.due
+        mark: list[str | int | float] = [
             position.mark_field if position is not None else "",
             position.offset if position is not None else 0,
+            _previous(position),
+        ]
+        if state is None:
+            return [*mark, "", "", "", "", "", 0, ""]
+        return [
+            *mark,
             state.model_dump_json(),
             score.model_dump_json() if score is not None else "",
             score.as_of.isoformat() if score is not None else "",
-            self._retention_ms if self._retention_ms is not None else "",
             "" if due is None else "rem" if due.at is None else "add",
             state.customer_id,
             due.at.timestamp() if due is not None and due.at is not None else 0,
             subject_hash(self._privacy_key, state.customer_id),
-            _previous(position),
         ]
-        with _unavailable_as_store_error():
-            written = await self._save_script(keys=keys, args=args)
-        return SaveResult(int(written))
-
-    async def mark_applied(self, position: InputPosition) -> SaveResult:
-        args: list[str | int] = [position.mark_field, position.offset, _previous(position)]
-        with _unavailable_as_store_error():
-            written = await self._mark_script(keys=[offsets_key(self._namespace)], args=args)
-        return SaveResult(int(written))
 
     async def erase(
         self, customer_id: str, partition: int, position: InputPosition | None, at: datetime

@@ -23,6 +23,7 @@ from streamcrm.store import (
     InMemoryStateStore,
     InputPosition,
     LedgerDue,
+    PendingWrite,
     RedisStateStore,
     SaveResult,
     StateStore,
@@ -143,6 +144,42 @@ async def test_offset_marks_are_kept_per_topic_id_and_partition(store: StateStor
     assert await store.save(state, score)  # no position: an unguarded write (sweeps, tests)
     assert await store.applied_offset(InputPosition("crm.purchases", "id-1", 0, 0)) == 50
     assert await store.applied_offset(InputPosition("crm.purchases", None, 0, 0)) is None
+
+
+async def test_a_batch_of_writes_is_made_in_order_in_one_call(store: StateStore) -> None:
+    (a1, s1), (a2, s2), (b1, t1) = scored("a"), scored("a", day=2), scored("b")
+    at = lambda offset: InputPosition("crm.purchases", "id-1", 0, offset)  # noqa: E731
+
+    results = await store.save_batch(
+        [
+            PendingWrite(at(0), a1, s1, LedgerDue(0, T0)),
+            PendingWrite(at(1)),  # a dead letter: the mark alone
+            PendingWrite(at(2), b1, t1),
+            PendingWrite(at(3), a2, s2, LedgerDue(0, None)),
+        ]
+    )
+
+    assert results == [SaveResult.APPLIED] * 4
+    assert await store.load_many(["a", "b", "nobody"]) == {"a": a2, "b": b1, "nobody": None}
+    assert await store.load_score("a") == s2 and await store.applied_offset(at(0)) == 3
+    assert await store.due_customers(0, T0 + timedelta(days=1), 10) == []
+
+
+async def test_a_batch_stops_at_its_first_refused_write(store: StateStore) -> None:
+    (a1, s1), (b1, t1), (c1, u1) = scored("a"), scored("b"), scored("c")
+    at = lambda offset: InputPosition("crm.purchases", "id-1", 0, offset)  # noqa: E731
+    assert await store.save(a1, s1, None, at(5))
+
+    results = await store.save_batch(
+        [PendingWrite(at(6), b1, t1), PendingWrite(at(5), a1, s1), PendingWrite(at(7), c1, u1)]
+    )
+
+    assert results == [SaveResult.APPLIED, SaveResult.ALREADY_APPLIED]
+    assert await store.load("b") == b1 and await store.load("c") is None
+    assert await store.applied_offset(at(0)) == 6
+    behind = InputPosition("crm.purchases", "id-1", 0, 8, previous=9)
+    assert await store.save_batch([PendingWrite(behind, c1, u1)]) == [SaveResult.STATE_BEHIND]
+    assert await store.save_batch([]) == []
 
 
 async def test_customers_do_not_see_each_other(store: StateStore) -> None:

@@ -1,0 +1,255 @@
+"""``ScoringPipeline.handle_batch``: a batch ends exactly as its messages one by one would.
+
+A batch is scored in memory (each customer's events on top of each other) and saved with one
+store call that stops at the first refused write; what follows a refusal is handed back to be
+handled one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from streamcrm.errors import InvalidEventError, LateEventError, StateBehindError
+from streamcrm.events import CustomerScore
+from streamcrm.pipeline import BatchOutcome, ScoringPipeline
+from streamcrm.scoring import ScoredEvent, ScoringConfig
+from streamcrm.store import InMemoryStateStore, InputPosition
+from tests.unit.test_pipeline import T0, privacy, purchase
+
+TOPIC = "crm.purchases"
+
+
+@pytest.fixture
+def store() -> InMemoryStateStore:
+    return InMemoryStateStore()
+
+
+@dataclass(frozen=True)
+class Message:
+    value: bytes
+    offset: int
+    partition: int = 0
+    topic: str = TOPIC
+
+
+def feedback(customer_id: str, day: float, rating: int = 8) -> bytes:
+    return json.dumps(
+        {
+            "type": "feedback",
+            "event_id": f"f-{customer_id}-{day}",
+            "customer_id": customer_id,
+            "occurred_at": (T0 + timedelta(days=day)).isoformat(),
+            "rating": rating,
+            "scale": "nps",
+            "category": "brand",
+        }
+    ).encode()
+
+
+def messages_from(
+    values: Sequence[bytes], first_offset: int = 0, partition: int = 0
+) -> list[Message]:
+    return [Message(v, first_offset + i, partition) for i, v in enumerate(values)]
+
+
+async def one_by_one(pipeline: ScoringPipeline, message: Message) -> BatchOutcome:
+    """What the app does with one message: handle it, and mark it if it is dead-lettered."""
+    try:
+        return await pipeline.handle(
+            message.value, message.topic, message.partition, message.offset
+        )
+    except InvalidEventError as error:
+        await pipeline.note_dead_lettered(message.topic, message.partition, message.offset)
+        return error
+
+
+async def in_batch(pipeline: ScoringPipeline, messages: Sequence[Message]) -> list[BatchOutcome]:
+    """What the app does with a batch: the pipeline's prefix, then the rest one by one."""
+    outcomes = await pipeline.handle_batch(messages)
+    for message in messages[len(outcomes) :]:
+        outcomes.append(await one_by_one(pipeline, message))
+    return outcomes
+
+
+def summary(outcome: BatchOutcome) -> Any:
+    if isinstance(outcome, ScoredEvent):
+        score = outcome.score.model_dump() if outcome.score is not None else None
+        return ("scored", outcome.duplicate, outcome.erased, score)
+    return (type(outcome).__name__, str(outcome))
+
+
+def shared_pipeline(store: InMemoryStateStore) -> ScoringPipeline:
+    return ScoringPipeline(store, ScoringConfig(), shared_models=True)
+
+
+def mixed_stream() -> list[bytes]:
+    """Several customers, some twice in a row, a malformed message, a late event and a
+    redelivered one (same event id)."""
+    repeated = purchase("c2", day=3)
+    return [
+        purchase("c1", day=1),
+        purchase("c2", day=2),
+        purchase("c1", day=2, amount=80.0),
+        b'{"type": "purchase"',
+        repeated,
+        feedback("c3", day=3),
+        repeated,
+        purchase("c1", day=9),
+        purchase("c1", day=1),  # 8 days older than c1's newest: late
+        purchase("c4", day=9),
+    ]
+
+
+async def test_a_batch_saves_scores_marks_and_learns_exactly_as_one_by_one() -> None:
+    alone, batched = InMemoryStateStore(), InMemoryStateStore()
+    first = purchase("c0", day=0)
+    stream = mixed_stream()
+    by_one, by_batch = shared_pipeline(alone), shared_pipeline(batched)
+    await one_by_one(by_one, Message(first, 0))
+    await one_by_one(by_batch, Message(first, 0))
+
+    expected = [await one_by_one(by_one, m) for m in messages_from(stream, 1)]
+    got = await by_batch.handle_batch(messages_from(stream, 1))
+
+    assert [summary(o) for o in got] == [summary(o) for o in expected]
+    assert isinstance(got[3], InvalidEventError) and isinstance(got[8], LateEventError)
+    assert batched._states == alone._states and batched._scores == alone._scores
+    assert batched._offsets == alone._offsets and batched._due == alone._due
+    assert by_batch.outcomes == by_one.outcomes
+    assert by_batch.drain_updates() == by_one.drain_updates()
+    assert by_batch.watermark == by_one.watermark
+
+
+async def test_the_first_messages_of_a_partition_in_a_process_go_one_by_one(
+    store: InMemoryStateStore,
+) -> None:
+    pipeline = shared_pipeline(store)
+    batch = messages_from([purchase("c1", day=1), purchase("c2", day=1)], partition=3)
+
+    assert await pipeline.handle_batch(batch) == []  # its stored mark is checked first
+
+    await one_by_one(pipeline, batch[0])
+    assert len(await pipeline.handle_batch(batch[1:])) == 1
+
+
+async def test_a_redelivered_batch_finds_its_duplicates_and_learns_nothing_twice(
+    store: InMemoryStateStore,
+) -> None:
+    stream = messages_from([purchase(f"c{i % 3}", day=i) for i in range(8)])
+    pipeline = shared_pipeline(store)
+    await in_batch(pipeline, stream[:5])  # applied up to offset 4, then the worker died
+    restarted = shared_pipeline(store)
+    await one_by_one(restarted, stream[0])  # its first message goes alone: a duplicate
+
+    handled = await restarted.handle_batch(stream[1:])
+
+    assert [o.duplicate for o in handled if isinstance(o, ScoredEvent)] == [True] * 4 + [False] * 3
+    assert len(restarted.drain_updates()) == 3
+    assert store._offsets[InputPosition(TOPIC, None, 0, 0).mark_field] == 7
+
+
+async def test_a_batch_stops_at_a_message_the_store_marks_applied_and_the_rest_go_alone(
+    store: InMemoryStateStore,
+) -> None:
+    stream = messages_from([purchase(f"c{i}", day=i) for i in range(8)])
+    pipeline = shared_pipeline(store)
+    await in_batch(pipeline, stream[:5])
+    pipeline.drain_updates()
+    # Another worker owned the partition meanwhile and applied offsets 5 and 6 (ids unknown here).
+    store.lose_writes_since({InputPosition(TOPIC, None, 0, 0).mark_field: 6})
+
+    assert await pipeline.handle_batch(stream[5:]) == []
+    assert pipeline.drain_updates() == []
+    rest = [await one_by_one(pipeline, m) for m in stream[5:]]
+    assert [o.duplicate for o in rest if isinstance(o, ScoredEvent)] == [True, True, False]
+    assert await store.load("c5") is None and await store.load("c7") is not None
+
+
+async def test_a_batch_on_a_store_that_lost_writes_stops_there_and_the_rewind_follows(
+    store: InMemoryStateStore,
+) -> None:
+    pipeline = shared_pipeline(store)
+    stream = messages_from([purchase("c1", day=i) for i in range(6)])
+    await in_batch(pipeline, stream[:3])
+    pipeline.drain_updates()
+    store.lose_writes_since({InputPosition(TOPIC, None, 0, 0).mark_field: 0})
+
+    assert await pipeline.handle_batch(stream[3:]) == []
+    assert pipeline.drain_updates() == []
+    with pytest.raises(StateBehindError) as behind:
+        await pipeline.handle(stream[3].value, TOPIC, 0, 3)
+    assert behind.value.resume_at == 1
+
+
+async def test_an_erased_customers_event_ends_the_batch_after_it_and_is_not_learned(
+    store: InMemoryStateStore,
+) -> None:
+    pipeline = shared_pipeline(store)
+    await one_by_one(pipeline, Message(purchase("c1", day=0), 0))
+    await pipeline.handle_privacy(privacy("erasure", "c2", day=0), "crm.privacy", 0, 0)
+    pipeline.drain_updates()
+    stream = messages_from([purchase("c1", day=1), purchase("c2", day=1), purchase("c1", day=2)], 1)
+
+    handled = await pipeline.handle_batch(stream)
+
+    assert [summary(o)[:3] for o in handled] == [("scored", False, False), ("scored", False, True)]
+    assert await store.load("c2") is None
+    assert len(pipeline.drain_updates()) == 1  # c1's first event only; its second goes alone
+    assert summary(await one_by_one(pipeline, stream[2]))[:2] == ("scored", False)
+
+
+async def test_concurrent_batches_sharing_customers_neither_deadlock_nor_lose_an_update(
+    store: InMemoryStateStore,
+) -> None:
+    pipeline = shared_pipeline(store)
+    await one_by_one(pipeline, Message(purchase("a", day=0), 0))
+    await one_by_one(pipeline, Message(purchase("b", day=0), 0, partition=1))
+    forward = messages_from([purchase("a", day=1), purchase("b", day=1)], 1)
+    backward = messages_from([purchase("b", day=2), purchase("a", day=2)], 1, partition=1)
+
+    results = await asyncio.wait_for(
+        asyncio.gather(pipeline.handle_batch(forward), pipeline.handle_batch(backward)), 5
+    )
+
+    assert [len(r) for r in results] == [2, 2]
+    for customer in ("a", "b"):
+        state = await store.load(customer)
+        assert state is not None and state.order_count == 3
+
+
+async def test_scores_are_published_in_the_order_their_states_were_saved(
+    store: InMemoryStateStore,
+) -> None:
+    """The scores topic is compacted: a customer's last score there must be the stored one,
+    even when two topics' batches of the customer race."""
+    published: list[CustomerScore] = []
+
+    async def publish_slowly(score: CustomerScore) -> None:
+        await asyncio.sleep(0.01)  # a send that yields, as Faust's does
+        published.append(score)
+
+    async def publish(score: CustomerScore) -> None:
+        await asyncio.sleep(0)
+        published.append(score)
+
+    pipeline = shared_pipeline(store)
+    await one_by_one(pipeline, Message(purchase("a", day=0), 0))
+    await one_by_one(pipeline, Message(feedback("a", day=0), 0, topic="crm.feedback"))
+    purchases = messages_from([purchase("a", day=1 + i / 10) for i in range(5)], 1)
+    ratings = [
+        Message(feedback("a", day=1 + i / 10), 1 + i, topic="crm.feedback") for i in range(5)
+    ]
+
+    await asyncio.gather(
+        pipeline.handle_batch(purchases, publish_slowly), pipeline.handle_batch(ratings, publish)
+    )
+
+    assert len(published) == 10
+    assert published[-1] == await store.load_score("a")
