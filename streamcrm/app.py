@@ -22,7 +22,9 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import aiokafka
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from streamcrm.connections import (
     faust_broker_credentials,
@@ -70,6 +72,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     )
     logger.info("input topic ids: %s", pipeline.topic_ids)
     learner = SharedLearner(store)
+    fetch_wait_at_most(settings.kafka_fetch_max_wait_ms)
     datadir = settings.data_dir / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -267,8 +270,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             except ValueError:
                 logger.exception("unreadable model update skipped")
                 continue
-            for update in updates:
-                await learner.learn(update)
+            await learner.learn_all(updates)
 
     app.agent(updates_topic, name="shared-learner", concurrency=1)(learn_model_updates)
 
@@ -331,6 +333,32 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         await checkpoint()
 
     return app
+
+
+_faust_consumer_factory = AIOKafkaConsumerThread._create_worker_consumer
+
+
+def fetch_wait_at_most(milliseconds: int | None) -> None:
+    """Make Faust's consumer ask the broker to answer each fetch within ``milliseconds``
+    (None: Faust's own 1500 ms).
+
+    Faust fixes aiokafka's ``fetch_max_wait_ms`` at 1500 with no setting. Apache Kafka answers
+    a fetch as soon as data arrives, so there it costs nothing; Tansu waits the time out
+    (docs/tansu.md), which made up most of a score's latency. Faust builds its consumer in
+    ``AIOKafkaConsumerThread``; this wraps that one factory, for the whole process.
+    """
+    if milliseconds is None:
+        AIOKafkaConsumerThread._create_worker_consumer = _faust_consumer_factory  # type: ignore[method-assign]
+        return
+
+    def create_worker_consumer(
+        thread: AIOKafkaConsumerThread, transport: Any
+    ) -> aiokafka.AIOKafkaConsumer:
+        consumer = _faust_consumer_factory(thread, transport)
+        consumer._fetch_max_wait_ms = milliseconds  # read when the consumer starts
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign,assignment]
 
 
 class Incoming(Protocol):

@@ -223,7 +223,13 @@ def measure_latency(
     ]
     messages = stream_for(settings, later)
     sent_at: dict[str, float] = {}
-    consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores, from_beginning=False)
+    # A short fetch wait, as the worker's: Tansu waits a fetch out even when data comes.
+    consumer = read_topic(
+        settings.kafka_bootstrap,
+        settings.topics.scores,
+        from_beginning=False,
+        client_options={"fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms or 500},
+    )
     latencies: list[float] = []
 
     def produce() -> None:

@@ -771,17 +771,26 @@ class SharedLearner:
         self.models: ModelBundle | None = None
         self._checkpointed = 0
         self._forgotten = 0
+        self._busy = asyncio.Lock()
+        """Held while the models learn or are serialised, both in a worker thread."""
 
     async def learn(self, update: ModelUpdate) -> None:
+        await self.learn_all([update])
+
+    async def learn_all(self, updates: Sequence[ModelUpdate]) -> None:
+        """Learn the updates in order, in a worker thread: a batch takes tens of
+        milliseconds and a repeat-buying refit seconds, which the scoring agents sharing this
+        event loop must not wait for (the thread gives the loop the GIL every few ms)."""
         if self.models is None:
             blob = await _until_available(
                 lambda: self.store.load_model(MODEL_CHECKPOINT), "load the model checkpoint"
             )
             self.models = ModelBundle.from_bytes(blob) if blob is not None else ModelBundle()
             self._checkpointed = self.models.updates_learned
-        self.models.learn(update)
-        if update.kind == "forget":
-            self._forgotten += 1
+        models = self.models
+        async with self._busy:
+            await asyncio.to_thread(_learn_each, models, updates)
+        self._forgotten += sum(1 for update in updates if update.kind == "forget")
 
     async def checkpoint(self) -> bool:
         """Save the models if they learned (or forgot) anything and are not older than the
@@ -790,18 +799,24 @@ class SharedLearner:
         if models is None or (models.updates_learned <= self._checkpointed and not self._forgotten):
             return False
         stored = await self.store.load_model_version(MODEL_CHECKPOINT)
-        if stored is not None:
-            stored_updates = _updates_in(stored)
-            # Equal counts: the stored model is this one, unless this one has since forgotten
-            # an erased customer.
-            if stored_updates > models.updates_learned or (
-                stored_updates == models.updates_learned and not self._forgotten
-            ):
-                return False
-        await self.store.save_model(MODEL_CHECKPOINT, models.to_bytes(), models.version)
-        self._checkpointed = models.updates_learned
-        self._forgotten = 0
+        async with self._busy:  # the models do not change until they are serialised
+            learned, forgotten, version = models.updates_learned, self._forgotten, models.version
+            if stored is not None:
+                stored_updates = _updates_in(stored)
+                # Equal counts: the stored model is this one, unless this one has since
+                # forgotten an erased customer.
+                if stored_updates > learned or (stored_updates == learned and not forgotten):
+                    return False
+            blob = await asyncio.to_thread(models.to_bytes)
+        await self.store.save_model(MODEL_CHECKPOINT, blob, version)
+        self._checkpointed = learned
+        self._forgotten -= forgotten
         return True
+
+
+def _learn_each(models: ModelBundle, updates: Sequence[ModelUpdate]) -> None:
+    for update in updates:
+        models.learn(update)
 
 
 def _updates_in(version: str) -> int:

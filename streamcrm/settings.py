@@ -31,6 +31,9 @@ from streamcrm.privacy import pseudonym
 from streamcrm.scoring import ScoringConfig
 from streamcrm.state import DEFAULT_EXCHANGE_RATES, StateRules
 
+LOCAL_FETCH_MAX_WAIT_MS = 10
+"""A local (Tansu) consumer's longest fetch wait: Tansu waits it out even when data comes."""
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -182,6 +185,11 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A quiet customer is snapshotted for training this often."
     )
     heartbeat_horizon_days: float = Field(180.0, gt=0, description="...until quiet for this long.")
+    kafka_fetch_max_wait_ms: int | None = Field(
+        None,
+        ge=1,
+        description="Longest a consumer fetch may wait for data; unset = Faust's 1500 ms.",
+    )
     broker_rebalance_timeout_s: float = Field(60.0, gt=0)
     broker_session_timeout_s: float = Field(60.0, gt=0)
     broker_heartbeat_interval_s: float = Field(3.0, gt=0)
@@ -374,8 +382,10 @@ class Settings(BaseSettings):
         """These settings pointed at embedded services, with short group timeouts.
 
         Against Tansu a group join waits about half the rebalance timeout, so local runs use
-        a few seconds; production keeps Kafka-appropriate values. Local runs (demos, tests)
-        also checkpoint and sweep every 2 s, so a short demo scores with a learning model.
+        a few seconds; production keeps Kafka-appropriate values. Tansu also answers a fetch
+        only when its wait runs out, not when data arrives, so local consumers wait 10 ms at
+        most (see docs/tansu.md). Local runs (demos, tests) also checkpoint and sweep every
+        2 s, so a short demo scores with a learning model.
         """
         return self.model_copy(
             update={
@@ -384,6 +394,7 @@ class Settings(BaseSettings):
                 "broker_rebalance_timeout_s": 4.0,
                 "broker_session_timeout_s": 6.0,
                 "broker_heartbeat_interval_s": 1.0,
+                "kafka_fetch_max_wait_ms": self.kafka_fetch_max_wait_ms or LOCAL_FETCH_MAX_WAIT_MS,
                 "model_checkpoint_interval_s": min(self.model_checkpoint_interval_s, 2.0),
                 "sweep_interval_s": min(self.sweep_interval_s, 2.0),
             }

@@ -196,3 +196,26 @@ def test_the_scalar_forecasts_of_the_hot_path_equal_the_array_formulas() -> None
             assert forecast.expected_spend == pytest.approx(
                 float(expected_spend(model.spend, transactions, 31.5)), rel=1e-12
             )
+
+
+def test_a_pickled_model_keeps_its_sample_exactly_and_loads_without_unpacking_it() -> None:
+    import pickle
+
+    model = RepeatBuyingModel(capacity=100, min_customers=5)
+    for n in range(40):
+        first = T0 + timedelta(days=n, microseconds=n * 7919)
+        model.observe(
+            f"c{n}",
+            RepeatBuying(first, first + timedelta(days=3 * n, seconds=n), n + 1, 10.0 + n / 3),
+        )
+    assert model.refit(T0 + timedelta(days=200))
+
+    loaded = pickle.loads(pickle.dumps(model))
+
+    assert loaded._sample is None  # a scoring worker never pays for the sample
+    assert loaded.forecast(model.sample["c3"][1], T0, timedelta(days=30)) == model.forecast(
+        model.sample["c3"][1], T0, timedelta(days=30)
+    )
+    assert loaded.sample == model.sample
+    assert pickle.loads(pickle.dumps(loaded)).sample == model.sample  # unpacked, then again
+    assert loaded.refit(T0 + timedelta(days=200)) and loaded.counts == model.counts
