@@ -6,7 +6,8 @@ Redis layout (versioned prefix, one hash per customer, JSON for state):
 key                                   value
 ====================================  =====================================================
 ``{ns}:v1:customer:{customer_id}``    hash: ``state`` (CustomerState JSON), ``score``
-                                      (CustomerScore JSON), ``as_of`` (ISO event time)
+                                      (CustomerScore JSON), both deflated (see
+                                      streamcrm.stored_json); ``as_of`` (ISO event time)
 ``{ns}:v1:due:{partition}``          sorted set: customer ids of one input partition, scored
                                       by when their label ledger next needs the watermark
 ``{ns}:v1:model:{name}``              string: pickled ModelBundle checkpoint
@@ -53,6 +54,7 @@ from streamcrm.errors import StoreUnavailableError
 from streamcrm.events import CustomerScore
 from streamcrm.privacy import ErasureReport, default_privacy_key, subject_hash
 from streamcrm.state import CustomerState
+from streamcrm.stored_json import pack, unpack
 
 KEY_VERSION = "v1"
 
@@ -517,7 +519,7 @@ class RedisStateStore:
     async def load(self, customer_id: str) -> CustomerState | None:
         with _unavailable_as_store_error():
             raw = await self._redis.hget(self.customer_key(customer_id), "state")
-        return CustomerState.model_validate_json(raw) if raw is not None else None
+        return CustomerState.model_validate_json(unpack(raw)) if raw is not None else None
 
     async def applied_offset(self, position: InputPosition) -> int | None:
         with _unavailable_as_store_error():
@@ -531,7 +533,7 @@ class RedisStateStore:
                     pipe.hget(self.customer_key(customer_id), "state")
                 raws = await pipe.execute()
         return {
-            customer_id: CustomerState.model_validate_json(raw) if raw is not None else None
+            customer_id: CustomerState.model_validate_json(unpack(raw)) if raw is not None else None
             for customer_id, raw in zip(customer_ids, raws, strict=True)
         }
 
@@ -554,7 +556,7 @@ class RedisStateStore:
             return []
         offsets = offsets_key(self._namespace)
         keys = [offsets, erased_key(self._namespace)]
-        args: list[str | int | float] = [
+        args: list[str | bytes | int | float] = [
             self._retention_ms if self._retention_ms is not None else ""
         ]
         for write in writes:
@@ -570,9 +572,9 @@ class RedisStateStore:
         due_index = due_key(self._namespace, write.due.partition if write.due else 0)
         return self.customer_key(write.state.customer_id), due_index
 
-    def _write_args(self, write: PendingWrite) -> list[str | int | float]:
+    def _write_args(self, write: PendingWrite) -> list[str | bytes | int | float]:
         position, state, score, due = write.position, write.state, write.score, write.due
-        mark: list[str | int | float] = [
+        mark: list[str | bytes | int | float] = [
             position.mark_field if position is not None else "",
             position.offset if position is not None else 0,
             _previous(position),
@@ -581,8 +583,8 @@ class RedisStateStore:
             return [*mark, "", "", "", "", "", 0, ""]
         return [
             *mark,
-            state.model_dump_json(),
-            score.model_dump_json() if score is not None else "",
+            pack(state.model_dump_json()),
+            pack(score.model_dump_json()) if score is not None else "",
             score.as_of.isoformat() if score is not None else "",
             "" if due is None else "rem" if due.at is None else "add",
             state.customer_id,
@@ -657,7 +659,7 @@ class RedisStateStore:
     async def load_score(self, customer_id: str) -> CustomerScore | None:
         with _unavailable_as_store_error():
             raw = await self._redis.hget(self.customer_key(customer_id), "score")
-        return CustomerScore.model_validate_json(raw) if raw is not None else None
+        return CustomerScore.model_validate_json(unpack(raw)) if raw is not None else None
 
     async def iter_scores(self, batch: int = 500) -> AsyncIterator[CustomerScore]:
         pattern = customer_key(self._namespace, "*")
@@ -677,7 +679,7 @@ class RedisStateStore:
             for key in keys:
                 pipe.hget(key, "score")
             raws = await pipe.execute()
-        return [CustomerScore.model_validate_json(raw) for raw in raws if raw is not None]
+        return [CustomerScore.model_validate_json(unpack(raw)) for raw in raws if raw is not None]
 
     async def load_model(self, name: str) -> bytes | None:
         with _unavailable_as_store_error():

@@ -17,6 +17,7 @@ from streamcrm.kafka_io import Record
 from streamcrm.settings import Settings
 from streamcrm.state import CustomerState, apply
 from streamcrm.store import customer_key
+from streamcrm.stored_json import unpack
 
 ARRIVAL_ORDER_FIELDS = {"pending_snapshots", "last_snapshot_at", "recent_event_ids"}
 """State fields that depend on when the worker's label sweeps ran or on the interleaving of
@@ -43,7 +44,7 @@ def stored_states(settings: Settings, customer_ids: list[str]) -> dict[str, Cust
     finally:
         client.close()
     return {
-        cid: CustomerState.model_validate_json(raw)
+        cid: CustomerState.model_validate_json(unpack(raw))
         for cid, raw in zip(customer_ids, raws, strict=True)
         if raw is not None
     }

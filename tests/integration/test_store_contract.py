@@ -28,6 +28,7 @@ from streamcrm.store import (
     SaveResult,
     StateStore,
 )
+from streamcrm.stored_json import unpack
 
 pytestmark = pytest.mark.integration
 
@@ -243,14 +244,19 @@ async def test_redis_key_layout_matches_the_documented_one(
     await redis_store.save_model("bundle", b"blob", "churn-3.segments-4.clv-0")
 
     raw = aioredis.Redis.from_url(services.redis_url, decode_responses=True)
+    binary = aioredis.Redis.from_url(services.redis_url)
     try:
         customer_key = f"{unique_name}:v1:customer:c-42"
         assert await raw.type(customer_key) == "hash"
-        fields = await raw.hgetall(customer_key)
-        assert set(fields) == {"state", "score", "as_of"}
-        assert CustomerState.model_validate_json(fields["state"]) == state
-        assert CustomerScore.model_validate_json(fields["score"]) == score
-        assert datetime.fromisoformat(str(fields["as_of"])) == score.as_of
+        assert set(await raw.hkeys(customer_key)) == {"state", "score", "as_of"}
+        as_of = await raw.hget(customer_key, "as_of")
+        assert datetime.fromisoformat(str(as_of)) == score.as_of
+        stored = await binary.hgetall(customer_key.encode())
+        # State and score are deflated against a preset dictionary (streamcrm.stored_json).
+        assert stored[b"state"][:1] == b"\x01" and stored[b"score"][:1] == b"\x01"
+        assert len(stored[b"state"]) < len(state.model_dump_json()) / 2
+        assert CustomerState.model_validate_json(unpack(stored[b"state"])) == state
+        assert CustomerScore.model_validate_json(unpack(stored[b"score"])) == score
         assert await raw.get(f"{unique_name}:v1:model:bundle") == "blob"
         assert await raw.get(f"{unique_name}:v1:model:bundle:version") == "churn-3.segments-4.clv-0"
         assert sorted(await raw.keys(f"{unique_name}:*")) == [
@@ -260,6 +266,7 @@ async def test_redis_key_layout_matches_the_documented_one(
         ]
     finally:
         await raw.aclose()
+        await binary.aclose()
 
 
 async def test_an_unreachable_redis_raises_store_unavailable() -> None:

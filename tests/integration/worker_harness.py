@@ -25,6 +25,7 @@ from streamcrm.pipeline import MODEL_CHECKPOINT
 from streamcrm.settings import Settings
 from streamcrm.state import CustomerState
 from streamcrm.store import customer_key, model_key
+from streamcrm.stored_json import unpack
 
 WAIT_S = 90.0
 
@@ -105,7 +106,7 @@ def dead_letters(records: Iterable[Record]) -> list[DeadLetter]:
 
 
 def redis_state(settings: Settings, customer_id: str) -> tuple[CustomerState | None, bytes | None]:
-    """A customer's state and raw score JSON straight from Redis (sync client)."""
+    """A customer's state and stored score JSON straight from Redis (sync client)."""
     assert settings.redis_url is not None
     client = redis.Redis.from_url(settings.redis_url)
     try:
@@ -114,8 +115,8 @@ def redis_state(settings: Settings, customer_id: str) -> tuple[CustomerState | N
         )
     finally:
         client.close()
-    state = CustomerState.model_validate_json(raw_state) if raw_state else None
-    return state, raw_score
+    state = CustomerState.model_validate_json(unpack(raw_state)) if raw_state else None
+    return state, unpack(raw_score) if raw_score else None
 
 
 def redis_model_version(settings: Settings) -> str | None:

@@ -1,0 +1,92 @@
+"""How customer state and score JSON are kept in Redis: deflated against a preset dictionary.
+
+State and score JSON are small documents (about 2 KB and 1 KB) that repeat the same keys and
+the same shapes. Deflate alone gets little out of one small document; deflate primed with a
+typical one (zlib's preset dictionary, ``zdict``) stores state in about 270 bytes and a score
+in about 240, for about 40 µs of CPU per save and 10 µs per load. This is what brings Redis to
+under 1 KiB per customer (see docs/performance.md).
+
+Stored form: one version byte, then the zlib stream (whose header names the dictionary's
+Adler-32, so a stream is never inflated against the wrong dictionary). Plain JSON, which
+starts with ``{``, is read as it is: what older versions stored still loads.
+
+The dictionary is frozen: changing it would leave every stored value unreadable. A better one
+goes in as ``DICTIONARY_V2`` with its own version byte, beside this one.
+
+>>> unpack(pack('{"customer_id":"c1","order_count":3}'))
+b'{"customer_id":"c1","order_count":3}'
+>>> unpack(b'{"plain": "json"}')
+b'{"plain": "json"}'
+"""
+
+from __future__ import annotations
+
+import zlib
+
+VERSION_1 = b"\x01"
+LEVEL = 6
+"""zlib level: 6 stores state in about 270 bytes for 36 µs, 1 in about 380 for 28 µs."""
+
+_STATE_V1 = (
+    '{"customer_id":"cust-00106","first_seen_at":"2026-01-09T08:46:33Z","last_event_at":"'
+    '2026-02-05T02:30:22Z","newest_by_topic":{"purchases":"2026-02-05T02:30:22Z","feedbac'
+    'k":"2026-01-29T17:33:37Z","support":"2026-01-30T22:50:20Z"},"events_applied":20,"lat'
+    'e_events":0,"first_purchase_at":"2026-01-09T08:46:33Z","last_purchase_at":"2026-02-0'
+    '5T02:30:22Z","order_count":6,"purchase_days":6,"recent_purchase_days":[739652],"gros'
+    's_cents":63900,"total_items":19,"cost_cents":31692,"revenue_with_cost_cents":48939,"'
+    'refund_count":1,"refunded_cents":17801,"acquisition":null,"csat_count":3,"csat_sum":'
+    '13,"nps_sum":9,"nps_promoters":1,"nps_passives":0,"nps_detractors":0,"recent_ratings'
+    '":[{"occurred_at":"2026-01-13T18:11:28Z","event_id":"cust-00106-000004","score":0.75'
+    '}],"tickets":{"ticket-00106-0001":{"opened_at":"2026-01-22T16:15:53Z","opened_by":"c'
+    'ust-00106-000012","priority":"high","category":"inquiry","first_response_at":"2026-0'
+    '1-22T18:11:46Z","resolved_at":"2026-01-23T07:00:24Z"}},"forgotten_tickets":{"opened"'
+    ':0,"resolved":0,"first_response_count":0,"first_response_seconds":0,"resolution_coun'
+    't":0,"resolution_seconds":0,"sla_breaches":0,"by_category":{}},"escalations":0,"canc'
+    'elled_at":null,"recent_event_ids":["cust-00106-000001"],"pending_snapshots":[{"score'
+    'd_at":"2026-01-14T00:16:08Z","features":{"log_repeat_transactions":0.693147180559945'
+    '3,"log_mean_spend":4.347758636554558,"recency_in_horizons":0.03177533436213992,"age_'
+    'in_horizons":0.05161715534979424,"log_expected_at_own_rate":2.4503511624549654,"sile'
+    'nce_times_rate":0.3683529207145874,"quiet_in_horizons":0.0,"refund_rate":0.0,"satisf'
+    'action_mean":0.875,"satisfaction_recent":0.825,"log_rating_count":1.0986122886681096'
+    ',"open_tickets":0.0,"complaints":0.0,"escalations":0.0,"mean_first_response_hours":0'
+    '.0},"purchased":true}],"last_snapshot_at":"2026-02-05T02:30:22Z"}'
+)
+
+_SCORE_V1 = (
+    '{"customer_id":"cust-00106","as_of":"2026-02-05T02:30:22Z","event_id":"cust-00106-00'
+    '0011","churn_probability":0.5140648281083969,"cancelled":false,"segment_id":1,"segme'
+    'nt_name":"champions","satisfaction_mean":0.85,"satisfaction_recent":0.83174999999999'
+    '99,"csat_mean":4.333333333333333,"nps":100.0,"currency":"USD","customer_value":5531.'
+    '88,"clv_simple":2688.135058683721,"clv_to_acquisition_cost":null,"clv_discounted":43'
+    '03.959222288518,"loyalty":0.646426823172,"health":68.15969333910412,"recency_days":0'
+    '.0,"frequency":6,"monetary":460.99,"rfm_recency":5,"rfm_frequency":5,"rfm_monetary":'
+    '5,"population_satisfaction_mean":0.7699586776859506,"open_tickets":0,"tickets_by_cat'
+    'egory":{"complaint":1,"inquiry":2},"escalations":0,"sla_breaches":0,"mean_first_resp'
+    'onse_hours":8.645648148148148,"mean_resolution_hours":38.02435185185185,"churn_drive'
+    'rs":[{"feature":"mean_first_response_hours","log_odds":0.07290440267743434},{"featur'
+    'e":"age_in_horizons","log_odds":0.04502884711917978},{"feature":"complaints","log_od'
+    'ds":0.04056162632368228}],"segment_distance":1.8382290839381619,"probability_alive":'
+    '0.9999689599156144,"expected_purchases":8.632623881109078,"clv_expected":2770.679401'
+    '4668085,"model_version":"churn-11.segments-1800.clv-5","schema_version":1}'
+)
+
+DICTIONARY_V1 = (_STATE_V1 + _SCORE_V1).encode()
+"""A typical state (lists cut to one entry) and score of a simulated customer. Frozen."""
+
+
+def pack(json_text: str) -> bytes:
+    """The stored form of a state or score JSON document."""
+    deflate = zlib.compressobj(LEVEL, zdict=DICTIONARY_V1)
+    return VERSION_1 + deflate.compress(json_text.encode()) + deflate.flush()
+
+
+def unpack(stored: bytes | str) -> bytes:
+    """The JSON of a stored value; raises ValueError for a form it does not know."""
+    if isinstance(stored, str):  # a client that decodes responses: only plain JSON survives
+        stored = stored.encode()
+    if stored[:1] == b"{":
+        return stored
+    if stored[:1] == VERSION_1:
+        inflate = zlib.decompressobj(zdict=DICTIONARY_V1)
+        return inflate.decompress(stored[1:]) + inflate.flush()
+    raise ValueError(f"unknown stored form (first byte {stored[:1]!r})")

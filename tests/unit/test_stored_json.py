@@ -1,0 +1,50 @@
+"""State and score JSON as stored in Redis: deflated against the frozen preset dictionary."""
+
+from __future__ import annotations
+
+import zlib
+from datetime import timedelta
+
+import pytest
+
+from streamcrm.models import ModelBundle
+from streamcrm.scoring import ScoringConfig, score_event
+from streamcrm.simulator import simulate
+from streamcrm.state import CustomerState
+from streamcrm.stored_json import DICTIONARY_V1, pack, unpack
+
+
+def simulated_documents() -> list[str]:
+    models, config = ModelBundle(), ScoringConfig(heartbeat_interval=timedelta(days=30))
+    states: dict[str, CustomerState] = {}
+    documents = []
+    for event in simulate(customers=60, days=30, seed=3).events:
+        scored = score_event(states.get(event.customer_id), event, models, config)
+        states[event.customer_id] = scored.state
+        if scored.score is not None:
+            documents.append(scored.score.model_dump_json())
+    return documents + [state.model_dump_json() for state in states.values()]
+
+
+def test_every_state_and_score_comes_back_byte_for_byte_in_under_a_third_of_the_space() -> None:
+    documents = simulated_documents()
+
+    stored = [pack(document) for document in documents]
+
+    assert [unpack(s).decode() for s in stored] == documents
+    assert sum(map(len, stored)) < sum(map(len, documents)) / 3
+
+
+def test_plain_json_stored_by_earlier_versions_still_reads() -> None:
+    assert unpack(b'{"customer_id":"c1"}') == b'{"customer_id":"c1"}'
+    assert unpack('{"customer_id":"c1"}') == b'{"customer_id":"c1"}'
+
+
+def test_an_unknown_stored_form_is_an_error_not_garbage() -> None:
+    with pytest.raises(ValueError, match="unknown stored form"):
+        unpack(b"\x02abc")
+
+
+def test_the_dictionary_is_frozen() -> None:
+    """Changing it would make every stored value unreadable: add a version instead."""
+    assert (len(DICTIONARY_V1), zlib.adler32(DICTIONARY_V1)) == (3079, 3200238508)
