@@ -16,6 +16,7 @@ the wall clock, so replaying history gives the same features as the live path.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from streamcrm.models.repeat_buying import RepeatBuying
@@ -128,8 +129,15 @@ def repeat_buying(state: CustomerState) -> RepeatBuying | None:
     )
 
 
-def churn_features(state: CustomerState, as_of: datetime, horizon: timedelta) -> dict[str, float]:
+def churn_features(
+    state: CustomerState,
+    as_of: datetime,
+    horizon: timedelta,
+    described: Mapping[str, float] | None = None,
+) -> dict[str, float]:
     """What the churn model reads: will the customer buy within ``horizon`` after ``as_of``?
+
+    ``described``: ``customer_features(state, as_of)``, when the caller has it already.
 
     Times are measured *in horizons* so one model answers for any horizon: it learns from
     windows of the churn window W as they close, and the offline evaluation asks it about a
@@ -161,7 +169,8 @@ def churn_features(state: CustomerState, as_of: datetime, horizon: timedelta) ->
     silence = _days(as_of - last) / 7.0
     age = _days(as_of - start) / 7.0
     rate = (repeats + 0.5) / (age + 1.0)
-    described = customer_features(state, as_of)
+    if described is None:
+        described = customer_features(state, as_of)
     return {
         "log_repeat_transactions": math.log1p(repeats),
         "log_mean_spend": math.log1p(stats.mean_spend) if stats else 0.0,

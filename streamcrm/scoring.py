@@ -129,7 +129,7 @@ def score_event(
 
     as_of = new_state.last_event_at
     features = customer_features(new_state, as_of)
-    churn_inputs = churn_features(new_state, as_of, config.churn_window)
+    churn_inputs = churn_features(new_state, as_of, config.churn_window, features)
     cancelled = new_state.cancelled_at is not None and (
         new_state.last_purchase_at is None or new_state.last_purchase_at <= new_state.cancelled_at
     )
