@@ -11,6 +11,7 @@ What it measures, on one machine, in one run (so ratios compare like with like):
 - **ceiling**: the sum of the measured per-event costs of the components a worker runs for
   every event (validate, the pure scoring core with its models, the Redis load + atomic save,
   serialising the score), in one process without Kafka: the rate if nothing else cost time.
+- **scaling**: the same stream through two workers of one consumer group, as a ratio to one.
 - **latency** at a fixed offered load (half the measured pipeline rate): event produced →
   its score consumed, p50 / p95 / p99.
 - **memory**: the worker's resident set at the start and the end of the run, and Redis memory
@@ -72,6 +73,9 @@ class BenchReport:
     redis_bytes_per_customer: float | None = None
     redis_one_by_one_us: float | None = None
     """The Redis load + save per event without batching, for comparison."""
+    scaling_workers: int | None = None
+    scaling_events_per_s: float | None = None
+    """The same stream through ``scaling_workers`` workers of one group."""
 
     def ratios(self) -> dict[str, float]:
         """The pipeline rate against each baseline measured in the same run."""
@@ -79,6 +83,10 @@ class BenchReport:
         if self.passthrough_events_per_s:
             out["pipeline / Faust pass-through"] = (
                 self.pipeline_events_per_s / self.passthrough_events_per_s
+            )
+        if self.scaling_events_per_s and self.pipeline_events_per_s:
+            out[f"{self.scaling_workers} workers / 1 worker"] = (
+                self.scaling_events_per_s / self.pipeline_events_per_s
             )
         return out
 
@@ -166,6 +174,18 @@ def scored_count(raw: bytes) -> int:
     return sum(events.get(outcome, 0) for outcome in ("scored", "duplicate", "late", "invalid"))
 
 
+class GroupProgress:
+    """Events handled by a group of workers so far: the sum of each worker's latest count,
+    read from their metrics reports (a ``count`` for :func:`follow_progress`)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, int] = {}
+
+    def __call__(self, raw: bytes) -> int:
+        self.latest[ModelMetrics.model_validate_json(raw).worker] = scored_count(raw)
+        return sum(self.latest.values())
+
+
 def rss_mib(pid: int) -> float:
     """Resident set size of a process, in MiB (Linux ``/proc``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -208,6 +228,35 @@ def measure_pipeline(
         stop_worker_process(worker)
         client.close()
     return settings
+
+
+def measure_scaling(
+    base: Settings, events: Sequence[Event], workers: int, log_dir: Path, report: BenchReport
+) -> None:
+    """The same stream through ``workers`` workers of one group (the topics have
+    ``base.partitions`` partitions each); fills the scaling figures."""
+    assert base.kafka_bootstrap is not None
+    settings = _fresh(base, "scaling").model_copy(update={"metrics_interval_s": 1.0})
+    ensure_topics(settings, base.kafka_bootstrap)
+    messages = stream_for(settings, events)
+    preload(base.kafka_bootstrap, messages)
+    group = [
+        start_worker_process(settings, log_dir / f"bench-scaling-worker-{n}.log")
+        for n in range(workers)
+    ]
+    try:
+        samples = follow_progress(
+            base.kafka_bootstrap,
+            settings.topics.model_metrics,
+            len(messages),
+            GroupProgress(),
+            timeout_s=max(600.0, len(messages) / 50),
+        )
+        report.scaling_workers = workers
+        report.scaling_events_per_s = sustained_rate(samples, len(messages))
+    finally:
+        for worker in group:
+            stop_worker_process(worker)
 
 
 def measure_latency(
@@ -369,6 +418,7 @@ def run_bench(
     seed: int,
     log_dir: Path,
     passthrough: bool = True,
+    scaling_workers: int = 2,
     out: Callable[[str], None] = print,
 ) -> BenchReport:
     """Every measurement in turn (see the module docstring)."""
@@ -383,6 +433,9 @@ def run_bench(
         measure_passthrough(base, events, log_dir, report)
     out("full pipeline (one worker), then latency at half its rate ...")
     measure_pipeline(base, events, report.customers, log_dir, report)
+    if scaling_workers > 1:
+        out(f"{scaling_workers} workers of one group, {base.partitions} partitions a topic ...")
+        measure_scaling(base, events, scaling_workers, log_dir, report)
     return report
 
 
@@ -400,6 +453,9 @@ def format_report(report: BenchReport) -> str:
             f"{'Faust pass-through (decode → emit)':<44}{report.passthrough_events_per_s:>12,.0f}"
         )
     lines.append(f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}")
+    if report.scaling_events_per_s is not None:
+        label = f"streamcrm pipeline, {report.scaling_workers} workers"
+        lines.append(f"{label:<44}{report.scaling_events_per_s:>12,.0f}")
     lines += ["", f"{'per-event cost of each component':<44}{'µs':>12}"]
     lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.component_us.items()]
     if report.redis_one_by_one_us is not None:

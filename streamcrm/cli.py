@@ -181,6 +181,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--no-passthrough", action="store_true", help="skip the Faust pass-through baseline"
     )
+    bench.add_argument(
+        "--scaling-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="also run the stream through N workers of one group (0: skip)",
+    )
     bench.set_defaults(run=run_bench)
 
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
@@ -506,6 +513,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
             seed=args.seed,
             log_dir=settings.data_dir,
             passthrough=not args.no_passthrough,
+            scaling_workers=args.scaling_workers,
         )
     print(format_report(report))
     write_json(args.json, report)

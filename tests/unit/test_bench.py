@@ -35,3 +35,37 @@ def test_the_report_states_every_ratio_against_the_same_run() -> None:
         "pipeline / Faust pass-through": 0.125,
     }
     assert "pipeline / Faust pass-through" in format_report(report)
+
+
+def test_a_groups_progress_is_the_sum_of_each_workers_latest_count() -> None:
+    from datetime import UTC, datetime
+
+    from streamcrm.bench import GroupProgress
+    from streamcrm.pipeline import ScoringPipeline
+    from streamcrm.scoring import ScoringConfig
+    from streamcrm.store import InMemoryStateStore
+
+    def report(worker: str, scored: int, duplicates: int = 0) -> bytes:
+        pipeline = ScoringPipeline(InMemoryStateStore(), ScoringConfig())
+        pipeline.outcomes.update({"scored": scored, "duplicate": duplicates, "rewinds": 7})
+        metrics = pipeline.model_metrics(worker, datetime(2026, 1, 1, tzinfo=UTC))
+        return metrics.model_dump_json().encode()
+
+    progress = GroupProgress()
+
+    assert progress(report("a", 10)) == 10
+    assert progress(report("b", 5, duplicates=1)) == 16
+    assert progress(report("a", 30)) == 36  # a's newer report replaces its older one
+
+
+def test_scaling_is_reported_as_a_ratio_to_one_worker() -> None:
+    report = BenchReport(
+        events=10,
+        customers=2,
+        pipeline_events_per_s=500.0,
+        ceiling_events_per_s=1000.0,
+        scaling_workers=2,
+        scaling_events_per_s=800.0,
+    )
+    assert report.ratios()["2 workers / 1 worker"] == pytest.approx(1.6)
+    assert "streamcrm pipeline, 2 workers" in format_report(report)
