@@ -8,6 +8,8 @@ What it measures, on one machine, in one run (so ratios compare like with like):
   (start-up and group join excluded).
 - **Faust pass-through**: :mod:`streamcrm.bench_passthrough` on the same stream (decode →
   emit, no state, no models): what the framework itself allows.
+- **Quix Streams pass-through**: :mod:`streamcrm.bench_quix`, the same with the framework a
+  user would pick instead of Faust (when ``quixstreams``, a ``dev`` extra, is installed).
 - **ceiling**: the sum of the measured per-event costs of the components a worker runs for
   every event (validate, the pure scoring core with its models, the Redis load + atomic save,
   serialising the score), in one process without Kafka: the rate if nothing else cost time.
@@ -23,6 +25,7 @@ Every figure is printed in a table and written to a JSON file.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
@@ -65,6 +68,8 @@ class BenchReport:
     preload_events_per_s: float = 0.0
     pipeline_events_per_s: float = 0.0
     passthrough_events_per_s: float | None = None
+    quix_events_per_s: float | None = None
+    """The Quix Streams pass-through (None: not measured, e.g. quixstreams not installed)."""
     ceiling_events_per_s: float = 0.0
     component_us: dict[str, float] = field(default_factory=dict)
     latency_offered_per_s: float | None = None
@@ -83,6 +88,10 @@ class BenchReport:
         if self.passthrough_events_per_s:
             out["pipeline / Faust pass-through"] = (
                 self.pipeline_events_per_s / self.passthrough_events_per_s
+            )
+        if self.quix_events_per_s:
+            out["pipeline / Quix Streams pass-through"] = (
+                self.pipeline_events_per_s / self.quix_events_per_s
             )
         if self.scaling_events_per_s and self.pipeline_events_per_s:
             out[f"{self.scaling_workers} workers / 1 worker"] = (
@@ -431,6 +440,13 @@ def run_bench(
     if passthrough:
         out("Faust pass-through baseline ...")
         measure_passthrough(base, events, log_dir, report)
+        if importlib.util.find_spec("quixstreams") is None:
+            out("Quix Streams pass-through: skipped, quixstreams is not installed (dev extra)")
+        else:
+            out("Quix Streams pass-through baseline ...")
+            from streamcrm.bench_quix import measure_quix
+
+            report.quix_events_per_s = measure_quix(base, events, log_dir, report)
     out("full pipeline (one worker), then latency at half its rate ...")
     measure_pipeline(base, events, report.customers, log_dir, report)
     if scaling_workers > 1:
@@ -451,6 +467,10 @@ def format_report(report: BenchReport) -> str:
     if report.passthrough_events_per_s is not None:
         lines.append(
             f"{'Faust pass-through (decode → emit)':<44}{report.passthrough_events_per_s:>12,.0f}"
+        )
+    if report.quix_events_per_s is not None:
+        lines.append(
+            f"{'Quix Streams pass-through (decode → emit)':<44}{report.quix_events_per_s:>12,.0f}"
         )
     lines.append(f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}")
     if report.scaling_events_per_s is not None:

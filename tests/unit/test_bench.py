@@ -69,3 +69,20 @@ def test_scaling_is_reported_as_a_ratio_to_one_worker() -> None:
     )
     assert report.ratios()["2 workers / 1 worker"] == pytest.approx(1.6)
     assert "streamcrm pipeline, 2 workers" in format_report(report)
+
+
+def test_the_quix_streams_baseline_is_a_ratio_too_when_it_was_measured() -> None:
+    measured = BenchReport(
+        events=10,
+        customers=2,
+        pipeline_events_per_s=500.0,
+        ceiling_events_per_s=1000.0,
+        quix_events_per_s=20_000.0,
+    )
+    not_measured = BenchReport(
+        events=10, customers=2, pipeline_events_per_s=500.0, ceiling_events_per_s=1000.0
+    )
+
+    assert measured.ratios()["pipeline / Quix Streams pass-through"] == pytest.approx(0.025)
+    assert "Quix Streams pass-through" in format_report(measured)
+    assert "Quix" not in format_report(not_measured)
