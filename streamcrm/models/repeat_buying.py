@@ -33,6 +33,7 @@ of customers and refits both models on it, versioned like the other models.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -315,7 +316,9 @@ class RepeatBuyingModel:
         self.min_customers = min_customers
         self._sample: dict[str, tuple[int, RepeatBuying]] | None = {}
         self._packed_sample: PackedSample | None = None
-        self._largest_key = -1
+        self._by_key: list[tuple[int, str]] | None = []
+        """Max-heap of the sample's (−key, id), rebuilt from the sample after a load; may hold
+        customers forgotten since (dropped when they come to the top)."""
         self.counts: BgNbdParams | None = None
         self.spend: GammaGammaParams | None = None
         self.fitted_at: datetime | None = None
@@ -338,7 +341,29 @@ class RepeatBuyingModel:
         if self._sample is not None:
             state["_packed_sample"] = PackedSample.pack(self._sample)
         state["_sample"] = None
+        state["_by_key"] = None
         return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if "sample" in state:  # a checkpoint of an earlier version: the sample as objects
+            state["_sample"] = state.pop("sample")
+            state.setdefault("_packed_sample", None)
+        state.pop("_largest_key", None)
+        state["_by_key"] = None
+        self.__dict__.update(state)
+
+    def _heap(self) -> list[tuple[int, str]]:
+        if self._by_key is None:
+            self._by_key = [(-key, customer_id) for customer_id, (key, _) in self.sample.items()]
+            heapq.heapify(self._by_key)
+        return self._by_key
+
+    def _largest_key(self) -> int:
+        """The largest sample key (−1 for an empty sample), dropping forgotten customers."""
+        heap, sample = self._heap(), self.sample
+        while heap and heap[0][1] not in sample:
+            heapq.heappop(heap)
+        return -heap[0][0] if heap else -1
 
     def observe(self, customer_id: str, stats: RepeatBuying) -> None:
         """Keep (or forget) one customer's newest statistics in the sample."""
@@ -346,20 +371,22 @@ class RepeatBuyingModel:
             self.sample[customer_id] = (self.sample[customer_id][0], stats)
             return
         key = sample_key(customer_id)
-        if len(self.sample) >= self.capacity and key >= self._largest_key:
+        if len(self.sample) >= self.capacity and key >= self._largest_key():
             return
         self.sample[customer_id] = (key, stats)
-        self._largest_key = max(self._largest_key, key)
+        heapq.heappush(self._heap(), (-key, customer_id))
         if len(self.sample) > self.capacity:
-            evicted = max(self.sample, key=lambda cid: self.sample[cid][0])
+            self._largest_key()  # drops forgotten customers from the top of the heap
+            _, evicted = heapq.heappop(self._heap())
             del self.sample[evicted]
-            self._largest_key = max(k for k, _ in self.sample.values())
 
     def forget(self, customer_id: str) -> bool:
         """Drop an erased customer from the sample; True if they were in it."""
         if self.sample.pop(customer_id, None) is None:
             return False
-        self._largest_key = max((k for k, _ in self.sample.values()), default=-1)
+        heap = self._heap()
+        if len(heap) > 2 * self.capacity:  # too many forgotten entries: start afresh
+            self._by_key = None
         return True
 
     def due(self, as_of: datetime) -> bool:

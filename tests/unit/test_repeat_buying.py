@@ -219,3 +219,37 @@ def test_a_pickled_model_keeps_its_sample_exactly_and_loads_without_unpacking_it
     assert loaded.sample == model.sample
     assert pickle.loads(pickle.dumps(loaded)).sample == model.sample  # unpacked, then again
     assert loaded.refit(T0 + timedelta(days=200)) and loaded.counts == model.counts
+
+
+def test_the_sample_stays_the_smallest_hashes_through_forgetting_and_coming_back() -> None:
+    model = RepeatBuyingModel(capacity=10)
+    stats = RepeatBuying(T0, T0 + timedelta(days=5), 2, 30.0)
+    ids = [f"c{n}" for n in range(60)]
+    for customer_id in ids:
+        model.observe(customer_id, stats)
+    kept = sorted(ids, key=sample_key)[:10]
+    for customer_id in kept[:4]:
+        model.forget(customer_id)
+    model.observe(kept[0], stats)  # erased, then consented and bought again
+    for customer_id in ids:  # everyone again, in another order
+        model.observe(customer_id, stats)
+
+    assert set(model.sample) == set(kept)
+
+
+def test_a_checkpoint_of_the_earlier_sample_layout_still_loads() -> None:
+    stats = RepeatBuying(T0, T0 + timedelta(days=5), 2, 30.0)
+    earlier = RepeatBuyingModel(capacity=3)
+    state = dict(earlier.__dict__)
+    for name in ("_sample", "_packed_sample", "_by_key"):
+        del state[name]
+    state["sample"] = {"a": (sample_key("a"), stats), "b": (sample_key("b"), stats)}
+    state["_largest_key"] = max(sample_key("a"), sample_key("b"))
+
+    loaded = RepeatBuyingModel.__new__(RepeatBuyingModel)
+    loaded.__setstate__(state)
+    loaded.observe("c", stats)
+    loaded.observe("d", stats)
+
+    smallest = sorted("abcd", key=sample_key)[:3]
+    assert set(loaded.sample) == set(smallest)
