@@ -35,7 +35,7 @@ from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailab
 from streamcrm.events import CustomerScore, DeadLetter
 from streamcrm.kafka_io import read_range, topic_ids
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
-from streamcrm.pipeline import ScoringPipeline, SharedLearner
+from streamcrm.pipeline import InputMessage, ScoringPipeline, SharedLearner
 from streamcrm.settings import Settings
 from streamcrm.store import RedisStateStore
 
@@ -361,23 +361,12 @@ def fetch_wait_at_most(milliseconds: int | None) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign,assignment]
 
 
-class Incoming(Protocol):
-    """What the agents need of a message: a Faust message or a re-read ``Record``."""
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def partition(self) -> int: ...
-
-    @property
-    def offset(self) -> int: ...
+class Incoming(InputMessage, Protocol):
+    """What the agents need of a message (a Faust message or a re-read ``Record``): what the
+    pipeline needs, and the key for a dead letter."""
 
     @property
     def key(self) -> bytes | None: ...
-
-    @property
-    def value(self) -> bytes | None: ...
 
 
 MODEL_UPDATE_BATCH = 500
