@@ -355,16 +355,10 @@ class ScoringPipeline:
         before ``LateEventError`` reports it.
         """
         position = await self._position(topic, partition, offset)
-        not_after = (
-            self.clock() + self.max_event_time_skew
-            if self.max_event_time_skew is not None
-            else None
-        )
-        try:
-            event = self._pseudonymised(decode_event(raw, topic, not_after))
-        except InvalidEventError:
+        event = self._decoded(raw, topic, self._not_after())
+        if isinstance(event, InvalidEventError):
             self.outcomes["invalid"] += 1
-            raise
+            raise event
         await self.load_models()
         async with self._locks.hold(event.customer_id):
             state = await _until_available(
@@ -373,7 +367,7 @@ class ScoringPipeline:
             # The event itself is in: it may move the watermark before it is scored.
             newest = max(self.newest_event_time or event.occurred_at, event.occurred_at)
             watermark = newest - self.config.rules.allowed_lateness
-            queued = len(self.updates.updates) if self.updates is not None else 0
+            queued = self._queued_updates()
             scored = score_event(
                 state, event, self.models, self.config, watermark, learner=self.updates
             )
@@ -387,8 +381,7 @@ class ScoringPipeline:
                 if saved != SaveResult.APPLIED:
                     # Redelivered (its effects are already in the store), an erased
                     # customer's event or a store behind: nothing of it may reach the models.
-                    if self.updates is not None:
-                        del self.updates.updates[queued:]
+                    self._drop_updates_from(queued)
                     if saved == SaveResult.STATE_BEHIND:
                         raise await self._state_behind(position)
                     if saved == SaveResult.CUSTOMER_ERASED:
@@ -427,7 +420,8 @@ class ScoringPipeline:
         """
         if any(self._mark_field(m.topic, m.partition) not in self._last_marks for m in messages):
             return []
-        events = [self._decoded(message) for message in messages]
+        not_after = self._not_after()
+        events = [self._decoded(m.value or b"", m.topic, not_after) for m in messages]
         await self.load_models()
         customers = {event.customer_id for event in events if isinstance(event, BaseEvent)}
         async with self._locks.hold_all(customers):
@@ -451,14 +445,17 @@ class ScoringPipeline:
                         await publish(outcome.score)
         return outcomes
 
-    def _decoded(self, message: InputMessage) -> Event | InvalidEventError:
-        not_after = (
-            self.clock() + self.max_event_time_skew
-            if self.max_event_time_skew is not None
-            else None
-        )
+    def _not_after(self) -> datetime | None:
+        """The latest event time accepted now (None: any)."""
+        if self.max_event_time_skew is None:
+            return None
+        return self.clock() + self.max_event_time_skew
+
+    def _decoded(
+        self, raw: bytes, topic: str | None, not_after: datetime | None
+    ) -> Event | InvalidEventError:
         try:
-            return self._pseudonymised(decode_event(message.value or b"", message.topic, not_after))
+            return self._pseudonymised(decode_event(raw, topic, not_after))
         except InvalidEventError as error:
             return error
 
