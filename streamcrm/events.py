@@ -369,6 +369,44 @@ MODEL_FIELDS: frozenset[str] = frozenset(
 """Score fields made by (or from) the shared models and population statistics."""
 
 
+AlertKind = Literal[
+    "churn_risk",
+    "value_at_risk",
+    "satisfaction_drop",
+    "sla_breach",
+    "segment_change",
+    "model_drift",
+]
+"""What an alert is about; ``docs/alerts.md`` gives each rule, its thresholds and hysteresis."""
+
+AlertSeverity = Literal["info", "warning", "critical"]
+
+
+class Alert(_Record):
+    """One alert on ``crm.alerts``, keyed by ``customer_id`` (``model`` for model-wide alerts).
+
+    ``alert_id`` is deterministic (the triggering event's id and the kind), so a consumer can
+    drop a redelivered alert. ``raised_at`` is event time for customer alerts (the score's
+    ``as_of``) and wall-clock time for model alerts.
+    """
+
+    alert_id: str
+    kind: AlertKind
+    severity: AlertSeverity
+    customer_id: str | None = Field(description="null for a model-wide alert (model_drift)")
+    raised_at: datetime
+    event_id: str | None = Field(description="the event whose score raised the alert")
+    message: str = Field(description="one line a person can act on")
+    scores: dict[str, float | int | str | None] = Field(
+        description="the score values that triggered the alert, and the thresholds crossed"
+    )
+    churn_drivers: list[ChurnDriver] = Field(
+        default_factory=list, description="the features behind the churn score, strongest first"
+    )
+    model_version: str
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
 class DeadLetter(_Record):
     """A message that could not be processed, with where it came from and why.
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field, TypeAdapter
 
 from streamcrm.events import (
+    Alert,
     CancellationEvent,
     CustomerScore,
     DeadLetter,
@@ -30,6 +31,7 @@ _TOPIC_MODELS: dict[str, Any] = {
     "support": Annotated[SupportEvent | CancellationEvent, Field(discriminator="type")],
     "privacy": PrivacyEvent,
     "scores": CustomerScore,
+    "alerts": Alert,
     "deadletter": DeadLetter,
     "model-metrics": ModelMetrics,
 }

@@ -58,6 +58,11 @@ class Topics:
         return f"{self.prefix}.scores"
 
     @property
+    def alerts(self) -> str:
+        """Alerts people can act on, keyed by customer (``model`` for model-wide ones)."""
+        return f"{self.prefix}.alerts"
+
+    @property
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
@@ -85,6 +90,7 @@ class Topics:
             *self.inputs,
             self.privacy,
             self.scores,
+            self.alerts,
             self.deadletter,
             self.model_metrics,
             self.model_updates,
