@@ -26,13 +26,33 @@ from streamcrm.settings import Settings
 COMPACTED = {"cleanup.policy": "compact"}
 
 
-def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
-    """Create every streamcrm topic that does not exist yet; return the names created.
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    """How every streamcrm topic is created: ``settings.partitions`` each, but one for
+    ``model-updates`` (one learner in the whole group, one order of updates); ``crm.scores``
+    compacted, so it holds the latest score per customer.
 
-    ``crm.scores`` is compacted: it holds the latest score per customer. The admin client
-    connects with the security options of ``settings``.
+    >>> from streamcrm.settings import Settings
+    >>> specs = {spec.name: spec for spec in topic_specs(Settings(partitions=6))}
+    >>> specs["crm.scores"].num_partitions, specs["crm.scores"].topic_configs
+    (6, {'cleanup.policy': 'compact'})
+    >>> specs["crm.model-updates"].num_partitions
+    1
     """
     topics = settings.topics
+    return [
+        NewTopic(
+            name,
+            num_partitions=1 if name == topics.model_updates else settings.partitions,
+            replication_factor=settings.replication_factor,
+            topic_configs=COMPACTED if name == topics.scores else {},
+        )
+        for name in topics.all
+    ]
+
+
+def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
+    """Create every streamcrm topic (:func:`topic_specs`) that does not exist yet; return the
+    names created. The admin client connects with the security options of ``settings``."""
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id=f"{settings.app_id}-admin",
@@ -40,19 +60,10 @@ def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
     )
     try:
         existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(
-                name,
-                # One partition: one learner in the whole group, one order of updates.
-                num_partitions=1 if name == topics.model_updates else settings.partitions,
-                replication_factor=settings.replication_factor,
-                topic_configs=COMPACTED if name == topics.scores else {},
-            )
-            for name in topics.all
-            if name not in existing
-        ]
         created: list[str] = []
-        for topic in wanted:
+        for topic in topic_specs(settings):
+            if topic.name in existing:
+                continue
             try:
                 admin.create_topics([topic])
                 created.append(topic.name)
