@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -26,13 +27,14 @@ import aiokafka
 import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
+from streamcrm.alerts import drift_alert
 from streamcrm.connections import (
     faust_broker_credentials,
     kafka_client_options,
     redis_client_options,
 )
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
-from streamcrm.events import CustomerScore, DeadLetter
+from streamcrm.events import Alert, CustomerScore, DeadLetter
 from streamcrm.kafka_io import read_range, topic_ids
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
 from streamcrm.pipeline import InputMessage, ScoringPipeline, SharedLearner
@@ -94,6 +96,10 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     scores_topic = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
     deadletter_topic = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
     metrics_topic = app.topic(topics.model_metrics, key_serializer="raw", value_serializer="raw")
+    alerts_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
+    recent_alerts: deque[Alert] = deque(maxlen=RECENT_ALERTS)
+    """The alerts this worker sent, newest last (read by the web views)."""
+    app.streamcrm_recent_alerts = recent_alerts  # type: ignore[attr-defined]
     updates_topic = app.topic(topics.model_updates, key_serializer="raw", value_serializer="raw")
 
     unsent: list[ModelUpdate] = []
@@ -200,10 +206,16 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             await handle_message(message)
         await publish_model_updates()
 
-    async def send_score(score: CustomerScore) -> None:
-        await scores_topic.send(
-            key=score.customer_id.encode(), value=score.model_dump_json().encode()
-        )
+    async def send_score(score: CustomerScore, alerts: Sequence[Alert]) -> None:
+        """Send a score, then the alerts it raised, both keyed by the customer."""
+        key = score.customer_id.encode()
+        await scores_topic.send(key=key, value=score.model_dump_json().encode())
+        for alert in alerts:
+            await send_alert(key, alert)
+
+    async def send_alert(key: bytes, alert: Alert) -> None:
+        await alerts_topic.send(key=key, value=alert.model_dump_json().encode())
+        recent_alerts.append(alert)
 
     async def handle_message(message: Incoming, catching_up: bool = False) -> None:
         """Apply one message: score, privacy action or dead letter; never raises."""
@@ -324,6 +336,9 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     async def publish_model_metrics() -> None:
         report = pipeline.model_metrics(worker_name, datetime.now(UTC))
         await metrics_topic.send(key=worker_name.encode(), value=report.model_dump_json().encode())
+        alert = drift_alert(report, report.published_at)
+        if alert is not None:
+            await send_alert(MODEL_ALERT_KEY, alert)
 
     app.timer(settings.metrics_interval_s, name="publish-model-metrics")(publish_model_metrics)
 
@@ -369,6 +384,10 @@ class Incoming(InputMessage, Protocol):
     def key(self) -> bytes | None: ...
 
 
+RECENT_ALERTS = 50
+"""Alerts a worker keeps in memory for its web views (``app.streamcrm_recent_alerts``)."""
+MODEL_ALERT_KEY = b"model"
+"""The alerts-topic key of model-wide alerts (customer alerts are keyed by customer id)."""
 MODEL_UPDATE_BATCH = 500
 """Model updates sent in one message at most (and at least, between flushes)."""
 MODEL_UPDATE_FLUSH_S = 0.25

@@ -1,7 +1,8 @@
 """The one seam where the pure scoring core meets I/O.
 
-``raw bytes → decode/validate → load state → score_event (pure) → save state → score``.
-The caller (a Faust agent, a test) emits the score and dead-letters what raises.
+``raw bytes → decode/validate → load state → score_event (pure) → save state → score and
+alerts``. The caller (a Faust agent, a test) emits the score and its alerts, and dead-letters
+what raises.
 
 While the store is unavailable the pipeline waits and retries each store call: the message
 is fine, so dead-lettering it would drop a good event from the live path, and retrying the
@@ -27,6 +28,7 @@ from streamcrm.errors import (
     StoreUnavailableError,
 )
 from streamcrm.events import (
+    Alert,
     BaseEvent,
     CustomerScore,
     ErasureRequested,
@@ -118,8 +120,9 @@ class InputMessage(Protocol):
     def value(self) -> bytes | None: ...
 
 
-Publish = Callable[[CustomerScore], Awaitable[None]]
-"""Sends a new score on (to the scores topic)."""
+Publish = Callable[[CustomerScore, Sequence[Alert]], Awaitable[None]]
+"""Sends a new score on (to the scores topic) with the alerts it raised (to the alerts topic),
+so that alerts go out exactly when, and in the order, their scores do."""
 
 BatchOutcome = ScoredEvent | Exception
 """What one message of a batch came to: its scored event, or the error to dead-letter it
@@ -344,9 +347,10 @@ class ScoringPipeline:
     ) -> ScoredEvent:
         """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
 
-        ``publish`` is given the new score, if any, while the customer's lock is still held:
-        so scores go out in the order their states were saved, and the last score of a
-        customer on a compacted topic is the one in the store.
+        ``publish`` is given the new score, if any, and the alerts it raised, while the
+        customer's lock is still held: so scores go out in the order their states were saved,
+        the last score of a customer on a compacted topic is the one in the store, and an
+        alert goes out once, with its score (a redelivered message publishes nothing).
 
         ``partition`` is the input partition the message came from (it files the customer in
         the due index). With ``topic`` and ``offset`` given, the save also moves the partition's
@@ -389,7 +393,7 @@ class ScoringPipeline:
                         return ScoredEvent(state=scored.state, score=None, erased=True)
                     scored = ScoredEvent(state=state or scored.state, score=None, duplicate=True)
                 if publish is not None and scored.score is not None:
-                    await publish(scored.score)
+                    await publish(scored.score, scored.alerts)
         self._count(scored, event.occurred_at)
         if scored.late_by is not None:
             raise self._late_error(event, scored)
@@ -416,7 +420,7 @@ class ScoringPipeline:
         was scored on top of it, and for a whole batch holding a partition's first message in
         this process (whose stored mark must be checked first). Outcomes that are exceptions
         are to be dead-lettered; their offset marks have moved already. ``publish`` is given
-        each new score as :meth:`handle` gives it.
+        each new score and its alerts as :meth:`handle` gives them.
         """
         if any(self._mark_field(m.topic, m.partition) not in self._last_marks for m in messages):
             return []
@@ -442,7 +446,7 @@ class ScoringPipeline:
             if publish is not None:
                 for outcome in outcomes:
                     if isinstance(outcome, ScoredEvent) and outcome.score is not None:
-                        await publish(outcome.score)
+                        await publish(outcome.score, outcome.alerts)
         return outcomes
 
     def _not_after(self) -> datetime | None:

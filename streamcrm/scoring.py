@@ -3,7 +3,8 @@
 ``score_event(state, event, models, config)`` follows the one-way flow
 
     apply event to state → settle the label ledger (models learn) → features
-    → churn probability + segment → deterministic scores → new pending snapshot
+    → churn probability + segment → deterministic scores → alerts + score history
+    → new pending snapshot
 
 and ``sweep_customer`` moves a quiet customer's ledger on when the watermark advances.
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from streamcrm.alerts import AlertRules, evaluate_alerts
 from streamcrm.events import (
+    Alert,
     CancellationEvent,
     ChurnDriver,
     CustomerScore,
@@ -49,7 +52,7 @@ from streamcrm.scores import (
     net_promoter_score,
     satisfaction_mean,
 )
-from streamcrm.state import CustomerState, PendingSnapshot, StateRules, apply
+from streamcrm.state import CustomerState, PendingSnapshot, StateRules, apply, with_score_point
 
 
 @dataclass(frozen=True)
@@ -69,18 +72,23 @@ class ScoringConfig:
     discount_rate: float = DEFAULT_DISCOUNT_RATE
     horizon_years: int = DEFAULT_HORIZON_YEARS
     rules: StateRules = field(default_factory=StateRules)
+    alerts: AlertRules = field(default_factory=AlertRules)
+    """The alert thresholds (see streamcrm.alerts)."""
 
 
 @dataclass(frozen=True)
 class ScoredEvent:
-    """The outcome of one event: the state to save and the score to emit.
+    """The outcome of one event: the state to save, the score and the alerts to emit.
 
     ``score`` is None when the event was a duplicate (nothing changed) or late (only the
-    customer's late-event count changed; ``late_by`` says by how much).
+    customer's late-event count changed; ``late_by`` says by how much); there are no alerts
+    then.
     """
 
     state: CustomerState
     score: CustomerScore | None
+    alerts: tuple[Alert, ...] = ()
+    """The alerts ``score`` raised (see :func:`streamcrm.alerts.evaluate_alerts`)."""
     examples_learned: int = 0
     duplicate: bool = False
     erased: bool = False
@@ -216,12 +224,19 @@ def score_event(
             config.max_pending_snapshots,
         )
         last_snapshot_at = max(as_of, last_snapshot_at or as_of)
+    alert_memory, alerts = evaluate_alerts(new_state.alert_memory, score, config.alerts)
     final_state = new_state.model_copy(
-        update={"pending_snapshots": pending, "last_snapshot_at": last_snapshot_at}
+        update={
+            "pending_snapshots": pending,
+            "last_snapshot_at": last_snapshot_at,
+            "alert_memory": alert_memory,
+            "score_history": with_score_point(new_state.score_history, score),
+        }
     )
     return ScoredEvent(
         state=final_state,
         score=score,
+        alerts=tuple(alerts),
         examples_learned=len(labelled),
         due_at=ledger_due_at(final_state, config),
     )

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamcrm.alerts import AlertRules
 from streamcrm.connections import (
     SASL_PROTOCOLS,
     TLS_PROTOCOLS,
@@ -213,6 +214,40 @@ class Settings(BaseSettings):
         "trail; unset = a stand-in derived from the namespace (ids then only as hidden as "
         "they are hard to guess). Set it in production and keep it stable.",
     )
+    # Alert rules (docs/alerts.md): each enter/leave pair is a hysteresis band.
+    alert_churn_enter: float = Field(
+        0.7, ge=0, le=1, description="churn_risk is raised when P(churn) reaches this..."
+    )
+    alert_churn_leave: float = Field(
+        0.6, ge=0, le=1, description="...and re-armed when it falls below this."
+    )
+    alert_churn_critical: float = Field(
+        0.9, ge=0, le=1, description="A churn_risk alert at or above this P(churn) is critical."
+    )
+    alert_value_at_risk_enter: float = Field(
+        10_000.0,
+        ge=0,
+        description="value_at_risk is raised when P(churn) x CLV if retained reaches this "
+        "(reporting currency)...",
+    )
+    alert_value_at_risk_leave: float = Field(
+        8_000.0, ge=0, description="...and re-armed when it falls below this."
+    )
+    alert_satisfaction_drop_enter: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="satisfaction_drop is raised when recent satisfaction falls this far below "
+        "the customer's mean (both on a 0-1 scale)...",
+    )
+    alert_satisfaction_drop_leave: float = Field(
+        0.05, ge=0, le=1, description="...and re-armed when the gap closes below this."
+    )
+    alert_cooldown_days: float = Field(
+        7.0,
+        ge=0,
+        description="Event time after an alert before the customer can get another of its kind.",
+    )
 
     @model_validator(mode="after")
     def _retention_outlives_the_churn_window(self) -> Settings:
@@ -230,6 +265,14 @@ class Settings(BaseSettings):
                 f"({self.allowed_lateness_hours:g} h), or customers expire before their churn "
                 "labels are settled"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _alert_bands_have_enter_above_leave(self) -> Settings:
+        try:
+            self.alert_rules  # noqa: B018 - built only to check it
+        except ValueError as error:
+            raise ConfigurationError(f"alert thresholds: {error}") from None
         return self
 
     @model_validator(mode="after")
@@ -370,6 +413,22 @@ class Settings(BaseSettings):
         return Topics(self.topic_prefix)
 
     @property
+    def alert_rules(self) -> AlertRules:
+        """The alert thresholds; CLV if retained uses the scores' discount rate and horizon."""
+        return AlertRules(
+            churn_enter=self.alert_churn_enter,
+            churn_leave=self.alert_churn_leave,
+            churn_critical=self.alert_churn_critical,
+            value_at_risk_enter=self.alert_value_at_risk_enter,
+            value_at_risk_leave=self.alert_value_at_risk_leave,
+            satisfaction_drop_enter=self.alert_satisfaction_drop_enter,
+            satisfaction_drop_leave=self.alert_satisfaction_drop_leave,
+            cooldown=timedelta(days=self.alert_cooldown_days),
+            discount_rate=self.discount_rate,
+            horizon_years=self.clv_horizon_years,
+        )
+
+    @property
     def scoring(self) -> ScoringConfig:
         return ScoringConfig(
             churn_window=timedelta(days=self.churn_window_days),
@@ -382,6 +441,7 @@ class Settings(BaseSettings):
                 reporting_currency=self.reporting_currency,
                 exchange_rates=dict(self.exchange_rates),
             ),
+            alerts=self.alert_rules,
         )
 
     def for_local_broker(self, kafka_bootstrap: str, redis_url: str) -> Settings:

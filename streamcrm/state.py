@@ -43,9 +43,11 @@ from types import MappingProxyType
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from streamcrm.alerts import AlertMemory
 from streamcrm.errors import EventValidationError
 from streamcrm.events import (
     CancellationEvent,
+    CustomerScore,
     Event,
     FeedbackEvent,
     PurchaseEvent,
@@ -93,6 +95,20 @@ TOPIC_OF_EVENT_TYPE = MappingProxyType(
 """The input topic kind that carries each event type (lateness is measured per topic)."""
 
 SECONDS_PER_HOUR = 3600.0
+
+SCORE_HISTORY_LENGTH = 8
+"""Score points kept per customer (the newest), for the customer page's history chart.
+
+Redis memory per customer is budgeted at 1 KiB or less (docs/performance.md) and the state is
+saved with every event, so the history is short: a full one adds about 160 bytes to the
+stored state (measured on simulated customers; twelve points would add about 225). Longer
+histories belong to a consumer of the scores topic, not to the state."""
+
+PROBABILITY_DECIMALS = 4
+"""Decimals of a point's churn probability. Points are rounded because short digits deflate
+far better than a float's seventeen: a full history stores in about 160 bytes, not 290."""
+POINT_DECIMALS = 2
+"""Decimals of a point's health (0-100, so the same precision) and CLV (cents)."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +242,38 @@ class PendingSnapshot(_Frozen):
     """Whether the customer purchased within the churn window after ``scored_at``."""
 
 
+class ScorePoint(_Frozen):
+    """One point of a customer's score history: the figures the customer page charts."""
+
+    as_of: datetime
+    churn_probability: float
+    health: float
+    clv_discounted: float
+    segment_name: str
+
+    @classmethod
+    def of(cls, score: CustomerScore) -> ScorePoint:
+        """The point of ``score``, rounded (see ``PROBABILITY_DECIMALS``)."""
+        return cls(
+            as_of=score.as_of,
+            churn_probability=round(score.churn_probability, PROBABILITY_DECIMALS),
+            health=round(score.health, POINT_DECIMALS),
+            clv_discounted=round(score.clv_discounted, POINT_DECIMALS),
+            segment_name=score.segment_name,
+        )
+
+
+def with_score_point(
+    history: tuple[ScorePoint, ...], score: CustomerScore
+) -> tuple[ScorePoint, ...]:
+    """``history`` with ``score``'s point appended, the newest ``SCORE_HISTORY_LENGTH`` kept.
+
+    Scores come in the order their events were applied, and ``as_of`` never goes back (it is
+    the newest event time applied), so the history is oldest first.
+    """
+    return (*history, ScorePoint.of(score))[-SCORE_HISTORY_LENGTH:]
+
+
 class CustomerState(_Frozen):
     """Everything streamcrm remembers about one customer (one Redis hash)."""
 
@@ -269,6 +317,11 @@ class CustomerState(_Frozen):
     recent_event_ids: tuple[str, ...] = ()
     pending_snapshots: tuple[PendingSnapshot, ...] = ()
     last_snapshot_at: datetime | None = None
+    # Alerts and history (states saved before these fields load with the defaults).
+    alert_memory: AlertMemory = Field(default_factory=AlertMemory)
+    """What the alert rules remember between scores (see streamcrm.alerts)."""
+    score_history: tuple[ScorePoint, ...] = ()
+    """The newest ``SCORE_HISTORY_LENGTH`` score points, oldest first."""
 
     @property
     def gross_revenue(self) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,11 +20,11 @@ from streamcrm.errors import (
     StoreUnavailableError,
     WrongTopicError,
 )
-from streamcrm.events import CustomerScore, decode_event
+from streamcrm.events import Alert, CustomerScore, decode_event
 from streamcrm.features import FEATURE_NAMES
 from streamcrm.models import ModelBundle, ModelUpdate
 from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
-from streamcrm.scoring import ScoringConfig, score_event
+from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
 from streamcrm.state import RECENT_EVENT_IDS, CustomerState
 from streamcrm.store import InMemoryStateStore, InputPosition, LedgerDue, SaveResult
 
@@ -708,3 +710,85 @@ def test_model_updates_travel_in_batches_and_single_updates_of_older_workers_sti
 
     assert model_updates_in(batch) == [first, second]
     assert model_updates_in(first.model_dump_json().encode()) == [first]
+
+
+def cancellation(customer_id: str = "c1", day: float = 1.0) -> bytes:
+    return json.dumps(
+        {
+            "type": "cancellation",
+            "event_id": f"x{next(_ids)}",
+            "customer_id": customer_id,
+            "occurred_at": (T0 + timedelta(days=day)).isoformat(),
+        }
+    ).encode()
+
+
+@dataclass(frozen=True)
+class SupportMessage:
+    value: bytes
+    offset: int
+    partition: int = 0
+    topic: str = "crm.support"
+
+
+class Published:
+    """A publish callback that records what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[CustomerScore, list[Alert]]] = []
+
+    async def __call__(self, score: CustomerScore, alerts: Sequence[Alert]) -> None:
+        await asyncio.sleep(0)
+        self.sent.append((score, list(alerts)))
+
+
+async def test_handle_publishes_each_score_with_the_alerts_it_raised(
+    pipeline: ScoringPipeline,
+) -> None:
+    publish = Published()
+
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases", publish=publish)
+    cancelled = await pipeline.handle(cancellation("c1"), "crm.support", publish=publish)
+
+    assert [len(alerts) for _, alerts in publish.sent] == [0, 1]
+    score, [alert] = publish.sent[1]
+    assert score == cancelled.score
+    assert (alert.kind, alert.event_id, alert.customer_id) == ("churn_risk", score.event_id, "c1")
+    assert list(cancelled.alerts) == [alert]
+
+
+async def test_a_redelivered_message_publishes_neither_score_nor_alert(
+    pipeline: ScoringPipeline,
+) -> None:
+    publish = Published()
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases", 0, 0, publish=publish)
+    message = cancellation("c1")
+    await pipeline.handle(message, "crm.support", 0, 0, publish=publish)
+
+    again = await pipeline.handle(message, "crm.support", 0, 0, publish=publish)
+
+    assert again.duplicate
+    assert [len(alerts) for _, alerts in publish.sent] == [0, 1]
+
+
+async def test_a_batch_publishes_each_score_with_its_alerts_in_order(
+    pipeline: ScoringPipeline,
+) -> None:
+    publish = Published()
+    # The partition's first message goes one by one (its stored mark is checked first).
+    await pipeline.handle(cancellation("c0"), "crm.support", 0, 0)
+    batch = [
+        SupportMessage(cancellation("c1"), offset=1),
+        SupportMessage(cancellation("c2"), offset=2),
+    ]
+
+    outcomes = await pipeline.handle_batch(batch, publish)
+
+    assert [score.customer_id for score, _ in publish.sent] == ["c1", "c2"]
+    assert [[a.kind for a in alerts] for _, alerts in publish.sent] == [
+        ["churn_risk"],
+        ["churn_risk"],
+    ]
+    assert [o.alerts for o in outcomes if isinstance(o, ScoredEvent)] == [
+        tuple(alerts) for _, alerts in publish.sent
+    ]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from streamcrm.errors import InvalidEventError, LateEventError, StateBehindError
-from streamcrm.events import CustomerScore
+from streamcrm.events import Alert, CustomerScore
 from streamcrm.pipeline import BatchOutcome, ScoringPipeline
 from streamcrm.scoring import ScoredEvent, ScoringConfig
 from streamcrm.store import InMemoryStateStore, InputPosition
@@ -231,11 +231,11 @@ async def test_scores_are_published_in_the_order_their_states_were_saved(
     even when two topics' batches of the customer race."""
     published: list[CustomerScore] = []
 
-    async def publish_slowly(score: CustomerScore) -> None:
+    async def publish_slowly(score: CustomerScore, alerts: Sequence[Alert]) -> None:
         await asyncio.sleep(0.01)  # a send that yields, as Faust's does
         published.append(score)
 
-    async def publish(score: CustomerScore) -> None:
+    async def publish(score: CustomerScore, alerts: Sequence[Alert]) -> None:
         await asyncio.sleep(0)
         published.append(score)
 
