@@ -33,6 +33,7 @@ from streamcrm.connections import (
     kafka_client_options,
     redis_client_options,
 )
+from streamcrm.dashboard import register_dashboard
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.events import Alert, CustomerScore, DeadLetter
 from streamcrm.kafka_io import read_range, topic_ids
@@ -347,6 +348,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         await publish_model_updates(flush=True)  # for the next learner, if not this one
         await checkpoint()
 
+    register_dashboard(app)
     return app
 
 
