@@ -32,7 +32,7 @@ QUIET = "quiet-1"
 
 def history() -> list[Event]:
     at = T0.__add__
-    return [
+    purchases: list[Event] = [
         PurchaseEvent(
             event_id=f"{customer}-p1",
             customer_id=customer,
@@ -43,7 +43,8 @@ def history() -> list[Event]:
             occurred_at=at(timedelta(days=0)),
         )
         for customer in (CUSTOMER, QUIET)
-    ] + [
+    ]
+    return purchases + [
         SupportEvent(
             event_id=f"{CUSTOMER}-s1",
             customer_id=CUSTOMER,
