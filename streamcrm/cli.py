@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--refresh-s", type=float, default=3.0)
+    demo.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="stop once the simulation has played (by default, in a terminal, the worker and "
+        "its dashboard keep serving until Enter is pressed)",
+    )
     demo.set_defaults(run=run_demo)
 
     simulate = commands.add_parser("simulate", help="produce (or write) a simulated event stream")
@@ -218,13 +224,17 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """The main job on embedded defaults, with scores printed as they flow."""
+    """The main job on embedded defaults, with scores printed as they flow and the live
+    dashboard served by the worker (on ``STREAMCRM_WEB_PORT``, else a free port)."""
     from streamcrm.demo import run_live_demo
+    from streamcrm.embedded import free_port
 
     with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
         local = settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
         if settings.kafka_bootstrap is not None:
             local = settings.model_copy(update={"redis_url": services.redis_url})
+        if local.web_port is None:
+            local = local.model_copy(update={"web_port": free_port()})
         return run_live_demo(
             local,
             customers=args.customers,
@@ -232,6 +242,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             days_per_second=args.days_per_second,
             seed=args.seed,
             refresh_s=args.refresh_s,
+            keep_serving=not args.exit_when_done and sys.stdin.isatty() and sys.stdout.isatty(),
         )
 
 

@@ -3,11 +3,14 @@
 A worker process consumes the input topics; a producer thread replays a seeded simulated
 history in *accelerated event time* (``days_per_second``) as if it were live; the main thread
 reads ``crm.scores`` and prints a table of the customers most at risk, then a summary that
-scores the scorer against the simulator's ground truth.
+scores the scorer against the simulator's ground truth. The worker serves the live dashboard
+(:mod:`streamcrm.dashboard`) on ``settings.web_port``; its address is printed first.
 """
 
 from __future__ import annotations
 
+import select
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +21,7 @@ from typing import TextIO
 
 from streamcrm.cli import start_worker_process, stop_worker_process
 from streamcrm.connections import kafka_client_options
+from streamcrm.dashboard import dashboard_url
 from streamcrm.events import CustomerScore, ModelMetrics
 from streamcrm.kafka_io import (
     ensure_topics,
@@ -41,9 +45,14 @@ def run_live_demo(
     days_per_second: float,
     seed: int,
     refresh_s: float,
+    keep_serving: bool = False,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run worker + live simulated events + a score view until the simulation has played."""
+    """Run worker + live simulated events + a score view until the simulation has played.
+
+    With ``keep_serving`` the worker (and so its dashboard) keeps running after that, until
+    the worker stops or the user presses Ctrl-C.
+    """
     assert settings.kafka_bootstrap is not None and settings.redis_url is not None
     ensure_topics(settings, settings.kafka_bootstrap)
     # The simulated period ends today: a live worker refuses events dated in the future.
@@ -52,6 +61,13 @@ def run_live_demo(
         customers=customers, days=days, seed=seed, start=today - timedelta(days=days)
     )
     log_path = settings.data_dir / "demo-worker.log"
+    if settings.web_port is not None:
+        print(
+            f"\n  dashboard: {dashboard_url(settings.web_port)}"
+            "   <- open in a browser: live charts, alerts, customer pages\n",
+            file=out,
+            flush=True,
+        )
     print(
         f"streamcrm demo: {customers} simulated customers, {len(simulation.events):,} events over "
         f"{days} days, played at {days_per_second:g} days/s\n"
@@ -103,16 +119,42 @@ def run_live_demo(
                 return 1
             if producer.done and now - last_arrival > QUIET_PERIOD_S:
                 break
+        elapsed = time.monotonic() - started
+        print(_view(latest, received, producer, simulation.truth, elapsed), file=out)
+        print(_summary(latest, simulation.truth, first_score_after), file=out, flush=True)
+        if quality:
+            print(_model_quality(quality[-1]), file=out, flush=True)
+        if keep_serving and settings.web_port is not None:
+            _serve_until_interrupted(worker, dashboard_url(settings.web_port), out)
     finally:
         producer.stop()
         consumer.close()
         metrics_consumer.close()
         stop_worker_process(worker)
-    print(_view(latest, received, producer, simulation.truth, time.monotonic() - started), file=out)
-    print(_summary(latest, simulation.truth, first_score_after), file=out, flush=True)
-    if quality:
-        print(_model_quality(quality[-1]), file=out, flush=True)
     return 0
+
+
+def _serve_until_interrupted(worker: subprocess.Popen[bytes], url: str, out: TextIO) -> None:
+    """Keep the worker, and so its dashboard, up until Enter, Ctrl-C or the worker stops.
+
+    Enter is the clean way: Ctrl-C reaches the embedded broker and Redis as well, so the
+    worker then shuts down without them (and slowly).
+    """
+    print(
+        f"\nthe simulation has played; the dashboard stays up at {url}\n"
+        "press Enter (or Ctrl-C) to stop",
+        file=out,
+        flush=True,
+    )
+    try:
+        while worker.poll() is None:
+            ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+            if ready:
+                sys.stdin.readline()
+                break
+    except KeyboardInterrupt:
+        pass
+    print("stopping", file=out, flush=True)
 
 
 def _model_quality(report: ModelMetrics) -> str:
