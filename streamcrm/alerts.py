@@ -178,7 +178,7 @@ class _Step:
         """A cancelled customer: one critical churn alert per cancellation, whatever the
         cooldown, and nothing else (the memory still follows their segment and SLA count, so
         nothing stale is alerted if they come back)."""
-        self.raised = {"churn_risk"}  # re-armed only when they come back and risk falls
+        self.raised.add("churn_risk")  # re-armed only when they come back and risk falls
         if self.old.cancelled:
             return
         score = self.score

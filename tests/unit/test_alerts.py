@@ -220,6 +220,17 @@ def test_a_cancelled_customer_gets_nothing_more_while_cancelled() -> None:
     assert kinds(raised) == [["churn_risk"], [], [], []]
 
 
+def test_a_cancellation_keeps_the_other_raised_kinds_raised() -> None:
+    rules = AlertRules(value_at_risk_enter=1000.0, value_at_risk_leave=800.0)
+    # Value at risk raised before the cancellation (0.5 × 2274), still over its leave line
+    # when the customer comes back: not alerted a second time.
+    raised = run(
+        [score(0, churn_probability=0.5), cancelled(1), score(30, churn_probability=0.45)], rules
+    )
+
+    assert kinds(raised) == [["value_at_risk"], ["churn_risk"], []]
+
+
 def test_a_customer_who_comes_back_is_alerted_on_a_new_cancellation() -> None:
     raised = run(
         [
