@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -37,10 +38,12 @@ from streamcrm.dashboard import register_dashboard
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.events import Alert, CustomerScore, DeadLetter
 from streamcrm.kafka_io import read_range, topic_ids
+from streamcrm.metrics import WorkerMetrics
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
 from streamcrm.pipeline import InputMessage, ScoringPipeline, SharedLearner
 from streamcrm.settings import Settings
 from streamcrm.store import RedisStateStore
+from streamcrm.web import SAMPLE_INTERVAL_S, message_timestamp, register_web_views, scored_in
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +123,15 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     app.timer(MODEL_UPDATE_FLUSH_S, name="flush-model-updates")(flush_model_updates)
 
     worker_name = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
+    input_topics = (*topics.inputs, topics.privacy)
+    metrics = WorkerMetrics(
+        worker_name,
+        input_topics,
+        pipeline.outcomes,
+        pipeline.dead_letters,
+        sample_interval_s=SAMPLE_INTERVAL_S,
+        started_at=datetime.now(UTC),
+    )
 
     kafka_options = kafka_client_options(settings)
     bootstrap = settings.kafka_bootstrap
@@ -203,6 +215,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                 if isinstance(outcome, Exception):
                     await send_dead_letter(message, outcome)
             handled = len(outcomes)
+            metrics.note_scores(scored_in(messages, outcomes), time.time())
         for message in messages[handled:]:
             await handle_message(message)
         await publish_model_updates()
@@ -240,7 +253,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                             topics.scores, outcome.customer_id.encode(), None, None, None, None
                         )
                     return
-                await pipeline.handle(
+                scored = await pipeline.handle(
                     message.value or b"",
                     message.topic,
                     message.partition,
@@ -253,6 +266,8 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             except Exception as error:  # noqa: BLE001 - every failure is dead-lettered
                 await dead_letter(message, error, catching_up)
                 return
+            if scored.score is not None:
+                metrics.note_scores([(message_timestamp(message), scored.score)], time.time())
             await publish_model_updates()
             return
 
@@ -336,6 +351,8 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     async def publish_model_metrics() -> None:
         report = pipeline.model_metrics(worker_name, datetime.now(UTC))
+        report = report.model_copy(update={"topics": metrics.topic_summary()})
+        metrics.note_model_report(report)
         await metrics_topic.send(key=worker_name.encode(), value=report.model_dump_json().encode())
         alert = drift_alert(report, report.published_at)
         if alert is not None:
@@ -348,6 +365,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         await publish_model_updates(flush=True)  # for the next learner, if not this one
         await checkpoint()
 
+    register_web_views(app, pipeline, metrics, (*input_topics, topics.model_updates))
     register_dashboard(app)
     return app
 

@@ -480,6 +480,42 @@ class DeadLetter(_Record):
 MAX_DEADLETTER_RAW_BYTES = 16 * 1024
 
 
+class PartitionMetrics(_Record):
+    """One consumed partition's figures in a worker's :class:`TopicMetrics`.
+
+    ``lag`` is ``end_offset - committed``: messages in the partition this worker's group has
+    not committed yet. Offsets are null until known (no fetch or commit yet).
+    """
+
+    topic: str
+    partition: int
+    events_in: int = Field(description="messages consumed from it since the worker started")
+    end_offset: int | None = Field(description="the partition's end (next offset to write)")
+    committed: int | None = Field(description="the group's committed offset (next to read)")
+    lag: int | None = Field(description="end_offset - committed, never below 0")
+
+
+class TopicMetrics(_Record):
+    """A worker's traffic figures, sent inside its :class:`ModelMetrics` report.
+
+    The same figures as the worker's Prometheus ``/metrics`` (see docs/metrics.md), so they
+    can be read with Kafka alone (``streamcrm status``).
+    """
+
+    events_per_s: float = Field(description="input messages consumed per second, recently")
+    rate_window_s: float = Field(description="the sliding window the rate is taken over")
+    partitions: list[PartitionMetrics] = Field(
+        description="every input partition this worker owns, by topic and partition"
+    )
+    records_out: dict[str, int] = Field(description="records produced since start, by output topic")
+    latency_count: int = Field(
+        description="scores whose end-to-end latency (input timestamp to score sent) was measured"
+    )
+    latency_p50_s: float | None = Field(description="median end-to-end latency, in seconds")
+    latency_p95_s: float | None
+    latency_p99_s: float | None
+
+
 class ModelMetrics(_Record):
     """A worker's periodic report on ``crm.model-metrics``, keyed by worker.
 
@@ -519,5 +555,8 @@ class ModelMetrics(_Record):
     dead_letters: dict[str, int] = Field(
         default_factory=dict,
         description="messages dead-lettered since start, by reason code (too_large, schema:...)",
+    )
+    topics: TopicMetrics | None = Field(
+        default=None, description="traffic: rates, lag per partition, records out, latency"
     )
     schema_version: Literal[1] = SCHEMA_VERSION
