@@ -143,7 +143,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=run_evaluate)
 
     status = commands.add_parser(
-        "status", help="each worker's newest model-quality report, from crm.model-metrics"
+        "status",
+        help="rates, lag, model quality, segments and the latest alerts, read from Kafka",
+        description="Read every worker's newest report from the model-metrics topic (rates,"
+        " lag per partition, records out, latency, model quality, segment shares, outcomes)"
+        " and the tail of the alerts topic, and print them once (or every --watch seconds).",
+    )
+    status.add_argument(
+        "--alerts", type=int, default=10, metavar="N", help="show the N latest alerts (10)"
+    )
+    status.add_argument(
+        "--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C"
     )
     status.set_defaults(run=run_status)
 
@@ -433,22 +443,39 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_status(settings: Settings, args: argparse.Namespace) -> int:
-    from streamcrm.status import format_status, latest_reports
+    """Print the workers' reports and the latest alerts (see :mod:`streamcrm.status`)."""
+    from rich.console import Console
+
+    from streamcrm.status import latest_alerts, latest_reports, status_view
 
     if settings.kafka_bootstrap is None:
         print("streamcrm status: set STREAMCRM_KAFKA_BOOTSTRAP to the broker", file=sys.stderr)
         return 2
-    try:
-        reports = latest_reports(
-            settings.kafka_bootstrap,
-            settings.topics.model_metrics,
-            client_options=kafka_client_options(settings),
-        )
-    except (LookupError, TimeoutError) as error:
-        print(f"streamcrm status: {error} (has a worker ever run?)", file=sys.stderr)
-        return 2
-    print(format_status(reports))
-    return 0
+    console = Console()
+    options = kafka_client_options(settings)
+    while True:
+        try:
+            reports = latest_reports(
+                settings.kafka_bootstrap, settings.topics.model_metrics, client_options=options
+            )
+            alerts = latest_alerts(
+                settings.kafka_bootstrap,
+                settings.topics.alerts,
+                args.alerts,
+                client_options=options,
+            )
+        except (LookupError, TimeoutError) as error:
+            print(f"streamcrm status: {error} (has a worker ever run?)", file=sys.stderr)
+            return 2
+        if args.watch:
+            console.clear()
+        console.print(*status_view(reports, alerts))
+        if not args.watch:
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
 
 
 def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:
