@@ -19,9 +19,16 @@ from streamcrm.state import CustomerState, apply
 from streamcrm.store import customer_key
 from streamcrm.stored_json import unpack
 
-ARRIVAL_ORDER_FIELDS = {"pending_snapshots", "last_snapshot_at", "recent_event_ids"}
-"""State fields that depend on when the worker's label sweeps ran or on the interleaving of
-topics, not on the events themselves: everything else must match exactly."""
+ARRIVAL_ORDER_FIELDS = {
+    "pending_snapshots",
+    "last_snapshot_at",
+    "recent_event_ids",
+    "alert_memory",
+    "score_history",
+}
+"""State fields that depend on when the worker's label sweeps ran, on the interleaving of
+topics, or on the scores (which depend on the shared models' checkpoint timing), not on the
+events themselves: everything else must match exactly."""
 
 
 def expected_states(events: Iterable[Event]) -> dict[str, CustomerState]:
