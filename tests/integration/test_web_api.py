@@ -17,6 +17,7 @@ from streamcrm.embedded import free_port
 from streamcrm.events import CustomerScore, ModelMetrics
 from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
+from streamcrm.status import format_status, latest_alerts, latest_reports
 from tests.integration.worker_harness import TopicReader, running_worker, scores, send, send_raw
 
 pytestmark = pytest.mark.integration
@@ -126,7 +127,10 @@ def test_a_worker_serves_its_metrics_health_customers_and_overview(
         assert customer["customer_id"] == customer_id
         assert customer["state"]["customer_id"] == customer_id
         assert CustomerScore.model_validate(customer["score"]) == score
-        assert isinstance(customer["history"], list)
+        assert customer["history"], "the state keeps a score history"
+        assert set(customer["history"][-1]) == {
+            "as_of", "churn_probability", "health", "clv_discounted", "segment_name",
+        }  # fmt: skip
 
         status, body, _ = get(f"{base}/customers/nobody-by-this-name")
         assert status == 404 and "error" in json.loads(body)
@@ -135,6 +139,13 @@ def test_a_worker_serves_its_metrics_health_customers_and_overview(
         reports = TopicReader(settings.kafka_bootstrap, topics.model_metrics)
         reports.wait_for(lambda records: traffic_reported(records, topics.scores, len(wanted)), 30)
         reports.close()
+        # And `streamcrm status` reads them, with the alerts the stream raised.
+        alerts = latest_alerts(settings.kafka_bootstrap, topics.alerts, count=5)
+        assert 0 < len(alerts) <= 5
+        text = format_status(
+            latest_reports(settings.kafka_bootstrap, topics.model_metrics), alerts, width=200
+        )
+        assert "events/s" in text and "latest alerts" in text and alerts[0].kind in text
 
 
 def fetch_json(base: str, path: str) -> Any:
