@@ -23,7 +23,8 @@ RUN pip install --no-cache-dir --no-index --find-links=/tmp/wheels \
 USER 10001:10001
 WORKDIR /home/streamcrm
 ENV STREAMCRM_DATA_DIR=/home/streamcrm/data \
-    STREAMCRM_WEB_PORT=6066
+    STREAMCRM_WEB_PORT=6066 \
+    STREAMCRM_WEB_BIND=0.0.0.0
 EXPOSE 6066
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=6 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:6066/healthz', timeout=3)"]

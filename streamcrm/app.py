@@ -89,6 +89,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         datadir=str(datadir),
         web_enabled=settings.web_port is not None,
         web_port=settings.web_port or 6066,
+        web_bind=settings.web_bind,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         broker_rebalance_timeout=settings.broker_rebalance_timeout_s,

@@ -201,6 +201,11 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = Field(60.0, gt=0)
     broker_heartbeat_interval_s: float = Field(3.0, gt=0)
     web_port: int | None = Field(None, description="Faust web server port; unset = off.")
+    web_bind: str = Field(
+        "127.0.0.1",
+        description="Address the web server listens on. It serves customer data "
+        "(/customers/{id}, the dashboard): loopback by default; 0.0.0.0 in a container.",
+    )
     data_dir: Path = Field(Path(".streamcrm"), description="Faust's local data directory.")
     log_level: str = Field("INFO")
     pseudonymise_customer_ids: bool = Field(

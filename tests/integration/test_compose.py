@@ -133,6 +133,7 @@ def test_every_streamcrm_variable_in_compose_is_a_setting_and_parses(
     assert worker.redis_password.get_secret_value() == SECRETS["REDIS_PASSWORD"]
     assert worker.privacy_key is not None
     assert worker.web_port is not None
+    assert worker.web_bind == "0.0.0.0"  # a container's loopback is unreachable from outside
 
 
 def test_workers_and_topic_init_share_one_configuration(resolved: dict[str, Any]) -> None:
