@@ -253,6 +253,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Event time after an alert before the customer can get another of its kind.",
     )
+    alert_segment_confirm_scores: int = Field(
+        4,
+        ge=1,
+        description="Scores in a row a new segment must hold before segment_change is raised.",
+    )
 
     @model_validator(mode="after")
     def _retention_outlives_the_churn_window(self) -> Settings:
@@ -429,6 +434,7 @@ class Settings(BaseSettings):
             satisfaction_drop_enter=self.alert_satisfaction_drop_enter,
             satisfaction_drop_leave=self.alert_satisfaction_drop_leave,
             cooldown=timedelta(days=self.alert_cooldown_days),
+            segment_confirm_scores=self.alert_segment_confirm_scores,
             discount_rate=self.discount_rate,
             horizon_years=self.clv_horizon_years,
         )

@@ -327,27 +327,73 @@ def test_the_first_score_never_raises_a_segment_change() -> None:
     assert kinds(raised) == [[]]
 
 
-def test_a_segment_change_fires_when_the_segment_differs_from_the_last_one_seen() -> None:
+def test_a_segment_change_fires_once_the_new_segment_held_for_the_confirming_scores() -> None:
+    rules = AlertRules(segment_confirm_scores=3)
     raised = run(
         [
             score(0, segment_id=1, segment_name="loyal"),
-            score(1, segment_id=1, segment_name="loyal"),
+            score(1, segment_id=0, segment_name="champions"),
             score(2, segment_id=0, segment_name="champions"),
-        ]
+            score(3, segment_id=0, segment_name="champions"),
+            score(4, segment_id=0, segment_name="champions"),
+        ],
+        rules,
     )
 
-    assert kinds(raised) == [[], [], ["segment_change"]]
-    alert = raised[2][0]
+    assert kinds(raised) == [[], [], [], ["segment_change"], []]
+    alert = raised[3][0]
     assert alert.severity == "info"
     assert alert.scores["previous_segment_name"] == "loyal"
     assert alert.scores["segment_name"] == "champions"
     assert "from segment loyal to champions" in alert.message
 
 
+def test_a_customer_flipping_between_segments_raises_no_segment_change() -> None:
+    flips = [
+        score(day, segment_id=day % 2, segment_name=("loyal", "champions")[day % 2])
+        for day in range(12)
+    ]
+
+    assert kinds(run(flips, AlertRules(segment_confirm_scores=2))) == [[]] * 12
+
+
+def test_a_move_back_before_it_is_confirmed_starts_the_count_again() -> None:
+    rules = AlertRules(segment_confirm_scores=2)
+    raised = run(
+        [
+            score(0, segment_name="loyal"),
+            score(1, segment_name="at_risk"),
+            score(2, segment_name="loyal"),
+            score(3, segment_name="at_risk"),
+            score(4, segment_name="at_risk"),
+        ],
+        rules,
+    )
+
+    assert kinds(raised) == [[], [], [], [], ["segment_change"]]
+
+
 def test_moving_into_a_declining_segment_is_a_warning() -> None:
-    raised = run([score(0), score(1, segment_id=3, segment_name="at_risk")])
+    rules = AlertRules(segment_confirm_scores=1)
+    raised = run([score(0), score(1, segment_id=3, segment_name="at_risk")], rules)
 
     assert raised[1][0].severity == "warning"
+
+
+def test_a_confirmed_move_within_the_cooldown_is_alerted_after_it_if_it_still_holds() -> None:
+    rules = AlertRules(segment_confirm_scores=1, cooldown=timedelta(days=7))
+    raised = run(
+        [
+            score(0, segment_name="loyal"),
+            score(1, segment_name="at_risk"),
+            score(2, segment_name="hibernating"),
+            score(9, segment_name="hibernating"),
+        ],
+        rules,
+    )
+
+    assert kinds(raised) == [[], ["segment_change"], [], ["segment_change"]]
+    assert raised[3][0].scores["previous_segment_name"] == "at_risk"
 
 
 def test_a_new_segment_id_under_the_same_name_is_not_a_change_to_act_on() -> None:
@@ -357,6 +403,7 @@ def test_a_new_segment_id_under_the_same_name_is_not_a_change_to_act_on() -> Non
 
 
 def test_one_score_can_raise_several_kinds_in_a_fixed_order() -> None:
+    rules = AlertRules(segment_confirm_scores=1)
     raised = run(
         [
             score(0),
@@ -369,7 +416,8 @@ def test_one_score_can_raise_several_kinds_in_a_fixed_order() -> None:
                 segment_id=3,
                 segment_name="at_risk",
             ),
-        ]
+        ],
+        rules,
     )
 
     assert kinds(raised)[1] == [
