@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,12 @@ def test_pseudonymised_ids_need_a_privacy_key() -> None:
     assert keyed.pseudonymise is not None
     assert keyed.pseudonymise("c1") == keyed.pseudonymise("c1") != "c1"
     assert Settings().pseudonymise is None
+
+
+def test_every_setting_is_documented_and_every_documented_variable_is_a_setting() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"`(STREAMCRM_[A-Z0-9_]+)`", page))
+    settings = {f"STREAMCRM_{name.upper()}" for name in Settings.model_fields}
+
+    assert sorted(settings - documented) == []
+    assert sorted(documented - settings) == []
