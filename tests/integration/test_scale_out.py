@@ -33,7 +33,7 @@ from tests.integration.exactness import (
     stored_states,
     wait_until,
 )
-from tests.integration.worker_harness import TopicReader, redis_model_version, scores, send
+from tests.integration.worker_harness import TopicReader, scores, send, settled_model_version
 
 pytestmark = pytest.mark.integration
 
@@ -152,11 +152,7 @@ def test_workers_leaving_and_joining_mid_stream_keep_every_customer_exact(
 
         # One model for the whole group: once the shared learner's checkpoint is stable,
         # every worker scores the probes (one per customer, so every partition) with it.
-        settled, stable_since = redis_model_version(base), time.monotonic()
-        while time.monotonic() - stable_since < 4 * base.model_checkpoint_interval_s:
-            time.sleep(0.5)
-            if (now := redis_model_version(base)) != settled:
-                settled, stable_since = now, time.monotonic()
+        settled = settled_model_version(base)
         reader = TopicReader(base.kafka_bootstrap, base.topics.scores)
         checks = probes(history, "probe")
         send(base, checks)

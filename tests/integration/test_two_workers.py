@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,10 @@ from streamcrm.simulator import simulate
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,
-    redis_model_version,
     running_worker,
     scores,
     send,
+    settled_model_version,
 )
 
 pytestmark = pytest.mark.integration
@@ -42,11 +41,7 @@ def test_two_workers_score_every_partition_with_the_same_model_version(
         reader.wait_for(lambda records: wanted <= {s.event_id for s in scores(records)})
 
         # Let the shared learner take in everything and both workers load its checkpoint.
-        settled, stable_since = redis_model_version(settings), time.monotonic()
-        while time.monotonic() - stable_since < 4 * settings.model_checkpoint_interval_s:
-            time.sleep(0.5)
-            if (now := redis_model_version(settings)) != settled:
-                settled, stable_since = now, time.monotonic()
+        settled = settled_model_version(settings)
 
         probes = [
             event.model_copy(update={"event_id": f"probe-{event.customer_id}"})

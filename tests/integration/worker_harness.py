@@ -128,3 +128,14 @@ def redis_model_version(settings: Settings) -> str | None:
     finally:
         client.close()
     return raw.decode() if raw else None
+
+
+def settled_model_version(settings: Settings) -> str | None:
+    """The newest checkpoint's version once it has not changed for four checkpoint intervals:
+    the shared learner has taken in everything sent, and every worker has loaded it."""
+    settled, stable_since = redis_model_version(settings), time.monotonic()
+    while time.monotonic() - stable_since < 4 * settings.model_checkpoint_interval_s:
+        time.sleep(0.5)
+        if (now := redis_model_version(settings)) != settled:
+            settled, stable_since = now, time.monotonic()
+    return settled
