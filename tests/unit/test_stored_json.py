@@ -11,7 +11,7 @@ from streamcrm.models import ModelBundle
 from streamcrm.scoring import ScoringConfig, score_event
 from streamcrm.simulator import simulate
 from streamcrm.state import CustomerState
-from streamcrm.stored_json import DICTIONARY_V1, pack, unpack
+from streamcrm.stored_json import DICTIONARY_V1, DICTIONARY_V2, VERSION_1, pack, unpack
 
 
 def simulated_documents() -> list[str]:
@@ -42,9 +42,18 @@ def test_plain_json_stored_by_earlier_versions_still_reads() -> None:
 
 def test_an_unknown_stored_form_is_an_error_not_garbage() -> None:
     with pytest.raises(ValueError, match="unknown stored form"):
-        unpack(b"\x02abc")
+        unpack(b"\x07abc")
 
 
-def test_the_dictionary_is_frozen() -> None:
-    """Changing it would make every stored value unreadable: add a version instead."""
+def test_the_dictionaries_are_frozen() -> None:
+    """Changing one would make every value stored with it unreadable: add a version instead."""
     assert (len(DICTIONARY_V1), zlib.adler32(DICTIONARY_V1)) == (3079, 3200238508)
+    assert (len(DICTIONARY_V2), zlib.adler32(DICTIONARY_V2)) == (3684, 4195517934)
+
+
+def test_values_stored_with_the_first_dictionary_still_read() -> None:
+    document = simulated_documents()[-1]
+    deflate = zlib.compressobj(6, zdict=DICTIONARY_V1)
+    stored_by_version_1 = VERSION_1 + deflate.compress(document.encode()) + deflate.flush()
+
+    assert unpack(stored_by_version_1).decode() == document
