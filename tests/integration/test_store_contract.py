@@ -28,7 +28,7 @@ from streamcrm.store import (
     SaveResult,
     StateStore,
 )
-from streamcrm.stored_json import unpack
+from streamcrm.stored_json import VERSION_2, unpack
 
 pytestmark = pytest.mark.integration
 
@@ -253,7 +253,7 @@ async def test_redis_key_layout_matches_the_documented_one(
         assert datetime.fromisoformat(str(as_of)) == score.as_of
         stored = await binary.hgetall(customer_key.encode())
         # State and score are deflated against a preset dictionary (streamcrm.stored_json).
-        assert stored[b"state"][:1] == b"\x01" and stored[b"score"][:1] == b"\x01"
+        assert stored[b"state"][:1] == VERSION_2 and stored[b"score"][:1] == VERSION_2
         assert len(stored[b"state"]) < len(state.model_dump_json()) / 2
         assert CustomerState.model_validate_json(unpack(stored[b"state"])) == state
         assert CustomerScore.model_validate_json(unpack(stored[b"score"])) == score
