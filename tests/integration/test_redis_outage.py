@@ -3,6 +3,7 @@ when Redis comes back empty."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from streamcrm.kafka_io import ensure_topics
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,
+    eventually,
+    get,
     redis_state,
     running_worker,
     scores,
@@ -70,9 +73,11 @@ def test_events_sent_while_redis_is_down_are_scored_once_it_is_back(
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    web_port = free_port()
     settings = isolated_settings(services, "outage", tmp_path_factory).model_copy(
-        update={"redis_url": restartable_redis.address}
+        update={"redis_url": restartable_redis.address, "web_port": web_port}
     )
+    base = f"http://127.0.0.1:{web_port}"
     assert settings.kafka_bootstrap is not None
     ensure_topics(settings, settings.kafka_bootstrap)
     scores_seen = TopicReader(settings.kafka_bootstrap, settings.topics.scores)
@@ -81,14 +86,25 @@ def test_events_sent_while_redis_is_down_are_scored_once_it_is_back(
         with running_worker(settings, tmp_path / "worker.log"):
             send(settings, [purchase(1)])
             scores_seen.wait_for(lambda records: len(records) >= 1)
+            eventually(lambda: True if get(f"{base}/readyz")[0] == 200 else None, "ready")
 
             restartable_redis.stop()
             send(settings, [purchase(2)])
             time.sleep(3)  # the worker meets the outage and retries
+            # Not ready (Redis unreachable), yet alive: an orchestrator must not restart it.
+            status, body, _ = get(f"{base}/readyz")
+            assert status == 503
+            assert json.loads(body)["checks"] == {
+                "broker": True,
+                "redis": False,
+                "partitions_assigned": True,
+            }
+            assert get(f"{base}/healthz")[0] == 200
             # Redis restarts empty (no persistence): the worker finds the partition's offset
             # mark gone, re-reads the partition from the start and rebuilds the state.
             restartable_redis.start()
             scores_seen.wait_for(lambda records: len(records) >= 3)
+            eventually(lambda: True if get(f"{base}/readyz")[0] == 200 else None, "ready again")
 
         assert [s.event_id for s in scores(scores_seen.records)] == [
             "outage-p1",

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,35 +14,17 @@ from streamcrm.events import CustomerScore, ModelMetrics
 from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
 from streamcrm.status import format_status, latest_alerts, latest_reports
-from tests.integration.worker_harness import TopicReader, running_worker, scores, send, send_raw
+from tests.integration.worker_harness import (
+    TopicReader,
+    eventually,
+    get,
+    running_worker,
+    scores,
+    send,
+    send_raw,
+)
 
 pytestmark = pytest.mark.integration
-
-_T = TypeVar("_T")
-
-
-def get(url: str) -> tuple[int, bytes, str]:
-    """Status, body and content type of a GET (errors included, not raised)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read(), response.headers["Content-Type"]
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), error.headers["Content-Type"]
-
-
-def eventually(probe: Callable[[], _T | None], what: str, timeout_s: float = 30.0) -> _T:
-    """Call ``probe`` until it returns something other than None."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            found = probe()
-        except (urllib.error.URLError, ConnectionError):  # the server is not up yet
-            found = None
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def scrape(base: str) -> dict[str, list[tuple[dict[str, str], float]]]:

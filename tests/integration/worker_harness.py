@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 from kafka import KafkaConsumer
@@ -28,6 +31,7 @@ from streamcrm.store import customer_key, model_key
 from streamcrm.stored_json import unpack
 
 WAIT_S = 90.0
+_T = TypeVar("_T")
 
 
 @contextmanager
@@ -139,3 +143,27 @@ def settled_model_version(settings: Settings) -> str | None:
         if (now := redis_model_version(settings)) != settled:
             settled, stable_since = now, time.monotonic()
     return settled
+
+
+def get(url: str) -> tuple[int, bytes, str]:
+    """Status, body and content type of a GET (errors included, not raised)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read(), response.headers["Content-Type"]
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers["Content-Type"]
+
+
+def eventually(probe: Callable[[], _T | None], what: str, timeout_s: float = 30.0) -> _T:
+    """Call ``probe`` until it returns something other than None."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = probe()
+        except (urllib.error.URLError, ConnectionError):  # the server is not up yet
+            found = None
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.5)
