@@ -253,6 +253,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                         await app.producer.send(
                             topics.scores, outcome.customer_id.encode(), None, None, None, None
                         )
+                        metrics.count_out(topics.scores)  # the bare producer passes no sensor
                     return
                 scored = await pipeline.handle(
                     message.value or b"",

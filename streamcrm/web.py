@@ -49,7 +49,8 @@ class TrafficSensor(faust.Sensor):
     """Counts every message Faust consumes and every record it produces into ``metrics``.
 
     Faust calls these hooks once a message, whatever the agent; a record produced with the
-    bare ``app.producer.send`` (the erasure tombstone) bypasses them.
+    bare ``app.producer.send`` (the erasure tombstone) bypasses them and is counted where it
+    is sent.
     """
 
     def __init__(self, metrics: WorkerMetrics, **kwargs: Any) -> None:

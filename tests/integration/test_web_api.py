@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamcrm.embedded import free_port
-from streamcrm.events import CustomerScore, ModelMetrics
+from streamcrm.events import CustomerScore, ErasureRequested, ModelMetrics
 from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
 from streamcrm.status import format_status, latest_alerts, latest_reports
@@ -112,6 +113,17 @@ def test_a_worker_serves_its_metrics_health_customers_and_overview(
 
         status, body, _ = get(f"{base}/customers/nobody-by-this-name")
         assert status == 404 and "error" in json.loads(body)
+
+        # An erasure: the customer is gone from the API, and its tombstone on the scores
+        # topic (sent with the bare producer, which no sensor sees) is counted as a record out.
+        scores_out = total(scrape(base)["streamcrm_records_out_total"], topic=topics.scores)
+        erasure = ErasureRequested(
+            event_id="erase-1", customer_id=customer_id, occurred_at=datetime.now(UTC)
+        )
+        send_raw(settings, topics.privacy, customer_id.encode(), erasure.model_dump_json().encode())
+        eventually(lambda: get(f"{base}/customers/{customer_id}")[0] == 404 or None, "the erasure")
+        after = total(scrape(base)["streamcrm_records_out_total"], topic=topics.scores)
+        assert after == scores_out + 1
 
         # The same figures go to Kafka inside the model-metrics report.
         reports = TopicReader(settings.kafka_bootstrap, topics.model_metrics)
