@@ -9,6 +9,7 @@ at the test broker, must create every topic as the workers expect it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import yaml
 from kafka import KafkaAdminClient
 
 from streamcrm.embedded import EmbeddedServices
+from streamcrm.metrics import METRIC_NAMES
 from streamcrm.settings import Settings, Topics
 
 pytestmark = pytest.mark.integration
@@ -223,3 +225,24 @@ def test_topic_init_creates_every_topic_the_workers_expect(
     assert described == {
         name: 1 if name == topics.model_updates else partitions for name in topics.all
     }
+
+
+def test_the_optional_grafana_dashboard_reads_only_metrics_the_workers_expose(
+    resolved: dict[str, Any],
+) -> None:
+    grafana = resolved["services"]["grafana"]
+    assert grafana["profiles"] == ["grafana"] and grafana["healthcheck"]["test"]
+    provisioning = ROOT / "deploy/grafana/provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["url"] == "http://prometheus:9090"
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/streamcrm.json").read_text())
+    exposed = set(METRIC_NAMES) | {
+        f"{name}_{part}" for name in METRIC_NAMES for part in ("bucket", "sum", "count")
+    }
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\bstreamcrm_[a-z_]+", target["expr"]))
+            assert used and used <= exposed, (panel["title"], used - exposed)
