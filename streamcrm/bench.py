@@ -81,6 +81,9 @@ class BenchReport:
     scaling_workers: int | None = None
     scaling_events_per_s: float | None = None
     """The same stream through ``scaling_workers`` workers of one group."""
+    soak: dict[str, float] | None = None
+    """One worker under a steady load for minutes: RSS after warm-up and at the end
+    (:mod:`streamcrm.bench_soak`); None when not run."""
 
     def ratios(self) -> dict[str, float]:
         """The pipeline rate against each baseline measured in the same run."""
@@ -425,6 +428,7 @@ def run_bench(
     log_dir: Path,
     passthrough: bool = True,
     scaling_workers: int = 2,
+    soak_minutes: float = 0.0,
     out: Callable[[str], None] = print,
 ) -> BenchReport:
     """Every measurement in turn (see the module docstring)."""
@@ -449,6 +453,25 @@ def run_bench(
     if scaling_workers > 1:
         out(f"{scaling_workers} workers of one group, {base.partitions} partitions a topic ...")
         measure_scaling(base, events, scaling_workers, log_dir, report)
+    if soak_minutes > 0:
+        from streamcrm.bench_soak import measure_soak
+
+        rate = report.pipeline_events_per_s / 2
+        out(f"soak: one worker at {rate:,.0f} events/s for {soak_minutes:g} minutes ...")
+        settings = _fresh(base, "soak").model_copy(update={"metrics_interval_s": 1.0})
+        figures = measure_soak(settings, soak_minutes, rate, report.customers, seed, log_dir)
+        report.soak = {
+            "minutes": figures.minutes,
+            "offered events/s": figures.offered_per_s,
+            "events sent": figures.events_sent,
+            "events scored": figures.events_scored,
+            "RSS after warm-up MiB": figures.rss_after_warmup_mib,
+            "RSS last minute MiB": figures.rss_last_minute_mib,
+            "RSS min MiB": figures.rss_min_mib,
+            "RSS max MiB": figures.rss_max_mib,
+            "RSS growth": figures.growth,
+            "RSS spread": figures.spread,
+        }
     return report
 
 
@@ -495,6 +518,16 @@ def format_report(report: BenchReport) -> str:
     ]
     if report.redis_bytes_per_customer is not None:
         lines.append(f"Redis memory per customer: {report.redis_bytes_per_customer:,.0f} bytes")
+    if report.soak is not None:
+        soak = report.soak
+        lines += [
+            "",
+            f"soak: {soak['minutes']:g} minutes at {soak['offered events/s']:,.0f} events/s"
+            f" ({soak['events sent']:,.0f} sent, {soak['events scored']:,.0f} scored)",
+            f"  worker RSS after warm-up {soak['RSS after warm-up MiB']:,.0f} MiB, last minute"
+            f" {soak['RSS last minute MiB']:,.0f} MiB: growth {soak['RSS growth']:+.1%},"
+            f" spread (max - min) / min {soak['RSS spread']:.1%}",
+        ]
     return "\n".join(lines)
 
 

@@ -204,6 +204,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also run the stream through N workers of one group (0: skip)",
     )
+    bench.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="also run one worker at half the pipeline's rate for M minutes and report whether"
+        " its memory stays flat (0: skip)",
+    )
     bench.set_defaults(run=run_bench)
 
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
@@ -552,6 +560,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
             log_dir=settings.data_dir,
             passthrough=not args.no_passthrough,
             scaling_workers=args.scaling_workers,
+            soak_minutes=args.soak_minutes,
         )
     print(format_report(report))
     write_json(args.json, report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamcrm.bench import BenchReport, format_report, percentiles, sustained_rate
+from streamcrm.bench_soak import soak_figures
 
 
 def test_the_sustained_rate_ignores_start_up_and_the_tail() -> None:
@@ -86,3 +87,48 @@ def test_the_quix_streams_baseline_is_a_ratio_too_when_it_was_measured() -> None
     assert measured.ratios()["pipeline / Quix Streams pass-through"] == pytest.approx(0.025)
     assert "Quix Streams pass-through" in format_report(measured)
     assert "Quix" not in format_report(not_measured)
+
+
+def test_memory_that_only_falls_after_warm_up_is_flat() -> None:
+    # Start-up peaks, then a worker that holds 200 MiB within a few MiB for ten minutes.
+    samples = [(t, (260.0 if t < 30 else 200.0) + (t % 20) / 10) for t in range(0, 601, 5)]
+
+    figures = soak_figures(samples, 10, 400.0, 240_000, 240_000)
+
+    assert abs(figures.growth) < 0.02
+    assert figures.spread < 0.02
+
+
+def test_memory_that_keeps_growing_shows_as_growth() -> None:
+    samples = [(t, 200.0 + t / 10) for t in range(0, 601, 5)]  # +6 MiB a minute
+
+    figures = soak_figures(samples, 10, 400.0, 240_000, 240_000)
+
+    assert figures.growth == pytest.approx((200 + 57.5) / (200 + 8.75) - 1, rel=0.01)
+    assert figures.spread > 0.10
+
+
+def test_a_soak_shorter_than_its_warm_up_is_refused() -> None:
+    with pytest.raises(ValueError, match="warm-up"):
+        soak_figures([(0.0, 100.0), (30.0, 100.0)], 0.5, 400.0, 10, 10)
+
+
+def test_the_soak_is_reported_when_it_was_run() -> None:
+    report = BenchReport(events=10, customers=2, ceiling_events_per_s=1000.0)
+    assert "soak" not in format_report(report)
+
+    report.soak = {
+        "minutes": 10,
+        "offered events/s": 400.0,
+        "events sent": 240_000,
+        "events scored": 239_990,
+        "RSS after warm-up MiB": 200.0,
+        "RSS last minute MiB": 204.0,
+        "RSS min MiB": 198.0,
+        "RSS max MiB": 210.0,
+        "RSS growth": 0.02,
+        "RSS spread": 12 / 198,
+    }
+
+    assert "soak: 10 minutes at 400 events/s" in format_report(report)
+    assert "growth +2.0%" in format_report(report)
