@@ -429,6 +429,7 @@ def run_bench(
     passthrough: bool = True,
     scaling_workers: int = 2,
     soak_minutes: float = 0.0,
+    soak_rate: float | None = None,
     out: Callable[[str], None] = print,
 ) -> BenchReport:
     """Every measurement in turn (see the module docstring)."""
@@ -456,7 +457,7 @@ def run_bench(
     if soak_minutes > 0:
         from streamcrm.bench_soak import measure_soak
 
-        rate = report.pipeline_events_per_s / 2
+        rate = soak_rate or report.pipeline_events_per_s / 2
         out(f"soak: one worker at {rate:,.0f} events/s for {soak_minutes:g} minutes ...")
         settings = _fresh(base, "soak").model_copy(update={"metrics_interval_s": 1.0})
         figures = measure_soak(settings, soak_minutes, rate, report.customers, seed, log_dir)

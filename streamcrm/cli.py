@@ -212,6 +212,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also run one worker at half the pipeline's rate for M minutes and report whether"
         " its memory stays flat (0: skip)",
     )
+    bench.add_argument(
+        "--soak-rate",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="offer this rate in the soak instead of half the pipeline's",
+    )
     bench.set_defaults(run=run_bench)
 
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
@@ -561,6 +567,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
             passthrough=not args.no_passthrough,
             scaling_workers=args.scaling_workers,
             soak_minutes=args.soak_minutes,
+            soak_rate=args.soak_rate,
         )
     print(format_report(report))
     write_json(args.json, report)
