@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime, timedelta
@@ -71,6 +72,14 @@ def rebalance_seconds(logs: list[Path], after: datetime) -> tuple[float, float]:
     return (max(later) - after).total_seconds(), max(pauses)
 
 
+def trickle(settings: Settings, events: list[Event]) -> None:
+    """Send ``events`` in event-time order, spread over ``STREAM_SECONDS``."""
+    size = -(-len(events) // STREAM_CHUNKS)
+    for start_at in range(0, len(events), size):
+        send(settings, events[start_at : start_at + size])
+        time.sleep(STREAM_SECONDS / STREAM_CHUNKS)
+
+
 def probes(history: list[Event], tag: str) -> list[FeedbackEvent]:
     """One rating per customer, after everything in ``history``: a score on every partition."""
     after = max(event.occurred_at for event in history) + timedelta(hours=1)
@@ -112,16 +121,28 @@ def test_workers_leaving_and_joining_mid_stream_keep_every_customer_exact(
 
         for name in ("w1", "w2", "w3"):
             start(name)
-        send(base, first)
+        wait_until(
+            lambda: all(
+                log_times(worker(name)[1], "Setting newly assigned partitions")
+                for name in ("w1", "w2", "w3")
+            ),
+            120,
+            "all three workers to have partitions",
+        )
+        # Both halves trickle in for longer than a worker takes to leave or to join, so
+        # each rebalance happens while events are still arriving.
+        first_sent = threading.Thread(target=trickle, args=(base, first), daemon=True)
+        first_sent.start()
         wait_until(
             lambda: applied_events(base, customers) >= len(first) // 3,
             120,
             "a third of the first half to be applied",
         )
         left_at = datetime.now()
-        assert stop_worker_process(started["w2"]) == 0  # SIGTERM: leaves the group cleanly
         applied_at_leave = applied_events(base, customers)
-        assert applied_at_leave < len(first), "w2 left after the stream was done"
+        assert first_sent.is_alive(), "the first half was all sent before w2 left"
+        assert stop_worker_process(started["w2"]) == 0  # SIGTERM: leaves the group cleanly
+        first_sent.join()
         wait_until(
             lambda: applied_events(base, customers) >= len(first),
             180,
@@ -131,12 +152,7 @@ def test_workers_leaving_and_joining_mid_stream_keep_every_customer_exact(
 
         joined_at = datetime.now()
         start("w2-again")
-        # The second half trickles in for longer than a worker takes to start and join, so
-        # the join's rebalance happens mid-stream.
-        size = -(-len(second) // STREAM_CHUNKS)
-        for start_at in range(0, len(second), size):
-            send(base, second[start_at : start_at + size])  # in event-time order
-            time.sleep(STREAM_SECONDS / STREAM_CHUNKS)
+        trickle(base, second)
         last_sent_at = datetime.now()
         wait_until(
             lambda: applied_events(base, customers) >= len(history),
