@@ -46,6 +46,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamcrm.events import Alert, AlertKind, AlertSeverity, CustomerScore, ModelMetrics
+from streamcrm.scores import discounted_value
 
 DRIVERS_PER_ALERT = 3
 """The churn drivers an alert carries (the score's strongest, in its order)."""
@@ -104,17 +105,14 @@ class AlertRules:
     def clv_if_retained(self, customer_value: float) -> float:
         """CLV₀ = Σₜ₌₁..H V / (1 + r)ᵗ: the discounted CLV at P(churn) = 0, V the yearly value.
 
-        It is :func:`streamcrm.scores.clv_discounted` with retention 1. The churn-adjusted CLV
-        on the score would not do: it shrinks as risk grows, so P(churn) × it falls for the
+        It is :func:`streamcrm.scores.discounted_value` with retention 1. The churn-adjusted
+        CLV on the score would not do: it shrinks as risk grows, so P(churn) × it falls for the
         customers most likely to leave.
 
         >>> round(AlertRules(discount_rate=0.1, horizon_years=2).clv_if_retained(1200.0), 2)
         2082.64
         """
-        return sum(
-            customer_value / (1.0 + self.discount_rate) ** year
-            for year in range(1, self.horizon_years + 1)
-        )
+        return discounted_value(customer_value, 1.0, self.discount_rate, self.horizon_years)
 
 
 DEFAULT_ALERT_RULES = AlertRules()

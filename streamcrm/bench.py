@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -290,19 +290,15 @@ def measure_latency(
     consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores, from_beginning=False)
     latencies: list[float] = []
 
-    def produce() -> None:
-        producer = make_producer(settings.kafka_bootstrap or "")
-        started = time.monotonic()
-        for n, ((topic, key, value), event) in enumerate(zip(messages, later, strict=True)):
-            due = started + n / rate
-            while (pause := due - time.monotonic()) > 0:
-                time.sleep(pause)
-            sent_at[event.event_id] = time.monotonic()
-            producer.send(topic, key=key, value=value)
-        producer.flush()
-        producer.close()
+    def note_sent(n: int) -> None:
+        sent_at[later[n].event_id] = time.monotonic()
 
-    sender = threading.Thread(target=produce, daemon=True)
+    sender = threading.Thread(
+        target=send_at_rate,
+        args=(settings.kafka_bootstrap, messages, rate),
+        kwargs={"on_send": note_sent},
+        daemon=True,
+    )
     sender.start()
     deadline = time.monotonic() + seconds + 60
     try:
@@ -320,6 +316,35 @@ def measure_latency(
     if not latencies:
         raise RuntimeError("no score arrived for the latency events")
     return {**percentiles(latencies), "events": float(len(latencies))}
+
+
+def send_at_rate(
+    bootstrap: str,
+    messages: Iterable[Message],
+    rate: float,
+    stop: threading.Event | None = None,
+    on_send: Callable[[int], None] | None = None,
+) -> int:
+    """Produce ``messages`` at ``rate`` a second (the n-th is due n / rate after the start)
+    until they run out or ``stop`` is set; ``on_send(n)`` just before the n-th goes out.
+    Returns how many were sent."""
+    stop = stop or threading.Event()
+    producer = make_producer(bootstrap)
+    started, sent = time.monotonic(), 0
+    try:
+        for topic, key, value in messages:
+            due = started + sent / rate
+            while (pause := due - time.monotonic()) > 0:
+                if stop.wait(min(pause, 0.5)):
+                    return sent
+            if on_send is not None:
+                on_send(sent)
+            producer.send(topic, key=key, value=value)
+            sent += 1
+        return sent
+    finally:
+        producer.flush()
+        producer.close()
 
 
 def _later_events(events: Sequence[Event]) -> list[Event]:

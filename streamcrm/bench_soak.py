@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from streamcrm.bench import Message, rss_mib, scored_count, stream_for
+from streamcrm.bench import Message, rss_mib, scored_count, send_at_rate, stream_for
 from streamcrm.cli import start_worker_process, stop_worker_process
-from streamcrm.kafka_io import ensure_topics, make_producer, read_to_end
+from streamcrm.kafka_io import ensure_topics, read_to_end
 from streamcrm.settings import Settings
 from streamcrm.simulator import DEFAULT_START, simulate
 
@@ -119,19 +119,8 @@ def measure_soak(
     sent = [0]
 
     def produce() -> None:
-        producer = make_producer(bootstrap)
-        started = time.monotonic()
-        for topic, key, value in continuing_stream(settings, customers, seed):
-            due = started + sent[0] / rate
-            while (pause := due - time.monotonic()) > 0:
-                if stop.wait(min(pause, 0.5)):
-                    break
-            if stop.is_set():
-                break
-            producer.send(topic, key=key, value=value)
-            sent[0] += 1
-        producer.flush()
-        producer.close()
+        stream = continuing_stream(settings, customers, seed)
+        sent[0] = send_at_rate(bootstrap, stream, rate, stop)
 
     worker = start_worker_process(settings, log_dir / "bench-soak-worker.log")
     sender = threading.Thread(target=produce, name="soak-producer", daemon=True)

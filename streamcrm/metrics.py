@@ -210,8 +210,9 @@ def churn_risk_histogram(probabilities: Iterable[float], bins: int = 10) -> dict
 
 
 @dataclass(frozen=True)
-class ScorePoint:
-    """What the dashboard's segment map needs of one score."""
+class MapPoint:
+    """What the dashboard's segment map needs of one score (not the state's history point,
+    ``streamcrm.state.ScorePoint``)."""
 
     customer_id: str
     recency_days: float | None
@@ -220,7 +221,7 @@ class ScorePoint:
     churn_probability: float
 
     @classmethod
-    def of(cls, score: CustomerScore) -> ScorePoint:
+    def of(cls, score: CustomerScore) -> MapPoint:
         return cls(
             score.customer_id,
             score.recency_days,
@@ -235,19 +236,19 @@ class RecentScores:
 
     def __init__(self, capacity: int = 2_000) -> None:
         self.capacity = capacity
-        self._latest: OrderedDict[str, ScorePoint] = OrderedDict()
+        self._latest: OrderedDict[str, MapPoint] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._latest)
 
-    def add(self, point: ScorePoint) -> None:
+    def add(self, point: MapPoint) -> None:
         """Keep ``point`` as its customer's latest; forget the customer scored longest ago."""
         self._latest.pop(point.customer_id, None)
         self._latest[point.customer_id] = point
         while len(self._latest) > self.capacity:
             self._latest.popitem(last=False)
 
-    def points(self, limit: int = 500) -> list[ScorePoint]:
+    def points(self, limit: int = 500) -> list[MapPoint]:
         """The ``limit`` customers scored most recently, oldest first."""
         return list(self._latest.values())[-limit:] if limit > 0 else []
 
@@ -256,7 +257,7 @@ class RecentScores:
 
         >>> recent = RecentScores()
         >>> for customer, segment in [("a", "loyal"), ("b", "at risk"), ("a", "champions")]:
-        ...     recent.add(ScorePoint(customer, 3.0, 10.0, segment, 0.2))
+        ...     recent.add(MapPoint(customer, 3.0, 10.0, segment, 0.2))
         >>> recent.segment_shares()  # a moved from loyal to champions
         {'at risk': 0.5, 'champions': 0.5}
         """
@@ -336,7 +337,7 @@ class WorkerMetrics:
         for timestamp, score in scored:
             if timestamp is not None and timestamp > 0:
                 self.latency.observe(max(0.0, sent_at - timestamp))
-            self.recent.add(ScorePoint.of(score))
+            self.recent.add(MapPoint.of(score))
 
     def set_positions(self, positions: Iterable[PartitionPosition]) -> None:
         """Replace the consumed partitions' positions (the worker's current assignment)."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from streamcrm.state import CustomerState, TicketTotals
+if TYPE_CHECKING:  # annotations only: streamcrm.state imports the alerts, which use this module
+    from streamcrm.state import CustomerState, TicketTotals
 
 DAYS_PER_YEAR = 365.0
 DEFAULT_DISCOUNT_RATE = 0.10
@@ -21,6 +23,7 @@ def satisfaction_mean(state: CustomerState) -> float | None:
     """Mean satisfaction ``Σ sᵢ / n`` over the customer's ratings, each normalised to [0, 1].
 
     >>> from datetime import datetime, UTC
+    >>> from streamcrm.state import CustomerState
     >>> t = datetime(2026, 1, 1, tzinfo=UTC)
     >>> satisfaction_mean(CustomerState(customer_id="c", first_seen_at=t, last_event_at=t,
     ...                                 csat_count=2, csat_sum=8))
@@ -110,10 +113,24 @@ def clv_discounted(
     ...                      discount_rate=0.1, horizon_years=2), 2)
     2082.64
     """
-    value = customer_value(features)
-    retention = 1.0 - churn_probability
+    return discounted_value(
+        customer_value(features), 1.0 - churn_probability, discount_rate, horizon_years
+    )
+
+
+def discounted_value(
+    yearly_value: float,
+    retention: float,
+    discount_rate: float = DEFAULT_DISCOUNT_RATE,
+    horizon_years: int = DEFAULT_HORIZON_YEARS,
+) -> float:
+    """Σₜ₌₁..H V × retentionᵗ / (1 + r)ᵗ: the discounted CLV of a yearly value V.
+
+    >>> round(discounted_value(1200.0, 1.0, discount_rate=0.1, horizon_years=2), 2)
+    2082.64
+    """
     return sum(
-        value * retention**year / (1.0 + discount_rate) ** year
+        yearly_value * retention**year / (1.0 + discount_rate) ** year
         for year in range(1, horizon_years + 1)
     )
 
@@ -127,6 +144,7 @@ def loyalty_index(state: CustomerState, features: Mapping[str, float]) -> float:
       customer answered NPS surveys, otherwise mean satisfaction (0.5 before any rating).
 
     >>> from datetime import datetime, UTC
+    >>> from streamcrm.state import CustomerState
     >>> t = datetime(2026, 1, 1, tzinfo=UTC)
     >>> new = CustomerState(customer_id="c", first_seen_at=t, last_event_at=t, order_count=1)
     >>> loyalty_index(new, {"tenure_days": 0.0, "satisfaction_mean": 0.5})

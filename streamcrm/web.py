@@ -30,7 +30,6 @@ import faust
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic_core import to_jsonable_python
 
 from streamcrm.events import Alert, CustomerScore
 from streamcrm.metrics import PartitionPosition, WorkerMetrics
@@ -202,10 +201,10 @@ async def customer_document(pipeline: ScoringPipeline, customer_id: str) -> dict
     if state is None:
         return None
     score = await pipeline.store.load_score(customer_id)
-    history = getattr(state, "score_history", None) or ()
+    document = state.model_dump(mode="json")
     return {
         "customer_id": customer_id,
-        "state": state.model_dump(mode="json"),
+        "state": document,
         "score": score.model_dump(mode="json") if score is not None else None,
-        "history": [to_jsonable_python(point) for point in history],
+        "history": document["score_history"],
     }

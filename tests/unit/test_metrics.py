@@ -13,10 +13,10 @@ from streamcrm.events import Alert, CustomerScore, ModelMetrics, PurchaseEvent
 from streamcrm.metrics import (
     METRIC_NAMES,
     BucketHistogram,
+    MapPoint,
     PartitionPosition,
     RateWindow,
     RecentScores,
-    ScorePoint,
     WorkerMetrics,
     churn_risk_histogram,
     consumer_lag,
@@ -246,10 +246,10 @@ def test_churn_risk_histogram_has_ten_bins_over_zero_to_one() -> None:
 
 def test_recent_scores_keep_each_customers_latest_score_only() -> None:
     recent = RecentScores(capacity=2)
-    recent.add(ScorePoint("a", 1.0, 10.0, "loyal", 0.1))
-    recent.add(ScorePoint("b", 1.0, 10.0, "loyal", 0.1))
-    recent.add(ScorePoint("a", 2.0, 20.0, "champions", 0.2))  # a again: b is now the oldest
-    recent.add(ScorePoint("c", 1.0, 10.0, "at risk", 0.9))  # b drops out
+    recent.add(MapPoint("a", 1.0, 10.0, "loyal", 0.1))
+    recent.add(MapPoint("b", 1.0, 10.0, "loyal", 0.1))
+    recent.add(MapPoint("a", 2.0, 20.0, "champions", 0.2))  # a again: b is now the oldest
+    recent.add(MapPoint("c", 1.0, 10.0, "at risk", 0.9))  # b drops out
 
     assert [p.customer_id for p in recent.points()] == ["a", "c"]
     assert recent.segment_shares() == {"at risk": 0.5, "champions": 0.5}
