@@ -104,7 +104,6 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     alerts_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
     recent_alerts: deque[Alert] = deque(maxlen=RECENT_ALERTS)
     """The alerts this worker sent, newest last (read by the web views)."""
-    app.streamcrm_recent_alerts = recent_alerts  # type: ignore[attr-defined]
     updates_topic = app.topic(topics.model_updates, key_serializer="raw", value_serializer="raw")
 
     unsent: list[ModelUpdate] = []
@@ -367,7 +366,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         await publish_model_updates(flush=True)  # for the next learner, if not this one
         await checkpoint()
 
-    register_web_views(app, pipeline, metrics, (*input_topics, topics.model_updates))
+    register_web_views(app, pipeline, metrics, (*input_topics, topics.model_updates), recent_alerts)
     register_dashboard(app)
     return app
 
@@ -407,7 +406,7 @@ class Incoming(InputMessage, Protocol):
 
 
 RECENT_ALERTS = 50
-"""Alerts a worker keeps in memory for its web views (``app.streamcrm_recent_alerts``)."""
+"""Alerts a worker keeps in memory for its web views (``/api/overview``)."""
 MODEL_ALERT_KEY = b"model"
 """The alerts-topic key of model-wide alerts (customer alerts are keyed by customer id)."""
 MODEL_UPDATE_BATCH = 500

@@ -109,10 +109,13 @@ def register_web_views(
     pipeline: ScoringPipeline,
     metrics: WorkerMetrics,
     watched_topics: Iterable[str],
+    recent_alerts: Iterable[Alert] = (),
 ) -> None:
     """Add the traffic sensor, the sampling timer and the HTTP routes to ``app``.
 
     ``watched_topics``: the consumed topics whose positions (and lag) are reported.
+    ``recent_alerts``: the alerts the worker sent, newest last, kept up to date by the caller
+    (``/api/overview`` shows them).
     """
     watched = tuple(watched_topics)
     app.sensors.add(TrafficSensor(metrics))
@@ -183,9 +186,8 @@ def register_web_views(
 
     class Overview(View):
         async def get(self, request: Request) -> Response:
-            alerts: Iterable[Alert] = getattr(app, "streamcrm_recent_alerts", ())
             return self.json(
-                metrics.overview(datetime.now(UTC), list(alerts), pipeline.models.version)
+                metrics.overview(datetime.now(UTC), list(recent_alerts), pipeline.models.version)
             )
 
     app.page("/metrics", name="streamcrm-metrics")(Metrics)
