@@ -226,17 +226,23 @@ class _Step:
             return
         severity: AlertSeverity = "critical" if churn >= rules.churn_critical else "warning"
         drivers = ", ".join(d.feature for d in score.churn_drivers[:DRIVERS_PER_ALERT])
+        quiet = quiet_note(score)
         self._fire(
             "churn_risk",
             severity,
             f"customer {score.customer_id}: churn probability {churn:.2f} reached "
-            f"{rules.churn_enter:g}" + (f" (drivers: {drivers})" if drivers else ""),
+            f"{rules.churn_enter:g}"
+            + (f", {quiet}" if quiet else "")
+            + (f" (drivers: {drivers})" if drivers else ""),
             {
                 "churn_probability": churn,
                 "churn_enter": rules.churn_enter,
                 "churn_leave": rules.churn_leave,
                 "health": score.health,
                 "segment_name": score.segment_name,
+                "trigger": score.trigger,
+                "recency_days": score.recency_days,
+                "silence_over_usual_gap": silence_over_usual_gap(score),
             },
         )
 
@@ -249,12 +255,14 @@ class _Step:
         if not self._crossed("value_at_risk", at_risk, enter, leave):
             return
         currency = score.currency
+        quiet = quiet_note(score)
         self._fire(
             "value_at_risk",
             "warning",
             f"customer {score.customer_id}: {_money(at_risk, currency)} of lifetime value at "
             f"risk (churn {score.churn_probability:.2f} × CLV if retained "
-            f"{_money(clv, currency)}), over {_money(enter, currency)}",
+            f"{_money(clv, currency)}), over {_money(enter, currency)}"
+            + (f"; {quiet}" if quiet else ""),
             {
                 "value_at_risk": at_risk,
                 "churn_probability": score.churn_probability,
@@ -425,6 +433,35 @@ def drift_alert(report: ModelMetrics, now: datetime) -> Alert | None:
         },
         model_version=report.model_version,
     )
+
+
+def silence_over_usual_gap(score: CustomerScore) -> float | None:
+    """Days since the last purchase over the customer's usual gap between purchase days
+    (None without a repeat purchase).
+
+    >>> from streamcrm.events import CustomerScore
+    >>> silence_over_usual_gap(CustomerScore.model_construct(recency_days=42.0,
+    ...                                                      usual_gap_days=10.0))
+    4.2
+    """
+    if score.recency_days is None or not score.usual_gap_days:
+        return None
+    return score.recency_days / score.usual_gap_days
+
+
+def quiet_note(score: CustomerScore) -> str | None:
+    """What a person reads about a quiet customer's re-score: how long they have been quiet,
+    against their own cadence, e.g. ``quiet 42 days, 4.2x their usual gap of 10.0 days``.
+    None for a score made at an event (the customer is not quiet)."""
+    if score.trigger != "time" or score.recency_days is None:
+        return None
+    ratio = silence_over_usual_gap(score)
+    note = f"quiet {score.recency_days:.0f} days"
+    if ratio is not None and score.usual_gap_days is not None:
+        note += f", {ratio:.1f}x their usual gap of {score.usual_gap_days:.1f} days"
+    if score.lapsed:
+        note += "; now considered lapsed"
+    return note
 
 
 def _money(amount: float, currency: str) -> str:

@@ -19,14 +19,17 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiokafka
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
+from kafka.errors import KafkaError
 
 from streamcrm.alerts import drift_alert
 from streamcrm.connections import (
@@ -37,12 +40,13 @@ from streamcrm.connections import (
 from streamcrm.dashboard import register_dashboard
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.events import Alert, CustomerScore, DeadLetter
-from streamcrm.kafka_io import read_range, topic_ids
+from streamcrm.kafka_io import OutputReader, read_range, topic_ids
 from streamcrm.metrics import WorkerMetrics
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
-from streamcrm.pipeline import InputMessage, ScoringPipeline, SharedLearner
+from streamcrm.outbox import OutboxPublisher
+from streamcrm.pipeline import InputMessage, ScoringPipeline, SharedLearner, SweepReport
 from streamcrm.settings import Settings
-from streamcrm.store import RedisStateStore
+from streamcrm.store import OutboxRecord, RedisStateStore
 from streamcrm.web import SAMPLE_INTERVAL_S, message_timestamp, register_web_views, scored_in
 
 logger = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     )
     logger.info("input topic ids: %s", pipeline.topic_ids)
     learner = SharedLearner(store)
+    output_reader = OutputReader(settings.kafka_bootstrap, kafka_client_options(settings))
     fetch_wait_at_most(settings.kafka_fetch_max_wait_ms)
     datadir = settings.data_dir / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +109,13 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     alerts_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
     recent_alerts: deque[Alert] = deque(maxlen=RECENT_ALERTS)
     """The alerts this worker sent, newest last (read by the web views)."""
+    output_topics = FaustOutputTopics(
+        app,
+        {"scores": topics.scores, "alerts": topics.alerts},
+        settings.partitions,
+        output_reader,
+    )
+    outbox = OutboxPublisher(store, output_topics)
     updates_topic = app.topic(topics.model_updates, key_serializer="raw", value_serializer="raw")
 
     unsent: list[ModelUpdate] = []
@@ -193,7 +205,29 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                 await catch_up(behind, message.offset)
 
     partition_locks: dict[tuple[str, int], asyncio.Lock] = {}
-    """One lock per input partition: a timer's catch-up and the agent never interleave."""
+    """One lock per input partition: a timer's catch-up, a sweep and the agent never
+    interleave."""
+    next_to_apply: dict[tuple[str, int], int] = {}
+    """Per input partition, the offset after the newest message this worker handled."""
+
+    def handled(messages: Sequence[Incoming]) -> None:
+        for message in messages:
+            where = (message.topic, message.partition)
+            next_to_apply[where] = max(next_to_apply.get(where, 0), message.offset + 1)
+
+    def holding_back(partition: int) -> list[str]:
+        """The input topics whose partition ``partition`` still has messages to apply here:
+        never fetched yet, or a high-water mark beyond what was handled (and committed)."""
+        consumer: Any = app.consumer  # _committed_offset is not on ConsumerT
+        holding = []
+        for topic in topics.inputs:
+            tp = TP(topic, partition)
+            highwater = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp) or 0  # Faust has no accessor
+            done = max(next_to_apply.get((topic, partition), 0), committed)
+            if highwater is None or done < highwater:
+                holding.append(topic)
+        return holding
 
     def partition_lock(topic: str, partition: int) -> asyncio.Lock:
         return partition_locks.setdefault((topic, partition), asyncio.Lock())
@@ -214,9 +248,10 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             for message, outcome in zip(messages, outcomes, strict=False):
                 if isinstance(outcome, Exception):
                     await send_dead_letter(message, outcome)
-            handled = len(outcomes)
+            done = len(outcomes)
             metrics.note_scores(scored_in(messages, outcomes), time.time())
-        for message in messages[handled:]:
+            handled(messages[:done])
+        for message in messages[done:]:
             await handle_message(message)
         await publish_model_updates()
 
@@ -238,6 +273,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             return
         async with partition_lock(message.topic, message.partition):
             await apply_message(message, catching_up)
+        handled([message])
 
     async def apply_message(message: Incoming, catching_up: bool) -> None:
         while True:
@@ -316,24 +352,64 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     app.timer(settings.model_checkpoint_interval_s, name="checkpoint-models")(checkpoint)
 
-    async def sweep_label_ledgers() -> None:
+    async def sweep_quiet_customers() -> None:
+        """Sweep each owned partition (label ledgers and as-of re-scores), then publish its
+        outbox, holding the partition's input locks throughout: no event of the partition is
+        scored in between, so a customer's scores reach the scores topic in the order their
+        states were saved, and the last one there is the one in the store."""
         # Only the partitions this worker owns: their customers' events come here alone.
-        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.purchases}
+        owned = sorted(
+            {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.purchases}
+        )
+        outbox.release(owned)
+        report = SweepReport()
         try:
-            report = await pipeline.sweep(sorted(owned))
+            for partition in owned:
+                async with AsyncExitStack() as held:
+                    for topic in sorted(topics.inputs):
+                        await held.enter_async_context(partition_lock(topic, partition))
+                    report = report + await pipeline.sweep(
+                        [partition], settings.sweep_max_customers, holding_back
+                    )
+                    await drain_outbox(partition)
         except StoreUnavailableError as error:
-            logger.warning("label sweep skipped (%s); will retry", error)
+            logger.warning("sweep skipped (%s); will retry", error)
             return
         await publish_model_updates()
         if report.customers:
             logger.info(
-                "label sweep: %d customers, %d examples learned, %d heartbeats",
+                "sweep: %d customers, %d examples learned, %d heartbeats, %d re-scores"
+                " (%d lapsed), %d alerts",
                 report.customers,
                 report.examples_learned,
                 report.heartbeats,
+                report.rescores,
+                report.lapsed,
+                report.alerts,
             )
 
-    app.timer(settings.sweep_interval_s, name="sweep-label-ledgers")(sweep_label_ledgers)
+    async def drain_outbox(partition: int) -> None:
+        try:
+            await outbox.drain(partition)
+        except (KafkaError, aiokafka.errors.KafkaError, OSError) as error:
+            logger.warning(
+                "outbox of partition %d not published (%s); will retry", partition, error
+            )
+
+    output_topics.on_sent = lambda records: note_outputs(records)
+
+    def note_outputs(records: Sequence[OutboxRecord]) -> None:
+        """Count what the outbox published and show it as the event path's outputs are."""
+        rescores = []
+        for record in records:
+            metrics.count_out(output_topics.topic_names[record.kind])
+            if record.kind == "scores":
+                rescores.append((None, CustomerScore.model_validate_json(record.value)))
+            elif record.kind == "alerts":
+                recent_alerts.append(Alert.model_validate_json(record.value))
+        metrics.note_scores(rescores, time.time())
+
+    app.timer(settings.sweep_interval_s, name="sweep-quiet-customers")(sweep_quiet_customers)
 
     async def check_offset_marks() -> None:
         # Redis may come back without its last writes while a partition has nothing more to
@@ -365,10 +441,72 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     async def final_checkpoint(sender: faust.App, **_: Any) -> None:
         await publish_model_updates(flush=True)  # for the next learner, if not this one
         await checkpoint()
+        output_reader.close()
 
     register_web_views(app, pipeline, metrics, (*input_topics, topics.model_updates), recent_alerts)
     register_dashboard(app)
     return app
+
+
+class FaustOutputTopics:
+    """The outbox's broker (:class:`streamcrm.outbox.OutputTopics`): Faust's producer for the
+    sends, a kafka-python reader (in a thread) for end offsets and the recovery check.
+
+    A record goes to the partition the producer's default partitioner would choose for its key
+    (murmur2, as for the scores the agents send), given explicitly so the recovery check reads
+    exactly where it went; output topics have ``partitions`` partitions (``ensure_topics``).
+    """
+
+    ID_FIELDS = {"scores": "event_id", "alerts": "alert_id"}
+
+    def __init__(
+        self, app: faust.App, topic_names: dict[str, str], partitions: int, reader: OutputReader
+    ) -> None:
+        self.app = app
+        self.topic_names = topic_names
+        self.partitions = list(range(partitions))
+        self.reader = reader
+        self.on_sent: Callable[[Sequence[OutboxRecord]], None] = lambda records: None
+        self._partitioner = DefaultPartitioner()
+        self._reading = asyncio.Lock()
+
+    def topic_partition(self, record: OutboxRecord) -> tuple[str, int]:
+        key = record.key.encode()
+        return (
+            self.topic_names[record.kind],
+            self._partitioner(key, self.partitions, self.partitions),
+        )
+
+    async def end_offsets(
+        self, partitions: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        async with self._reading:
+            return await asyncio.to_thread(self.reader.end_offsets, list(partitions))
+
+    async def ids_since(self, partition: tuple[str, int], offset: int) -> set[str]:
+        topic, number = partition
+        kind = next(k for k, name in self.topic_names.items() if name == topic)
+        async with self._reading:
+            return await asyncio.to_thread(
+                self.reader.ids_since, topic, number, offset, self.ID_FIELDS[kind]
+            )
+
+    async def send_all(self, records: Sequence[OutboxRecord]) -> None:
+        deliveries = []
+        for record in records:
+            topic, partition = self.topic_partition(record)
+            deliveries.append(
+                await self.app.producer.send(
+                    topic,
+                    record.key.encode(),
+                    record.value.encode(),
+                    partition=partition,
+                    timestamp=None,
+                    headers=None,
+                )
+            )
+        await asyncio.gather(*deliveries)
+        self.on_sent(records)
 
 
 _faust_consumer_factory = AIOKafkaConsumerThread._create_worker_consumer

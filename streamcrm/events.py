@@ -282,14 +282,36 @@ class ChurnDriver(_Record):
     log_odds: float
 
 
-class CustomerScore(_Record):
-    """What streamcrm says about one customer after an event, keyed by ``customer_id``.
+SCORE_SCHEMA_VERSION: Final = 2
+"""Version of the ``crm.scores`` record. Version 2 added ``trigger``, ``lapsed`` and
+``usual_gap_days``; a version-1 record still reads (as an event-triggered score)."""
 
-    ``as_of`` is the event time of the newest event applied (scores never read the wall
-    clock). Every model-made field comes with ``model_version``. Fields in
+ScoreTrigger = Literal["event", "time"]
+"""What made a score: an event of the customer, or the passage of event time (a re-score)."""
+
+
+def rescore_id(customer_id: str, as_of: datetime) -> str:
+    """The ``event_id`` of a customer's re-score as of ``as_of``: deterministic, so a replay
+    or a re-run sweep names the same re-score (and its alerts) the same way.
+
+    >>> rescore_id("c1", datetime(2026, 3, 1, 12, tzinfo=UTC))
+    'asof:c1:2026-03-01T12:00:00Z'
+    """
+    return f"asof:{customer_id}:{as_of.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+class CustomerScore(_Record):
+    """What streamcrm says about one customer, keyed by ``customer_id``.
+
+    A score is made at each of the customer's events (``trigger`` "event": ``as_of`` is the
+    event time of the newest event applied) and again as event time passes while the
+    customer is quiet (``trigger`` "time": ``as_of`` is the moment of the re-score, and
+    recency and every time-based figure are measured then; see ``docs/scores.md``). Scores
+    never read the wall clock. Every model-made field comes with ``model_version``. Fields in
     ``MODEL_FIELDS`` depend on the shared models and population; ``event_id`` names the event
-    that triggered the record. All other fields are a function of the customer's events alone,
-    whatever order they were consumed in, so replaying a history reproduces them exactly.
+    that triggered the record (for a re-score, :func:`rescore_id`). All other fields are a
+    function of the customer's events alone, whatever order they were consumed in, so
+    replaying a history reproduces them exactly.
     """
 
     customer_id: str
@@ -341,8 +363,20 @@ class CustomerScore(_Record):
         default=None,
         description="expected spend over the CLV horizon: BG/NBD purchases × Gamma-Gamma spend",
     )
+    trigger: ScoreTrigger = Field(
+        default="event",
+        description="what made the score: an event, or the passage of event time (a re-score)",
+    )
+    lapsed: bool = Field(
+        default=False,
+        description="quiet past the re-score horizon: the last re-score until the next event",
+    )
+    usual_gap_days: float | None = Field(
+        default=None,
+        description="the customer's mean days between purchase days (null before a repeat)",
+    )
     model_version: str
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCORE_SCHEMA_VERSION
 
 
 MODEL_FIELDS: frozenset[str] = frozenset(

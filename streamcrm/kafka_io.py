@@ -10,6 +10,7 @@ to every kafka-python client they make. Left out, the connection is PLAINTEXT.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -240,3 +241,54 @@ def read_range(
     finally:
         consumer.close()
     return records
+
+
+class OutputReader:
+    """A group-less kafka-python consumer for the outbox's recovery check: end offsets of
+    output topic partitions, and the record ids on one from an offset. Not thread-safe: use
+    it from one thread at a time."""
+
+    def __init__(self, bootstrap: str, client_options: Mapping[str, Any] | None = None) -> None:
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, **(client_options or {})
+        )
+
+    def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """End offsets (Tansu answers low by up to a batch: a reader from them reads more)."""
+        wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
+        if not wanted:
+            return {}
+        ends = self._consumer.end_offsets(wanted)
+        return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
+
+    def ids_since(
+        self, topic: str, partition: int, offset: int, id_field: str, idle_s: float = 2.0
+    ) -> set[str]:
+        """The ``id_field`` values of the JSON records of one partition from ``offset`` to the
+        end it has now (every record of the batches fetched, so Tansu's low end loses none)."""
+        where = TopicPartition(topic, partition)
+        self._consumer.assign([where])
+        first = self._consumer.beginning_offsets([where])[where]
+        end = self._consumer.end_offsets([where])[where]
+        self._consumer.seek(where, max(offset, first))
+        found: set[str] = set()
+        last_progress = time.monotonic()
+        while self._consumer.position(where) < end:
+            polled = list(poll_records(self._consumer, timeout_ms=300))
+            if polled:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > idle_s:
+                break
+            for record in polled:
+                if record.value is None:
+                    continue
+                try:
+                    value = json.loads(record.value)
+                except ValueError:
+                    continue
+                if isinstance(value, dict) and isinstance(value.get(id_field), str):
+                    found.add(value[id_field])
+        return found
+
+    def close(self) -> None:
+        self._consumer.close()

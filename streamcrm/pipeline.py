@@ -41,7 +41,14 @@ from streamcrm.models import ModelBundle, ModelUpdate, QueuedUpdates
 from streamcrm.privacy import ErasureReport
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event, sweep_customer
 from streamcrm.state import CustomerState, topic_kind
-from streamcrm.store import InputPosition, LedgerDue, PendingWrite, SaveResult, StateStore
+from streamcrm.store import (
+    InputPosition,
+    LedgerDue,
+    OutboxRecord,
+    PendingWrite,
+    SaveResult,
+    StateStore,
+)
 
 MODEL_CHECKPOINT = "bundle"
 FIRST_RETRY_DELAY_S = 0.1
@@ -53,18 +60,30 @@ _E = TypeVar("_E", bound=BaseEvent)
 
 @dataclass(frozen=True)
 class SweepReport:
-    """What one sweep did: customers visited, examples learned, heartbeat snapshots taken."""
+    """What one sweep did: customers visited, examples learned, heartbeat snapshots taken,
+    re-scores made (of which the lapsed ones) and the alerts they raised."""
 
     customers: int = 0
     examples_learned: int = 0
     heartbeats: int = 0
+    rescores: int = 0
+    lapsed: int = 0
+    alerts: int = 0
 
     def __add__(self, other: SweepReport) -> SweepReport:
         return SweepReport(
             self.customers + other.customers,
             self.examples_learned + other.examples_learned,
             self.heartbeats + other.heartbeats,
+            self.rescores + other.rescores,
+            self.lapsed + other.lapsed,
+            self.alerts + other.alerts,
         )
+
+
+HoldingBack = Callable[[int], Iterable[str]]
+"""For an input partition number, the input topics whose partition of that number still has
+messages for this worker to apply (fetched or not yet): they hold its watermark back."""
 
 
 class KeyedLocks:
@@ -179,6 +198,8 @@ class ScoringPipeline:
         self.topic_ids: dict[str, str | None] = {}
         """Kafka topic ids of the input topics, for the offset marks (see streamcrm.store)."""
         self.newest_event_time: datetime | None = None
+        self._newest_by_source: dict[tuple[str, int], datetime] = {}
+        """The newest event time applied from each input topic partition."""
         self._last_marks: dict[str, int | None] = {}
         """Per input partition (mark field): the offset mark this worker last wrote, or the
         stored one it started from. Checked on every save: Redis losing writes shows as a
@@ -241,7 +262,9 @@ class ScoringPipeline:
         self._checkpointed_version = version
         return True
 
-    def _count(self, scored: ScoredEvent, occurred_at: datetime) -> None:
+    def _count(
+        self, scored: ScoredEvent, occurred_at: datetime, source: tuple[str, int] | None
+    ) -> None:
         if scored.duplicate:
             self.outcomes["duplicate"] += 1
         elif scored.late_by is not None:
@@ -251,18 +274,35 @@ class ScoringPipeline:
             self.segment_mix[scored.score.segment_name] += 1
             if self.newest_event_time is None or occurred_at > self.newest_event_time:
                 self.newest_event_time = occurred_at
+            if source is not None:
+                newest = self._newest_by_source.get(source)
+                if newest is None or occurred_at > newest:
+                    self._newest_by_source[source] = occurred_at
 
-    async def sweep(self, partitions: Iterable[int], limit: int = 500) -> SweepReport:
-        """Move on the label ledgers of quiet customers that fell due by the watermark.
+    async def sweep(
+        self,
+        partitions: Iterable[int],
+        limit: int = 500,
+        holding_back: HoldingBack | None = None,
+    ) -> SweepReport:
+        """Move quiet customers on to the watermark: label ledgers, and re-scores as of the
+        passing event time (their outputs written to the partition's outbox with the state).
 
-        Only ``partitions`` this worker owns are swept, so no two workers touch one customer.
+        Only ``partitions`` this worker owns are swept, so no two workers touch one customer,
+        and at most ``limit`` customers of each per call, so a long replay or a jump in event
+        time cannot starve event scoring (the rest are still due at the next sweep). Each
+        partition is swept to its own watermark (:meth:`partition_watermark`).
         """
         report = SweepReport()
-        watermark = self.watermark
-        if watermark is None:
+        if self.watermark is None:
             return report
         await self.load_models()
         for partition in partitions:
+            watermark = self.partition_watermark(
+                partition, () if holding_back is None else holding_back(partition)
+            )
+            if watermark is None:
+                continue
             due = await _until_available(
                 partial(self.store.due_customers, partition, watermark, limit),
                 f"read the due index of partition {partition}",
@@ -271,6 +311,28 @@ class ScoringPipeline:
                 async with self._locks.hold(customer_id):
                     report = report + await self._sweep_one(partition, customer_id, watermark)
         return report
+
+    def partition_watermark(self, partition: int, holding_back: Iterable[str]) -> datetime | None:
+        """Event time up to which every event of one input partition's customers is taken to
+        be in, so their quiet spells can be scored: the worker's watermark, held back by each
+        input topic whose partition still has messages to apply, to that topic partition's
+        newest applied event time less the allowed lateness (None: such a topic partition has
+        applied nothing yet).
+
+        A topic partition with nothing more to deliver does not hold the watermark back, so a
+        quiet partition's customers are still re-scored; one that is behind does, so a
+        customer is never re-scored as of a moment their unread events come before. That is
+        what makes re-scores the same in a replay as live (docs/scores.md).
+        """
+        if self.newest_event_time is None:
+            return None
+        bound = self.newest_event_time
+        for topic in holding_back:
+            newest = self._newest_by_source.get((topic, partition))
+            if newest is None:
+                return None
+            bound = min(bound, newest)
+        return bound - self.config.rules.allowed_lateness
 
     async def _sweep_one(
         self, partition: int, customer_id: str, watermark: datetime
@@ -281,14 +343,35 @@ class ScoringPipeline:
                 lambda: self.store.forget_due(partition, customer_id), f"unfile {customer_id}"
             )
             return SweepReport(customers=1)
+        queued = self._queued_updates()
         swept = sweep_customer(state, watermark, self.models, self.config, self.updates)
-        await _until_available(
-            lambda: self.store.save(swept.state, None, LedgerDue(partition, swept.due_at)),
+        outbox: tuple[OutboxRecord, ...] = ()
+        if swept.score is not None:
+            outbox = (
+                OutboxRecord.of_score(swept.score),
+                *(OutboxRecord.of_alert(alert) for alert in swept.alerts),
+            )
+        saved = await _until_available(
+            lambda: self.store.save(
+                swept.state, swept.score, LedgerDue(partition, swept.due_at), None, outbox
+            ),
             f"save {customer_id}",
         )
+        if saved != SaveResult.APPLIED:  # erased meanwhile: nothing of it may be learned
+            self._drop_updates_from(queued)
+            return SweepReport(customers=1)
         self.outcomes["labelled by sweep"] += swept.examples_learned
+        rescored = swept.score is not None
+        lapsed = rescored and swept.score is not None and swept.score.lapsed
+        if rescored:
+            self.outcomes["re-scored"] += 1
         return SweepReport(
-            customers=1, examples_learned=swept.examples_learned, heartbeats=swept.heartbeats
+            customers=1,
+            examples_learned=swept.examples_learned,
+            heartbeats=swept.heartbeats,
+            rescores=int(rescored),
+            lapsed=int(lapsed),
+            alerts=len(swept.alerts),
         )
 
     def model_metrics(self, worker: str, now: datetime) -> ModelMetrics:
@@ -392,9 +475,10 @@ class ScoringPipeline:
                         self.outcomes["erased customer"] += 1
                         return ScoredEvent(state=scored.state, score=None, erased=True)
                     scored = ScoredEvent(state=state or scored.state, score=None, duplicate=True)
-                if publish is not None and scored.score is not None:
-                    await publish(scored.score, scored.alerts)
-        self._count(scored, event.occurred_at)
+                if publish is not None:
+                    for score, alerts in scored.outputs:
+                        await publish(score, alerts)
+        self._count(scored, event.occurred_at, (topic, partition) if topic else None)
         if scored.late_by is not None:
             raise self._late_error(event, scored)
         return scored
@@ -445,8 +529,9 @@ class ScoringPipeline:
             outcomes = self._settled(planned, results)
             if publish is not None:
                 for outcome in outcomes:
-                    if isinstance(outcome, ScoredEvent) and outcome.score is not None:
-                        await publish(outcome.score, outcome.alerts)
+                    if isinstance(outcome, ScoredEvent):
+                        for score, alerts in outcome.outputs:
+                            await publish(score, alerts)
         return outcomes
 
     def _not_after(self) -> datetime | None:
@@ -530,7 +615,7 @@ class ScoringPipeline:
         written = iter(results)
         for plan in planned:
             if plan.write is None:  # a duplicate: nothing was to be written
-                self._settle(plan.outcome, plan.occurred_at)
+                self._settle(plan.outcome, plan.occurred_at, None)
                 outcomes.append(plan.outcome)
                 continue
             result = next(written, None)
@@ -539,7 +624,9 @@ class ScoringPipeline:
                 return outcomes
             self._after_write(plan.write.position, result)
             if result == SaveResult.APPLIED:
-                self._settle(plan.outcome, plan.occurred_at)
+                position = plan.write.position
+                source = (position.topic, position.partition) if position is not None else None
+                self._settle(plan.outcome, plan.occurred_at, source)
                 outcomes.append(plan.outcome)
                 continue
             # Refused, and every later message was scored on top of this one: keep only what
@@ -553,11 +640,16 @@ class ScoringPipeline:
             return outcomes
         return outcomes
 
-    def _settle(self, outcome: BatchOutcome, occurred_at: datetime | None) -> None:
+    def _settle(
+        self,
+        outcome: BatchOutcome,
+        occurred_at: datetime | None,
+        source: tuple[str, int] | None,
+    ) -> None:
         """Count a message whose write was made, as :meth:`handle` would have."""
         if isinstance(outcome, ScoredEvent):
             assert occurred_at is not None, "a scored message has an event time"
-            self._count(outcome, occurred_at)
+            self._count(outcome, occurred_at, source)
         elif isinstance(outcome, LateEventError):
             self.outcomes["late"] += 1
         elif isinstance(outcome, InvalidEventError):

@@ -192,6 +192,24 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A quiet customer is snapshotted for training this often."
     )
     heartbeat_horizon_days: float = Field(180.0, gt=0, description="...until quiet for this long.")
+    rescore_interval_days: float | None = Field(
+        7.0,
+        gt=0,
+        description="A quiet customer is re-scored when their newest score is this old in event"
+        " time; unset: scores only at events.",
+    )
+    rescore_horizon_days: float = Field(
+        180.0,
+        gt=0,
+        description="Quiet this long, a customer gets one last score marked lapsed and no more"
+        " re-scores until their next event.",
+    )
+    sweep_max_customers: int = Field(
+        500,
+        ge=1,
+        description="Customers one sweep visits per partition at most (the rest wait for the"
+        " next), so re-scores cannot starve event scoring.",
+    )
     kafka_fetch_max_wait_ms: int | None = Field(
         None,
         ge=1,
@@ -445,6 +463,12 @@ class Settings(BaseSettings):
             churn_window=timedelta(days=self.churn_window_days),
             heartbeat_interval=timedelta(days=self.heartbeat_interval_days),
             heartbeat_horizon=timedelta(days=self.heartbeat_horizon_days),
+            rescore_interval=(
+                None
+                if self.rescore_interval_days is None
+                else timedelta(days=self.rescore_interval_days)
+            ),
+            rescore_horizon=timedelta(days=self.rescore_horizon_days),
             discount_rate=self.discount_rate,
             horizon_years=self.clv_horizon_years,
             rules=StateRules(

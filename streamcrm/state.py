@@ -322,6 +322,24 @@ class CustomerState(_Frozen):
     """What the alert rules remember between scores (see streamcrm.alerts)."""
     score_history: tuple[ScorePoint, ...] = ()
     """The newest ``SCORE_HISTORY_LENGTH`` score points, oldest first."""
+    last_scored_at: datetime | None = None
+    """``as_of`` of the customer's newest score, made at an event or as event time passed
+    (see :func:`streamcrm.scoring.rescore_due_at`)."""
+
+    @property
+    def newest_score_at(self) -> datetime | None:
+        """When the customer was last scored (states saved before ``last_scored_at`` existed
+        take it from their score history)."""
+        if self.last_scored_at is not None:
+            return self.last_scored_at
+        return self.score_history[-1].as_of if self.score_history else None
+
+    @property
+    def explicitly_cancelled(self) -> bool:
+        """Cancelled, and no purchase since: P(churn) is 1."""
+        return self.cancelled_at is not None and (
+            self.last_purchase_at is None or self.last_purchase_at <= self.cancelled_at
+        )
 
     @property
     def gross_revenue(self) -> float:

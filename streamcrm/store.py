@@ -10,6 +10,11 @@ key                                   value
                                       streamcrm.stored_json); ``as_of`` (ISO event time)
 ``{ns}:v1:due:{partition}``          sorted set: customer ids of one input partition, scored
                                       by when their label ledger next needs the watermark
+``{ns}:v1:outbox:{partition}``       list: outputs of one input partition's sweeps (re-scores
+                                      and their alerts), written with the state, removed once
+                                      the broker acknowledged them (see :class:`OutboxRecord`)
+``{ns}:v1:outbox-from:{partition}``  hash: output topic partition → its end offset when the
+                                      outbox was last being published (for recovery)
 ``{ns}:v1:model:{name}``              string: pickled ModelBundle checkpoint
 ``{ns}:v1:model:{name}:version``      string: the checkpoint's model version
 ``{ns}:v1:offsets``                   hash: ``{topic}|{topic id}|{partition}`` → the offset
@@ -28,6 +33,13 @@ new owner's work. The mark's field names the topic's id (Kafka's topic UUID), so
 broker reset or a re-created topic, whose offsets restart at 0, the old marks are not applied
 to the new log: new events are not skipped as "already applied".
 
+**Outputs that survive a crash.** A sweep's re-score and the alerts it raised are written
+into the partition's outbox in the same Lua step as the state that records them, and
+published from there: a worker killed before the broker acknowledged them publishes them
+after the restart (the state says the re-score was made, so it is not made again), and one
+killed after the acknowledgement but before the outbox was cleared finds them on the output
+topics (from the end offsets saved before publishing) and does not send them twice.
+
 **Retention.** With a retention period set, every save also (re)sets the customer hash's TTL
 in the same MULTI/EXEC: a customer with no event for that long disappears from Redis. Redis
 TTLs run on the wall clock, so "inactive" means "no event *processed* for the period"; on the
@@ -39,6 +51,7 @@ snapshot's churn label is settled before its customer can expire.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -51,7 +64,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from streamcrm.errors import StoreUnavailableError
-from streamcrm.events import CustomerScore
+from streamcrm.events import Alert, CustomerScore
 from streamcrm.privacy import ErasureReport, default_privacy_key, subject_hash
 from streamcrm.state import CustomerState
 from streamcrm.stored_json import pack, unpack
@@ -71,6 +84,49 @@ def customer_key(namespace: str, customer_id: str) -> str:
 def due_key(namespace: str, partition: int) -> str:
     """The sorted set of customers whose label ledger falls due, for one input partition."""
     return f"{namespace}:{KEY_VERSION}:due:{partition}"
+
+
+def outbox_key(namespace: str, partition: int) -> str:
+    """The Redis list of one input partition's outputs not yet acknowledged by the broker."""
+    return f"{namespace}:{KEY_VERSION}:outbox:{partition}"
+
+
+def outbox_from_key(namespace: str, partition: int) -> str:
+    """The Redis hash of output end offsets saved before an outbox was published."""
+    return f"{namespace}:{KEY_VERSION}:outbox-from:{partition}"
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """One output waiting in an outbox: the output topic's kind (``scores`` or ``alerts``),
+    the record's key and JSON value, and its deterministic id (a score's event id, an
+    alert's id), by which a recovering publisher recognises it on the topic.
+
+    >>> record = OutboxRecord("alerts", "c1", '{"alert_id": "x"}', "x")
+    >>> OutboxRecord.from_json(record.to_json()) == record
+    True
+    """
+
+    kind: str
+    key: str
+    value: str
+    record_id: str
+
+    def to_json(self) -> str:
+        return json.dumps([self.kind, self.key, self.value, self.record_id])
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> OutboxRecord:
+        kind, key, value, record_id = json.loads(raw)
+        return cls(kind, key, value, record_id)
+
+    @classmethod
+    def of_score(cls, score: CustomerScore) -> OutboxRecord:
+        return cls("scores", score.customer_id, score.model_dump_json(), score.event_id)
+
+    @classmethod
+    def of_alert(cls, alert: Alert) -> OutboxRecord:
+        return cls("alerts", alert.customer_id or "", alert.model_dump_json(), alert.alert_id)
 
 
 @dataclass(frozen=True)
@@ -113,6 +169,8 @@ class PendingWrite:
     state: CustomerState | None = None
     score: CustomerScore | None = None
     due: LedgerDue | None = None
+    outbox: tuple[OutboxRecord, ...] = ()
+    """Outputs to append to the outbox of ``due``'s partition in the same step."""
 
 
 def offsets_key(namespace: str) -> str:
@@ -170,17 +228,36 @@ class StateStore(Protocol):
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
+        outbox: Sequence[OutboxRecord] = (),
     ) -> SaveResult:
-        """Write the state, the score unless None, the due index entry and the position's
-        offset mark, in one step. Writes nothing and says why when the mark shows that
-        position's message was already applied, or the customer was erased."""
+        """Write the state, the score unless None, the due index entry, the position's
+        offset mark and ``outbox`` (appended to the outbox of ``due``'s partition), in one
+        step. Writes nothing and says why when the mark shows that position's message was
+        already applied, or the customer was erased."""
+        ...
+
+    async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
+        """The oldest ``count`` outputs waiting in ``partition``'s outbox, oldest first."""
+        ...
+
+    async def clear_outbox(self, partition: int, count: int) -> None:
+        """Remove the oldest ``count`` outputs of ``partition``'s outbox (acknowledged)."""
+        ...
+
+    async def outbox_from(self, partition: int) -> dict[str, int]:
+        """The output end offsets saved by :meth:`set_outbox_from` (``topic|partition``)."""
+        ...
+
+    async def set_outbox_from(self, partition: int, offsets: Mapping[str, int]) -> None:
+        """Save the output topics' end offsets before ``partition``'s outbox is published."""
         ...
 
     async def erase(
         self, customer_id: str, partition: int, position: InputPosition | None, at: datetime
     ) -> ErasureReport:
-        """In one step: delete the customer's state, score and due entry, block their later
-        events and append an audit record (subject hash only). Idempotent by ``position``."""
+        """In one step: delete the customer's state, score, due entry and unpublished outputs
+        (in ``partition``'s outbox), block their later events and append an audit record
+        (subject hash only). Idempotent by ``position``."""
         ...
 
     async def record_consent(
@@ -249,6 +326,8 @@ class InMemoryStateStore:
         self._models: dict[str, tuple[bytes, str]] = {}
         self._offsets: dict[str, int] = {}
         self._erased: dict[str, str] = {}
+        self._outbox: dict[int, list[OutboxRecord]] = {}
+        self._outbox_from: dict[int, dict[str, int]] = {}
         self.audit: list[dict[str, str]] = []
         self._retention = retention
         self._clock = clock
@@ -278,7 +357,9 @@ class InMemoryStateStore:
                 assert write.position is not None, "a mark-only write needs a position"
                 result = await self.mark_applied(write.position)
             else:
-                result = await self.save(write.state, write.score, write.due, write.position)
+                result = await self.save(
+                    write.state, write.score, write.due, write.position, write.outbox
+                )
             results.append(result)
             if result != SaveResult.APPLIED:
                 break
@@ -290,6 +371,7 @@ class InMemoryStateStore:
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
+        outbox: Sequence[OutboxRecord] = (),
     ) -> SaveResult:
         if self._behind(position):
             return SaveResult.STATE_BEHIND
@@ -309,7 +391,21 @@ class InMemoryStateStore:
                 index.pop(state.customer_id, None)
             else:
                 index[state.customer_id] = due.at
+        if outbox:
+            self._outbox.setdefault(due.partition if due else 0, []).extend(outbox)
         return SaveResult.APPLIED
+
+    async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
+        return list(self._outbox.get(partition, [])[:count])
+
+    async def clear_outbox(self, partition: int, count: int) -> None:
+        del self._outbox.get(partition, [])[:count]
+
+    async def outbox_from(self, partition: int) -> dict[str, int]:
+        return dict(self._outbox_from.get(partition, {}))
+
+    async def set_outbox_from(self, partition: int, offsets: Mapping[str, int]) -> None:
+        self._outbox_from[partition] = dict(offsets)
 
     def _advance_mark(self, position: InputPosition | None) -> bool:
         if position is None:
@@ -346,6 +442,8 @@ class InMemoryStateStore:
         self._expires_at.pop(customer_id, None)
         for index in self._due.values():
             index.pop(customer_id, None)
+        for records in self._outbox.values():
+            records[:] = [record for record in records if record.key != customer_id]
         self._erased[subject] = at.isoformat()
         self.audit.append(_audit_record("erasure", subject, at, existed))
         return ErasureReport(subject, state_deleted=existed)
@@ -397,18 +495,19 @@ class InMemoryStateStore:
 
 
 WRITE_SCRIPT = """
--- KEYS: offsets hash, erased hash, then two per write: its customer hash and due index.
--- ARGV: retention ms ('' = none), then ten per write: mark field ('' = none), offset,
--- previous mark ('' = unknown), state JSON ('' = move the mark only), score JSON ('' =
--- none), as_of, due op ('' / add / rem), customer id, due score, subject hash.
+-- KEYS: offsets hash, erased hash, then three per write: its customer hash, due index and
+-- outbox list.  ARGV: retention ms ('' = none), then eleven per write: mark field ('' =
+-- none), offset, previous mark ('' = unknown), state JSON ('' = move the mark only), score
+-- JSON ('' = none), as_of, due op ('' / add / rem), customer id, due score, subject hash,
+-- outbox records (a JSON array of strings; '' = none).
 -- Applies the writes in order and stops after the first one not applied.  Returns one
 -- result per write tried: 3 (nothing written) if the stored mark is below the previous one,
 -- 0 (nothing written) if the offset was applied, 2 (nothing written but the mark) if the
 -- customer is erased, else 1.
 local results = {}
-for w = 0, (#KEYS - 2) / 2 - 1 do
-  local a = 1 + w * 10
-  local customer, due = KEYS[3 + 2 * w], KEYS[4 + 2 * w]
+for w = 0, (#KEYS - 2) / 3 - 1 do
+  local a = 1 + w * 11
+  local customer, due, outbox = KEYS[3 + 3 * w], KEYS[4 + 3 * w], KEYS[5 + 3 * w]
   local result = 1
   if ARGV[a + 1] ~= '' then
     local mark = redis.call('HGET', KEYS[1], ARGV[a + 1])
@@ -434,6 +533,11 @@ for w = 0, (#KEYS - 2) / 2 - 1 do
       elseif ARGV[a + 7] == 'rem' then
         redis.call('ZREM', due, ARGV[a + 8])
       end
+      if ARGV[a + 11] ~= '' then
+        for _, record in ipairs(cjson.decode(ARGV[a + 11])) do
+          redis.call('RPUSH', outbox, record)
+        end
+      end
     end
   end
   results[#results + 1] = result
@@ -441,12 +545,13 @@ for w = 0, (#KEYS - 2) / 2 - 1 do
 end
 return results
 """
-"""The atomic writes: for each, state, score, TTL, due index and offset mark, or nothing at
-all; a batch stops at the first write refused, so no write builds on one that was not made."""
+"""The atomic writes: for each, state, score, TTL, due index, outbox and offset mark, or
+nothing at all; a batch stops at the first write refused, so no write builds on one that was
+not made."""
 
 ERASE_SCRIPT = """
--- KEYS: customer hash, offsets hash, due index, erased hash, audit stream.  ARGV: mark
--- field ('' = none), offset, customer id, subject hash, time, audit max length.
+-- KEYS: customer hash, offsets hash, due index, erased hash, audit stream, outbox.  ARGV:
+-- mark field ('' = none), offset, customer id, subject hash, time, audit max length.
 -- Returns -1 if the offset was applied, else 1 if state was deleted, 0 if there was none.
 if ARGV[1] ~= '' then
   local mark = redis.call('HGET', KEYS[2], ARGV[1])
@@ -455,12 +560,16 @@ if ARGV[1] ~= '' then
 end
 local deleted = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[3])
+for _, record in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do
+  if cjson.decode(record)[2] == ARGV[3] then redis.call('LREM', KEYS[6], 0, record) end
+end
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'action', 'erasure',
   'subject', ARGV[4], 'at', ARGV[5], 'state_deleted', tostring(deleted))
 return deleted
 """
-"""The atomic erasure: state, score, due entry gone; block and audit record written."""
+"""The atomic erasure: state, score, due entry and unpublished outputs gone; block and audit
+record written."""
 
 CONSENT_SCRIPT = """
 -- KEYS: offsets hash, erased hash, audit stream.  ARGV: mark field, offset, subject hash,
@@ -543,9 +652,35 @@ class RedisStateStore:
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
+        outbox: Sequence[OutboxRecord] = (),
     ) -> SaveResult:
-        (result,) = await self.save_batch([PendingWrite(position, state, score, due)])
+        (result,) = await self.save_batch(
+            [PendingWrite(position, state, score, due, tuple(outbox))]
+        )
         return result
+
+    async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
+        with _unavailable_as_store_error():
+            raws = await self._redis.lrange(outbox_key(self._namespace, partition), 0, count - 1)
+        return [OutboxRecord.from_json(raw) for raw in raws]
+
+    async def clear_outbox(self, partition: int, count: int) -> None:
+        with _unavailable_as_store_error():
+            await self._redis.ltrim(outbox_key(self._namespace, partition), count, -1)
+
+    async def outbox_from(self, partition: int) -> dict[str, int]:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hgetall(outbox_from_key(self._namespace, partition))
+        return {_text(name): int(value) for name, value in (raw or {}).items()}
+
+    async def set_outbox_from(self, partition: int, offsets: Mapping[str, int]) -> None:
+        key = outbox_from_key(self._namespace, partition)
+        with _unavailable_as_store_error():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                if offsets:
+                    pipe.hset(key, mapping={name: str(offset) for name, offset in offsets.items()})
+                await pipe.execute()
 
     async def mark_applied(self, position: InputPosition) -> SaveResult:
         (result,) = await self.save_batch([PendingWrite(position)])
@@ -566,11 +701,15 @@ class RedisStateStore:
             results = await self._write_script(keys=keys, args=args)
         return [SaveResult(int(result)) for result in results]
 
-    def _write_keys(self, write: PendingWrite, offsets: str) -> tuple[str, str]:
+    def _write_keys(self, write: PendingWrite, offsets: str) -> tuple[str, str, str]:
         if write.state is None:  # a mark-only write touches no customer: any key will do
-            return offsets, offsets
-        due_index = due_key(self._namespace, write.due.partition if write.due else 0)
-        return self.customer_key(write.state.customer_id), due_index
+            return offsets, offsets, offsets
+        partition = write.due.partition if write.due else 0
+        return (
+            self.customer_key(write.state.customer_id),
+            due_key(self._namespace, partition),
+            outbox_key(self._namespace, partition),
+        )
 
     def _write_args(self, write: PendingWrite) -> list[str | bytes | int | float]:
         position, state, score, due = write.position, write.state, write.score, write.due
@@ -580,7 +719,7 @@ class RedisStateStore:
             _previous(position),
         ]
         if state is None:
-            return [*mark, "", "", "", "", "", 0, ""]
+            return [*mark, "", "", "", "", "", 0, "", ""]
         return [
             *mark,
             pack(state.model_dump_json()),
@@ -590,6 +729,7 @@ class RedisStateStore:
             state.customer_id,
             due.at.timestamp() if due is not None and due.at is not None else 0,
             subject_hash(self._privacy_key, state.customer_id),
+            json.dumps([record.to_json() for record in write.outbox]) if write.outbox else "",
         ]
 
     async def erase(
@@ -602,6 +742,7 @@ class RedisStateStore:
             due_key(self._namespace, partition),
             erased_key(self._namespace),
             audit_key(self._namespace),
+            outbox_key(self._namespace, partition),
         ]
         args: list[str | int] = [
             position.mark_field if position is not None else "",

@@ -116,8 +116,10 @@ async def test_customer_document_has_state_score_and_history_or_none() -> None:
     assert document["customer_id"] == "c1"
     assert document["state"]["customer_id"] == "c1"
     assert document["score"] == json.loads(scored.score.model_dump_json())
+    # Quiet for two weeks between the purchases: re-scored as of days 12 and 19 on the way.
     assert [point["as_of"] for point in document["history"]] == [
-        datetime(2026, 1, day, 10, tzinfo=UTC).isoformat().replace("+00:00", "Z") for day in (5, 20)
+        datetime(2026, 1, day, 10, tzinfo=UTC).isoformat().replace("+00:00", "Z")
+        for day in (5, 12, 19, 20)
     ]
     json.dumps(document)
     assert await customer_document(pipeline, "nobody") is None

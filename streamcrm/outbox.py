@@ -1,0 +1,135 @@
+"""Publishing an input partition's outbox: outputs written with the state, sent from there.
+
+A sweep's re-score and its alerts are written into the partition's outbox in the same atomic
+store step as the customer state that records them (see :mod:`streamcrm.store`). The
+:class:`OutboxPublisher` then sends them and clears them once the broker acknowledged every
+one, so a crash can neither lose them nor, with the recovery check below, send them twice:
+
+- killed **before** the acknowledgement: the outputs are still in the outbox, and the restarted
+  worker (or the partition's next owner) sends them;
+- killed **after** the acknowledgement but before the outbox was cleared: before sending, each
+  drain saved the end offsets of the output topic partitions it was about to write to. The
+  first drain of a partition in a process reads those topic partitions from the saved offsets
+  and leaves out every output whose id it finds there.
+
+Outputs have deterministic ids (a re-score's ``event_id``, an alert's ``alert_id``), which is
+what the recovery check matches on, and what a downstream consumer can de-duplicate on too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+from streamcrm.store import OutboxRecord, StateStore
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_BATCH = 500
+"""Outputs sent per drain step at most (a drain repeats until the outbox is empty)."""
+
+TopicPartition = tuple[str, int]
+
+
+class OutputTopics(Protocol):
+    """What the publisher needs of the broker: where a record goes, the end offsets of topic
+    partitions, the ids already on a topic partition, and an acknowledged send."""
+
+    def topic_partition(self, record: OutboxRecord) -> TopicPartition:
+        """The output topic and partition ``record`` is written to (by its key)."""
+        ...
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The end offset of each topic partition (a low answer is safe: it reads more)."""
+        ...
+
+    async def ids_since(self, partition: TopicPartition, offset: int) -> set[str]:
+        """The record ids on ``partition`` from ``offset`` to its end."""
+        ...
+
+    async def send_all(self, records: Sequence[OutboxRecord]) -> None:
+        """Send the records in order and return once the broker acknowledged every one."""
+        ...
+
+
+def _field(partition: TopicPartition) -> str:
+    return f"{partition[0]}|{partition[1]}"
+
+
+def _parsed(field: str) -> TopicPartition:
+    topic, _, number = field.rpartition("|")
+    return topic, int(number)
+
+
+class OutboxPublisher:
+    """Sends the outboxes of the input partitions this worker owns, each exactly once."""
+
+    def __init__(self, store: StateStore, output: OutputTopics, batch: int = OUTBOX_BATCH) -> None:
+        self.store = store
+        self.output = output
+        self.batch = batch
+        self.sent = 0
+        """Outputs sent since start."""
+        self.recovered = 0
+        """Outputs found already on their topic at a recovery check (not sent again)."""
+        self._checked: set[int] = set()
+        """Input partitions whose outbox was checked against the topics since this worker
+        took them over."""
+
+    def release(self, owned: Iterable[int]) -> None:
+        """Forget the recovery check of partitions no longer owned: another worker may publish
+        their outbox meanwhile, so taking one back means checking it again."""
+        self._checked &= set(owned)
+
+    async def drain(self, partition: int) -> int:
+        """Send everything waiting in ``partition``'s outbox; the number of outputs sent."""
+        sent = 0
+        while True:
+            records = await self.store.outbox(partition, self.batch)
+            if not records:
+                self._checked.add(partition)
+                return sent
+            to_send = records
+            if partition not in self._checked:
+                to_send = await self._not_yet_published(partition, records)
+                self._checked.add(partition)
+            if to_send:
+                destinations = {self.output.topic_partition(record) for record in to_send}
+                ends = await self.output.end_offsets(destinations)
+                await self.store.set_outbox_from(
+                    partition, {_field(tp): offset for tp, offset in ends.items()}
+                )
+                await self.output.send_all(to_send)
+            await self.store.clear_outbox(partition, len(records))
+            sent += len(to_send)
+            self.sent += len(to_send)
+
+    async def _not_yet_published(
+        self, partition: int, records: Sequence[OutboxRecord]
+    ) -> list[OutboxRecord]:
+        """The records a previous publisher of this outbox did not get onto their topics."""
+        since: Mapping[str, int] = await self.store.outbox_from(partition)
+        if not since:
+            return list(records)
+        found: dict[TopicPartition, set[str]] = {}
+        for field, offset in since.items():
+            destination = _parsed(field)
+            found[destination] = await self.output.ids_since(destination, offset)
+        missing = [
+            record
+            for record in records
+            if record.record_id not in found.get(self.output.topic_partition(record), set())
+        ]
+        already = len(records) - len(missing)
+        if already:
+            self.recovered += already
+            logger.warning(
+                "outbox of partition %d: %d of %d outputs were already published before a"
+                " restart; sending the other %d",
+                partition,
+                already,
+                len(records),
+                len(missing),
+            )
+        return missing
