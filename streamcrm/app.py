@@ -29,7 +29,6 @@ import faust
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
-from kafka.errors import KafkaError
 
 from streamcrm.alerts import drift_alert
 from streamcrm.connections import (
@@ -375,6 +374,9 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         except StoreUnavailableError as error:
             logger.warning("sweep skipped (%s); will retry", error)
             return
+        except Exception:  # noqa: BLE001 - a timer that raises crashes the Faust app
+            logger.exception("sweep failed; will retry")
+            return
         await publish_model_updates()
         if report.customers:
             logger.info(
@@ -389,11 +391,13 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             )
 
     async def drain_outbox(partition: int) -> None:
+        # A timer that raises crashes the whole Faust app: what is not published stays in
+        # the outbox for the next tick.
         try:
             await outbox.drain(partition)
-        except (KafkaError, aiokafka.errors.KafkaError, OSError) as error:
+        except Exception as error:  # noqa: BLE001 - retried at the next sweep
             logger.warning(
-                "outbox of partition %d not published (%s); will retry", partition, error
+                "outbox of partition %d not published (%r); will retry", partition, error
             )
 
     output_topics.on_sent = lambda records: note_outputs(records)

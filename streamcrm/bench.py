@@ -18,6 +18,10 @@ What it measures, on one machine, in one run (so ratios compare like with like):
   its score consumed, p50 / p95 / p99.
 - **memory**: the worker's resident set at the start and the end of the run, and Redis memory
   per customer (``used_memory`` growth over the customers stored).
+- **re-scores** of quiet customers: their cost per customer (the pure core, and the Redis
+  load + save with the outbox), the re-scores the pipeline worker made during its run, and
+  the pipeline's rate again with re-scoring off (``STREAMCRM_RESCORE_INTERVAL_DAYS`` unset),
+  as a ratio.
 
 Every figure is printed in a table and written to a JSON file.
 """
@@ -49,11 +53,11 @@ from streamcrm.kafka_io import (
     read_topic,
 )
 from streamcrm.models import ModelBundle
-from streamcrm.scoring import ScoringConfig, score_event
+from streamcrm.scoring import ScoringConfig, score_event, sweep_customer
 from streamcrm.settings import Settings
 from streamcrm.simulator import DEFAULT_START, simulate
 from streamcrm.state import CustomerState
-from streamcrm.store import PendingWrite, RedisStateStore
+from streamcrm.store import LedgerDue, OutboxRecord, PendingWrite, RedisStateStore
 
 Message = tuple[str, bytes, bytes]
 """(topic, key, value) of one input message."""
@@ -81,6 +85,12 @@ class BenchReport:
     scaling_workers: int | None = None
     scaling_events_per_s: float | None = None
     """The same stream through ``scaling_workers`` workers of one group."""
+    rescore_us: dict[str, float] = field(default_factory=dict)
+    """Per re-score of a quiet customer: the core, and the Redis round trips of the sweep."""
+    rescores_in_pipeline_run: int | None = None
+    """Re-scores the pipeline worker made while consuming the stream."""
+    pipeline_without_rescoring_events_per_s: float | None = None
+    """The same stream and worker with re-scoring off."""
     soak: dict[str, float] | None = None
     """One worker under a steady load for minutes: RSS after warm-up and at the end
     (:mod:`streamcrm.bench_soak`); None when not run."""
@@ -95,6 +105,10 @@ class BenchReport:
         if self.quix_events_per_s:
             out["pipeline / Quix Streams pass-through"] = (
                 self.pipeline_events_per_s / self.quix_events_per_s
+            )
+        if self.pipeline_without_rescoring_events_per_s:
+            out["pipeline, re-scoring on / off"] = (
+                self.pipeline_events_per_s / self.pipeline_without_rescoring_events_per_s
             )
         if self.scaling_events_per_s and self.pipeline_events_per_s:
             out[f"{self.scaling_workers} workers / 1 worker"] = (
@@ -206,6 +220,42 @@ def rss_mib(pid: int) -> float:
     raise LookupError(f"no VmRSS for pid {pid}")
 
 
+def measure_pipeline_rate(
+    base: Settings, events: Sequence[Event], log_dir: Path, label: str
+) -> tuple[float, int]:
+    """One worker through the preloaded stream with ``base``'s settings: sustained events/s
+    and the re-scores it made meanwhile (no latency or memory figures)."""
+    assert base.kafka_bootstrap is not None
+    settings = _fresh(base, label).model_copy(update={"metrics_interval_s": 1.0})
+    ensure_topics(settings, base.kafka_bootstrap)
+    messages = stream_for(settings, events)
+    preload(base.kafka_bootstrap, messages)
+    worker = start_worker_process(settings, log_dir / f"bench-{label}.log")
+    rescores = RescoreCount()
+    try:
+        samples = follow_progress(
+            base.kafka_bootstrap,
+            settings.topics.model_metrics,
+            len(messages),
+            rescores,
+            timeout_s=max(600.0, len(messages) / 50),
+        )
+    finally:
+        stop_worker_process(worker)
+    return sustained_rate(samples, len(messages)), rescores.rescored
+
+
+class RescoreCount:
+    """:func:`scored_count`, remembering the re-scores the worker reported too."""
+
+    def __init__(self) -> None:
+        self.rescored = 0
+
+    def __call__(self, raw: bytes) -> int:
+        self.rescored = ModelMetrics.model_validate_json(raw).events.get("re-scored", 0)
+        return scored_count(raw)
+
+
 def measure_pipeline(
     base: Settings, events: Sequence[Event], customers: int, log_dir: Path, report: BenchReport
 ) -> Settings:
@@ -218,6 +268,7 @@ def measure_pipeline(
     client = redis.Redis.from_url(base.redis_url)
     memory_before = int(client.info("memory")["used_memory"])
     worker = start_worker_process(settings, log_dir / "bench-worker.log")
+    rescores = RescoreCount()
     try:
         time.sleep(1.0)
         report.worker_rss_mib["start"] = rss_mib(worker.pid)
@@ -225,10 +276,11 @@ def measure_pipeline(
             base.kafka_bootstrap,
             settings.topics.model_metrics,
             len(messages),
-            scored_count,
+            rescores,
             timeout_s=max(600.0, len(messages) / 50),
         )
         report.pipeline_events_per_s = sustained_rate(samples, len(messages))
+        report.rescores_in_pipeline_run = rescores.rescored
         report.worker_rss_mib["after stream"] = rss_mib(worker.pid)
         memory_after = int(client.info("memory")["used_memory"])
         report.redis_bytes_per_customer = (memory_after - memory_before) / customers
@@ -443,6 +495,47 @@ def measure_components(
     }
     report.ceiling_events_per_s = 1e6 / sum(report.component_us.values())
     report.redis_one_by_one_us = one_by_one_s / n * 1e6
+    report.rescore_us = measure_rescores(base, list(states.values()), models, config)
+
+
+def measure_rescores(
+    base: Settings, states: Sequence[CustomerState], models: ModelBundle, config: ScoringConfig
+) -> dict[str, float]:
+    """Per customer, what one re-score costs: the pure core (``sweep_customer`` a fortnight
+    after each customer's newest score) and the sweep's Redis step (load, then save with the
+    re-score and its alerts in the outbox), microseconds."""
+    quiet = [state for state in states if state.newest_score_at is not None]
+    started = time.perf_counter()
+    swept = [
+        sweep_customer(
+            state, (state.newest_score_at or DEFAULT_START) + timedelta(days=14), models, config
+        )
+        for state in quiet
+    ]
+    core_s = time.perf_counter() - started
+
+    async def sweep_round_trips() -> float:
+        store = RedisStateStore.from_url(base.redis_url or "", f"bench-{uuid.uuid4().hex[:8]}")
+        try:
+            began = time.perf_counter()
+            for result in swept:
+                await store.load(result.state.customer_id)
+                outbox = (
+                    (OutboxRecord.of_score(result.score),) if result.score is not None else ()
+                ) + tuple(OutboxRecord.of_alert(alert) for alert in result.alerts)
+                await store.save(
+                    result.state, result.score, LedgerDue(0, result.due_at), None, outbox
+                )
+            return time.perf_counter() - began
+        finally:
+            await store.close()
+
+    redis_s = asyncio.run(sweep_round_trips())
+    made = max(sum(1 for result in swept if result.score is not None), 1)
+    return {
+        "re-score core (sweep_customer)": core_s / made * 1e6,
+        "re-score Redis load + save with outbox": redis_s / made * 1e6,
+    }
 
 
 def run_bench(
@@ -456,6 +549,7 @@ def run_bench(
     soak_minutes: float = 0.0,
     soak_rate: float | None = None,
     out: Callable[[str], None] = print,
+    rescoring_comparison: bool = True,
 ) -> BenchReport:
     """Every measurement in turn (see the module docstring)."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -476,6 +570,12 @@ def run_bench(
             report.quix_events_per_s = measure_quix(base, events, log_dir, report)
     out("full pipeline (one worker), then latency at half its rate ...")
     measure_pipeline(base, events, report.customers, log_dir, report)
+    if rescoring_comparison:
+        out("the pipeline again, re-scoring off ...")
+        off = base.model_copy(update={"rescore_interval_days": None})
+        report.pipeline_without_rescoring_events_per_s, _ = measure_pipeline_rate(
+            off, events, log_dir, "no-rescores"
+        )
     if scaling_workers > 1:
         out(f"{scaling_workers} workers of one group, {base.partitions} partitions a topic ...")
         measure_scaling(base, events, scaling_workers, log_dir, report)
@@ -527,6 +627,18 @@ def format_report(report: BenchReport) -> str:
     if report.redis_one_by_one_us is not None:
         lines.append(
             f"{'  (Redis one event per round trip)':<44}{report.redis_one_by_one_us:>12,.1f}"
+        )
+    if report.rescore_us:
+        total = sum(report.rescore_us.values())
+        lines += ["", f"{'per re-score of a quiet customer':<44}{'µs':>12}"]
+        lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.rescore_us.items()]
+        lines.append(f"{'  re-scores/s if a worker did nothing else':<44}{1e6 / total:>12,.0f}")
+    if report.rescores_in_pipeline_run is not None:
+        lines.append(f"re-scores made during the pipeline run: {report.rescores_in_pipeline_run:,}")
+    if report.pipeline_without_rescoring_events_per_s is not None:
+        lines.append(
+            f"{'streamcrm pipeline, re-scoring off':<44}"
+            f"{report.pipeline_without_rescoring_events_per_s:>12,.0f} events/s"
         )
     lines += ["", "ratios (same run)"]
     lines += [f"{name:<44}{ratio:>12.2f}" for name, ratio in report.ratios().items()]

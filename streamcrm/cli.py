@@ -218,6 +218,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="EVENTS_PER_S",
         help="offer this rate in the soak instead of half the pipeline's",
     )
+    bench.add_argument(
+        "--no-rescoring-comparison",
+        action="store_true",
+        help="skip the second pipeline run with re-scoring of quiet customers off",
+    )
     bench.set_defaults(run=run_bench)
 
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
@@ -568,6 +573,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
             scaling_workers=args.scaling_workers,
             soak_minutes=args.soak_minutes,
             soak_rate=args.soak_rate,
+            rescoring_comparison=not args.no_rescoring_comparison,
         )
     print(format_report(report))
     write_json(args.json, report)

@@ -258,6 +258,7 @@ class OutputReader:
         wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
         if not wanted:
             return {}
+        self._know(tp.topic for tp in wanted)
         ends = self._consumer.end_offsets(wanted)
         return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
 
@@ -267,6 +268,7 @@ class OutputReader:
         """The ``id_field`` values of the JSON records of one partition from ``offset`` to the
         end it has now (every record of the batches fetched, so Tansu's low end loses none)."""
         where = TopicPartition(topic, partition)
+        self._know([topic])
         self._consumer.assign([where])
         first = self._consumer.beginning_offsets([where])[where]
         end = self._consumer.end_offsets([where])[where]
@@ -289,6 +291,16 @@ class OutputReader:
                 if isinstance(value, dict) and isinstance(value.get(id_field), str):
                     found.add(value[id_field])
         return found
+
+    def _know(self, topics: Iterable[str], timeout_s: float = 10.0) -> None:
+        """Wait until the client's metadata has every topic (kafka-python's offset requests
+        fail with a KeyError for a topic its metadata does not have yet)."""
+        deadline = time.monotonic() + timeout_s
+        for topic in set(topics):
+            while not self._consumer.partitions_for_topic(topic):
+                if time.monotonic() > deadline:
+                    raise LookupError(f"topic {topic!r} is not known to the broker")
+                time.sleep(0.1)
 
     def close(self) -> None:
         self._consumer.close()

@@ -227,7 +227,22 @@ class ScoringPipeline:
                 self.models = ModelBundle.from_bytes(blob)
                 logger.info("resumed models from checkpoint %s", self.models.version)
             self._checkpointed_version = self.models.version
+            await self._resume_watermark()
             self._models_loaded = True
+
+    async def _resume_watermark(self) -> None:
+        """Take the newest event times applied per input partition from the store, so a
+        restarted worker sweeps to its watermark before any new message arrives."""
+        stored = await _until_available(
+            self.store.newest_event_times, "read the newest event times"
+        )
+        for field, newest in stored.items():
+            topic, _, partition = field.rsplit("|", 2)
+            source = (topic, int(partition))
+            known = self._newest_by_source.get(source)
+            self._newest_by_source[source] = max(known or newest, newest)
+            if self.newest_event_time is None or newest > self.newest_event_time:
+                self.newest_event_time = newest
 
     async def refresh_models(self) -> bool:
         """Load the newest checkpoint if its version differs from the one in use."""
@@ -294,9 +309,9 @@ class ScoringPipeline:
         partition is swept to its own watermark (:meth:`partition_watermark`).
         """
         report = SweepReport()
+        await self.load_models()
         if self.watermark is None:
             return report
-        await self.load_models()
         for partition in partitions:
             watermark = self.partition_watermark(
                 partition, () if holding_back is None else holding_back(partition)
@@ -460,9 +475,15 @@ class ScoringPipeline:
             )
             if not scored.duplicate:
                 due = LedgerDue(partition, scored.due_at) if scored.late_by is None else None
-                saved = await _until_available(
-                    lambda: self.store.save(scored.state, scored.score, due, position),
-                    f"save {event.customer_id}",
+                write = PendingWrite(
+                    position,
+                    scored.state,
+                    scored.score,
+                    due,
+                    event_time=event.occurred_at if scored.late_by is None else None,
+                )
+                (saved,) = await _until_available(
+                    lambda: self.store.save_batch([write]), f"save {event.customer_id}"
                 )
                 self._after_write(position, saved)
                 if saved != SaveResult.APPLIED:
@@ -602,7 +623,9 @@ class ScoringPipeline:
             write = PendingWrite(position, scored.state, scored.score)
             return _Planned(self._late_error(event, scored), write, queued)
         due = LedgerDue(position.partition, scored.due_at)
-        write = PendingWrite(position, scored.state, scored.score, due)
+        write = PendingWrite(
+            position, scored.state, scored.score, due, event_time=event.occurred_at
+        )
         return _Planned(scored, write, queued, event.occurred_at)
 
     def _queued_updates(self) -> int:

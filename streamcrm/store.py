@@ -171,6 +171,9 @@ class PendingWrite:
     due: LedgerDue | None = None
     outbox: tuple[OutboxRecord, ...] = ()
     """Outputs to append to the outbox of ``due``'s partition in the same step."""
+    event_time: datetime | None = None
+    """The applied event's time: kept per input partition with its mark (the newest), so a
+    restarted worker knows its watermark before any new message arrives."""
 
 
 def offsets_key(namespace: str) -> str:
@@ -238,6 +241,10 @@ class StateStore(Protocol):
 
     async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
         """The oldest ``count`` outputs waiting in ``partition``'s outbox, oldest first."""
+        ...
+
+    async def newest_event_times(self) -> dict[str, datetime]:
+        """Per offset-mark field, the newest event time applied from that input partition."""
         ...
 
     async def clear_outbox(self, partition: int, count: int) -> None:
@@ -328,6 +335,7 @@ class InMemoryStateStore:
         self._erased: dict[str, str] = {}
         self._outbox: dict[int, list[OutboxRecord]] = {}
         self._outbox_from: dict[int, dict[str, int]] = {}
+        self._newest: dict[str, datetime] = {}
         self.audit: list[dict[str, str]] = []
         self._retention = retention
         self._clock = clock
@@ -363,7 +371,14 @@ class InMemoryStateStore:
             results.append(result)
             if result != SaveResult.APPLIED:
                 break
+            if write.position is not None and write.event_time is not None:
+                field = write.position.mark_field
+                known = self._newest.get(field)
+                self._newest[field] = max(known or write.event_time, write.event_time)
         return results
+
+    async def newest_event_times(self) -> dict[str, datetime]:
+        return dict(self._newest)
 
     async def save(
         self,
@@ -499,14 +514,15 @@ WRITE_SCRIPT = """
 -- outbox list.  ARGV: retention ms ('' = none), then eleven per write: mark field ('' =
 -- none), offset, previous mark ('' = unknown), state JSON ('' = move the mark only), score
 -- JSON ('' = none), as_of, due op ('' / add / rem), customer id, due score, subject hash,
--- outbox records (a JSON array of strings; '' = none).
+-- outbox records (a JSON array of strings; '' = none), event time (epoch s; '' = none),
+-- kept as the newest of the mark's partition in field '{mark field}|newest'.
 -- Applies the writes in order and stops after the first one not applied.  Returns one
 -- result per write tried: 3 (nothing written) if the stored mark is below the previous one,
 -- 0 (nothing written) if the offset was applied, 2 (nothing written but the mark) if the
 -- customer is erased, else 1.
 local results = {}
 for w = 0, (#KEYS - 2) / 3 - 1 do
-  local a = 1 + w * 11
+  local a = 1 + w * 12
   local customer, due, outbox = KEYS[3 + 3 * w], KEYS[4 + 3 * w], KEYS[5 + 3 * w]
   local result = 1
   if ARGV[a + 1] ~= '' then
@@ -517,6 +533,13 @@ for w = 0, (#KEYS - 2) / 3 - 1 do
       result = 0
     else
       redis.call('HSET', KEYS[1], ARGV[a + 1], ARGV[a + 2])
+      if ARGV[a + 12] ~= '' then
+        local field = ARGV[a + 1] .. '|newest'
+        local newest = redis.call('HGET', KEYS[1], field)
+        if not newest or tonumber(newest) < tonumber(ARGV[a + 12]) then
+          redis.call('HSET', KEYS[1], field, ARGV[a + 12])
+        end
+      end
     end
   end
   if result == 1 and ARGV[a + 4] ~= '' then
@@ -659,6 +682,15 @@ class RedisStateStore:
         )
         return result
 
+    async def newest_event_times(self) -> dict[str, datetime]:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hgetall(offsets_key(self._namespace))
+        return {
+            _text(name).removesuffix("|newest"): datetime.fromtimestamp(float(value), UTC)
+            for name, value in (raw or {}).items()
+            if _text(name).endswith("|newest")
+        }
+
     async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
         with _unavailable_as_store_error():
             raws = await self._redis.lrange(outbox_key(self._namespace, partition), 0, count - 1)
@@ -718,8 +750,9 @@ class RedisStateStore:
             position.offset if position is not None else 0,
             _previous(position),
         ]
+        event_time = write.event_time.timestamp() if write.event_time is not None else ""
         if state is None:
-            return [*mark, "", "", "", "", "", 0, "", ""]
+            return [*mark, "", "", "", "", "", 0, "", "", event_time]
         return [
             *mark,
             pack(state.model_dump_json()),
@@ -730,6 +763,7 @@ class RedisStateStore:
             due.at.timestamp() if due is not None and due.at is not None else 0,
             subject_hash(self._privacy_key, state.customer_id),
             json.dumps([record.to_json() for record in write.outbox]) if write.outbox else "",
+            event_time,
         ]
 
     async def erase(

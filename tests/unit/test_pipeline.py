@@ -26,7 +26,13 @@ from streamcrm.models import ModelBundle, ModelUpdate
 from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
 from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
 from streamcrm.state import RECENT_EVENT_IDS, CustomerState
-from streamcrm.store import InMemoryStateStore, InputPosition, LedgerDue, SaveResult
+from streamcrm.store import (
+    InMemoryStateStore,
+    InputPosition,
+    LedgerDue,
+    OutboxRecord,
+    SaveResult,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _ids = itertools.count()
@@ -65,9 +71,10 @@ class YieldingStore(InMemoryStateStore):
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
+        outbox: Sequence[OutboxRecord] = (),
     ) -> SaveResult:
         await asyncio.sleep(0)
-        return await super().save(state, score, due, position)
+        return await super().save(state, score, due, position, outbox)
 
 
 @pytest.fixture
@@ -379,11 +386,12 @@ class FlakyStore(InMemoryStateStore):
         score: CustomerScore | None,
         due: LedgerDue | None = None,
         position: InputPosition | None = None,
-    ) -> bool:
+        outbox: Sequence[OutboxRecord] = (),
+    ) -> SaveResult:
         if self.save_failures:
             self.save_failures -= 1
             raise StoreUnavailableError("down")
-        return await super().save(state, score, due, position)
+        return await super().save(state, score, due, position, outbox)
 
 
 async def test_an_unavailable_store_is_waited_for_and_the_models_learn_once(

@@ -1,0 +1,333 @@
+"""Quiet customers are re-scored as event time passes (the core, the sweep and the outbox)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streamcrm.alerts import AlertRules
+from streamcrm.events import Alert, CustomerScore, PurchaseEvent
+from streamcrm.models import ModelBundle
+from streamcrm.outbox import OutboxPublisher
+from streamcrm.pipeline import ScoringPipeline
+from streamcrm.scoring import ScoringConfig, rescore_due_at, score_event, sweep_customer
+from streamcrm.state import CustomerState
+from streamcrm.store import InMemoryStateStore, OutboxRecord
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+WEEK = timedelta(days=7)
+CONFIG = ScoringConfig(rescore_interval=WEEK, rescore_horizon=timedelta(days=30))
+_ids = itertools.count()
+
+
+def order(customer_id: str, day: float) -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=f"p{next(_ids)}",
+        customer_id=customer_id,
+        order_id=f"o{next(_ids)}",
+        amount=50.0,
+        items=1,
+        channel="web",
+        occurred_at=T0 + timedelta(days=day),
+    )
+
+
+def raw(event: PurchaseEvent) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def weekly_buyer(models: ModelBundle, weeks: int = 4) -> CustomerState:
+    state: CustomerState | None = None
+    for week in range(weeks):
+        state = score_event(state, order("steady", 7 * week), models, CONFIG).state
+    assert state is not None
+    return state
+
+
+class QuietnessChurnModel:
+    """A stand-in churn model whose P(churn) grows with silence (for the alert rules)."""
+
+    n_learned = 0
+
+    def predict_proba_one(self, features: Mapping[str, float]) -> float:
+        return min(0.99, 0.1 + features["recency_in_horizons"])
+
+    def explain_one(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
+        return [("recency_in_horizons", features["recency_in_horizons"])]
+
+    def learn_one(self, features: Mapping[str, float], churned: bool) -> None:
+        return None
+
+
+def test_a_quiet_customer_is_rescored_a_week_after_their_newest_score_as_of_that_moment() -> None:
+    models = ModelBundle()
+    state = weekly_buyer(models)  # purchases on days 0, 7, 14, 21
+    assert rescore_due_at(state, CONFIG) == T0 + timedelta(days=28)
+
+    too_early = sweep_customer(state, T0 + timedelta(days=27), models, CONFIG)
+    swept = sweep_customer(state, T0 + timedelta(days=40), models, CONFIG)
+
+    assert too_early.score is None
+    assert swept.score is not None
+    assert swept.score.trigger == "time"
+    assert swept.score.as_of == T0 + timedelta(days=28)
+    assert swept.score.recency_days == pytest.approx(7.0)  # measured at the moment, not at 21
+    assert swept.score.usual_gap_days == pytest.approx(7.0)
+    assert swept.score.event_id == "asof:steady:2026-01-29T00:00:00Z"
+    assert swept.state.score_history[-1].as_of == swept.score.as_of
+    # One re-score per visit: the next one (day 35) is owed at once.
+    assert swept.due_at == T0 + timedelta(days=35)
+    assert swept.state.events_applied == state.events_applied  # the state is otherwise unchanged
+
+
+def test_at_the_horizon_the_last_rescore_says_lapsed_and_no_more_follow_until_an_event() -> None:
+    models = ModelBundle()
+    state = weekly_buyer(models)
+    moments = []
+    scores: list[CustomerScore] = []
+    for _ in range(10):
+        swept = sweep_customer(state, T0 + timedelta(days=200), models, CONFIG)
+        if swept.score is None:
+            break
+        state = swept.state
+        scores.append(swept.score)
+        moments.append((swept.score.as_of - T0).days)
+
+    assert moments == [28, 35, 42, 49, 51]  # the horizon (30 days after day 21) comes first
+    assert [s.lapsed for s in scores] == [False] * 4 + [True]
+    assert rescore_due_at(state, CONFIG) is None
+
+    back = score_event(state, order("steady", 60), models, CONFIG)
+    assert rescore_due_at(back.state, CONFIG) == T0 + timedelta(days=67)
+
+
+def test_an_event_first_makes_the_rescores_its_customer_was_owed_before_it() -> None:
+    models = ModelBundle()
+    state = weekly_buyer(models, weeks=1)  # one purchase, day 0
+
+    scored = score_event(state, order("steady", 16), models, CONFIG)
+
+    assert [(s.as_of - T0).days for s, _ in scored.outputs] == [7, 14, 16]
+    assert [s.trigger for s, _ in scored.outputs] == ["time", "time", "event"]
+
+
+def test_a_cancelled_customer_is_not_rescored() -> None:
+    models = ModelBundle()
+    state = weekly_buyer(models, weeks=2)
+    state = state.model_copy(update={"cancelled_at": T0 + timedelta(days=8)})
+
+    assert rescore_due_at(state, CONFIG) is None
+
+
+def test_a_quiet_customers_churn_alert_says_how_quiet_they_are_against_their_usual_gap() -> None:
+    models = ModelBundle()
+    models.churn = QuietnessChurnModel()  # type: ignore[assignment]
+    config = ScoringConfig(
+        rescore_interval=WEEK,
+        alerts=AlertRules(
+            churn_enter=0.7, churn_leave=0.6, value_at_risk_enter=1e12, value_at_risk_leave=1e12
+        ),
+    )
+    state = weekly_buyer(models, weeks=6)
+    alerts: list[Alert] = []
+    for _ in range(12):
+        swept = sweep_customer(state, T0 + timedelta(days=400), models, config)
+        state = swept.state
+        alerts += [a for a in swept.alerts if a.kind == "churn_risk"]
+
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert.event_id is not None and alert.event_id.startswith("asof:steady:")
+    assert "quiet " in alert.message and "x their usual gap of 7.0 days" in alert.message
+    assert alert.scores["trigger"] == "time"
+    silence = alert.scores["silence_over_usual_gap"]
+    assert isinstance(silence, float) and silence > 1.0
+
+
+async def sweep_to_end(pipeline: ScoringPipeline, partition: int, limit: int = 500) -> int:
+    made = 0
+    while (report := await pipeline.sweep([partition], limit)).rescores:
+        made += report.rescores
+    return made
+
+
+async def outputs_of(
+    events: Sequence[PurchaseEvent], sweep_every: int | None
+) -> tuple[list[str], list[str]]:
+    """Score ``events`` through a pipeline, sweeping after every ``sweep_every`` events (None:
+    only at the end), and return the re-score ids and alert ids published, in order."""
+    store = InMemoryStateStore()
+    pipeline = ScoringPipeline(store, CONFIG)
+    published: list[tuple[CustomerScore, Sequence[Alert]]] = []
+
+    async def publish(score: CustomerScore, alerts: Sequence[Alert]) -> None:
+        published.append((score, alerts))
+
+    for n, event in enumerate(events):
+        await pipeline.handle(raw(event), "crm.purchases", 0, n, publish=publish)
+        if sweep_every is not None and n % sweep_every == 0:
+            await sweep_to_end(pipeline, 0)
+    await sweep_to_end(pipeline, 0)
+    records = await store.outbox(0, 10_000)
+    for record in records:
+        if record.kind == "scores":
+            published.append((CustomerScore.model_validate_json(record.value), ()))
+        else:
+            published.append((published[-1][0], (Alert.model_validate_json(record.value),)))
+    rescores = sorted(s.event_id for s, _ in published if s.trigger == "time")
+    alerts = sorted(a.alert_id for _, alerts in published for a in alerts)
+    return rescores, alerts
+
+
+async def test_the_same_events_give_the_same_rescores_and_alerts_whenever_the_sweeps_run() -> None:
+    events = sorted(
+        [order(f"c{c}", day) for c in range(6) for day in range(0, 20 * (c + 1), 3 + c)]
+        + [order("clock", day) for day in range(0, 220, 2)],
+        key=lambda e: e.occurred_at,
+    )
+
+    never = await outputs_of(events, sweep_every=None)
+    often = await outputs_of(events, sweep_every=1)
+    sometimes = await outputs_of(events, sweep_every=17)
+
+    assert never == often == sometimes
+    assert len(never[0]) > 20  # the quiet customers were re-scored
+
+
+async def test_a_sweep_visits_at_most_its_limit_of_customers_per_partition() -> None:
+    pipeline = ScoringPipeline(InMemoryStateStore(), CONFIG)
+    for n in range(10):
+        await pipeline.handle(raw(order(f"q{n}", 0)), "crm.purchases", 0, n)
+    await pipeline.handle(raw(order("clock", 100)), "crm.purchases", 0, 10)
+
+    report = await pipeline.sweep([0], limit=4)
+
+    assert (report.customers, report.rescores) == (4, 4)
+
+
+async def test_a_partition_whose_topic_still_has_messages_holds_its_watermark_back() -> None:
+    pipeline = ScoringPipeline(InMemoryStateStore(), CONFIG)
+    await pipeline.handle(raw(order("quiet", 0)), "crm.purchases", 0, 0)
+    await pipeline.handle(raw(order("clock", 100)), "crm.purchases", 1, 0)
+
+    def feedback_pending(partition: int) -> Iterable[str]:
+        return ["crm.feedback"] if partition == 0 else []
+
+    held = await pipeline.sweep([0], holding_back=feedback_pending)
+    free = await pipeline.sweep([0])
+
+    assert pipeline.partition_watermark(0, ["crm.purchases"]) == T0 - timedelta(days=2)
+    assert held.rescores == 0  # feedback of partition 0 might still hold an event of day 5
+    assert free.rescores == 1
+
+
+class FakeOutputs:
+    """Output topics in memory: one list per topic partition; ``fail_after`` sends crash."""
+
+    def __init__(self) -> None:
+        self.logs: dict[tuple[str, int], list[OutboxRecord]] = {}
+        self.fail_after: int | None = None
+
+    def topic_partition(self, record: OutboxRecord) -> tuple[str, int]:
+        return (record.kind, hash(record.key) % 2)
+
+    async def end_offsets(
+        self, partitions: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        return {tp: len(self.logs.get(tp, [])) for tp in partitions}
+
+    async def ids_since(self, partition: tuple[str, int], offset: int) -> set[str]:
+        return {r.record_id for r in self.logs.get(partition, [])[offset:]}
+
+    async def send_all(self, records: Sequence[OutboxRecord]) -> None:
+        for n, record in enumerate(records):
+            if self.fail_after is not None and n >= self.fail_after:
+                raise ConnectionError("killed")
+            self.logs.setdefault(self.topic_partition(record), []).append(record)
+
+    def ids(self) -> list[str]:
+        return sorted(r.record_id for log in self.logs.values() for r in log)
+
+
+async def filled_outbox(records: int) -> InMemoryStateStore:
+    store = InMemoryStateStore()
+    state = CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0)
+    outbox = tuple(OutboxRecord("scores", f"c{n}", "{}", f"id{n}") for n in range(records))
+    await store.save(state, None, None, None, outbox)
+    return store
+
+
+async def test_the_outbox_is_published_once_and_cleared() -> None:
+    store, outputs = await filled_outbox(5), FakeOutputs()
+    publisher = OutboxPublisher(store, outputs, batch=2)
+
+    assert await publisher.drain(0) == 5
+    assert await publisher.drain(0) == 0
+    assert outputs.ids() == [f"id{n}" for n in range(5)]
+    assert await store.outbox(0, 10) == []
+
+
+@pytest.mark.parametrize("sent_before_crash", [0, 2, 3])
+async def test_a_publisher_killed_mid_drain_loses_and_doubles_nothing_after_a_restart(
+    sent_before_crash: int,
+) -> None:
+    store, outputs = await filled_outbox(3), FakeOutputs()
+    outputs.fail_after = sent_before_crash if sent_before_crash < 3 else None
+    clear = store.clear_outbox
+
+    async def killed_before_clearing(partition: int, count: int) -> None:
+        raise ConnectionError("killed")  # every send acknowledged, the outbox not cleared
+
+    store.clear_outbox = killed_before_clearing  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await OutboxPublisher(store, outputs).drain(0)
+
+    store.clear_outbox = clear  # type: ignore[method-assign]
+    outputs.fail_after = None
+    restarted = OutboxPublisher(store, outputs)
+    await restarted.drain(0)
+
+    assert outputs.ids() == ["id0", "id1", "id2"]
+    assert restarted.recovered == sent_before_crash
+
+
+async def test_an_erasure_removes_the_customers_unpublished_outputs() -> None:
+    store = InMemoryStateStore()
+    for customer in ("erased", "kept"):
+        state = CustomerState(customer_id=customer, first_seen_at=T0, last_event_at=T0)
+        await store.save(
+            state, None, None, None, (OutboxRecord("scores", customer, "{}", customer),)
+        )
+
+    await store.erase("erased", 0, None, T0)
+
+    assert [r.key for r in await store.outbox(0, 10)] == ["kept"]
+
+
+def test_an_outbox_record_keeps_a_score_whole() -> None:
+    models = ModelBundle()
+    swept = sweep_customer(weekly_buyer(models), T0 + timedelta(days=40), models, CONFIG)
+    assert swept.score is not None
+
+    record = OutboxRecord.from_json(OutboxRecord.of_score(swept.score).to_json())
+
+    assert CustomerScore.model_validate_json(record.value) == swept.score
+    assert (record.kind, record.key, record.record_id) == ("scores", "steady", swept.score.event_id)
+    assert json.loads(record.value)["schema_version"] == 2
+
+
+async def test_a_restarted_worker_sweeps_to_its_watermark_before_any_new_message() -> None:
+    store = InMemoryStateStore()
+    first = ScoringPipeline(store, CONFIG)
+    await first.handle(raw(order("quiet", 0)), "crm.purchases", 0, 0)
+    await first.handle(raw(order("clock", 30)), "crm.purchases", 0, 1)
+
+    restarted = ScoringPipeline(store, CONFIG)  # nothing new to consume
+    report = await restarted.sweep([0])
+
+    assert restarted.watermark == T0 + timedelta(days=28)
+    assert report.rescores == 1
