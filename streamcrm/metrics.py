@@ -219,6 +219,9 @@ class MapPoint:
     monetary: float
     segment_name: str
     churn_probability: float
+    trigger: str = "event"
+    """What made the score: an event, or the passage of time (a quiet customer's re-score)."""
+    usual_gap_days: float | None = None
 
     @classmethod
     def of(cls, score: CustomerScore) -> MapPoint:
@@ -228,6 +231,8 @@ class MapPoint:
             score.monetary,
             score.segment_name,
             score.churn_probability,
+            score.trigger,
+            score.usual_gap_days,
         )
 
 
@@ -251,6 +256,11 @@ class RecentScores:
     def points(self, limit: int = 500) -> list[MapPoint]:
         """The ``limit`` customers scored most recently, oldest first."""
         return list(self._latest.values())[-limit:] if limit > 0 else []
+
+    def most_at_risk(self, count: int = 10) -> list[MapPoint]:
+        """The ``count`` customers kept with the highest churn probability, highest first
+        (quiet customers included: their re-scores are kept like any score)."""
+        return sorted(self._latest.values(), key=lambda p: -p.churn_probability)[:count]
 
     def segment_shares(self) -> dict[str, float]:
         """Each segment's share among the customers kept, by segment name.
@@ -419,6 +429,17 @@ class WorkerMetrics:
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "records_out": dict(sorted(self.records_out.items())),
             "churn_risk": self.recent.churn_risk(),
+            "at_risk": [
+                {
+                    "customer_id": p.customer_id,
+                    "churn_probability": p.churn_probability,
+                    "segment_name": p.segment_name,
+                    "recency_days": p.recency_days,
+                    "usual_gap_days": p.usual_gap_days,
+                    "quiet": p.trigger == "time",
+                }
+                for p in self.recent.most_at_risk()
+            ],
             "segments": {
                 "shares": self.recent.segment_shares(),
                 "points": [

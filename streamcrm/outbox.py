@@ -122,14 +122,13 @@ class OutboxPublisher:
             if record.record_id not in found.get(self.output.topic_partition(record), set())
         ]
         already = len(records) - len(missing)
-        if already:
-            self.recovered += already
-            logger.warning(
-                "outbox of partition %d: %d of %d outputs were already published before a"
-                " restart; sending the other %d",
-                partition,
-                already,
-                len(records),
-                len(missing),
-            )
+        self.recovered += already
+        logger.warning(
+            "outbox of partition %d taken over with %d outputs: %d already on their topics"
+            " (not sent again), %d to send",
+            partition,
+            len(records),
+            already,
+            len(missing),
+        )
         return missing

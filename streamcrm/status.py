@@ -161,6 +161,7 @@ def _alerts_view(alerts: Sequence[Alert]) -> RenderableType:
     table.add_column("severity")
     table.add_column("kind")
     table.add_column("customer")
+    table.add_column("scored")
     table.add_column("message", ratio=1)
     styles = {"critical": "bold red", "warning": "yellow"}
     for alert in alerts:
@@ -169,6 +170,7 @@ def _alerts_view(alerts: Sequence[Alert]) -> RenderableType:
             Text(str(alert.severity), style=styles.get(str(alert.severity), "")),
             str(alert.kind),
             alert.customer_id or "(model)",
+            "quiet" if (alert.event_id or "").startswith("asof:") else "event",
             alert.message,
         )
     return table

@@ -270,7 +270,7 @@ def test_overview_has_the_shape_of_the_http_contract(metrics: WorkerMetrics) -> 
 
     assert set(overview) == {
         "worker", "generated_at", "throughput", "lag", "partitions", "outcomes",
-        "dead_letters", "records_out", "churn_risk", "segments", "alerts", "model",
+        "dead_letters", "records_out", "churn_risk", "at_risk", "segments", "alerts", "model",
     }  # fmt: skip
     assert overview["generated_at"] == "2026-03-01T12:00:00+00:00"
     assert overview["partitions"] == [
@@ -288,6 +288,16 @@ def test_overview_has_the_shape_of_the_http_contract(metrics: WorkerMetrics) -> 
     assert overview["dead_letters"] == {"not_json": 1}
     assert overview["records_out"] == {"crm.scores": 9}
     assert overview["churn_risk"]["counts"][8] == 1
+    assert overview["at_risk"] == [
+        {
+            "customer_id": "a",
+            "churn_probability": 0.85,
+            "segment_name": "at risk",
+            "recency_days": overview["at_risk"][0]["recency_days"],
+            "usual_gap_days": None,
+            "quiet": False,
+        }
+    ]
     assert overview["segments"]["shares"] == {"at risk": 1.0}
     assert overview["segments"]["points"][0]["customer_id"] == "a"
     assert [a["customer_id"] for a in overview["alerts"]] == ["new", "old"]  # newest sent first
@@ -391,3 +401,17 @@ def test_each_worker_has_its_own_registry(
     first.count_out("crm.scores")
 
     assert "streamcrm_records_out_total" not in scrape(second)
+
+
+def test_the_at_risk_list_names_quiet_customers_scored_as_time_passed(
+    metrics: WorkerMetrics,
+) -> None:
+    quiet = a_score("q", churn=0.9, segment="at risk").model_copy(
+        update={"trigger": "time", "recency_days": 42.0, "usual_gap_days": 10.0}
+    )
+    metrics.note_scores([(None, a_score("busy", churn=0.2, segment="loyal")), (None, quiet)], 0)
+
+    at_risk = metrics.overview(T0, [], model_version="v0")["at_risk"]
+
+    assert [(c["customer_id"], c["quiet"]) for c in at_risk] == [("q", True), ("busy", False)]
+    assert at_risk[0]["usual_gap_days"] == 10.0

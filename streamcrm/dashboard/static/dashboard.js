@@ -146,6 +146,26 @@
       4,
     );
     S.fillTable(
+      document.getElementById("at-risk"),
+      overview.at_risk || [],
+      (c) => {
+        const customer = document.createElement("a");
+        customer.href = S.customerHref(c.customer_id);
+        customer.textContent = c.customer_id;
+        let scored = "at an event";
+        if (c.quiet) {
+          scored = "quiet: re-scored as time passed";
+          if (c.recency_days != null && c.usual_gap_days) {
+            scored += ` (${(c.recency_days / c.usual_gap_days).toFixed(1)}x their usual gap)`;
+          }
+        }
+        const recency = c.recency_days == null ? "–" : c.recency_days.toFixed(0);
+        return [customer, c.churn_probability.toFixed(2), c.segment_name, recency, scored];
+      },
+      "no scores yet",
+      5,
+    );
+    S.fillTable(
       document.getElementById("alerts"),
       overview.alerts || [],
       (a) => {
