@@ -177,8 +177,13 @@ def score_event(
         labelled += closed
     _learn(learner, labelled)
 
-    as_of = new_state.last_event_at
-    made = _score_as_of(new_state, as_of, event.event_id, "event", models, config)
+    # Scores never go back in event time: an event that arrives behind the customer's newest
+    # re-score (its topic consumed far behind another's) is scored as of that moment.
+    as_of = max(new_state.last_event_at, new_state.newest_score_at or new_state.last_event_at)
+    lapsed = config.rescore_interval is not None and (
+        as_of >= new_state.last_event_at + config.rescore_horizon
+    )
+    made = _score_as_of(new_state, as_of, event.event_id, "event", models, config, lapsed=lapsed)
     score, features, churn_inputs, cancelled = (
         made.score,
         made.features,
@@ -401,15 +406,15 @@ def sweep_customer(
     closed. A heartbeat at time g scores the customer's features as of g (recency keeps
     growing), so the model also learns what long silences lead to.
 
-    **Re-score.** If the customer's newest score is a re-score interval old by the watermark
-    (:func:`rescore_due_at`), score them again as of that moment m = newest score + interval:
-    the same scoring core, the state otherwise unchanged, recency measured at m. The score
-    goes through the alert rules and into the score history like any other. One re-score per
-    visit: a customer owed several (event time jumped) is due again at once, so the caller's
-    per-tick bound holds. Re-score moments lie on the grid *last score + k × interval*, never
-    on the watermark itself, so replaying the same events gives the same re-scores (same
-    ``as_of``, same ids), whenever the sweeps happen to run. At the re-score horizon the
-    customer gets one last score marked ``lapsed`` and no more until their next event.
+    **Re-score.** If the customer's next re-score moment m (:func:`rescore_due_at`: the grid
+    *last event + k × interval*, after their newest score) has been passed by the watermark,
+    score them again as of m: the same scoring core, the state otherwise unchanged, recency
+    measured at m. The score goes through the alert rules and into the score history like any
+    other. One re-score per visit: a customer owed several (event time jumped) is due again at
+    once, so the caller's per-tick bound holds. Moments lie on the grid, never on the
+    watermark itself, so replaying the same events gives the same re-scores (same ``as_of``,
+    same ids), whenever the sweeps happen to run. At the re-score horizon the customer gets
+    one last score marked ``lapsed`` and no more until their next event.
     """
     pending = state.pending_snapshots
     last_snapshot_at = state.last_snapshot_at
@@ -451,9 +456,14 @@ def sweep_customer(
 
 
 def rescore_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:
-    """When the customer is next re-scored as event time passes: a re-score interval after
-    their newest score, or at the re-score horizon after their last event (the lapsed score),
-    whichever comes first. None: never scored, cancelled, or already scored as lapsed.
+    """When the customer is next re-scored as event time passes: the first moment
+    m = last event + k × interval (k ≥ 1) after their newest score, or the re-score horizon
+    after their last event (the lapsed score), whichever comes first. None: never scored,
+    cancelled, or already scored as lapsed.
+
+    The grid hangs on the customer's last event, the newest of their event times: the same
+    whatever order their topics were consumed in, so once every event is in, a replay and the
+    live path re-score a customer at the same moments.
 
     >>> from datetime import UTC
     >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -471,12 +481,15 @@ def rescore_due_at(state: CustomerState, config: ScoringConfig) -> datetime | No
     True
     """
     scored = state.newest_score_at
-    if scored is None or state.explicitly_cancelled or config.rescore_interval is None:
+    interval = config.rescore_interval
+    if scored is None or state.explicitly_cancelled or interval is None:
         return None
-    lapses_at = state.last_event_at + config.rescore_horizon
+    anchor = state.last_event_at
+    lapses_at = anchor + config.rescore_horizon
     if scored >= lapses_at:
         return None
-    return min(scored + config.rescore_interval, lapses_at)
+    steps = max(1, (scored - anchor) // interval + 1)
+    return min(anchor + steps * interval, lapses_at)
 
 
 def sweep_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:

@@ -25,10 +25,12 @@ ARRIVAL_ORDER_FIELDS = {
     "recent_event_ids",
     "alert_memory",
     "score_history",
+    "last_scored_at",
 }
-"""State fields that depend on when the worker's label sweeps ran, on the interleaving of
-topics, or on the scores (which depend on the shared models' checkpoint timing), not on the
-events themselves: everything else must match exactly."""
+"""State fields that depend on when the worker's sweeps ran (label ledgers, re-scores of quiet
+customers), on the interleaving of topics, or on the scores (which depend on the shared
+models' checkpoint timing), not on the events themselves: everything else must match
+exactly."""
 
 
 def expected_states(events: Iterable[Event]) -> dict[str, CustomerState]:

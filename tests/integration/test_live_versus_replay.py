@@ -5,7 +5,9 @@ purchase is scored before the first support event arrives, and every support eve
 first rating), as when one application lags far behind another.
 "Replay": ``streamcrm replay`` publishes the same history from a shuffled CSV file. Each goes
 to its own topics, worker and Redis namespace. Every customer's final score must be
-byte-identical in every field the shared models do not make (``MODEL_FIELDS``).
+byte-identical in every field the shared models do not make (``MODEL_FIELDS``), but for the
+two that name what made it (``event_id``, ``trigger``): quiet customers are re-scored as
+event time passes, so the final score is often a re-score, as of the same moment either way.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def final_scores_without_model_fields(settings: Settings) -> dict[str, str]:
         _, raw = redis_state(settings, customer_id)
         assert raw is not None, customer_id
         record = json.loads(raw)
-        for field in (*MODEL_FIELDS, "event_id"):
+        # event_id and trigger name what made the record (an event, or the passage of time),
+        # which the order of arrival decides; everything else must agree.
+        for field in (*MODEL_FIELDS, "event_id", "trigger"):
             record.pop(field)
         result[customer_id] = json.dumps(record, sort_keys=True)
     return result

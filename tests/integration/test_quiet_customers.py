@@ -50,9 +50,7 @@ def population(leavers: int, stayers: int, days: int) -> list[PurchaseEvent]:
     """Weekly buyers: ``leavers`` stop after a few weeks (at staggered times), ``stayers``
     keep buying every week to the end, so the model learns what a long silence leads to."""
     events = [
-        order(f"leaver-{n}", week * 7 + n % 5)
-        for n in range(leavers)
-        for week in range(6 + n % 8)
+        order(f"leaver-{n}", week * 7 + n % 5) for n in range(leavers) for week in range(6 + n % 8)
     ]
     events += [
         order(f"stayer-{n}", week * 7 + n % 5) for n in range(stayers) for week in range(days // 7)

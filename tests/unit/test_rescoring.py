@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -331,3 +332,40 @@ async def test_a_restarted_worker_sweeps_to_its_watermark_before_any_new_message
 
     assert restarted.watermark == T0 + timedelta(days=28)
     assert report.rescores == 1
+
+
+async def test_the_last_rescore_is_the_same_whatever_order_the_topics_were_consumed_in() -> None:
+    from streamcrm.events import MODEL_FIELDS, FeedbackEvent
+
+    purchases = [order("c", day) for day in (0, 10, 20)]
+    rating = FeedbackEvent(
+        event_id="f1",
+        customer_id="c",
+        rating=4,
+        scale="csat",
+        category="product",
+        occurred_at=T0 + timedelta(days=45),
+    )
+    clock = [order("clock", day) for day in range(0, 120, 5)]
+
+    async def final_score(first: Sequence[PurchaseEvent | FeedbackEvent]) -> dict[str, object]:
+        store = InMemoryStateStore()
+        pipeline = ScoringPipeline(store, CONFIG)
+        rest = [e for e in (*purchases, rating) if e not in first]
+        offsets: Counter[str] = Counter()
+        for event in [*first, *clock, *rest]:
+            topic = "crm.feedback" if isinstance(event, FeedbackEvent) else "crm.purchases"
+            await pipeline.handle(event.model_dump_json().encode(), topic, 0, offsets[topic])
+            offsets[topic] += 1
+            await sweep_to_end(pipeline, 0)
+        score = await store.load_score("c")
+        assert score is not None
+        # Like event_id, trigger names what made the record: arrival order decides that.
+        return score.model_dump(mode="json", exclude={*MODEL_FIELDS, "event_id", "trigger"})
+
+    in_order = await final_score([])
+    feedback_far_ahead = await final_score([rating])
+
+    assert in_order == feedback_far_ahead
+    assert in_order["lapsed"] is True
+    assert in_order["as_of"] == "2026-03-17T00:00:00Z"  # the lapse moment: day 45 + 30
