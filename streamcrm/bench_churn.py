@@ -274,3 +274,13 @@ def churn_figures(
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def oracle_auc(simulation: Simulation, config: ScoringConfig) -> tuple[float, int]:
+    """The oracle's progressive ROC AUC on the labels of an in-process replay of
+    ``simulation``, and how many labels that is (what the demo sets the live model against)."""
+    tape = record_tape(simulation, config)
+    figures = churn_figures(
+        simulation, tape, Played([0.5] * len(tape.labels), {}), config.churn_window
+    )
+    return figures.oracle_auc, figures.labels
