@@ -39,6 +39,28 @@ def cadence(features: Mapping[str, float]) -> dict[str, float]:
     return x
 
 
+BIN_EDGES: dict[str, tuple[float, ...]] = {
+    "silence_times_rate": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "recency_in_horizons": (0.1, 0.25, 0.5, 1.0, 2.0),
+    "log_expected_at_own_rate": (-1.0, 0.0, 1.0, 2.0),
+    "age_in_horizons": (0.5, 1.0, 2.0, 3.0),
+    "satisfaction_recent": (0.4, 0.55, 0.7, 0.8),
+    "complaints": (0.5, 1.5, 2.5),
+}
+"""Bins of :func:`binned`: a linear model with a step function per feature."""
+
+
+def binned(features: Mapping[str, float]) -> dict[str, float]:
+    """:func:`cadence`, plus a one-hot bin of each of :data:`BIN_EDGES` and ρh × g/h."""
+    x = cadence(features)
+    for name, edges in BIN_EDGES.items():
+        found = sum(x[name] > edge for edge in edges)
+        for index in range(len(edges) + 1):
+            x[f"{name}_bin{index}"] = float(found == index)
+    x["rate_x_recency"] = x["expected_at_own_rate"] * x["recency_in_horizons"]
+    return x
+
+
 def _lr(rate: float, l2: float = 1e-4, adam: bool = False) -> Any:
     optimizer = optim.Adam(rate) if adam else optim.SGD(rate)
     return preprocessing.StandardScaler() | linear_model.LogisticRegression(
@@ -53,6 +75,7 @@ CANDIDATES: dict[str, Callable[[], Any]] = {
     "LR Adam 0.01, no L2": lambda: _lr(0.01, 0.0, adam=True),
     "cadence + LR SGD 0.01": lambda: compose.FuncTransformer(cadence) | _lr(0.01),
     "cadence + LR SGD 0.005, no L2": lambda: compose.FuncTransformer(cadence) | _lr(0.005, 0.0),
+    "binned + LR SGD 0.01": lambda: compose.FuncTransformer(binned) | _lr(0.01),
     "Hoeffding adaptive tree": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=1),
     "ARF (10 trees)": lambda: forest.ARFClassifier(n_models=10, seed=1),
     "cadence + ARF (10 trees)": lambda: (
