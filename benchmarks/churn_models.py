@@ -15,15 +15,20 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
-from streamcrm.bench_churn import churn_figures, play, record_tape
+from streamcrm.bench_churn import ChurnTape, churn_figures, play, record_tape
+from streamcrm.evaluation import roc_auc
+from streamcrm.events import PurchaseEvent
 from streamcrm.models.churn import ChurnModel
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
+from streamcrm.simulator import Simulation, simulate
 
 
 def cadence(features: Mapping[str, float]) -> dict[str, float]:
@@ -85,6 +90,72 @@ CANDIDATES: dict[str, Callable[[], Any]] = {
 }
 
 
+def gap_statistics(days: Sequence[datetime], at: datetime) -> dict[str, float]:
+    """Features of the gaps between the purchase days ``days`` (up to ``at``) that the
+    customer state does not keep: with gaps gᵢ (days) of mean ḡ and an EWMA e (weight 0.4 on
+    the newest), silence s = at − last day: ln(1 + s/ḡ), (s − ḡ) / (sd + ḡ/4 + 1), ln(e/ḡ),
+    ln(g_last/ḡ), ln ḡ and 90 / max(e, ḡ); all 0 (and ``no_repeat`` 1) before two days."""
+    names = (
+        "log_silence_over_mean_gap",
+        "silence_z",
+        "log_recent_over_mean_gap",
+        "log_last_gap_over_mean",
+        "log_mean_gap",
+        "expected_in_window",
+    )
+    if len(days) < 2:
+        return {**dict.fromkeys(names, 0.0), "no_repeat": 1.0}
+    gaps = [max((b - a).total_seconds() / 86_400, 0.5) for a, b in pairwise(days)]
+    mean = sum(gaps) / len(gaps)
+    spread = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
+    recent = gaps[0]
+    for gap in gaps[1:]:
+        recent = 0.6 * recent + 0.4 * gap
+    silence = (at - days[-1]).total_seconds() / 86_400
+    values = (
+        math.log1p(silence / mean),
+        (silence - mean) / (spread + mean / 4 + 1),
+        math.log(recent / mean),
+        math.log(gaps[-1] / mean),
+        math.log(mean),
+        90 / max(recent, mean),
+    )
+    return dict(zip(names, values, strict=True))
+
+
+def screen_gap_statistics(simulation: Simulation, tape: ChurnTape) -> dict[str, float]:
+    """Progressive ROC AUC on the tape's labels with :func:`gap_statistics` added to each
+    label's features, computed from the simulated purchases (a screen before adding gap
+    statistics to the customer state: no last-published figure, the tape's other predictions
+    carry no customer)."""
+    days: dict[str, list[datetime]] = {}
+    for event in simulation.events:
+        if isinstance(event, PurchaseEvent):
+            seen = days.setdefault(event.customer_id, [])
+            if not seen or event.occurred_at.date() != seen[-1].date():
+                seen.append(event.occurred_at)
+    rows = []
+    for label in tape.labels:
+        history = days.get(label.customer_id, [])
+        known = history[: bisect_right(history, label.scored_at)]
+        rows.append(({**label.features, **gap_statistics(known, label.scored_at)}, label.churned))
+    aucs = {}
+    for name, factory in GAP_SCREEN.items():
+        model = _model(factory)
+        predicted = []
+        for features, churned in rows:
+            predicted.append(model.predict_proba_one(features))
+            model.learn_one(features, churned)
+        aucs[name] = roc_auc([churned for _, churned in rows], predicted)
+    return aucs
+
+
+GAP_SCREEN: dict[str, Callable[[], Any]] = {
+    "gap statistics + cadence + LR SGD 0.01": lambda: compose.FuncTransformer(cadence) | _lr(0.01),
+    "gap statistics + ARF (25 trees)": lambda: forest.ARFClassifier(n_models=25, seed=1),
+}
+
+
 def _model(factory: Callable[[], Any]) -> ChurnModel:
     model = ChurnModel()
     model.pipeline = factory()
@@ -97,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13])
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+    parser.add_argument(
+        "--gap-screen", action="store_true", help="also screen gap statistics (progressive AUC)"
+    )
     args = parser.parse_args(argv)
     config = Settings().scoring
     candidates = {k: v for k, v in CANDIDATES.items() if not args.only or k in args.only}
@@ -126,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(f"{k} {v:.3f}" for k, v in f.simple_truth_aucs.items()),
             flush=True,
         )
+        if args.gap_screen:
+            for name, auc in screen_gap_statistics(simulation, tape).items():
+                print(f"  seed {seed}: {name}: progressive AUC {auc:.3f}", flush=True)
     return 0
 
 
