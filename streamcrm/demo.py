@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
+from streamcrm.bench_churn import oracle_auc
 from streamcrm.cli import start_worker_process, stop_worker_process
 from streamcrm.connections import kafka_client_options
 from streamcrm.dashboard import dashboard_url
@@ -32,6 +33,9 @@ from streamcrm.kafka_io import (
 )
 from streamcrm.settings import Settings
 from streamcrm.simulator import CustomerTruth, Simulation, simulate
+
+TARGET_RATIO = 0.9
+"""Issue 15's target: progressive ROC AUC at least this share of the oracle's."""
 
 QUIET_PERIOD_S = 8.0
 """After the last event is sent, stop once no score has arrived for this long."""
@@ -124,6 +128,18 @@ def run_live_demo(
         print(_summary(latest, simulation.truth, first_score_after), file=out, flush=True)
         if quality:
             print(_model_quality(quality[-1]), file=out, flush=True)
+        print("  measuring the oracle on an in-process replay of the same history...", file=out)
+        oracle, oracle_labels = oracle_auc(simulation, settings.scoring)
+        print(
+            ceiling_line(
+                quality[-1].roc_auc if quality else None,
+                quality[-1].labelled_examples if quality else 0,
+                oracle,
+                oracle_labels,
+            ),
+            file=out,
+            flush=True,
+        )
         if keep_serving and settings.web_port is not None:
             _serve_until_interrupted(worker, dashboard_url(settings.web_port), out)
     finally:
@@ -258,7 +274,34 @@ def _summary(
         f"\nsummary: {len(latest)} customers scored; first score {first}; "
         f"ROC AUC of each customer's last published churn probability against the "
         f"simulator's truth: {'n/a' if auc is None else f'{auc:.3f}'} (a quiet customer's "
-        "last score dates from their last event: see docs/scores.md)"
+        "last score is a re-score as of event time, made every 7 days of silence until lapsed "
+        "at 180: see docs/scores.md)"
+    )
+
+
+def ceiling_line(
+    model_auc: float | None, model_labels: int, oracle: float, oracle_labels: int
+) -> str:
+    """The churn model's progressive ROC AUC set against the oracle's (the best the
+    simulator's truth allows, :mod:`streamcrm.oracle`) and their ratio.
+
+    The live figure is River's running ROC AUC on the worker's labels; the oracle's is exact,
+    on the labels of an in-process replay of the same history (the same ledger rules, so about
+    the same labels: both counts are shown).
+
+    >>> print(ceiling_line(0.62, 3300, 0.836, 3315))
+      churn model vs oracle: progressive ROC AUC 0.620 (3,300 labels), oracle 0.836
+        (3,315 labels), ratio 0.74 (target 0.90)
+    >>> print(ceiling_line(None, 0, 0.836, 3315))
+      churn model vs oracle: progressive ROC AUC n/a (0 labels), oracle 0.836
+        (3,315 labels), ratio n/a (target 0.90)
+    """
+    figure = "n/a" if model_auc is None else f"{model_auc:.3f}"
+    ratio = "n/a" if model_auc is None or not oracle > 0 else f"{model_auc / oracle:.2f}"
+    return (
+        f"  churn model vs oracle: progressive ROC AUC {figure} ({model_labels:,} labels), "
+        f"oracle {oracle:.3f}\n    ({oracle_labels:,} labels), ratio {ratio} (target "
+        f"{TARGET_RATIO:.2f})"
     )
 
 

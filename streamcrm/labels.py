@@ -41,6 +41,8 @@ class LabelledExample:
 
     features: Mapping[str, float]
     churned: bool
+    scored_at: datetime | None = None
+    """When the snapshot was taken (benchmarks score other predictors on the same labels)."""
 
 
 def record_purchase(
@@ -69,7 +71,7 @@ def settle_closed(
     """
     closed = [s for s in pending if s.scored_at + churn_window <= watermark]
     still_open = tuple(s for s in pending if s.scored_at + churn_window > watermark)
-    return [LabelledExample(s.features, churned=not s.purchased) for s in closed], still_open
+    return [LabelledExample(s.features, not s.purchased, s.scored_at) for s in closed], still_open
 
 
 def settle_on_cancellation(
@@ -78,7 +80,7 @@ def settle_on_cancellation(
     """An explicit cancellation settles every snapshot taken before it, at once."""
     settled = [s for s in pending if s.scored_at <= cancelled_at]
     later = tuple(s for s in pending if s.scored_at > cancelled_at)
-    return [LabelledExample(s.features, churned=not s.purchased) for s in settled], later
+    return [LabelledExample(s.features, not s.purchased, s.scored_at) for s in settled], later
 
 
 def add_snapshot(

@@ -100,6 +100,8 @@ class ScoredEvent:
     alerts: tuple[Alert, ...] = ()
     """The alerts ``score`` raised (see :func:`streamcrm.alerts.evaluate_alerts`)."""
     examples_learned: int = 0
+    labelled: tuple[LabelledExample, ...] = ()
+    """The snapshots this event settled (learned, in this order)."""
     duplicate: bool = False
     erased: bool = False
     """The customer was erased: nothing was saved or learned (see streamcrm.privacy)."""
@@ -220,6 +222,7 @@ def score_event(
         score=score,
         alerts=tuple(alerts),
         examples_learned=len(labelled),
+        labelled=tuple(labelled),
         due_at=sweep_due_at(final_state, config),
         rescores=tuple(rescores),
     )
@@ -391,6 +394,8 @@ class SweptCustomer:
     due_at: datetime | None
     score: CustomerScore | None = None
     alerts: tuple[Alert, ...] = ()
+    labelled: tuple[LabelledExample, ...] = ()
+    """The snapshots this sweep settled (learned, in this order)."""
 
 
 def sweep_customer(
@@ -452,6 +457,7 @@ def sweep_customer(
         due_at=sweep_due_at(swept, config),
         score=rescores[0].score if rescores else None,
         alerts=rescores[0].alerts if rescores else (),
+        labelled=tuple(labelled),
     )
 
 

@@ -89,6 +89,13 @@ class CustomerTruth:
         customers who do not churn. No event of the customer occurs after it.
     cancelled : bool
         Whether the churner also sent an explicit ``CancellationEvent`` at ``churned_at``.
+    days_between_purchases : float
+        The persona's mean gap between orders before any drift (days).
+    first_purchase_at : datetime or None
+        When the first order was placed.
+    active_until : datetime or None
+        When activity stops: the end of a churner's drift (no order is placed from then on;
+        ``churned_at`` is at or before it), else the end of the period.
     """
 
     customer_id: str
@@ -97,6 +104,23 @@ class CustomerTruth:
     drift_starts_at: datetime | None
     churned_at: datetime | None
     cancelled: bool
+    days_between_purchases: float = 0.0
+    first_purchase_at: datetime | None = None
+    active_until: datetime | None = None
+
+    def drift_at(self, at: datetime) -> float:
+        """How far the customer has drifted at ``at``: 0 before the drift (and for customers
+        who do not churn), rising linearly to 1 at ``active_until``."""
+        if not self.churns or self.drift_starts_at is None or self.active_until is None:
+            return 0.0
+        if at <= self.drift_starts_at:
+            return 0.0
+        return min(1.0, (at - self.drift_starts_at) / (self.active_until - self.drift_starts_at))
+
+    def days_between_purchases_after(self, ordered_at: datetime) -> float:
+        """The mean of the exponential gap the simulator draws after an order at
+        ``ordered_at``: d̄ · (1 + 4 · drift), the persona's gap stretched by the drift."""
+        return self.days_between_purchases * (1.0 + _DRIFT_GAP_GROWTH * self.drift_at(ordered_at))
 
 
 @dataclass(frozen=True)
@@ -325,6 +349,7 @@ class _Customer:
         # Activity stops at the churn time for churners and at the end of the period for
         # everyone else; events scheduled later (resolutions, refunds) are dropped.
         self.stop = self.churn_at if churns else days
+        self.first_purchase = 0.0  # set when the purchases are drawn
 
     def simulate(self) -> tuple[list[Event], CustomerTruth]:
         """Generate every event of the customer and the truth about them."""
@@ -360,6 +385,9 @@ class _Customer:
             drift_starts_at=drift_starts_at if self.churns else None,
             churned_at=churned_at,
             cancelled=cancelled,
+            days_between_purchases=self.persona.days_between_purchases,
+            first_purchase_at=self._at(self.first_purchase),
+            active_until=self._at(self.stop),
         )
         return events, truth
 
@@ -374,6 +402,7 @@ class _Customer:
             first = rng.uniform(0.0, self.days / 3)
         # Churners must have been active before they drift, so they have something to lose.
         t = min(first, self.drift_start) if self.churns else first
+        self.first_purchase = t
         while t < self.stop:
             self._purchase(t)
             drift = self._drift(t)
