@@ -6,6 +6,7 @@ import csv
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streamcrm.cli import main
@@ -19,6 +20,8 @@ from streamcrm.evaluation import (
     figures,
     format_report,
     holdout_outcomes,
+    paretonbd_posterior_mean,
+    paretonbd_probability_of_purchase,
     read_cdnow,
     write_predictions,
 )
@@ -106,6 +109,39 @@ def test_bgnbd_on_the_cdnow_sample_reproduces_the_published_reference(cdnow_repo
     assert bgnbd.purchases_pearson_r == pytest.approx(0.63, abs=0.006)
 
 
+def test_paretonbd_posterior_rates_reproduce_lifetimes_expected_purchases(cdnow_report) -> None:
+    # The posterior behind P(any purchase) must give lifetimes' own E[X(t)]:
+    # P(alive) * E[lambda / mu * (1 - exp(-mu t)) | alive].
+    from lifetimes import ParetoNBDFitter
+
+    x, t_x, age = np.array([r.stats.summary(cdnow_report.cutoff) for r in cdnow_report.customers]).T
+    fitted = ParetoNBDFitter().fit(x, t_x, age)
+    params = tuple(float(fitted.params_[k]) for k in ("r", "alpha", "s", "beta"))
+    alive = np.asarray(fitted.conditional_probability_alive(x, t_x, age))
+    ours = alive * paretonbd_posterior_mean(
+        lambda lam, mu: lam / mu * (1.0 - np.exp(-mu * 39.0)), x, age, params
+    )
+    theirs = np.asarray(
+        fitted.conditional_expected_number_of_purchases_up_to_time(39.0, x, t_x, age)
+    )
+    assert np.allclose(ours, theirs, rtol=0.01, atol=1e-3)
+
+    buys = paretonbd_probability_of_purchase(alive, x, age, 39.0, params)
+    assert np.all((buys >= 0.0) & (buys <= alive))
+    assert np.all(buys <= ours + 1e-9)  # P(X > 0) <= E[X]
+
+
+def test_paretonbd_is_a_second_reference_beside_bgnbd(cdnow_report) -> None:
+    pareto, bgnbd = cdnow_report.paretonbd, cdnow_report.bgnbd
+    assert pareto.actual_purchases == bgnbd.actual_purchases == 1882
+    # Two fits of the same summary: they rank buyers alike and forecast similar totals.
+    assert pareto.roc_auc == pytest.approx(bgnbd.roc_auc, abs=0.02)
+    assert pareto.total_error == pytest.approx(bgnbd.total_error, abs=0.05)
+    assert pareto.actual_share == pytest.approx(
+        sum(r.outcome.purchases > 0 for r in cdnow_report.customers) / 2357
+    )
+
+
 def test_the_streaming_model_ranks_and_calibrates_buyers_better_than_bgnbd(cdnow_report) -> None:
     streaming, bgnbd = cdnow_report.streaming, cdnow_report.bgnbd
     assert cdnow_report.labelled_examples > 10 * len(cdnow_report.customers)
@@ -131,7 +167,8 @@ def test_predictions_file_has_one_row_per_customer_with_both_forecasts(
 
 def test_the_report_prints_both_models_and_each_target_verdict(cdnow_report) -> None:
     text = format_report(cdnow_report)
-    assert "streaming" in text and "BG/NBD" in text
+    assert "streaming" in text and "BG/NBD" in text and "Pareto/NBD" in text
+    assert "mean P(any), actual" in text
     assert text.count("met") >= 5  # one verdict per target
 
 
