@@ -120,12 +120,14 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="replay a purchase history to a cut-off, forecast, and compare with BG/NBD",
+        help="replay a purchase history to a cut-off, forecast, and compare with BG/NBD and"
+        " Pareto/NBD",
         description="Replay FILE's events before the cut-off through the scoring core (the"
         " online churn model learning from delayed labels, the repeat-buying models refitted"
         " weekly), forecast every customer at the cut-off (probability of any purchase, expected"
-        " purchases, CLV over the holdout), fit BG/NBD + Gamma-Gamma with lifetimes on the same"
-        " split, and print both models' figures against what happened in the holdout. FILE is a"
+        " purchases, CLV over the holdout), fit BG/NBD, Pareto/NBD and Gamma-Gamma with"
+        " lifetimes on the same split, and print the three models' figures against what happened"
+        " in the holdout. FILE is a"
         " CDNOW file (.txt; CDNOW_sample.txt or CDNOW_master.txt alone reads lifetimes' copy) or"
         " a streamcrm history (.jsonl/.csv, optionally .gz).",
     )
