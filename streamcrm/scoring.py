@@ -294,7 +294,7 @@ def _score_as_of(
     churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(churn_inputs)
     buying = repeat_buying(state)
     forecasts = (
-        models.repeat_buying.forecasts(buying, as_of, (config.churn_window, config.clv_horizon))
+        models.forecasts(buying, as_of, (config.churn_window, config.clv_horizon))
         if buying
         else None
     )

@@ -8,16 +8,22 @@ group instead queues :class:`ModelUpdate` records for the one shared learner (``
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from streamcrm.models.churn import ChurnModel
+from streamcrm.models.horizon import PurchaseHorizonModel
 from streamcrm.models.population import PopulationStats
-from streamcrm.models.repeat_buying import RepeatBuying, RepeatBuyingModel
+from streamcrm.models.repeat_buying import (
+    SECONDS_PER_WEEK,
+    RepeatBuying,
+    RepeatBuyingForecast,
+    RepeatBuyingModel,
+)
 from streamcrm.models.segments import SegmentModel
 
 
@@ -112,6 +118,12 @@ class ModelBundle:
     segments: SegmentModel = field(default_factory=SegmentModel)
     population: PopulationStats = field(default_factory=PopulationStats)
     repeat_buying: RepeatBuyingModel = field(default_factory=RepeatBuyingModel)
+    horizon: PurchaseHorizonModel = field(default_factory=PurchaseHorizonModel)
+    """P(any purchase within any horizon), refitted at each repeat-buying refit."""
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        state.setdefault("horizon", PurchaseHorizonModel())  # checkpoints from before it
+        self.__dict__.update(state)
 
     @property
     def version(self) -> str:
@@ -142,11 +154,74 @@ class ModelBundle:
         if buying is not None:
             self.repeat_buying.observe(buying.customer_id, buying.stats)
             if self.repeat_buying.due(buying.as_of):
-                self.repeat_buying.refit(buying.as_of)
+                self.refit_repeat_buying(buying.as_of)
+
+    def refit_repeat_buying(self, as_of: datetime) -> bool:
+        """Refit BG/NBD and Gamma-Gamma on the sample as of ``as_of``; after a fit, snapshot the
+        sample and refit the horizon model on the windows closed so far. False if too few
+        customers yet."""
+        if not self.repeat_buying.refit(as_of):
+            return False
+        assert self.repeat_buying.counts is not None, "a successful refit fitted BG/NBD"
+        self.horizon.take_snapshot(as_of, self.repeat_buying.counts, self.repeat_buying.sample)
+        self.horizon.refit()
+        return True
+
+    def forecasts(
+        self, stats: RepeatBuying, as_of: datetime, horizons: Sequence[timedelta]
+    ) -> list[RepeatBuyingForecast] | None:
+        """The customer's repeat-buying forecasts over each horizon (None before a first fit),
+        with P(any purchase) from the horizon model once it is fitted.
+
+        With p̂ the horizon model's P(X(h) > 0), p and E BG/NBD's P(X(h) > 0) and E[X(h)]:
+
+            E[X(h)] = E · min(1, p̂ / p) + max(0, p̂ − p) · E₀ / p₀
+
+        Where the horizon model expects less buying than BG/NBD, BG/NBD's forecast is scaled
+        down (its purchases per buyer kept). Where it expects more, the excess is buying that
+        BG/NBD's story leaves out (customers it believes gone who come back): each such buyer
+        is counted as buying like a customer of the same age with no repeat purchase yet
+        (E₀ / p₀, BG/NBD's purchases per buyer at x = 0), not at their old rate. P(alive) and
+        the spend per purchase stay BG/NBD's and Gamma-Gamma's.
+        """
+        forecasts = self.repeat_buying.forecasts(stats, as_of, horizons)
+        if forecasts is None or not self.horizon.fitted:
+            return forecasts
+        x, t_x, age = stats.summary(as_of)
+        newcomer: list[RepeatBuyingForecast] | None = None
+        corrected = []
+        for index, (horizon, forecast) in enumerate(zip(horizons, forecasts, strict=True)):
+            weeks = horizon.total_seconds() / SECONDS_PER_WEEK
+            bgnbd_buys = forecast.probability_of_purchase
+            buys = self.horizon.predict_one(
+                bgnbd_buys, forecast.probability_alive, x, t_x, age, weeks
+            )
+            assert buys is not None, "a fitted horizon model predicts"
+            if buys <= bgnbd_buys:
+                expected = forecast.expected_purchases * buys / bgnbd_buys
+            else:
+                if newcomer is None:
+                    first = stats.first_purchase_at
+                    newcomer = self.repeat_buying.forecasts(
+                        RepeatBuying(first, first, 1, stats.mean_spend), as_of, horizons
+                    )
+                    assert newcomer is not None, "fitted above"
+                fresh = newcomer[index]
+                per_new_buyer = (
+                    fresh.expected_purchases / fresh.probability_of_purchase
+                    if fresh.probability_of_purchase > 1e-12
+                    else 1.0
+                )
+                expected = forecast.expected_purchases + (buys - bgnbd_buys) * per_new_buyer
+            corrected.append(
+                replace(forecast, probability_of_purchase=buys, expected_purchases=expected)
+            )
+        return corrected
 
     def forget(self, customer_id: str) -> None:
-        """Drop an erased customer's statistics from the repeat-buying sample."""
+        """Drop an erased customer's statistics from the repeat-buying sample and snapshots."""
         self.repeat_buying.forget(customer_id)
+        self.horizon.forget(customer_id)
 
     def learn(self, update: ModelUpdate) -> None:
         """Apply one queued update."""
@@ -184,6 +259,7 @@ __all__ = [
     "ModelUpdate",
     "ModelUpdateBatch",
     "PopulationStats",
+    "PurchaseHorizonModel",
     "QueuedUpdates",
     "SegmentModel",
 ]

@@ -11,6 +11,7 @@ import pytest
 
 from streamcrm.cli import main
 from streamcrm.evaluation import (
+    Comparison,
     EvaluationReport,
     Forecast,
     Outcome,
@@ -142,12 +143,21 @@ def test_paretonbd_is_a_second_reference_beside_bgnbd(cdnow_report) -> None:
     )
 
 
-def test_the_streaming_model_ranks_and_calibrates_buyers_better_than_bgnbd(cdnow_report) -> None:
-    streaming, bgnbd = cdnow_report.streaming, cdnow_report.bgnbd
+def test_the_streaming_model_ranks_and_calibrates_buyers_better_than_both_references(
+    cdnow_report,
+) -> None:
+    # The 1/10 sample is too small to separate purchase counts (RMSE, r) by a few
+    # thousandths; ranking, calibration and the total it does separate.
+    streaming = cdnow_report.streaming
+    references = (cdnow_report.bgnbd, cdnow_report.paretonbd)
     assert cdnow_report.labelled_examples > 10 * len(cdnow_report.customers)
-    assert streaming.roc_auc > bgnbd.roc_auc
-    assert streaming.brier < bgnbd.brier
-    assert abs(streaming.total_error) < abs(bgnbd.total_error)
+    for attribute, better in (("roc_auc", "higher"), ("brier", "lower")):
+        ours, theirs = getattr(streaming, attribute), [getattr(r, attribute) for r in references]
+        assert Comparison(attribute, better).beats(ours, theirs), (attribute, ours, theirs)
+    assert Comparison("total_error", "nearer_zero").beats(
+        streaming.total_error, [r.total_error for r in references]
+    )
+    assert abs(streaming.mean_probability / streaming.actual_share - 1.0) <= 0.10
 
 
 def test_predictions_file_has_one_row_per_customer_with_both_forecasts(
@@ -165,11 +175,23 @@ def test_predictions_file_has_one_row_per_customer_with_both_forecasts(
     )
 
 
-def test_the_report_prints_both_models_and_each_target_verdict(cdnow_report) -> None:
+def test_the_report_prints_all_three_models_and_a_verdict_per_compared_figure(
+    cdnow_report,
+) -> None:
     text = format_report(cdnow_report)
     assert "streaming" in text and "BG/NBD" in text and "Pareto/NBD" in text
-    assert "mean P(any), actual" in text
-    assert text.count("met") >= 5  # one verdict per target
+    assert text.count("beats both") + text.count("does NOT beat both") == 5
+    assert "of actual" in text and "±10%" in text  # the mean probability's verdict
+
+
+def test_a_figure_is_won_only_when_better_than_both_references() -> None:
+    higher = Comparison("roc_auc", "higher")
+    assert higher.beats(0.77, [0.75, 0.76])
+    assert not higher.beats(0.76, [0.75, 0.76])  # a tie is not a win
+    assert Comparison("purchases_rmse", "lower").beats(1.72, [1.73, 1.74])
+    assert not Comparison("purchases_rmse", "lower").beats(1.735, [1.73, 1.74])
+    assert Comparison("total_error", "nearer_zero").beats(-0.05, [0.10, -0.15])
+    assert not Comparison("total_error", "nearer_zero").beats(0.05, [0.009, -0.03])
 
 
 def test_evaluate_command_reads_a_streamcrm_history_with_all_event_kinds(
