@@ -152,18 +152,27 @@ class ModelBundle:
         self.segments.learn_one(features)
         self.population.learn_one(features, satisfaction)
         if buying is not None:
-            self.repeat_buying.observe(buying.customer_id, buying.stats)
-            if self.repeat_buying.due(buying.as_of):
-                self.refit_repeat_buying(buying.as_of)
+            self.observe_buying(buying)
+
+    def observe_buying(self, buying: BuyingObservation) -> None:
+        """Keep a customer's newest repeat-buying statistics in the sample (and, while they
+        are in it, their purchase days for the horizon model); refit once a refit interval
+        of event time has passed."""
+        self.repeat_buying.observe(buying.customer_id, buying.stats)
+        if buying.customer_id in self.repeat_buying.sample:
+            self.horizon.observe(buying.customer_id, buying.stats, buying.as_of)
+        if self.repeat_buying.due(buying.as_of):
+            self.refit_repeat_buying(buying.as_of)
 
     def refit_repeat_buying(self, as_of: datetime) -> bool:
-        """Refit BG/NBD and Gamma-Gamma on the sample as of ``as_of``; after a fit, snapshot the
-        sample and refit the horizon model on the windows closed so far. False if too few
-        customers yet."""
+        """Refit BG/NBD and Gamma-Gamma on the sample as of ``as_of``; after a fit, add a
+        snapshot point and refit the horizon model on the windows closed so far. False if too
+        few customers yet."""
         if not self.repeat_buying.refit(as_of):
             return False
         assert self.repeat_buying.counts is not None, "a successful refit fitted BG/NBD"
-        self.horizon.take_snapshot(as_of, self.repeat_buying.counts, self.repeat_buying.sample)
+        self.horizon.keep_only({key for key, _ in self.repeat_buying.sample.values()})
+        self.horizon.take_snapshot(as_of, self.repeat_buying.counts)
         self.horizon.refit()
         return True
 

@@ -8,9 +8,10 @@ churn window W) only, so asked about another horizon it extrapolates. This model
 question for *every* horizon from windows that have closed in event time, and corrects
 BG/NBD with what actually happened:
 
-- at each refit of the repeat-buying models (weekly in event time, in the learner) it keeps a
-  **snapshot** of a stable subset of the sample: per customer (x, t_x, T) as of that moment,
-  with the BG/NBD parameters fitted then;
+- it keeps the purchase days of the customers in the repeat-buying sample, and at each refit
+  of the repeat-buying models (weekly in event time, in the learner) the moment and the
+  BG/NBD parameters fitted then: from these a **snapshot** of the sample at any refit,
+  per customer (x, t_x, T) as of that moment, is rebuilt;
 - any two snapshots s < s' make a closed window of h = s' − s weeks, and a customer in both
   bought within it iff their repeat transactions grew: y = 1{x(s') > x(s)}. No window is
   labelled before it has closed, and nothing later than the newest event is looked at;
@@ -34,8 +35,10 @@ windows forecast worse (``docs/models.md``).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -97,19 +100,6 @@ def _logit_one(p: float) -> float:
     return math.log(q) - math.log1p(-q)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """A subset of the repeat-buying sample as of one refit: sample keys (sorted) with each
-    customer's (x, t_x, T) in weeks, and the BG/NBD parameters fitted at that moment."""
-
-    as_of: datetime
-    params: BgNbdParams
-    keys: NDArray[np.uint64]
-    x: NDArray[np.float32]
-    t_x: NDArray[np.float32]
-    age: NDArray[np.float32]
-
-
 def fit_logistic(
     features: Floats, labels: Floats, l2: float = 1e-3, iterations: int = 25
 ) -> tuple[Floats, Floats, Floats]:
@@ -142,13 +132,59 @@ def fit_logistic(
     return beta, mean, scale
 
 
-class PurchaseHorizonModel:
-    """P(any purchase within h) for any h, refitted on closed windows between snapshots.
+@dataclass(frozen=True)
+class Refit:
+    """A point of the snapshot grid: when the repeat-buying models were refitted, and the
+    BG/NBD parameters fitted then."""
 
-    ``capacity``: customers per snapshot (the smallest sample keys, so the same customers
-    recur from snapshot to snapshot); ``max_horizon``: the longest window learned from (older
-    snapshots are dropped); ``budget``: windows sampled per refit; ``min_windows``: fewer
-    labelled windows than this and the model stays unfitted (:meth:`predict_one` gives None).
+    as_of: datetime
+    params: BgNbdParams
+
+
+class _History:
+    """One sampled customer's purchase days, as weeks since :data:`EPOCH`: the first, the
+    repeat purchases since the oldest snapshot still used (``times``, ascending), and how
+    many repeat purchases came before those (``earlier``, the newest at ``earlier_last``).
+    ``known_from``: before this moment the history is incomplete (a customer who joined the
+    sample with repeat purchases already made), so no window may start earlier."""
+
+    __slots__ = ("first", "earlier", "earlier_last", "times", "known_from")
+
+    def __init__(
+        self, first: float, earlier: int, earlier_last: float, times: list[float], known_from: float
+    ) -> None:
+        self.first = first
+        self.earlier = earlier
+        self.earlier_last = earlier_last
+        self.times = times
+        self.known_from = known_from
+
+    @property
+    def transactions(self) -> int:
+        return 1 + self.earlier + len(self.times)
+
+    @property
+    def latest(self) -> float:
+        return self.times[-1] if self.times else self.earlier_last
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _weeks(at: datetime) -> float:
+    return (at - EPOCH).total_seconds() / SECONDS_PER_WEEK
+
+
+class PurchaseHorizonModel:
+    """P(any purchase within h) for any h, refitted on the windows closed between snapshots.
+
+    It keeps the purchase days of the customers in the repeat-buying sample (:meth:`observe`,
+    :meth:`keep_only`) and the refit grid (:meth:`take_snapshot`); a snapshot of the sample
+    at any refit is rebuilt from those, so storage grows with purchases, not with snapshots
+    × customers. ``max_horizon``: the longest window learned from (older grid points and the
+    purchase days before them are folded away); ``budget``: windows sampled per refit;
+    ``min_windows``: fewer labelled windows than this and the model stays unfitted
+    (:meth:`predict_one` gives None).
 
     >>> model = PurchaseHorizonModel()
     >>> model.fitted
@@ -157,16 +193,16 @@ class PurchaseHorizonModel:
 
     def __init__(
         self,
-        capacity: int = 5_000,
         max_horizon: timedelta = timedelta(weeks=78),
-        budget: int = 60_000,
+        budget: int = 100_000,
         min_windows: int = 500,
     ) -> None:
-        self.capacity = capacity
         self.max_horizon = max_horizon
         self.budget = budget
         self.min_windows = min_windows
-        self.snapshots: list[Snapshot] = []
+        self.grid: list[Refit] = []
+        self._histories: dict[int, _History] | None = {}
+        self._packed: dict[str, NDArray[Any]] | None = None
         self.weights: Floats | None = None
         self.mean: Floats | None = None
         self.scale: Floats | None = None
@@ -178,59 +214,99 @@ class PurchaseHorizonModel:
 
     @property
     def fitted(self) -> bool:
-        return self.weights is not None
+        return self._linear is not None
 
-    def take_snapshot(
-        self, as_of: datetime, params: BgNbdParams, sample: dict[str, tuple[int, RepeatBuying]]
-    ) -> None:
-        """Keep the ``capacity`` customers of ``sample`` with the smallest keys, as of ``as_of``."""
-        rows = sorted(
-            (key, stats.summary(as_of))
-            for key, stats in sample.values()
-            if stats.first_purchase_at < as_of
-        )[: self.capacity]
-        summaries = np.array([summary for _, summary in rows], dtype=np.float64).reshape(-1, 3)
-        self.snapshots.append(
-            Snapshot(
-                as_of=as_of,
-                params=params,
-                keys=np.fromiter((key for key, _ in rows), dtype=np.uint64, count=len(rows)),
-                x=summaries[:, 0].astype(np.float32),
-                t_x=summaries[:, 1].astype(np.float32),
-                age=summaries[:, 2].astype(np.float32),
-            )
-        )
-        oldest = as_of - self.max_horizon
-        self.snapshots = [s for s in self.snapshots if s.as_of >= oldest]
+    @property
+    def histories(self) -> dict[int, _History]:
+        """Sample key → purchase days; unpacked on first use after a load (a scoring worker
+        loads every checkpoint but never reads them)."""
+        if self._histories is None:
+            assert self._packed is not None, "a loaded model has its packed histories"
+            self._histories = _unpack(self._packed)
+            self._packed = None
+        return self._histories
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        if self._histories is not None:
+            state["_packed"] = _pack(self._histories)
+        state["_histories"] = None
+        return state
+
+    def observe(self, customer_id: str, stats: RepeatBuying, as_of: datetime) -> None:
+        """Note a sampled customer's newest statistics: a purchase day more is appended at
+        their last purchase. (Purchases that arrive late, on an earlier day than the last,
+        are placed at the last: the statistics do not say when they were.)"""
+        key = sample_key(customer_id)
+        first, last = _weeks(stats.first_purchase_at), _weeks(stats.last_purchase_at)
+        history = self.histories.get(key)
+        if history is None or history.first != first or stats.transactions < history.transactions:
+            if stats.transactions == 1:
+                history = _History(first, 0, first, [], first)
+            else:  # joined with repeat purchases already made: complete from the last only
+                history = _History(first, stats.transactions - 1, last, [], last)
+            self.histories[key] = history
+            return
+        for _ in range(stats.transactions - history.transactions):
+            history.times.append(max(last, history.latest))
+
+    def keep_only(self, keys: set[int]) -> None:
+        """Drop the histories of customers no longer in the sample (evicted or erased)."""
+        for key in [key for key in self.histories if key not in keys]:
+            del self.histories[key]
 
     def forget(self, customer_id: str) -> None:
-        """Drop an erased customer from every snapshot."""
-        key = np.uint64(sample_key(customer_id))
-        self.snapshots = [_without(s, key) for s in self.snapshots]
+        """Drop an erased customer's purchase days."""
+        self.histories.pop(sample_key(customer_id), None)
+
+    def take_snapshot(self, as_of: datetime, params: BgNbdParams) -> None:
+        """Add a grid point; drop those older than ``max_horizon`` and fold the purchase days
+        before the oldest one left into each history's count."""
+        self.grid.append(Refit(as_of, params))
+        oldest = as_of - self.max_horizon
+        self.grid = [point for point in self.grid if point.as_of >= oldest]
+        fold_before = _weeks(self.grid[0].as_of)
+        for history in self.histories.values():
+            folded = 0
+            while folded < len(history.times) and history.times[folded] < fold_before:
+                folded += 1
+            if folded:
+                history.earlier += folded
+                history.earlier_last = history.times[folded - 1]
+                del history.times[:folded]
+
+    def snapshot(self, at: datetime) -> tuple[Floats, Floats, Floats, NDArray[np.bool_]]:
+        """Every kept customer's (x, t_x, T) in weeks as of grid point ``at``, and whether
+        they are known then (first purchase before ``at``, history complete)."""
+        histories = list(self.histories.values())
+        s = _weeks(at)
+        first = np.fromiter((h.first for h in histories), np.float64, len(histories))
+        known = first < s
+        known &= np.fromiter((h.known_from for h in histories), np.float64, len(histories)) < s
+        counts = np.fromiter(
+            (h.earlier + _count_before(h.times, s) for h in histories), np.float64, len(histories)
+        )
+        last = np.fromiter((_last_before(h, s) for h in histories), np.float64, len(histories))
+        return counts, last - first, np.maximum(s - first, 0.0), known
 
     def windows(self) -> tuple[Floats, Floats]:
         """Features and labels (1 = bought within the window) of a deterministic sample of
-        the closed windows between two snapshots."""
-        matched = []
-        for i, older in enumerate(self.snapshots):
-            for newer in self.snapshots[i + 1 :]:
-                _, at_older, at_newer = np.intersect1d(
-                    older.keys, newer.keys, assume_unique=True, return_indices=True
-                )
-                matched.append((older, newer, at_older, at_newer))
-        total = sum(len(at_older) for _, _, at_older, _ in matched)
+        the windows closed between two grid points, over the customers known at both."""
+        snapshots = [self.snapshot(point.as_of) for point in self.grid]
+        pairs = [(i, j) for i in range(len(self.grid)) for j in range(i + 1, len(self.grid))]
+        total = sum(int(snapshots[i][3].sum()) for i, _ in pairs)
         keep_share = min(1.0, self.budget / total) if total else 0.0
-        rng = np.random.default_rng(len(self.snapshots))
+        rng = np.random.default_rng(len(self.grid))
         blocks, labels = [], []
-        for older, newer, at_older, at_newer in matched:
-            chosen = rng.random(len(at_older)) < keep_share
-            if not chosen.any():
+        for i, j in pairs:
+            x, t_x, age, known = snapshots[i]
+            chosen = np.flatnonzero(known)
+            chosen = chosen[rng.random(len(chosen)) < keep_share]
+            if not len(chosen):
                 continue
-            at_older, at_newer = at_older[chosen], at_newer[chosen]
-            weeks = (newer.as_of - older.as_of).total_seconds() / SECONDS_PER_WEEK
-            x = older.x[at_older].astype(np.float64)
-            t_x = older.t_x[at_older].astype(np.float64)
-            age = older.age[at_older].astype(np.float64)
+            older = self.grid[i]
+            weeks = (self.grid[j].as_of - older.as_of).total_seconds() / SECONDS_PER_WEEK
+            x, t_x, age = x[chosen], t_x[chosen], age[chosen]
             blocks.append(
                 horizon_features(
                     probability_of_purchase(older.params, x, t_x, age, weeks),
@@ -241,7 +317,7 @@ class PurchaseHorizonModel:
                     np.full(len(x), weeks),
                 )
             )
-            labels.append((newer.x[at_newer] > older.x[at_older]).astype(np.float64))
+            labels.append((snapshots[j][0][chosen] > x).astype(np.float64))
         if not blocks:
             return np.empty((0, len(FEATURES))), np.empty(0)
         return np.vstack(blocks), np.concatenate(labels)
@@ -288,15 +364,38 @@ class PurchaseHorizonModel:
         return 1.0 / (1.0 + math.exp(-max(min(logit, 35.0), -35.0)))
 
 
-def _without(snapshot: Snapshot, key: np.uint64) -> Snapshot:
-    keep = snapshot.keys != key
-    if keep.all():
-        return snapshot
-    return Snapshot(
-        as_of=snapshot.as_of,
-        params=snapshot.params,
-        keys=snapshot.keys[keep],
-        x=snapshot.x[keep],
-        t_x=snapshot.t_x[keep],
-        age=snapshot.age[keep],
-    )
+def _count_before(times: list[float], at: float) -> int:
+    return bisect_left(times, at)
+
+
+def _last_before(history: _History, at: float) -> float:
+    index = bisect_left(history.times, at)
+    return history.times[index - 1] if index else history.earlier_last
+
+
+def _pack(histories: dict[int, _History]) -> dict[str, NDArray[Any]]:
+    """The histories as a few arrays (pickling 20,000 small objects is slow)."""
+    rows = list(histories.items())
+    return {
+        "keys": np.array([key for key, _ in rows], dtype=np.uint64),
+        "numbers": np.array(
+            [(h.first, h.earlier, h.earlier_last, h.known_from, len(h.times)) for _, h in rows],
+            dtype=np.float64,
+        ).reshape(len(rows), 5),
+        "times": np.array([t for _, h in rows for t in h.times], dtype=np.float64),
+    }
+
+
+def _unpack(packed: dict[str, NDArray[Any]]) -> dict[int, _History]:
+    keys = packed["keys"].tolist()
+    times = packed["times"].tolist()
+    histories, at = {}, 0
+    for key, (first, earlier, earlier_last, known_from, n) in zip(
+        keys, packed["numbers"].tolist(), strict=True
+    ):
+        count = int(n)
+        histories[key] = _History(
+            first, int(earlier), earlier_last, times[at : at + count], known_from
+        )
+        at += count
+    return histories

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamcrm.evaluation import roc_auc
-from streamcrm.models import ModelBundle
+from streamcrm.models import BuyingObservation, ModelBundle
 from streamcrm.models.horizon import FEATURES, PurchaseHorizonModel, horizon_features
 from streamcrm.models.repeat_buying import (
     BgNbdParams,
@@ -62,14 +62,16 @@ def stats_as_of(times: list[float], as_of: float) -> RepeatBuying | None:
 
 
 def learned_bundle(histories: dict[str, list[float]], until: float) -> ModelBundle:
-    """A bundle that saw the cohort week by week up to ``until``, as the learner would."""
+    """A bundle that saw the cohort's purchases up to ``until`` in event time, each as the
+    learner sees it: the customer's statistics just after it."""
     bundle = ModelBundle()
-    for week in range(1, int(until) + 1):
-        for customer_id, times in histories.items():
-            stats = stats_as_of(times, week)
-            if stats is not None:
-                bundle.repeat_buying.observe(customer_id, stats)
-        bundle.refit_repeat_buying(T0 + week * WEEK)
+    purchases = sorted(
+        (t, customer_id) for customer_id, times in histories.items() for t in times if t < until
+    )
+    for t, customer_id in purchases:
+        stats = stats_as_of(histories[customer_id], math.nextafter(t, math.inf))
+        assert stats is not None
+        bundle.observe_buying(BuyingObservation(customer_id, stats, T0 + t * WEEK))
     return bundle
 
 
@@ -111,23 +113,38 @@ def slowing_world() -> tuple[dict[str, list[float]], ModelBundle]:
 
 def test_a_window_is_labelled_bought_when_repeat_purchases_grew_between_snapshots() -> None:
     model = PurchaseHorizonModel(min_windows=1)
-    buyer = RepeatBuying(T0, T0 + 2 * WEEK, 3, 10.0)
-    quiet = RepeatBuying(T0, T0 + WEEK, 2, 10.0)
-    sample = {"buyer": (sample_key("buyer"), buyer), "quiet": (sample_key("quiet"), quiet)}
-    model.take_snapshot(T0 + 4 * WEEK, PARAMS, sample)
-    later = dict(sample)
-    later["buyer"] = (sample_key("buyer"), RepeatBuying(T0, T0 + 6 * WEEK, 4, 10.0))
-    later["newcomer"] = (sample_key("newcomer"), RepeatBuying(T0 + 7 * WEEK, T0 + 7 * WEEK, 1, 5.0))
-    model.take_snapshot(T0 + 8 * WEEK, PARAMS, later)
+    model.observe("buyer", RepeatBuying(T0, T0, 1, 10.0), T0)
+    model.observe("buyer", RepeatBuying(T0, T0 + 2 * WEEK, 2, 10.0), T0 + 2 * WEEK)
+    model.observe("quiet", RepeatBuying(T0, T0, 1, 10.0), T0)
+    model.take_snapshot(T0 + 4 * WEEK, PARAMS)
+    model.observe("buyer", RepeatBuying(T0, T0 + 6 * WEEK, 3, 10.0), T0 + 6 * WEEK)
+    model.observe("newcomer", RepeatBuying(T0 + 7 * WEEK, T0 + 7 * WEEK, 1, 5.0), T0 + 7 * WEEK)
+    model.take_snapshot(T0 + 8 * WEEK, PARAMS)
+
+    x, t_x, age, known = model.snapshot(T0 + 4 * WEEK)
+    assert known.tolist() == [True, True, False]  # the newcomer had not bought yet
+    assert (x[:2].tolist(), t_x[:2].tolist(), age[:2].tolist()) == ([1, 0], [2, 0], [4, 4])
 
     features, labels = model.windows()
 
-    # One window per customer in both snapshots (the newcomer was not there at its start),
-    # in sample-key order; its horizon is the 4 weeks between the snapshots.
-    by_key = sorted([("buyer", 1.0), ("quiet", 0.0)], key=lambda pair: sample_key(pair[0]))
-    assert labels.tolist() == [label for _, label in by_key]
+    # One window per customer known at its start: the buyer bought again within it.
+    assert labels.tolist() == [1.0, 0.0]
     assert features.shape == (2, len(FEATURES))
     assert np.allclose(features[:, FEATURES.index("log_horizon")], math.log(4.0))
+
+
+def test_a_customer_who_joins_with_purchases_already_made_opens_no_window_before_it() -> None:
+    model = PurchaseHorizonModel(min_windows=1)
+    model.take_snapshot(T0 + 4 * WEEK, PARAMS)
+    # Seen first with 5 purchase days, the last in week 6: their days before are unknown.
+    model.observe("veteran", RepeatBuying(T0, T0 + 6 * WEEK, 5, 10.0), T0 + 7 * WEEK)
+    model.take_snapshot(T0 + 8 * WEEK, PARAMS)
+    model.observe("veteran", RepeatBuying(T0, T0 + 9 * WEEK, 6, 10.0), T0 + 9 * WEEK)
+    model.take_snapshot(T0 + 10 * WEEK, PARAMS)
+
+    assert model.snapshot(T0 + 4 * WEEK)[3].tolist() == [False]
+    _, labels = model.windows()
+    assert labels.tolist() == [1.0]  # only week 8 -> week 10, in which they bought
 
 
 def test_an_unfitted_horizon_model_leaves_the_bgnbd_forecasts_untouched() -> None:
@@ -136,8 +153,8 @@ def test_an_unfitted_horizon_model_leaves_the_bgnbd_forecasts_untouched() -> Non
     for customer_id, times in histories.items():
         stats = stats_as_of(times, 3.0)
         if stats is not None:
-            bundle.repeat_buying.observe(customer_id, stats)
-    assert bundle.refit_repeat_buying(T0 + 3 * WEEK)  # one snapshot: no closed window yet
+            bundle.observe_buying(BuyingObservation(customer_id, stats, T0 + 3 * WEEK))
+    assert bundle.repeat_buying.fits == 1  # one grid point: no closed window yet
     assert not bundle.horizon.fitted
 
     stats = RepeatBuying(T0, T0 + WEEK, 2, 10.0)
@@ -209,31 +226,61 @@ def test_the_hot_path_prediction_equals_the_regression_on_the_array_features(
         ) == pytest.approx(expected, rel=1e-9)
 
 
-def test_an_erased_customer_leaves_every_snapshot(bgnbd_world) -> None:
-    _, bundle = bgnbd_world
+def test_an_erased_customer_leaves_the_purchase_days_and_every_window(bgnbd_world) -> None:
+    histories, bundle = bgnbd_world
     model = pickle.loads(pickle.dumps(bundle.horizon))
-    erased = next(
-        customer
-        for customer in (f"c{n}" for n in range(3_000))
-        if np.uint64(sample_key(customer)) in model.snapshots[-1].keys
-    )
-    before = [len(s.keys) for s in model.snapshots]
+    erased = next(c for c in histories if sample_key(c) in model.histories)
+    windows_before = model.windows()[1].size
 
     model.forget(erased)
 
-    key = np.uint64(sample_key(erased))
-    assert all(key not in s.keys for s in model.snapshots)
-    assert sum(before) - sum(len(s.keys) for s in model.snapshots) == sum(
-        1 for s in bundle.horizon.snapshots if key in s.keys
+    assert sample_key(erased) not in model.histories
+    assert all(len(known) == len(model.histories) for *_, known in [model.snapshot(T0)])
+    assert model.windows()[1].size <= windows_before
+
+
+def test_a_checkpoint_packs_the_purchase_days_and_loads_them_exactly(bgnbd_world) -> None:
+    _, bundle = bgnbd_world
+    model = bundle.horizon
+    loaded = pickle.loads(pickle.dumps(model))
+
+    assert loaded._histories is None  # a scoring worker never pays for the purchase days
+    assert loaded.predict_one(0.3, 0.8, 2.0, 10.0, 20.0, 13.0) == model.predict_one(
+        0.3, 0.8, 2.0, 10.0, 20.0, 13.0
     )
+    assert {k: vars_of(h) for k, h in loaded.histories.items()} == {
+        k: vars_of(h) for k, h in model.histories.items()
+    }
+    for point in model.grid:
+        for mine, theirs in zip(
+            loaded.snapshot(point.as_of), model.snapshot(point.as_of), strict=True
+        ):
+            assert np.array_equal(mine, theirs)
 
 
-def test_old_snapshots_are_dropped_past_the_longest_horizon_learned() -> None:
+def vars_of(history: object) -> tuple[object, ...]:
+    return tuple(getattr(history, name) for name in type(history).__slots__)  # type: ignore[attr-defined]
+
+
+def test_old_grid_points_are_dropped_and_the_purchase_days_before_them_folded() -> None:
     model = PurchaseHorizonModel(max_horizon=timedelta(weeks=10))
-    sample = {"c": (sample_key("c"), RepeatBuying(T0, T0, 1, 1.0))}
+    purchases = 1
+    model.observe("c", RepeatBuying(T0, T0, 1, 1.0), T0)
     for week in range(1, 30):
-        model.take_snapshot(T0 + week * WEEK, PARAMS, sample)
-    assert [s.as_of for s in model.snapshots] == [T0 + w * WEEK for w in range(19, 30)]
+        if week % 3 == 0:
+            purchases += 1
+            stats = RepeatBuying(T0, T0 + (week - 0.5) * WEEK, purchases, 1.0)
+            model.observe("c", stats, T0 + week * WEEK)
+        before = [model.snapshot(p.as_of)[:3] for p in model.grid]
+        model.take_snapshot(T0 + week * WEEK, PARAMS)
+        after = [model.snapshot(p.as_of)[:3] for p in model.grid[:-1]]
+        # Folding keeps every snapshot still on the grid exactly as it was.
+        assert [tuple(a.tolist() for a in s) for s in after] == [
+            tuple(a.tolist() for a in s) for s in before[len(before) - len(after) :]
+        ]
+    assert [p.as_of for p in model.grid] == [T0 + w * WEEK for w in range(19, 30)]
+    (history,) = model.histories.values()
+    assert history.earlier == 6 and len(history.times) == 3  # days 3..18 folded, 21..27 kept
 
 
 def test_a_checkpoint_from_before_the_horizon_model_loads_unfitted() -> None:
