@@ -8,6 +8,8 @@ order (:func:`streamcrm.bench_churn.play`). Printed per candidate and seed: prog
 AUC on the delayed labels, the oracle's on the same labels (:mod:`streamcrm.oracle`), their
 ratio, the ROC AUC of each customer's last published churn probability against the truth,
 log loss, Brier score and the play time. The simpler truth-based scores are printed per seed.
+``--gap-screen`` and ``--repeat-buying-screen`` add screens of features and scores the live
+model does not use (progressive AUC only).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from river import compose, forest, linear_model, optim, preprocessing, tree
 from streamcrm.bench_churn import ChurnTape, churn_figures, play, record_tape
 from streamcrm.evaluation import roc_auc
 from streamcrm.events import PurchaseEvent
+from streamcrm.models import BuyingObservation, ModelBundle
 from streamcrm.models.churn import ChurnModel
+from streamcrm.models.repeat_buying import RepeatBuying
 from streamcrm.oracle import oracle_churn_probability
 from streamcrm.settings import Settings
 from streamcrm.simulator import Simulation, simulate
@@ -201,6 +205,56 @@ def oracle_scores(simulation: Simulation, tape: ChurnTape) -> list[float]:
     return scores
 
 
+def screen_repeat_buying(simulation: Simulation, tape: ChurnTape) -> tuple[float, float]:
+    """Progressive ROC AUC on the tape's labels of the repeat-buying models as churn scores:
+    P(no purchase within W) at each label's snapshot, from BG/NBD refitted weekly on the
+    purchases so far (as the learner does), alone and corrected by the purchase-horizon model.
+    Each label is scored with what was known at its snapshot time, nothing later."""
+    window = Settings().scoring.churn_window
+    purchases = sorted(
+        (e.occurred_at, e.customer_id, e.amount)
+        for e in simulation.events
+        if isinstance(e, PurchaseEvent)
+    )
+    days: dict[str, list[tuple[datetime, float]]] = {}
+
+    def stats_at(customer_id: str, at: datetime) -> RepeatBuying | None:
+        seen = [(t, amount) for t, amount in days.get(customer_id, []) if t <= at]
+        distinct: list[datetime] = []
+        for t, _ in seen:
+            if not distinct or t.date() != distinct[-1].date():
+                distinct.append(t)
+        if not distinct:
+            return None
+        mean_spend = sum(amount for _, amount in seen) / len(distinct)
+        return RepeatBuying(distinct[0], distinct[-1], len(distinct), mean_spend)
+
+    bundle = ModelBundle()
+    corrected, alone = [0.5] * len(tape.labels), [0.5] * len(tape.labels)
+    fed = 0
+    for index in sorted(range(len(tape.labels)), key=lambda i: tape.labels[i].scored_at):
+        label = tape.labels[index]
+        while fed < len(purchases) and purchases[fed][0] <= label.scored_at:
+            at, customer_id, amount = purchases[fed]
+            fed += 1
+            days.setdefault(customer_id, []).append((at, amount))
+            stats = stats_at(customer_id, at)
+            assert stats is not None
+            bundle.observe_buying(BuyingObservation(customer_id, stats, at))
+        stats = stats_at(label.customer_id, label.scored_at)
+        ours = None if stats is None else bundle.forecasts(stats, label.scored_at, (window,))
+        theirs = (
+            None
+            if stats is None
+            else bundle.repeat_buying.forecasts(stats, label.scored_at, (window,))
+        )
+        if ours is not None and theirs is not None:
+            corrected[index] = 1.0 - ours[0].probability_of_purchase
+            alone[index] = 1.0 - theirs[0].probability_of_purchase
+    churned = [label.churned for label in tape.labels]
+    return roc_auc(churned, alone), roc_auc(churned, corrected)
+
+
 def _model(factory: Callable[[], Any]) -> ChurnModel:
     model = ChurnModel()
     model.pipeline = factory()
@@ -215,6 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     parser.add_argument(
         "--gap-screen", action="store_true", help="also screen gap statistics (progressive AUC)"
+    )
+    parser.add_argument(
+        "--repeat-buying-screen",
+        action="store_true",
+        help="also screen BG/NBD and the purchase-horizon model as churn scores",
     )
     args = parser.parse_args(argv)
     config = Settings().scoring
@@ -250,6 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, auc in aucs.items():
                 print(f"  seed {seed}: {name}: progressive AUC {auc:.3f}", flush=True)
             print(f"  seed {seed}: {batch_check(rows, oracle_scores(simulation, tape))}")
+        if args.repeat_buying_screen:
+            alone, corrected = screen_repeat_buying(simulation, tape)
+            print(
+                f"  seed {seed}: P(no purchase within W) as churn score, progressive AUC: "
+                f"BG/NBD {alone:.3f}, BG/NBD + purchase-horizon model {corrected:.3f}",
+                flush=True,
+            )
     return 0
 
 
