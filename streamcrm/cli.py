@@ -28,6 +28,16 @@ from streamcrm.errors import ConfigurationError, StreamcrmError
 from streamcrm.settings import Settings
 
 
+def _version() -> str:
+    """The installed package's version (``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamcrm")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -46,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamcrm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"streamcrm {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run a scoring worker (Faust)")
