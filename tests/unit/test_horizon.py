@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamcrm.evaluation import roc_auc
-from streamcrm.models import BuyingObservation, ModelBundle
+from streamcrm.models import BuyingObservation, ModelBundle, QueuedUpdates
 from streamcrm.models.horizon import FEATURES, PurchaseHorizonModel, horizon_features
 from streamcrm.models.repeat_buying import (
     BgNbdParams,
@@ -290,3 +290,45 @@ def test_a_checkpoint_from_before_the_horizon_model_loads_unfitted() -> None:
     old = ModelBundle.__new__(ModelBundle)
     old.__setstate__(state)
     assert not old.horizon.fitted
+
+
+def test_live_scores_carry_the_corrected_forecasts(slowing_world) -> None:
+    from streamcrm.events import PurchaseEvent
+    from streamcrm.features import repeat_buying
+    from streamcrm.scoring import ScoringConfig, score_event
+
+    _, bundle = slowing_world
+    config = ScoringConfig()
+    state = None
+    for week in (0, 1, 2, 3, 4):  # busy at first, then asked about after a long silence
+        event = PurchaseEvent(
+            event_id=f"e{week}",
+            customer_id="live",
+            order_id=f"o{week}",
+            occurred_at=T0 + week * WEEK,
+            amount=20.0,
+            items=1,
+            channel="web",
+        )
+        state = score_event(state, event, bundle, config, learner=QueuedUpdates()).state
+    assert state is not None
+    as_of = T0 + 40 * WEEK
+    late = PurchaseEvent(
+        event_id="late",
+        customer_id="live",
+        order_id="late",
+        occurred_at=as_of,
+        amount=20.0,
+        items=1,
+        channel="web",
+    )
+    scored = score_event(state, late, bundle, config, learner=QueuedUpdates())
+    assert scored.score is not None
+    stats = repeat_buying(scored.state)
+    assert stats is not None
+    ours = bundle.forecasts(stats, as_of, (config.churn_window, config.clv_horizon))
+    plain = bundle.repeat_buying.forecasts(stats, as_of, (config.churn_window,))
+    assert ours is not None and plain is not None
+    assert scored.score.expected_purchases == pytest.approx(ours[0].expected_purchases)
+    assert scored.score.clv_expected == pytest.approx(ours[1].expected_value)
+    assert ours[0].expected_purchases != pytest.approx(plain[0].expected_purchases, rel=1e-3)
