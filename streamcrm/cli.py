@@ -3,6 +3,9 @@
 
 Every command reads :class:`~streamcrm.settings.Settings` once from ``STREAMCRM_*``
 variables; a broker or Redis left unconfigured is started embedded where that makes sense.
+A service that cannot be reached (Redis, or a Kafka broker a command talks to) is one line on
+standard error, ``streamcrm: ... unavailable ...``, and exit code 2; ``streamcrm --version``
+prints the installed version.
 """
 
 from __future__ import annotations
@@ -44,11 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    from kafka.errors import KafkaError
+
     try:
         result: int = args.run(settings, args)
         return result
     except StreamcrmError as error:
         print(f"streamcrm: {error}", file=sys.stderr)
+        return 2
+    except KafkaError as error:  # a command that talks to Kafka could not reach it
+        where = settings.kafka_bootstrap or "the embedded broker"
+        print(f"streamcrm: Kafka unavailable at {where}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -16,3 +16,22 @@ def test_version_prints_the_installed_version_and_exits_zero(
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip() == f"streamcrm {version('streamcrm')}"
+
+
+def test_an_unreachable_broker_is_a_one_line_error_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    import streamcrm.cli
+
+    def unreachable(settings: object, args: object) -> int:
+        raise KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:1")
+
+    monkeypatch.setenv("STREAMCRM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setattr(streamcrm.cli, "run_topics", unreachable)
+
+    assert main(["topics"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("streamcrm: Kafka unavailable at 127.0.0.1:1: ")
+    assert "Unable to bootstrap" in error and "Traceback" not in error
