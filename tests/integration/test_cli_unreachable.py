@@ -34,6 +34,8 @@ def test_topics_against_an_unreachable_broker_says_so_and_exits_2() -> None:
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        f"streamcrm: Kafka unavailable at {bootstrap}: "
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"streamcrm: Kafka unavailable at {bootstrap}: ")
     )
