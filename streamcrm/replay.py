@@ -327,7 +327,13 @@ def _decoded_lines(lines: Iterable[bytes], bad_utf8: set[int]) -> Iterator[str]:
 
 
 def _csv_header(reader: Iterator[list[str]]) -> list[str]:
-    for header in reader:
+    while True:
+        try:
+            header = next(reader)
+        except StopIteration:
+            return []
+        except csv.Error as error:
+            raise ValueError(f"the CSV header row is not readable as CSV: {error}") from None
         if not any(header):
             continue
         duplicates = sorted({name for name in header if header.count(name) > 1})
@@ -338,7 +344,6 @@ def _csv_header(reader: Iterator[list[str]]) -> list[str]:
                 "the first row of a CSV history must name the fields, including 'type'"
             )
         return header
-    return []
 
 
 def _csv_row_json(header: Sequence[str], row: Sequence[str]) -> bytes:

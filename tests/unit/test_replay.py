@@ -219,6 +219,27 @@ def test_a_csv_file_without_a_type_column_is_refused(tmp_path: Path) -> None:
         read_history(path)
 
 
+def test_a_csv_header_that_is_not_csv_is_refused_not_crashed_on(tmp_path: Path) -> None:
+    path = tmp_path / "history.csv"
+    path.write_bytes(b"type,event\rid\n")  # a bare carriage return inside a header cell
+
+    with pytest.raises(ValueError, match="header row is not readable as CSV"):
+        read_history(path)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_any_bytes_give_events_rejections_or_a_value_error(tmp_path: Path, seed: int) -> None:
+    noise = random.Random(seed)
+    for name in ("history.csv", "history.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(bytes(noise.randrange(256) for _ in range(noise.randrange(1, 3_000))))
+        try:
+            result = read_history(path)
+        except ValueError:
+            continue  # a refused file, with its reason
+        assert all(r.line >= 1 and r.reason for r in result.rejections)
+
+
 @pytest.mark.parametrize("name", ["history.txt", "history.gz", "history"])
 def test_a_file_name_without_a_known_format_is_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="cannot tell the format"):
