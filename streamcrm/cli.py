@@ -525,11 +525,11 @@ def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:
         LetterFilter,
         format_letters,
         format_summary,
+        parse_letters,
         parse_position,
         republish,
         summarise,
     )
-    from streamcrm.events import DeadLetter
     from streamcrm.kafka_io import make_producer, read_to_end
 
     if settings.kafka_bootstrap is None:
@@ -550,12 +550,14 @@ def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:
         )
     except (LookupError, TimeoutError) as error:
         raise ConfigurationError(f"cannot read {settings.topics.deadletter}: {error}") from None
-    letters = [
-        letter
-        for record in records
-        if record.value is not None
-        and chosen.matches(letter := DeadLetter.model_validate_json(record.value))
-    ]
+    readable, unreadable = parse_letters(record.value for record in records)
+    letters = [letter for letter in readable if chosen.matches(letter)]
+    if unreadable:
+        print(
+            f"{unreadable} record{'s' if unreadable > 1 else ''} on {settings.topics.deadletter}"
+            " are not dead letters: skipped",
+            file=sys.stderr,
+        )
     print(format_summary(summarise(letters), len(letters)))
     if args.list and letters:
         print(format_letters(letters))

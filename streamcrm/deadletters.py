@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from streamcrm.events import DeadLetter, decode_event
 
 
@@ -33,6 +35,27 @@ class LetterFilter:
             return False
         position = (letter.source_topic, letter.partition, letter.offset)
         return not self.positions or position in self.positions
+
+
+def parse_letters(values: Iterable[bytes | None]) -> tuple[list[DeadLetter], int]:
+    """The dead letters among the dead-letter topic's record values, and how many values were
+    not dead letters (written there by something else, or damaged): those are counted and
+    skipped, never a crash. Tombstones (None) are neither.
+
+    >>> letters, unreadable = parse_letters([b"not json", None, b'{"a": 1}'])
+    >>> (letters, unreadable)
+    ([], 2)
+    """
+    letters: list[DeadLetter] = []
+    unreadable = 0
+    for value in values:
+        if value is None:
+            continue
+        try:
+            letters.append(DeadLetter.model_validate_json(value))
+        except ValidationError:
+            unreadable += 1
+    return letters, unreadable
 
 
 def parse_position(text: str) -> tuple[str, int, int]:

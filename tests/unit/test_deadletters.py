@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from streamcrm.deadletters import LetterFilter, parse_position, republish, summarise
+from streamcrm.deadletters import (
+    LetterFilter,
+    parse_letters,
+    parse_position,
+    republish,
+    summarise,
+)
 from streamcrm.errors import InvalidEventError
 from streamcrm.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter, decode_event
 
@@ -118,3 +124,13 @@ def test_republish_sends_whole_payloads_to_their_source_topic_with_their_key() -
 
     assert sent == [("crm.purchases", b"c1", still_invalid.payload())]
     assert (report.sent, report.now_valid, report.truncated) == (1, 0, 1)
+
+
+def test_records_on_the_topic_that_are_not_dead_letters_are_counted_and_skipped() -> None:
+    letter = letter_for(b"{", offset=7)
+    values = [b"\xff\x00 junk", letter.model_dump_json().encode(), None, b"[]", b'{"reason": 1}']
+
+    letters, unreadable = parse_letters(values)
+
+    assert letters == [letter]
+    assert unreadable == 3  # the tombstone (None) is neither
