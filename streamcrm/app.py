@@ -73,6 +73,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             shared_models=True,
             max_event_time_skew=settings.max_event_time_skew,
             pseudonymise=settings.pseudonymise,
+            require_keys=settings.require_message_keys,
         )
     pipeline.topic_ids = topic_ids(
         settings.kafka_bootstrap,
@@ -295,6 +296,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                     message.partition,
                     message.offset,
                     publish=send_score,
+                    key=message.key,
                 )
             except StateBehindError as behind:
                 await catch_up(behind, message.offset)

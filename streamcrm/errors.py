@@ -8,6 +8,7 @@
     │   ├── EventValidationError              JSON, but breaks the event schema
     │   ├── WrongTopicError                   a valid event on a topic that does not carry its type
     │   ├── FutureEventError                  event time too far ahead of the wall clock
+    │   ├── MessageKeyError                   no key, an over-long key, or not the customer's
     │   └── LateEventError                    older than its topic's newest event beyond lateness
     ├── ConfigurationError                    settings that cannot work together
     ├── ServiceError                          an embedded broker or redis-server failed to start
@@ -64,6 +65,15 @@ class FutureEventError(InvalidEventError):
     applied, it would move the watermark into the future and close churn windows early."""
 
     default_code = "future_event_time"
+
+
+class MessageKeyError(InvalidEventError):
+    """A valid event whose message key is missing, too long, or not its ``customer_id``: the
+    topics are partitioned by key, so it could land beside another customer's events, out of
+    reach of the per-partition guard that applies each event once. Codes: ``missing_key``,
+    ``key_too_long``, ``key_mismatch``."""
+
+    default_code = "key_mismatch"
 
 
 class LateEventError(InvalidEventError):

@@ -49,6 +49,7 @@ from pydantic import (
 from streamcrm.errors import (
     EventValidationError,
     FutureEventError,
+    MessageKeyError,
     UndecodableEventError,
     WrongTopicError,
 )
@@ -197,6 +198,44 @@ def decode_privacy_event(raw: bytes) -> PrivacyEvent:
         return PRIVACY_EVENT_ADAPTER.validate_json(raw)
     except ValidationError as error:
         raise _as_invalid_event(error) from None
+
+
+MAX_KEY_BYTES = 256
+"""The longest message key accepted (customer ids are at most 128 ASCII characters)."""
+
+
+def check_message_key(event: Event, key: bytes | None, *also: str) -> None:
+    """Raise ``MessageKeyError`` unless the message ``key`` is the event's ``customer_id``
+    (UTF-8) or one of ``also`` (e.g. the id's pseudonym).
+
+    >>> purchase = PurchaseEvent(event_id="e", customer_id="c1", order_id="o", amount=1.0,
+    ...     items=1, channel="web", occurred_at=datetime(2026, 1, 1, tzinfo=UTC))
+    >>> check_message_key(purchase, b"c1")
+    >>> check_message_key(purchase, None)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamcrm.errors.MessageKeyError: message has no key: ...
+    >>> check_message_key(purchase, b"c2")
+    Traceback (most recent call last):
+    ...
+    streamcrm.errors.MessageKeyError: message key 'c2' is not the event's customer_id 'c1'
+    """
+    if not key:
+        raise MessageKeyError(
+            "message has no key: input messages must be keyed by the event's customer_id",
+            code="missing_key",
+        )
+    if len(key) > MAX_KEY_BYTES:
+        raise MessageKeyError(
+            f"message key of {len(key):,} bytes exceeds {MAX_KEY_BYTES}", code="key_too_long"
+        )
+    expected = {event.customer_id, *also}
+    if key.decode("utf-8", "replace") not in expected:
+        shown = key[:64].decode("utf-8", "backslashreplace")
+        raise MessageKeyError(
+            f"message key {shown!r} is not the event's customer_id {event.customer_id!r}",
+            code="key_mismatch",
+        )
 
 
 def decode_event(
@@ -494,7 +533,8 @@ class DeadLetter(_Record):
             source_topic=source_topic,
             partition=partition,
             offset=offset,
-            key=key.decode("utf-8", "replace") if key is not None else None,
+            # At most MAX_KEY_BYTES of the key: a 100 KB key is not copied into every letter.
+            key=key[:MAX_KEY_BYTES].decode("utf-8", "replace") if key is not None else None,
             error_type=error_type,
             reason_code=reason_code,
             reason=reason,

@@ -34,6 +34,7 @@ from streamcrm.events import (
     ErasureRequested,
     Event,
     ModelMetrics,
+    check_message_key,
     decode_event,
     decode_privacy_event,
 )
@@ -124,7 +125,7 @@ class KeyedLocks:
 
 
 class InputMessage(Protocol):
-    """What the pipeline needs of an input message: where it sits and its bytes."""
+    """What the pipeline needs of an input message: where it sits, its bytes and its key."""
 
     @property
     def topic(self) -> str: ...
@@ -137,6 +138,9 @@ class InputMessage(Protocol):
 
     @property
     def value(self) -> bytes | None: ...
+
+    @property
+    def key(self) -> bytes | None: ...
 
 
 Publish = Callable[[CustomerScore, Sequence[Alert]], Awaitable[None]]
@@ -172,6 +176,7 @@ class ScoringPipeline:
         max_event_time_skew: timedelta | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         pseudonymise: Callable[[str], str] | None = None,
+        require_keys: bool = False,
     ) -> None:
         """``shared_models``: only read the models, queue what they should learn for the one
         shared learner (:class:`SharedLearner`), and follow its checkpoints
@@ -180,8 +185,12 @@ class ScoringPipeline:
         ``max_event_time_skew``: events dated later than ``clock()`` plus this are rejected
         (``FutureEventError``); None accepts any event time. ``pseudonymise``: replaces every
         event's customer id at the edge (see :func:`streamcrm.privacy.pseudonym`), so no id
-        reaches state, scores or models."""
+        reaches state, scores or models. ``require_keys``: an input message whose key is not
+        its event's customer id (or that id's pseudonym) is invalid
+        (:func:`streamcrm.events.check_message_key`); the worker sets it, tests that hand in
+        bare payloads leave it off."""
         self.pseudonymise = pseudonymise
+        self.require_keys = require_keys
         self.store = store
         self.config = config
         self.max_event_time_skew = max_event_time_skew
@@ -442,6 +451,7 @@ class ScoringPipeline:
         partition: int = 0,
         offset: int | None = None,
         publish: Publish | None = None,
+        key: bytes | None = None,
     ) -> ScoredEvent:
         """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
 
@@ -457,7 +467,7 @@ class ScoringPipeline:
         before ``LateEventError`` reports it.
         """
         position = await self._position(topic, partition, offset)
-        event = self._decoded(raw, topic, self._not_after())
+        event = self._decoded(raw, topic, self._not_after(), key)
         if isinstance(event, InvalidEventError):
             self.outcomes["invalid"] += 1
             raise event
@@ -530,7 +540,7 @@ class ScoringPipeline:
         if any(self._mark_field(m.topic, m.partition) not in self._last_marks for m in messages):
             return []
         not_after = self._not_after()
-        events = [self._decoded(m.value or b"", m.topic, not_after) for m in messages]
+        events = [self._decoded(m.value or b"", m.topic, not_after, m.key) for m in messages]
         await self.load_models()
         customers = {event.customer_id for event in events if isinstance(event, BaseEvent)}
         async with self._locks.hold_all(customers):
@@ -562,10 +572,16 @@ class ScoringPipeline:
         return self.clock() + self.max_event_time_skew
 
     def _decoded(
-        self, raw: bytes, topic: str | None, not_after: datetime | None
+        self, raw: bytes, topic: str | None, not_after: datetime | None, key: bytes | None
     ) -> Event | InvalidEventError:
         try:
-            return self._pseudonymised(decode_event(raw, topic, not_after))
+            event = decode_event(raw, topic, not_after)
+            if self.require_keys:
+                pseudonym = (
+                    () if self.pseudonymise is None else (self.pseudonymise(event.customer_id),)
+                )
+                check_message_key(event, key, *pseudonym)
+            return self._pseudonymised(event)
         except InvalidEventError as error:
             return error
 

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description="Events dated more than this ahead of the worker's wall clock are "
         "dead-lettered (future_event_time); unset = accept any event time.",
     )
+    require_message_keys: bool = Field(
+        True,
+        description="An input event whose Kafka message key is missing, longer than 256 "
+        "bytes or not its customer_id (or that id's pseudonym) is dead-lettered "
+        "(missing_key, key_too_long, key_mismatch).",
+    )
     customer_retention_days: float | None = Field(
         400.0,
         gt=0,

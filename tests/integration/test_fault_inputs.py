@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from streamcrm.cli import main
 from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import ModelMetrics, PurchaseEvent
-from streamcrm.kafka_io import ensure_topics
+from streamcrm.events import DeadLetter, ModelMetrics, PurchaseEvent
+from streamcrm.kafka_io import Record, ensure_topics
 from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
 from streamcrm.state import CustomerState
@@ -95,7 +95,8 @@ MALFORMED: dict[str, tuple[str, bytes]] = {
         "too_deep",
         as_bytes(valid_purchase())[:-1] + b', "x": ' + b"[" * 3_000 + b"]" * 3_000 + b"}",
     ),
-    "currency": ("unknown_currency", as_bytes(valid_purchase(currency="XTS"))),
+    # Valid JSON events, refused after decoding: keyed by their own customer, as required.
+    "currency": ("unknown_currency", as_bytes(valid_purchase("currency", currency="XTS"))),
 }
 
 
@@ -287,3 +288,48 @@ def test_with_pseudonymised_ids_no_customer_id_reaches_redis_or_the_scores_topic
     some_customer = sorted(real_ids)[0]
     assert main(["score", some_customer]) == 0  # looked up by the real id
     assert json.loads(capsys.readouterr().out)["state"]["customer_id"].startswith("p-")
+
+
+def test_valid_events_not_keyed_by_their_customer_are_dead_lettered_with_key_reasons(
+    guarded_settings: Settings, worker: None
+) -> None:
+    # Each could land on another partition than its customer's other events, out of reach
+    # of the per-partition guard that applies each event once.
+    settings = guarded_settings
+    assert settings.kafka_bootstrap is not None
+    topics = settings.topics
+    refused = {
+        "key-none": (None, "missing_key"),
+        "key-other": (b"key-good", "key_mismatch"),  # keyed by another customer
+        "key-long": (b"k" * 100_000, "key_too_long"),
+    }
+    letters = TopicReader(settings.kafka_bootstrap, topics.deadletter)
+    try:
+        for customer, (key, _) in refused.items():
+            send_raw(settings, topics.purchases, key, as_bytes(valid_purchase(customer)))
+        send_raw(settings, topics.purchases, b"key-good", as_bytes(valid_purchase("key-good")))
+
+        def ours(records: list[Record]) -> dict[str, DeadLetter]:
+            found = {}
+            for letter in dead_letters(records):
+                if letter.reason_code in {code for _, code in refused.values()}:
+                    customer = json.loads(letter.payload())["customer_id"]
+                    found[customer] = letter
+            return found
+
+        letters.wait_for(lambda records: len(ours(records)) == len(refused))
+        found = ours(letters.records)
+        assert {c: found[c].reason_code for c in refused} == {
+            c: code for c, (_, code) in refused.items()
+        }
+        assert found["key-none"].key is None
+        assert found["key-other"].key == "key-good"
+        long_key = found["key-long"].key
+        assert long_key is not None and len(long_key) == 256  # a bounded copy of the key
+        deadline = time.monotonic() + 60
+        while redis_state(settings, "key-good")[0] is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert redis_state(settings, "key-good")[0] is not None  # the rightly keyed one applies
+        assert all(redis_state(settings, c)[0] is None for c in refused)
+    finally:
+        letters.close()

@@ -62,7 +62,7 @@ def send(settings: Settings, events: Iterable[Event]) -> int:
         producer.close()
 
 
-def send_raw(settings: Settings, topic: str, key: bytes, value: bytes) -> None:
+def send_raw(settings: Settings, topic: str, key: bytes | None, value: bytes) -> None:
     """Produce raw bytes (for malformed messages)."""
     assert settings.kafka_bootstrap is not None
     producer = make_producer(settings.kafka_bootstrap)

@@ -16,6 +16,7 @@ from streamcrm.errors import (
     EventValidationError,
     InvalidEventError,
     LateEventError,
+    MessageKeyError,
     StateBehindError,
     StoreUnavailableError,
     WrongTopicError,
@@ -737,6 +738,7 @@ class SupportMessage:
     offset: int
     partition: int = 0
     topic: str = "crm.support"
+    key: bytes | None = None  # not checked: this pipeline leaves require_keys off
 
 
 class Published:
@@ -800,3 +802,67 @@ async def test_a_batch_publishes_each_score_with_its_alerts_in_order(
     assert [o.alerts for o in outcomes if isinstance(o, ScoredEvent)] == [
         tuple(alerts) for _, alerts in publish.sent
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [
+        (None, "missing_key"),
+        (b"", "missing_key"),
+        (b"c2", "key_mismatch"),
+        (b"c1 ", "key_mismatch"),
+        (b"x" * 100_000, "key_too_long"),
+    ],
+)
+async def test_a_message_not_keyed_by_its_customer_is_invalid_and_saves_nothing(
+    store: InMemoryStateStore, key: bytes | None, code: str
+) -> None:
+    keyed = ScoringPipeline(store, ScoringConfig(), require_keys=True)
+
+    with pytest.raises(MessageKeyError) as refused:
+        await keyed.handle(purchase(), topic="crm.purchases", key=key)
+
+    assert refused.value.code == code
+    assert len(refused.value.reason) < 200  # a 100 KB key is not copied into the reason
+    assert await store.load("c1") is None
+
+
+async def test_a_message_keyed_by_its_customer_or_the_customers_pseudonym_is_scored(
+    store: InMemoryStateStore,
+) -> None:
+    keyed = ScoringPipeline(store, ScoringConfig(), require_keys=True)
+    assert (await keyed.handle(purchase(), topic="crm.purchases", key=b"c1")).score is not None
+
+    hidden = ScoringPipeline(
+        InMemoryStateStore(), ScoringConfig(), require_keys=True, pseudonymise=lambda c: f"p-{c}"
+    )
+    for key in (b"c1", b"p-c1"):  # a producer may key by either
+        scored = await hidden.handle(purchase(day=1.0 if key == b"c1" else 2.0), key=key)
+        assert scored.score is not None and scored.score.customer_id == "p-c1"
+
+
+async def test_in_a_batch_a_wrongly_keyed_message_is_invalid_and_the_rest_are_scored(
+    store: InMemoryStateStore,
+) -> None:
+    @dataclass(frozen=True)
+    class Keyed:
+        value: bytes
+        offset: int
+        key: bytes | None
+        partition: int = 0
+        topic: str = "crm.purchases"
+
+    keyed = ScoringPipeline(store, ScoringConfig(), require_keys=True)
+    # A partition's first message goes one by one (its stored mark is checked first).
+    await keyed.handle(purchase("c0", 0.0), "crm.purchases", 0, 0, key=b"c0")
+    outcomes = await keyed.handle_batch(
+        [
+            Keyed(purchase("c1", 0.0), 1, b"c1"),
+            Keyed(purchase("c2", 0.0), 2, b"c1"),  # keyed by another customer
+            Keyed(purchase("c3", 0.0), 3, None),
+        ]
+    )
+
+    assert isinstance(outcomes[0], ScoredEvent)
+    assert [getattr(o, "code", None) for o in outcomes[1:]] == ["key_mismatch", "missing_key"]
+    assert await store.load("c2") is None and await store.load("c3") is None

@@ -61,6 +61,7 @@ class Message:
     offset: int
     value: bytes | None
     timestamp: float | None = None
+    key: bytes | None = None
 
 
 def test_message_timestamp_is_epoch_seconds_or_none() -> None:
