@@ -280,7 +280,11 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             try:
                 if message.topic == topics.privacy:
                     outcome = await pipeline.handle_privacy(
-                        message.value or b"", message.topic, message.partition, message.offset
+                        message.value or b"",
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        key=message.key,
                     )
                     await publish_model_updates()
                     if outcome.tombstone:

@@ -204,7 +204,7 @@ MAX_KEY_BYTES = 256
 """The longest message key accepted (customer ids are at most 128 ASCII characters)."""
 
 
-def check_message_key(event: Event, key: bytes | None, *also: str) -> None:
+def check_message_key(event: BaseEvent, key: bytes | None, *also: str) -> None:
     """Raise ``MessageKeyError`` unless the message ``key`` is the event's ``customer_id``
     (UTF-8) or one of ``also`` (e.g. the id's pseudonym).
 

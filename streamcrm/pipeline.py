@@ -577,10 +577,7 @@ class ScoringPipeline:
         try:
             event = decode_event(raw, topic, not_after)
             if self.require_keys:
-                pseudonym = (
-                    () if self.pseudonymise is None else (self.pseudonymise(event.customer_id),)
-                )
-                check_message_key(event, key, *pseudonym)
+                check_message_key(event, key, *self._pseudonym_of(event.customer_id))
             return self._pseudonymised(event)
         except InvalidEventError as error:
             return error
@@ -704,14 +701,19 @@ class ScoringPipeline:
         topic: str | None = None,
         partition: int = 0,
         offset: int | None = None,
+        key: bytes | None = None,
     ) -> PrivacyOutcome:
         """Apply an erasure request or a consent record (see :mod:`streamcrm.privacy`).
 
-        Raises ``InvalidEventError`` for a message to dead-letter. An erasure also tells the
-        shared learner to forget the customer; the caller emits the score tombstone.
+        Raises ``InvalidEventError`` for a message to dead-letter (with ``require_keys``, also
+        one not keyed by its customer). An erasure also tells the shared learner to forget the
+        customer; the caller emits the score tombstone.
         """
         try:
-            event = self._pseudonymised(decode_privacy_event(raw))
+            decoded = decode_privacy_event(raw)
+            if self.require_keys:
+                check_message_key(decoded, key, *self._pseudonym_of(decoded.customer_id))
+            event = self._pseudonymised(decoded)
         except InvalidEventError:
             self.outcomes["invalid"] += 1
             raise
@@ -746,6 +748,10 @@ class ScoringPipeline:
                 self._marked(position)
             self.outcomes["consent recorded" if recorded else "duplicate"] += 1
             return PrivacyOutcome(event.customer_id, "consent", None, duplicate=not recorded)
+
+    def _pseudonym_of(self, customer_id: str) -> tuple[str, ...]:
+        """The id's pseudonym, where pseudonymisation is on: a key a producer may use too."""
+        return () if self.pseudonymise is None else (self.pseudonymise(customer_id),)
 
     def _pseudonymised(self, event: _E) -> _E:
         if self.pseudonymise is None:

@@ -866,3 +866,18 @@ async def test_in_a_batch_a_wrongly_keyed_message_is_invalid_and_the_rest_are_sc
     assert isinstance(outcomes[0], ScoredEvent)
     assert [getattr(o, "code", None) for o in outcomes[1:]] == ["key_mismatch", "missing_key"]
     assert await store.load("c2") is None and await store.load("c3") is None
+
+
+async def test_an_erasure_not_keyed_by_its_customer_is_invalid_and_erases_nothing(
+    store: InMemoryStateStore,
+) -> None:
+    keyed = ScoringPipeline(store, ScoringConfig(), require_keys=True)
+    await keyed.handle(purchase(), "crm.purchases", 0, 0, key=b"c1")
+
+    with pytest.raises(MessageKeyError) as refused:
+        await keyed.handle_privacy(privacy("erasure", day=1), key=b"c2")
+
+    assert refused.value.code == "key_mismatch"
+    assert await store.load("c1") is not None  # not erased by a request keyed elsewhere
+    outcome = await keyed.handle_privacy(privacy("erasure", day=1), key=b"c1")
+    assert outcome.tombstone and await store.load("c1") is None
