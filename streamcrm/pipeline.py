@@ -575,10 +575,7 @@ class ScoringPipeline:
         self, raw: bytes, topic: str | None, not_after: datetime | None, key: bytes | None
     ) -> Event | InvalidEventError:
         try:
-            event = decode_event(raw, topic, not_after)
-            if self.require_keys:
-                check_message_key(event, key, *self._pseudonym_of(event.customer_id))
-            return self._pseudonymised(event)
+            return self._admitted(decode_event(raw, topic, not_after), key)
         except InvalidEventError as error:
             return error
 
@@ -710,10 +707,7 @@ class ScoringPipeline:
         customer; the caller emits the score tombstone.
         """
         try:
-            decoded = decode_privacy_event(raw)
-            if self.require_keys:
-                check_message_key(decoded, key, *self._pseudonym_of(decoded.customer_id))
-            event = self._pseudonymised(decoded)
+            event = self._admitted(decode_privacy_event(raw), key)
         except InvalidEventError:
             self.outcomes["invalid"] += 1
             raise
@@ -749,14 +743,16 @@ class ScoringPipeline:
             self.outcomes["consent recorded" if recorded else "duplicate"] += 1
             return PrivacyOutcome(event.customer_id, "consent", None, duplicate=not recorded)
 
-    def _pseudonym_of(self, customer_id: str) -> tuple[str, ...]:
-        """The id's pseudonym, where pseudonymisation is on: a key a producer may use too."""
-        return () if self.pseudonymise is None else (self.pseudonymise(customer_id),)
-
-    def _pseudonymised(self, event: _E) -> _E:
-        if self.pseudonymise is None:
+    def _admitted(self, event: _E, key: bytes | None) -> _E:
+        """A decoded event as the core sees it: its message key checked (``require_keys``;
+        a producer may key by the id or by its pseudonym) and its id pseudonymised, the
+        pseudonym computed once for both. Raises ``MessageKeyError``."""
+        pseudonym = None if self.pseudonymise is None else self.pseudonymise(event.customer_id)
+        if self.require_keys:
+            check_message_key(event, key, *(() if pseudonym is None else (pseudonym,)))
+        if pseudonym is None:
             return event
-        return event.model_copy(update={"customer_id": self.pseudonymise(event.customer_id)})
+        return event.model_copy(update={"customer_id": pseudonym})
 
     async def _position(
         self, topic: str | None, partition: int, offset: int | None

@@ -215,12 +215,7 @@ class ModelBundle:
                         RepeatBuying(first, first, 1, stats.mean_spend), as_of, horizons
                     )
                     assert newcomer is not None, "fitted above"
-                fresh = newcomer[index]
-                per_new_buyer = (
-                    fresh.expected_purchases / fresh.probability_of_purchase
-                    if fresh.probability_of_purchase > 1e-12
-                    else 1.0
-                )
+                per_new_buyer = newcomer[index].purchases_if_buying
                 expected = forecast.expected_purchases + (buys - bgnbd_buys) * per_new_buyer
             corrected.append(
                 replace(forecast, probability_of_purchase=buys, expected_purchases=expected)

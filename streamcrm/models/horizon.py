@@ -284,7 +284,7 @@ class PurchaseHorizonModel:
         known = first < s
         known &= np.fromiter((h.known_from for h in histories), np.float64, len(histories)) < s
         counts = np.fromiter(
-            (h.earlier + _count_before(h.times, s) for h in histories), np.float64, len(histories)
+            (h.earlier + bisect_left(h.times, s) for h in histories), np.float64, len(histories)
         )
         last = np.fromiter((_last_before(h, s) for h in histories), np.float64, len(histories))
         return counts, last - first, np.maximum(s - first, 0.0), known
@@ -362,10 +362,6 @@ class PurchaseHorizonModel:
         for value, centre, slope in zip(row, means, slopes, strict=True):
             logit += slope * (value - centre)
         return 1.0 / (1.0 + math.exp(-max(min(logit, 35.0), -35.0)))
-
-
-def _count_before(times: list[float], at: float) -> int:
-    return bisect_left(times, at)
 
 
 def _last_before(history: _History, at: float) -> float:

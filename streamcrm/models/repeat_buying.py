@@ -295,6 +295,13 @@ class RepeatBuyingForecast:
         """Expected purchases × expected spend per purchase (undiscounted)."""
         return self.expected_purchases * self.expected_spend
 
+    @property
+    def purchases_if_buying(self) -> float:
+        """E[X] / P(X > 0): the purchases of a customer who buys at all (1 where P is 0)."""
+        if self.probability_of_purchase <= 1e-12:
+            return 1.0
+        return self.expected_purchases / self.probability_of_purchase
+
 
 class RepeatBuyingModel:
     """BG/NBD + Gamma-Gamma population parameters, refitted on a sample of customers.
