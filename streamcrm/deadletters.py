@@ -10,13 +10,15 @@ original key, so they meet their customer's other events on the same partition a
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from streamcrm.events import DeadLetter, decode_event
+from streamcrm.errors import InvalidEventError
+from streamcrm.events import DeadLetter, decode_event, decode_privacy_event
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ def parse_letters(values: Iterable[bytes | None]) -> tuple[list[DeadLetter], int
     not dead letters (written there by something else, or damaged): those are counted and
     skipped, never a crash. Tombstones (None) are neither.
 
+    A letter whose payload does not come back whole (``raw`` not base64 where it says so, or
+    an uncut payload of another size than ``raw_size``) is damaged too: re-publishing it
+    would send bytes that are not the message.
+
     >>> letters, unreadable = parse_letters([b"not json", None, b'{"a": 1}'])
     >>> (letters, unreadable)
     ([], 2)
@@ -52,10 +58,33 @@ def parse_letters(values: Iterable[bytes | None]) -> tuple[list[DeadLetter], int
         if value is None:
             continue
         try:
-            letters.append(DeadLetter.model_validate_json(value))
+            letter = DeadLetter.model_validate_json(value)
         except ValidationError:
             unreadable += 1
+            continue
+        if _payload_intact(letter):
+            letters.append(letter)
+        else:
+            unreadable += 1
     return letters, unreadable
+
+
+def _payload_intact(letter: DeadLetter) -> bool:
+    """Whether the letter's payload decodes (strictly: ``payload`` would skip stray
+    characters in base64) to as many bytes as it says it holds.
+
+    >>> _payload_intact(DeadLetter(source_topic="t", partition=0, offset=0, key=None,
+    ...     error_type="E", reason="r", raw="abc", raw_encoding="base64", raw_size=2))
+    False
+    """
+    try:
+        if letter.raw_encoding == "base64":
+            size = len(base64.b64decode(letter.raw, validate=True))
+        else:
+            size = len(letter.raw.encode("utf-8"))
+    except ValueError:  # binascii.Error, non-ASCII base64, UnicodeEncodeError
+        return False
+    return letter.raw_truncated or size == letter.raw_size
 
 
 def parse_position(text: str) -> tuple[str, int, int]:
@@ -98,11 +127,13 @@ def summarise(letters: Iterable[DeadLetter]) -> list[ReasonSummary]:
 
 @dataclass(frozen=True)
 class RepublishReport:
-    """What ``republish`` did: sent, of which now valid, and letters it could not send."""
+    """What ``republish`` did: sent, of which now valid, and letters it could not send
+    (``truncated``: a cut payload; ``damaged``: a payload or key that does not decode)."""
 
     sent: int = 0
     now_valid: int = 0
     truncated: int = 0
+    damaged: int = 0
 
 
 def republish(
@@ -112,24 +143,47 @@ def republish(
     """Send each letter's payload back to its source topic with its original key.
 
     ``send(topic, key, value)`` publishes one message. A letter whose payload was cut
-    (``raw_truncated``) is not sent: part of a message is not the message. ``now_valid``
-    counts the payloads that pass today's validation (the rest will be dead-lettered again,
-    with the then current reason).
+    (``raw_truncated``) is not sent: part of a message is not the message; nor is one whose
+    payload or key cannot be turned back into bytes (``damaged``; :func:`parse_letters`
+    leaves such letters out already). ``now_valid`` counts the payloads that pass today's
+    validation for their topic (the rest will be dead-lettered again, with the then current
+    reason).
     """
-    sent = now_valid = truncated = 0
+    sent = now_valid = truncated = damaged = 0
     for letter in letters:
         if letter.raw_truncated:
             truncated += 1
             continue
-        payload = letter.payload()
-        send(letter.source_topic, letter.key.encode() if letter.key else None, payload)
-        sent += 1
         try:
-            decode_event(payload, letter.source_topic)
-        except ValueError:
+            payload = letter.payload()
+            key = letter.key.encode() if letter.key else None
+        except ValueError:  # binascii.Error, UnicodeEncodeError
+            damaged += 1
             continue
-        now_valid += 1
-    return RepublishReport(sent=sent, now_valid=now_valid, truncated=truncated)
+        send(letter.source_topic, key, payload)
+        sent += 1
+        now_valid += _passes_validation(payload, letter.source_topic)
+    return RepublishReport(sent=sent, now_valid=now_valid, truncated=truncated, damaged=damaged)
+
+
+def _passes_validation(payload: bytes, topic: str) -> bool:
+    """Whether ``payload`` is an event the worker would take from ``topic`` today (its key
+    aside): an erasure or a consent on the privacy topic, an input event elsewhere.
+
+    >>> erasure = (b'{"type": "erasure", "event_id": "e", "customer_id": "c",'
+    ...     b' "occurred_at": "2026-03-01T00:00:00Z"}')
+    >>> _passes_validation(erasure, "crm.privacy"), _passes_validation(erasure, "crm.support")
+    (True, False)
+    """
+    try:
+        # The topic's kind is its name's last dot-separated part, as for decode_event.
+        if topic.rsplit(".", 1)[-1] == "privacy":
+            decode_privacy_event(payload)
+        else:
+            decode_event(payload, topic)
+    except InvalidEventError:
+        return False
+    return True
 
 
 def format_summary(summaries: Sequence[ReasonSummary], total: int) -> str:

@@ -134,3 +134,59 @@ def test_records_on_the_topic_that_are_not_dead_letters_are_counted_and_skipped(
 
     assert letters == [letter]
     assert unreadable == 3  # the tombstone (None) is neither
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"raw": "abc"},  # not base64 (no padding)
+        {"raw": "é5Q=="},  # not ASCII
+        {"raw_size": 3},  # an uncut payload of another size than recorded
+    ],
+)
+def test_a_letter_whose_payload_does_not_come_back_whole_is_skipped_not_republished(
+    change: dict[str, object],
+) -> None:
+    whole = letter_for(b"\xff\xfe\x00garbage")
+    damaged = whole.model_copy(update=change).model_dump_json().encode()
+
+    letters, unreadable = parse_letters([damaged, whole.model_dump_json().encode()])
+
+    assert (letters, unreadable) == ([whole], 1)
+
+
+def test_republish_counts_a_letter_it_cannot_turn_back_into_bytes_instead_of_crashing() -> None:
+    damaged = letter_for(b"\xff{").model_copy(update={"raw": "abc"})
+    sent: list[tuple[str, bytes | None, bytes]] = []
+
+    report = republish([damaged], lambda t, k, v: sent.append((t, k, v)))
+
+    assert (sent, report.sent, report.damaged) == ([], 0, 1)
+
+
+def test_a_republished_erasure_or_consent_passes_validation_on_the_privacy_topic() -> None:
+    erasure = {
+        "type": "erasure",
+        "event_id": "e1",
+        "customer_id": "c1",
+        "occurred_at": "2026-01-05T10:00:00Z",
+    }
+    letters = [
+        DeadLetter.of(
+            json.dumps(fields).encode(),
+            source_topic="crm.privacy",
+            partition=0,
+            offset=offset,
+            key=b"c1",
+            error_type="MessageKeyError",
+            reason_code="key_mismatch",
+            reason="keyed by another customer",
+        )
+        for offset, fields in enumerate(
+            [erasure, {**erasure, "type": "consent"}, json.loads(VALID)]
+        )
+    ]
+
+    report = republish(letters, lambda t, k, v: None)
+
+    assert (report.sent, report.now_valid) == (3, 2)  # a purchase is no privacy event
