@@ -46,7 +46,13 @@ from streamcrm.outbox import OutboxPublisher
 from streamcrm.pipeline import InputMessage, ScoringPipeline, SharedLearner, SweepReport
 from streamcrm.settings import Settings
 from streamcrm.store import OutboxRecord, RedisStateStore
-from streamcrm.web import SAMPLE_INTERVAL_S, message_timestamp, register_web_views, scored_in
+from streamcrm.web import (
+    SAMPLE_INTERVAL_S,
+    forget_customers,
+    message_timestamp,
+    register_web_views,
+    scored_in,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +109,6 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         consumer_auto_offset_reset="earliest",
     )
     topics = settings.topics
-    scores_topic = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
     deadletter_topic = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
     metrics_topic = app.topic(topics.model_metrics, key_serializer="raw", value_serializer="raw")
     alerts_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
@@ -239,7 +244,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             for topic, partition in sorted({(m.topic, m.partition) for m in messages}):
                 await held.enter_async_context(partition_lock(topic, partition))
             try:
-                outcomes = await pipeline.handle_batch(messages, send_score)
+                outcomes = await pipeline.handle_batch(messages)
             except Exception:  # noqa: BLE001 - nothing of the batch is lost: one by one instead
                 logger.exception(
                     "batch of %d messages failed; handling them one by one", len(messages)
@@ -249,18 +254,18 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                 if isinstance(outcome, Exception):
                     await send_dead_letter(message, outcome)
             done = len(outcomes)
-            metrics.note_scores(scored_in(messages, outcomes), time.time())
             handled(messages[:done])
+        await publish_outputs({m.partition for m in messages[:done]})
+        metrics.note_scores(scored_in(messages, outcomes), time.time())
         for message in messages[done:]:
             await handle_message(message)
         await publish_model_updates()
 
-    async def send_score(score: CustomerScore, alerts: Sequence[Alert]) -> None:
-        """Send a score, then the alerts it raised, both keyed by the customer."""
-        key = score.customer_id.encode()
-        await scores_topic.send(key=key, value=score.model_dump_json().encode())
-        for alert in alerts:
-            await send_alert(key, alert)
+    async def publish_outputs(partitions: Iterable[int]) -> None:
+        """Publish the outboxes the event path has just written to (scores and alerts), so
+        they go out as soon as they are saved; what fails stays for the next try."""
+        for partition in sorted(partitions):
+            await drain_outbox(partition)
 
     async def send_alert(key: bytes, alert: Alert) -> None:
         await alerts_topic.send(key=key, value=alert.model_dump_json().encode())
@@ -287,6 +292,8 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                         key=message.key,
                     )
                     await publish_model_updates()
+                    if outcome.action == "erasure":
+                        forget_customers({outcome.customer_id}, metrics, recent_alerts)
                     if outcome.tombstone:
                         # A null value on the compacted scores topic deletes the record.
                         await app.producer.send(
@@ -299,7 +306,6 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                     message.topic,
                     message.partition,
                     message.offset,
-                    publish=send_score,
                     key=message.key,
                 )
             except StateBehindError as behind:
@@ -307,7 +313,9 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
                 continue  # then this message, on a store that is whole again
             except Exception as error:  # noqa: BLE001 - every failure is dead-lettered
                 await dead_letter(message, error, catching_up)
+                await publish_outputs([message.partition])  # a late event's, if any
                 return
+            await publish_outputs([message.partition])
             if scored.score is not None:
                 metrics.note_scores([(message_timestamp(message), scored.score)], time.time())
             await publish_model_updates()
@@ -409,12 +417,15 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     output_topics.on_sent = lambda records: note_outputs(records)
 
     def note_outputs(records: Sequence[OutboxRecord]) -> None:
-        """Count what the outbox published and show it as the event path's outputs are."""
+        """Count what the outbox published; show its alerts, and its re-scores (event scores
+        are shown by the agents, with their latency)."""
         rescores = []
         for record in records:
             metrics.count_out(output_topics.topic_names[record.kind])
             if record.kind == "scores":
-                rescores.append((None, CustomerScore.model_validate_json(record.value)))
+                score = CustomerScore.model_validate_json(record.value)
+                if score.trigger != "event":
+                    rescores.append((None, score))
             elif record.kind == "alerts":
                 recent_alerts.append(Alert.model_validate_json(record.value))
         metrics.note_scores(rescores, time.time())

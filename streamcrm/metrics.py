@@ -253,6 +253,15 @@ class RecentScores:
         while len(self._latest) > self.capacity:
             self._latest.popitem(last=False)
 
+    def customer_ids(self) -> list[str]:
+        """The customers kept."""
+        return list(self._latest)
+
+    def forget(self, customer_ids: Iterable[str]) -> None:
+        """Drop these customers (erased): no view shows them again."""
+        for customer_id in customer_ids:
+            self._latest.pop(customer_id, None)
+
     def points(self, limit: int = 500) -> list[MapPoint]:
         """The ``limit`` customers scored most recently, oldest first."""
         return list(self._latest.values())[-limit:] if limit > 0 else []

@@ -1,16 +1,22 @@
 """Publishing an input partition's outbox: outputs written with the state, sent from there.
 
-A sweep's re-score and its alerts are written into the partition's outbox in the same atomic
-store step as the customer state that records them (see :mod:`streamcrm.store`). The
-:class:`OutboxPublisher` then sends them and clears them once the broker acknowledged every
-one, so a crash can neither lose them nor, with the recovery check below, send them twice:
+Every score (an event's, or a sweep's re-score) and the alerts it raised are written into the
+input partition's outbox in the same atomic store step as the customer state and the offset
+mark that record them (see :mod:`streamcrm.store`). The :class:`OutboxPublisher` then sends
+them and clears them once the broker acknowledged every one, so a crash can neither lose them
+nor, with the recovery check below, send them twice:
 
 - killed **before** the acknowledgement: the outputs are still in the outbox, and the restarted
   worker (or the partition's next owner) sends them;
-- killed **after** the acknowledgement but before the outbox was cleared: before sending, each
-  drain saved the end offsets of the output topic partitions it was about to write to. The
-  first drain of a partition in a process reads those topic partitions from the saved offsets
-  and leaves out every output whose id it finds there.
+- killed **after** the acknowledgement but before the outbox was cleared: before sending, a
+  drain makes sure end offsets of the output topic partitions it is about to write to are
+  saved, from no later than now. The first drain of a partition in a process reads those
+  topic partitions from the saved offsets and leaves out every output whose id it finds there.
+
+Saving end offsets costs a broker round trip, so a drain saves them afresh only when a
+destination has none saved yet or :data:`RESAVE_AFTER` outputs went out since: older saved
+offsets are still correct (the check reads from an earlier point, so it reads more, never
+misses), and this bounds how much a recovery reads.
 
 Outputs have deterministic ids (a re-score's ``event_id``, an alert's ``alert_id``), which is
 what the recovery check matches on, and what a downstream consumer can de-duplicate on too.
@@ -18,6 +24,7 @@ what the recovery check matches on, and what a downstream consumer can de-duplic
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
@@ -28,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 OUTBOX_BATCH = 500
 """Outputs sent per drain step at most (a drain repeats until the outbox is empty)."""
+RESAVE_AFTER = 5_000
+"""Outputs of one input partition sent before its saved output end offsets are renewed."""
 
 TopicPartition = tuple[str, int]
 
@@ -65,10 +74,17 @@ def _parsed(field: str) -> TopicPartition:
 class OutboxPublisher:
     """Sends the outboxes of the input partitions this worker owns, each exactly once."""
 
-    def __init__(self, store: StateStore, output: OutputTopics, batch: int = OUTBOX_BATCH) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        output: OutputTopics,
+        batch: int = OUTBOX_BATCH,
+        resave_after: int = RESAVE_AFTER,
+    ) -> None:
         self.store = store
         self.output = output
         self.batch = batch
+        self.resave_after = resave_after
         self.sent = 0
         """Outputs sent since start."""
         self.recovered = 0
@@ -76,14 +92,26 @@ class OutboxPublisher:
         self._checked: set[int] = set()
         """Input partitions whose outbox was checked against the topics since this worker
         took them over."""
+        self._saved: dict[int, tuple[set[TopicPartition], int]] = {}
+        """Per input partition: the output topic partitions whose end offsets this worker
+        saved for it, and how many outputs it sent since."""
+        self._draining: dict[int, asyncio.Lock] = {}
+        """One lock per input partition: two drains of one outbox never overlap (both would
+        send the same records, and each would clear its count)."""
 
     def release(self, owned: Iterable[int]) -> None:
         """Forget the recovery check of partitions no longer owned: another worker may publish
         their outbox meanwhile, so taking one back means checking it again."""
         self._checked &= set(owned)
+        for partition in set(self._saved) - set(owned):
+            del self._saved[partition]
 
     async def drain(self, partition: int) -> int:
         """Send everything waiting in ``partition``'s outbox; the number of outputs sent."""
+        async with self._draining.setdefault(partition, asyncio.Lock()):
+            return await self._drain(partition)
+
+    async def _drain(self, partition: int) -> int:
         sent = 0
         while True:
             records = await self.store.outbox(partition, self.batch)
@@ -95,15 +123,27 @@ class OutboxPublisher:
                 to_send = await self._not_yet_published(partition, records)
                 self._checked.add(partition)
             if to_send:
-                destinations = {self.output.topic_partition(record) for record in to_send}
-                ends = await self.output.end_offsets(destinations)
-                await self.store.set_outbox_from(
-                    partition, {_field(tp): offset for tp, offset in ends.items()}
-                )
+                await self._save_end_offsets(partition, to_send)
                 await self.output.send_all(to_send)
             await self.store.clear_outbox(partition, len(records))
             sent += len(to_send)
             self.sent += len(to_send)
+
+    async def _save_end_offsets(self, partition: int, records: Sequence[OutboxRecord]) -> None:
+        """Make sure the recovery check of ``partition`` would read every destination of
+        ``records`` from no later than now."""
+        destinations = {self.output.topic_partition(record) for record in records}
+        saved, sent_since = self._saved.get(partition, (set(), 0))
+        if destinations <= saved and sent_since < self.resave_after:
+            self._saved[partition] = (saved, sent_since + len(records))
+            return
+        # Renewing: every destination saved before is renewed too (its offset moves on).
+        wanted = destinations | saved
+        ends = await self.output.end_offsets(wanted)
+        await self.store.set_outbox_from(
+            partition, {_field(tp): offset for tp, offset in ends.items()}
+        )
+        self._saved[partition] = (wanted, len(records))
 
     async def _not_yet_published(
         self, partition: int, records: Sequence[OutboxRecord]

@@ -1,8 +1,8 @@
 """The one seam where the pure scoring core meets I/O.
 
-``raw bytes → decode/validate → load state → score_event (pure) → save state → score and
-alerts``. The caller (a Faust agent, a test) emits the score and its alerts, and dead-letters
-what raises.
+``raw bytes → decode/validate → load state → score_event (pure) → save state with its score
+and alerts in the partition's outbox``. The caller (a Faust agent, a test) publishes the
+outbox (:class:`streamcrm.outbox.OutboxPublisher`) and dead-letters what raises.
 
 While the store is unavailable the pipeline waits and retries each store call: the message
 is fine, so dead-lettering it would drop a good event from the live path, and retrying the
@@ -28,9 +28,7 @@ from streamcrm.errors import (
     StoreUnavailableError,
 )
 from streamcrm.events import (
-    Alert,
     BaseEvent,
-    CustomerScore,
     ErasureRequested,
     Event,
     ModelMetrics,
@@ -45,7 +43,6 @@ from streamcrm.state import CustomerState, topic_kind
 from streamcrm.store import (
     InputPosition,
     LedgerDue,
-    OutboxRecord,
     PendingWrite,
     SaveResult,
     StateStore,
@@ -142,10 +139,6 @@ class InputMessage(Protocol):
     @property
     def key(self) -> bytes | None: ...
 
-
-Publish = Callable[[CustomerScore, Sequence[Alert]], Awaitable[None]]
-"""Sends a new score on (to the scores topic) with the alerts it raised (to the alerts topic),
-so that alerts go out exactly when, and in the order, their scores do."""
 
 BatchOutcome = ScoredEvent | Exception
 """What one message of a batch came to: its scored event, or the error to dead-letter it
@@ -369,12 +362,8 @@ class ScoringPipeline:
             return SweepReport(customers=1)
         queued = self._queued_updates()
         swept = sweep_customer(state, watermark, self.models, self.config, self.updates)
-        outbox: tuple[OutboxRecord, ...] = ()
-        if swept.score is not None:
-            outbox = (
-                OutboxRecord.of_score(swept.score),
-                *(OutboxRecord.of_alert(alert) for alert in swept.alerts),
-            )
+        outputs = [(swept.score, swept.alerts)] if swept.score is not None else []
+        outbox = PendingWrite.outputs_of(outputs)
         saved = await _until_available(
             lambda: self.store.save(
                 swept.state, swept.score, LedgerDue(partition, swept.due_at), None, outbox
@@ -450,15 +439,15 @@ class ScoringPipeline:
         topic: str | None = None,
         partition: int = 0,
         offset: int | None = None,
-        publish: Publish | None = None,
         key: bytes | None = None,
     ) -> ScoredEvent:
         """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
 
-        ``publish`` is given the new score, if any, and the alerts it raised, while the
-        customer's lock is still held: so scores go out in the order their states were saved,
-        the last score of a customer on a compacted topic is the one in the store, and an
-        alert goes out once, with its score (a redelivered message publishes nothing).
+        The new score, if any, and the alerts it raised are written to the partition's outbox
+        in the same atomic step as the state (see :mod:`streamcrm.outbox`): so they go out in
+        the order the states were saved, the last score of a customer on a compacted topic
+        is the one in the store, and an applied event's outputs are published even if the
+        worker dies right after the save (a redelivered message writes nothing new).
 
         ``partition`` is the input partition the message came from (it files the customer in
         the due index). With ``topic`` and ``offset`` given, the save also moves the partition's
@@ -490,6 +479,7 @@ class ScoringPipeline:
                     scored.state,
                     scored.score,
                     due,
+                    PendingWrite.outputs_of(scored.outputs),
                     event_time=event.occurred_at if scored.late_by is None else None,
                 )
                 (saved,) = await _until_available(
@@ -506,9 +496,6 @@ class ScoringPipeline:
                         self.outcomes["erased customer"] += 1
                         return ScoredEvent(state=scored.state, score=None, erased=True)
                     scored = ScoredEvent(state=state or scored.state, score=None, duplicate=True)
-                if publish is not None:
-                    for score, alerts in scored.outputs:
-                        await publish(score, alerts)
         self._count(scored, event.occurred_at, (topic, partition) if topic else None)
         if scored.late_by is not None:
             raise self._late_error(event, scored)
@@ -523,9 +510,7 @@ class ScoringPipeline:
             "counted as late, not applied"
         )
 
-    async def handle_batch(
-        self, messages: Sequence[InputMessage], publish: Publish | None = None
-    ) -> list[BatchOutcome]:
+    async def handle_batch(self, messages: Sequence[InputMessage]) -> list[BatchOutcome]:
         """Score a batch of input messages as :meth:`handle` would one by one, with one Redis
         round trip to load their customers and one to save everything.
 
@@ -534,8 +519,8 @@ class ScoringPipeline:
         refused (a redelivered message, a store behind), since every later message of the batch
         was scored on top of it, and for a whole batch holding a partition's first message in
         this process (whose stored mark must be checked first). Outcomes that are exceptions
-        are to be dead-lettered; their offset marks have moved already. ``publish`` is given
-        each new score and its alerts as :meth:`handle` gives them.
+        are to be dead-lettered; their offset marks have moved already. Outputs go to the
+        outbox as :meth:`handle`'s do.
         """
         if any(self._mark_field(m.topic, m.partition) not in self._last_marks for m in messages):
             return []
@@ -557,13 +542,7 @@ class ScoringPipeline:
             except BaseException:
                 self._drop_updates_from(queued)
                 raise
-            outcomes = self._settled(planned, results)
-            if publish is not None:
-                for outcome in outcomes:
-                    if isinstance(outcome, ScoredEvent):
-                        for score, alerts in outcome.outputs:
-                            await publish(score, alerts)
-        return outcomes
+            return self._settled(planned, results)
 
     def _not_after(self) -> datetime | None:
         """The latest event time accepted now (None: any)."""
@@ -629,12 +608,13 @@ class ScoringPipeline:
         if scored.duplicate:
             return _Planned(scored, None, queued, event.occurred_at)
         states[event.customer_id] = scored.state
+        outbox = PendingWrite.outputs_of(scored.outputs)
         if scored.late_by is not None:
-            write = PendingWrite(position, scored.state, scored.score)
+            write = PendingWrite(position, scored.state, scored.score, outbox=outbox)
             return _Planned(self._late_error(event, scored), write, queued)
         due = LedgerDue(position.partition, scored.due_at)
         write = PendingWrite(
-            position, scored.state, scored.score, due, event_time=event.occurred_at
+            position, scored.state, scored.score, due, outbox, event_time=event.occurred_at
         )
         return _Planned(scored, write, queued, event.occurred_at)
 
@@ -706,12 +686,14 @@ class ScoringPipeline:
         one not keyed by its customer). An erasure also tells the shared learner to forget the
         customer; the caller emits the score tombstone.
         """
+        # The position first, as for events: a dead letter moves the partition's mark, so the
+        # partition must be known (and its stored mark checked) even when nothing decodes.
+        position = await self._position(topic, partition, offset)
         try:
             event = self._admitted(decode_privacy_event(raw), key)
         except InvalidEventError:
             self.outcomes["invalid"] += 1
             raise
-        position = await self._position(topic, partition, offset)
         async with self._locks.hold(event.customer_id):
             if isinstance(event, ErasureRequested):
                 report = await _until_available(
@@ -722,13 +704,15 @@ class ScoringPipeline:
                 )
                 if not report.already_applied:
                     self._marked(position)
-                if report.already_applied:
-                    self.outcomes["duplicate"] += 1
-                    return PrivacyOutcome(event.customer_id, "erasure", report, duplicate=True)
+                # Even for a redelivered request: what followed the first (the learner's
+                # forget, the tombstone) may have died with the worker. Both are idempotent.
                 if self.updates is not None:
                     self.updates.forget(event.customer_id)
                 else:
                     self.models.forget(event.customer_id)
+                if report.already_applied:
+                    self.outcomes["duplicate"] += 1
+                    return PrivacyOutcome(event.customer_id, "erasure", report, duplicate=True)
                 self.outcomes["erased"] += 1
                 logger.info(
                     "erased subject %s (state deleted: %s)", report.subject, report.state_deleted
@@ -873,7 +857,9 @@ class PrivacyOutcome:
 
     @property
     def tombstone(self) -> bool:
-        return self.action == "erasure" and not self.duplicate
+        """Every erasure, a redelivered one too: the first one's tombstone may not have been
+        sent before a crash, and a second tombstone changes nothing."""
+        return self.action == "erasure"
 
 
 def _hours(delta: timedelta) -> str:

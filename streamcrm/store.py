@@ -170,10 +170,33 @@ class PendingWrite:
     score: CustomerScore | None = None
     due: LedgerDue | None = None
     outbox: tuple[OutboxRecord, ...] = ()
-    """Outputs to append to the outbox of ``due``'s partition in the same step."""
+    """Outputs (the new score, re-scores, their alerts) to append in the same step to the
+    outbox of :attr:`partition`."""
     event_time: datetime | None = None
     """The applied event's time: kept per input partition with its mark (the newest), so a
     restarted worker knows its watermark before any new message arrives."""
+
+    @property
+    def partition(self) -> int:
+        """The input partition whose due index and outbox the write goes to: the due entry's,
+        else the message's (a late event files no due entry but may still have outputs)."""
+        if self.due is not None:
+            return self.due.partition
+        return self.position.partition if self.position is not None else 0
+
+    @classmethod
+    def outputs_of(
+        cls, outputs: Sequence[tuple[CustomerScore, Sequence[Alert]]]
+    ) -> tuple[OutboxRecord, ...]:
+        """Outbox records of scores and the alerts each raised, in publishing order."""
+        return tuple(
+            record
+            for score, alerts in outputs
+            for record in (
+                OutboxRecord.of_score(score),
+                *(OutboxRecord.of_alert(alert) for alert in alerts),
+            )
+        )
 
 
 def offsets_key(namespace: str) -> str:
@@ -277,6 +300,10 @@ class StateStore(Protocol):
         """The newest privacy audit records (action, subject hash, at), oldest first."""
         ...
 
+    async def erased_among(self, customer_ids: Sequence[str]) -> set[str]:
+        """Those of ``customer_ids`` erased (and not re-consented): one round trip."""
+        ...
+
     async def applied_offset(self, position: InputPosition) -> int | None:
         """The offset mark of ``position``'s topic partition (None: nothing applied yet)."""
         ...
@@ -365,9 +392,7 @@ class InMemoryStateStore:
                 assert write.position is not None, "a mark-only write needs a position"
                 result = await self.mark_applied(write.position)
             else:
-                result = await self.save(
-                    write.state, write.score, write.due, write.position, write.outbox
-                )
+                result = await self._save(write)
             results.append(result)
             if result != SaveResult.APPLIED:
                 break
@@ -388,6 +413,11 @@ class InMemoryStateStore:
         position: InputPosition | None = None,
         outbox: Sequence[OutboxRecord] = (),
     ) -> SaveResult:
+        return await self._save(PendingWrite(position, state, score, due, tuple(outbox)))
+
+    async def _save(self, write: PendingWrite) -> SaveResult:
+        state, score, due, position = write.state, write.score, write.due, write.position
+        assert state is not None, "a save writes a state"
         if self._behind(position):
             return SaveResult.STATE_BEHIND
         if not self._advance_mark(position):
@@ -406,8 +436,8 @@ class InMemoryStateStore:
                 index.pop(state.customer_id, None)
             else:
                 index[state.customer_id] = due.at
-        if outbox:
-            self._outbox.setdefault(due.partition if due else 0, []).extend(outbox)
+        if write.outbox:
+            self._outbox.setdefault(write.partition, []).extend(write.outbox)
         return SaveResult.APPLIED
 
     async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
@@ -472,6 +502,9 @@ class InMemoryStateStore:
         self._erased.pop(subject, None)
         self.audit.append(_audit_record("consent", subject, at, False))
         return True
+
+    async def erased_among(self, customer_ids: Sequence[str]) -> set[str]:
+        return {c for c in customer_ids if subject_hash(self._privacy_key, c) in self._erased}
 
     async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
         return [dict(record) for record in self.audit[-count:]]
@@ -736,7 +769,7 @@ class RedisStateStore:
     def _write_keys(self, write: PendingWrite, offsets: str) -> tuple[str, str, str]:
         if write.state is None:  # a mark-only write touches no customer: any key will do
             return offsets, offsets, offsets
-        partition = write.due.partition if write.due else 0
+        partition = write.partition
         return (
             self.customer_key(write.state.customer_id),
             due_key(self._namespace, partition),
@@ -818,6 +851,14 @@ class RedisStateStore:
             {_text(name): _text(value) for name, value in (fields or {}).items()}
             for _, fields in reversed(entries or [])
         ]
+
+    async def erased_among(self, customer_ids: Sequence[str]) -> set[str]:
+        if not customer_ids:
+            return set()
+        subjects = [subject_hash(self._privacy_key, c) for c in customer_ids]
+        with _unavailable_as_store_error():
+            marks = await self._redis.hmget(erased_key(self._namespace), subjects)
+        return {c for c, mark in zip(customer_ids, marks, strict=True) if mark is not None}
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
         index = due_key(self._namespace, partition)

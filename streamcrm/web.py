@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,10 +32,12 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from streamcrm.errors import StoreUnavailableError
 from streamcrm.events import Alert, CustomerScore
 from streamcrm.metrics import PartitionPosition, WorkerMetrics
 from streamcrm.pipeline import MODEL_CHECKPOINT, BatchOutcome, InputMessage, ScoringPipeline
 from streamcrm.scoring import ScoredEvent
+from streamcrm.store import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +112,17 @@ def register_web_views(
     pipeline: ScoringPipeline,
     metrics: WorkerMetrics,
     watched_topics: Iterable[str],
-    recent_alerts: Iterable[Alert] = (),
+    recent_alerts: deque[Alert] | None = None,
 ) -> None:
     """Add the traffic sensor, the sampling timer and the HTTP routes to ``app``.
 
     ``watched_topics``: the consumed topics whose positions (and lag) are reported.
     ``recent_alerts``: the alerts the worker sent, newest last, kept up to date by the caller
-    (``/api/overview`` shows them).
+    (``/api/overview`` shows them). Before each overview, the customers it would show are
+    checked against the erasure block list and the erased ones forgotten
+    (:func:`forget_erased`), so no worker serves a customer erased by another.
     """
+    alerts_shown: deque[Alert] = deque() if recent_alerts is None else recent_alerts
     watched = tuple(watched_topics)
     app.sensors.add(TrafficSensor(metrics))
     broker_seen: list[float] = []
@@ -186,8 +192,13 @@ def register_web_views(
 
     class Overview(View):
         async def get(self, request: Request) -> Response:
+            try:
+                await forget_erased(pipeline.store, metrics, alerts_shown)
+            except StoreUnavailableError as error:
+                # Fail closed: without the block list, an erased customer could be shown.
+                return self.json({"error": f"cannot check erasures: {error}"}, status=503)
             return self.json(
-                metrics.overview(datetime.now(UTC), list(recent_alerts), pipeline.models.version)
+                metrics.overview(datetime.now(UTC), list(alerts_shown), pipeline.models.version)
             )
 
     app.page("/metrics", name="streamcrm-metrics")(Metrics)
@@ -195,6 +206,31 @@ def register_web_views(
     app.page("/readyz", name="streamcrm-readyz")(Ready)
     app.page("/customers/{customer_id}", name="streamcrm-customer")(Customer)
     app.page("/api/overview", name="streamcrm-overview")(Overview)
+
+
+def forget_customers(
+    customer_ids: Collection[str], metrics: WorkerMetrics, recent_alerts: deque[Alert]
+) -> None:
+    """Drop every in-memory copy of these (erased) customers the web views read: their
+    recent scores and their alerts."""
+    metrics.recent.forget(customer_ids)
+    kept = [alert for alert in recent_alerts if alert.customer_id not in customer_ids]
+    if len(kept) != len(recent_alerts):
+        recent_alerts.clear()
+        recent_alerts.extend(kept)
+
+
+async def forget_erased(
+    store: StateStore, metrics: WorkerMetrics, recent_alerts: deque[Alert]
+) -> set[str]:
+    """Forget the customers held in memory that the store's block list says are erased (by
+    any worker); returns them. Raises ``StoreUnavailableError``."""
+    shown = set(metrics.recent.customer_ids())
+    shown.update(alert.customer_id for alert in recent_alerts if alert.customer_id is not None)
+    erased = await store.erased_among(sorted(shown))
+    if erased:
+        forget_customers(erased, metrics, recent_alerts)
+    return erased
 
 
 async def customer_document(pipeline: ScoringPipeline, customer_id: str) -> dict[str, Any] | None:

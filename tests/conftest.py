@@ -86,8 +86,14 @@ def record_fault(
     duplicated: int = 0,
     dead_lettered: int = 0,
     note: str = "",
+    outputs: tuple[int, int, int] | None = None,
 ) -> None:
-    """Record a fault scenario's figures for the summary table at the end of the run."""
+    """Record a fault scenario's figures for the summary table at the end of the run.
+
+    ``reflected``, ``lost`` and ``duplicated`` count events in the customer states;
+    ``outputs`` is (expected, lost, duplicated) for the scores and alerts on the output
+    topics (see ``tests.integration.exactness.check_outputs``)."""
+    expected, outputs_lost, outputs_doubled = outputs if outputs is not None else ("-",) * 3
     FAULT_ROWS.append(
         {
             "scenario": scenario,
@@ -96,6 +102,9 @@ def record_fault(
             "lost": lost,
             "duplicated": duplicated,
             "dead-lettered": dead_lettered,
+            "outputs expected": expected,
+            "outputs lost": outputs_lost,
+            "outputs doubled": outputs_doubled,
             "note": note,
         }
     )
@@ -105,7 +114,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the fault scenarios' figures, so a CI log shows them without ``-s``."""
     if not FAULT_ROWS:
         return
-    columns = ["scenario", "events in", "reflected", "lost", "duplicated", "dead-lettered"]
+    columns = [
+        "scenario",
+        "events in",
+        "reflected",
+        "lost",
+        "duplicated",
+        "dead-lettered",
+        "outputs expected",
+        "outputs lost",
+        "outputs doubled",
+    ]
     widths = {c: max(len(c), *(len(str(row[c])) for row in FAULT_ROWS)) for c in columns}
     terminalreporter.section("fault scenarios")
     terminalreporter.write_line("  ".join(c.ljust(widths[c]) for c in columns) + "  note")

@@ -1,18 +1,22 @@
-"""Checking a worker's Redis state against the state computed straight from the events.
+"""Checking a worker's Redis state and outputs against what the events call for.
 
 The fault tests share these: the expected state of every customer (the pure core applied to
 the events in event-time order, no broker, no Redis), what Redis holds, and the lost and
-double-counted events between the two.
+double-counted events between the two; and the outputs (:func:`check_outputs`): every applied
+event's score on the scores topic, and every alert those scores raise on the alerts topic.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import redis
 
-from streamcrm.events import Event, ModelMetrics
+from streamcrm.alerts import AlertMemory, AlertRules, evaluate_alerts
+from streamcrm.events import Alert, CustomerScore, Event, ModelMetrics
 from streamcrm.kafka_io import Record
 from streamcrm.settings import Settings
 from streamcrm.state import CustomerState, apply
@@ -98,3 +102,93 @@ def worker_report(records: Iterable[Record], pid: int) -> ModelMetrics | None:
         if r.value is not None and f":{pid}".encode() in (r.key or b"")
     ]
     return reports[-1] if reports else None
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """Outputs expected against those found on the output topics."""
+
+    scores_expected: int
+    scores_lost: int
+    scores_duplicated: int
+    alerts_expected: int
+    alerts_lost: int
+    alerts_duplicated: int
+    alerts_unexpected: int
+
+    @property
+    def expected(self) -> int:
+        return self.scores_expected + self.alerts_expected
+
+    @property
+    def lost(self) -> int:
+        return self.scores_lost + self.alerts_lost
+
+    @property
+    def duplicated(self) -> int:
+        return self.scores_duplicated + self.alerts_duplicated
+
+    @property
+    def row(self) -> tuple[int, int, int]:
+        """(expected, lost, duplicated): the fault table's output columns."""
+        return self.expected, self.lost, self.duplicated
+
+    def __str__(self) -> str:
+        return (
+            f"outputs: {self.scores_expected} event scores expected, {self.scores_lost} lost,"
+            f" {self.scores_duplicated} sent twice; {self.alerts_expected} alerts expected,"
+            f" {self.alerts_lost} lost, {self.alerts_duplicated} sent twice,"
+            f" {self.alerts_unexpected} unexpected"
+        )
+
+
+def check_outputs(
+    events: Iterable[Event],
+    stored: dict[str, CustomerState],
+    score_records: Sequence[Record],
+    alert_records: Sequence[Record],
+    rules: AlertRules,
+) -> OutputCheck:
+    """Compare the output topics with what the events call for.
+
+    - **Scores**: every input event applied has its score (``trigger`` "event", its
+      ``event_id``) on the scores topic; only late events (counted in the stored states'
+      ``late_events``) have none.
+    - **Alerts**: which alerts a customer's scores raise is a pure function of those scores
+      in the order they were saved (:func:`streamcrm.alerts.evaluate_alerts`), which is their
+      order on the customer's scores partition. Folding it over the scores found gives the
+      alerts expected; each must be on the alerts topic once. (A lost score is counted as
+      lost above; its alerts cannot be expected from the topic.)
+    """
+    found_scores: dict[str, list[CustomerScore]] = {}
+    score_ids: Counter[str] = Counter()
+    for record in sorted(score_records, key=lambda r: (r.partition, r.offset)):
+        if record.value is None:
+            continue
+        score = CustomerScore.model_validate_json(record.value)
+        score_ids[score.event_id] += 1
+        if score_ids[score.event_id] == 1:
+            found_scores.setdefault(score.customer_id, []).append(score)
+    event_ids = {event.event_id for event in events}
+    late = sum(state.late_events for state in stored.values())
+    missing = event_ids - set(score_ids)
+    expected_alerts: set[str] = set()
+    for scores in found_scores.values():
+        memory = AlertMemory()
+        for score in scores:
+            memory, raised = evaluate_alerts(memory, score, rules)
+            expected_alerts.update(alert.alert_id for alert in raised)
+    alert_ids = Counter(
+        alert.alert_id
+        for alert in (Alert.model_validate_json(r.value) for r in alert_records if r.value)
+        if alert.customer_id is not None
+    )
+    return OutputCheck(
+        scores_expected=len(event_ids) - late,
+        scores_lost=max(len(missing) - late, 0),
+        scores_duplicated=sum(n - 1 for n in score_ids.values()),
+        alerts_expected=len(expected_alerts),
+        alerts_lost=len(expected_alerts - set(alert_ids)),
+        alerts_duplicated=sum(n - 1 for n in alert_ids.values()),
+        alerts_unexpected=len(set(alert_ids) - expected_alerts),
+    )

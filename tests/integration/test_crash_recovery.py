@@ -1,4 +1,10 @@
-"""A worker killed with SIGKILL mid-stream loses nothing and counts nothing twice."""
+"""A worker killed with SIGKILL mid-stream loses nothing and counts nothing twice.
+
+The offset-mark guard (``streamcrm.store``) is what makes a redelivered message change
+nothing. Customer states also remember their newest event ids, which alone would catch most
+redeliveries (each customer's newest events): so the worker here remembers one id only
+(``STREAMCRM_PROBE_EVENT_ID_WINDOW``), and a control run without the guard must double-count.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,15 @@ from pathlib import Path
 import pytest
 
 from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import PurchaseEvent
+from streamcrm.events import Event, PurchaseEvent
 from streamcrm.kafka_io import ensure_topics
+from streamcrm.settings import Settings
 from streamcrm.simulator import simulate
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import (
+    OutputCheck,
     applied_events,
+    check_outputs,
     comparable,
     expected_states,
     lost_and_doubled,
@@ -27,23 +36,28 @@ from tests.integration.worker_harness import TopicReader, running_worker, send
 pytestmark = pytest.mark.integration
 
 EVENTS_AT_LEAST = 20_000
+SMALL_EVENT_ID_WINDOW = {"STREAMCRM_PROBE_EVENT_ID_WINDOW": "1"}
+WITHOUT_OFFSET_GUARD = SMALL_EVENT_ID_WINDOW | {"STREAMCRM_PROBE_NO_OFFSET_GUARD": "1"}
 
 
-def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothing(
-    services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    settings = isolated_settings(services, "crash-recovery", tmp_path_factory)
-    assert settings.kafka_bootstrap is not None
-    history = list(simulate(customers=620, days=365, seed=23).events)
-    assert len(history) >= EVENTS_AT_LEAST
+def kill_and_restart(
+    settings: Settings,
+    history: list[Event],
+    logs: Path,
+    probes: dict[str, str],
+    applied_at_least: int,
+) -> tuple[int, int]:
+    """Run a worker on ``history``, ``kill -9`` it once ``applied_at_least`` events are in
+    Redis, restart it, and wait until every event is applied (or counted twice). Returns the
+    events applied at the kill and the restarted worker's count of duplicates met."""
     customers = sorted({e.customer_id for e in history})
+    assert settings.kafka_bootstrap is not None
     ensure_topics(settings, settings.kafka_bootstrap)
     metrics = TopicReader(settings.kafka_bootstrap, settings.topics.model_metrics)
-
-    with running_worker(settings, tmp_path / "first.log") as first:
+    with running_worker(settings, logs / "first.log", probes) as first:
         send(settings, history)
         wait_until(
-            lambda: applied_events(settings, customers) >= len(history) // 3,
+            lambda: applied_events(settings, customers) >= applied_at_least,
             120,
             "a third of the events to be applied",
         )
@@ -51,8 +65,7 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
         first.wait()
     applied_at_kill = applied_events(settings, customers)
     assert applied_at_kill < len(history), "the kill came too late to interrupt the stream"
-
-    with running_worker(settings, tmp_path / "second.log") as second:
+    with running_worker(settings, logs / "second.log", probes) as second:
         wait_until(
             lambda: applied_events(settings, customers) >= len(history),
             240,
@@ -62,6 +75,39 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
         metrics.wait_for(lambda records: worker_report(records, second.pid) is not None)
         report = worker_report(metrics.drain(1.5), second.pid)
     metrics.close()
+    assert report is not None
+    return applied_at_kill, report.events.get("duplicate", 0)
+
+
+def outputs_of(settings: Settings, history: list[Event]) -> OutputCheck:
+    """The scores and alerts on the output topics, checked against the events."""
+    assert settings.kafka_bootstrap is not None
+    found = {}
+    for topic in (settings.topics.scores, settings.topics.alerts):
+        reader = TopicReader(settings.kafka_bootstrap, topic)
+        found[topic] = reader.drain(3.0)
+        reader.close()
+    stored = stored_states(settings, sorted({e.customer_id for e in history}))
+    return check_outputs(
+        history,
+        stored,
+        found[settings.topics.scores],
+        found[settings.topics.alerts],
+        settings.scoring.alerts,
+    )
+
+
+def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothing(
+    services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    settings = isolated_settings(services, "crash-recovery", tmp_path_factory)
+    history = list(simulate(customers=620, days=365, seed=23).events)
+    assert len(history) >= EVENTS_AT_LEAST
+    customers = sorted({e.customer_id for e in history})
+
+    applied_at_kill, redelivered = kill_and_restart(
+        settings, history, tmp_path, SMALL_EVENT_ID_WINDOW, len(history) // 3
+    )
 
     stored = stored_states(settings, customers)
     expected = expected_states(history)
@@ -73,13 +119,32 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
     mismatched = [c for c in customers if comparable(stored[c]) != comparable(expected[c])]
     assert mismatched == []
     # The crash really caused redelivery: the restarted worker met events already applied.
-    assert report is not None and report.events.get("duplicate", 0) > 0
+    assert redelivered > 0
+    outputs = outputs_of(settings, history)
+    assert (outputs.lost, outputs.duplicated, outputs.alerts_unexpected) == (0, 0, 0), outputs
     record_fault(
         "worker kill -9 mid-stream, restart",
         events_in=len(history),
         reflected=len(history) - lost,
         lost=lost,
         duplicated=doubled,
-        note=f"killed after {applied_at_kill} applied; {report.events.get('duplicate', 0)}"
-        " redelivered and recognised as already applied",
+        note=f"killed after {applied_at_kill} applied; {redelivered} redelivered and"
+        " recognised as already applied by the offset guard (event-id window 1);"
+        f" {outputs}",
+        outputs=outputs.row,
     )
+
+
+def test_control_without_the_offset_guard_the_same_crash_double_counts(
+    services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The control of the test above: the same crash, the guard switched off by the probe,
+    must show events counted twice; otherwise the test above proves nothing."""
+    settings = isolated_settings(services, "crash-control", tmp_path_factory)
+    history = list(simulate(customers=620, days=365, seed=23).events)
+    customers = sorted({e.customer_id for e in history})
+
+    kill_and_restart(settings, history, tmp_path, WITHOUT_OFFSET_GUARD, len(history) // 3)
+
+    lost, doubled = lost_and_doubled(expected_states(history), stored_states(settings, customers))
+    assert doubled > 0

@@ -338,13 +338,6 @@ def produce(settings: Settings, topic: str, messages: Sequence[Message]) -> list
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the worker crashes when the first message of a crm.privacy partition is"
-    " dead-lettered: ScoringPipeline.handle_privacy decodes it before _position registers the"
-    " partition, so partitions_applied() raises KeyError in the check-offset-marks timer",
-)
 def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_ones_applied(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ from streamcrm.store import InMemoryStateStore
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import applied_events, wait_until
 from tests.integration.worker_harness import TopicReader, running_worker, scores, send
+from tests.outputs import outbox_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -64,22 +65,16 @@ def expected_rescores(events: Sequence[PurchaseEvent], settings: Settings) -> se
 
     async def run() -> set[str]:
         pipeline = ScoringPipeline(InMemoryStateStore(), settings.scoring)
-        made: set[str] = set()
-
-        async def publish(score: object, alerts: object) -> None:
-            assert hasattr(score, "trigger")
-            if score.trigger == "time":
-                made.add(score.event_id)  # type: ignore[attr-defined]
-
         for offset, event in enumerate(events):
             raw = event.model_dump_json().encode()
-            await pipeline.handle(raw, "crm.purchases", 0, offset, publish=publish)
+            await pipeline.handle(raw, "crm.purchases", 0, offset)
         while (await pipeline.sweep([0], 10_000)).rescores:
             pass
-        for record in await pipeline.store.outbox(0, 1_000_000):
-            if record.kind == "scores":
-                made.add(record.record_id)
-        return made
+        return {
+            score.event_id
+            for score, _ in await outbox_outputs(pipeline.store)
+            if score.trigger == "time"
+        }
 
     return asyncio.run(run())
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -14,7 +16,7 @@ from typing import TypeVar
 import redis
 from kafka import KafkaConsumer
 
-from streamcrm.cli import start_worker_process, stop_worker_process
+from streamcrm.cli import start_worker_process, stop_worker_process, worker_environment
 from streamcrm.events import CustomerScore, DeadLetter, Event
 from streamcrm.kafka_io import (
     Record,
@@ -34,12 +36,33 @@ WAIT_S = 90.0
 _T = TypeVar("_T")
 
 
+PROBES = Path(__file__).parent / "probes"
+"""The fault-test probes' ``sitecustomize`` (see ``probes/sitecustomize.py``)."""
+
+
 @contextmanager
-def running_worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``streamcrm worker`` as a subprocess; its log is printed if the test fails."""
+def running_worker(
+    settings: Settings, log_path: Path, probes: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``streamcrm worker`` as a subprocess; its log is printed if the test fails.
+
+    ``probes``: ``STREAMCRM_PROBE_*`` variables for the probes loaded into the worker."""
     assert settings.kafka_bootstrap is not None
     ensure_topics(settings, settings.kafka_bootstrap)
-    process = start_worker_process(settings, log_path)
+    if probes:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = worker_environment(settings) | dict(probes)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROBES), env.get("PYTHONPATH")]))
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "streamcrm", "worker"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+    else:
+        process = start_worker_process(settings, log_path)
     try:
         yield process
     except BaseException:

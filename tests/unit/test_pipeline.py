@@ -21,7 +21,7 @@ from streamcrm.errors import (
     StoreUnavailableError,
     WrongTopicError,
 )
-from streamcrm.events import Alert, CustomerScore, decode_event
+from streamcrm.events import CustomerScore, decode_event
 from streamcrm.features import FEATURE_NAMES
 from streamcrm.models import ModelBundle, ModelUpdate
 from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
@@ -34,6 +34,7 @@ from streamcrm.store import (
     OutboxRecord,
     SaveResult,
 )
+from tests.outputs import outbox_outputs
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _ids = itertools.count()
@@ -578,6 +579,36 @@ async def test_an_erasure_forgets_the_customer_everywhere_and_asks_for_a_tombsto
     assert [(u.kind, u.customer_id) for u in shared.drain_updates()] == [("forget", "c1")]
 
 
+async def test_a_redelivered_erasure_asks_again_for_the_tombstone_and_the_forget(
+    store: InMemoryStateStore,
+) -> None:
+    """What followed the first delivery may have died with its worker; both are harmless
+    twice."""
+    shared = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    request = privacy("erasure", day=1)
+    await shared.handle_privacy(request, "crm.privacy", 0, 0)
+    shared.drain_updates()
+
+    again = await shared.handle_privacy(request, "crm.privacy", 0, 0)
+
+    assert again.duplicate and again.tombstone
+    assert [(u.kind, u.customer_id) for u in shared.drain_updates()] == [("forget", "c1")]
+    assert [r["action"] for r in await store.audit_records()] == ["erasure"]
+
+
+async def test_a_malformed_first_message_of_a_privacy_partition_is_marked_and_known(
+    store: InMemoryStateStore, pipeline: ScoringPipeline
+) -> None:
+    """Its dead letter moves the partition's mark, so the partition must be one the
+    offset-mark check knows (it once crashed the worker's timer)."""
+    with pytest.raises(InvalidEventError):
+        await pipeline.handle_privacy(b"{not json", "crm.privacy", 2, 0)
+    await pipeline.note_dead_lettered("crm.privacy", 2, 0)
+
+    assert pipeline.partitions_applied() == [("crm.privacy", 2)]
+    assert await pipeline.check_partition("crm.privacy", 2) is None
+
+
 async def test_a_late_event_of_an_erased_customer_is_dropped_unsaved_and_unlearned(
     store: InMemoryStateStore,
 ) -> None:
@@ -741,50 +772,36 @@ class SupportMessage:
     key: bytes | None = None  # not checked: this pipeline leaves require_keys off
 
 
-class Published:
-    """A publish callback that records what it was given."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[CustomerScore, list[Alert]]] = []
-
-    async def __call__(self, score: CustomerScore, alerts: Sequence[Alert]) -> None:
-        await asyncio.sleep(0)
-        self.sent.append((score, list(alerts)))
-
-
-async def test_handle_publishes_each_score_with_the_alerts_it_raised(
+async def test_handle_writes_each_score_with_the_alerts_it_raised_to_the_outbox(
     pipeline: ScoringPipeline,
 ) -> None:
-    publish = Published()
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases")
+    cancelled = await pipeline.handle(cancellation("c1"), "crm.support")
 
-    await pipeline.handle(purchase("c1", day=0), "crm.purchases", publish=publish)
-    cancelled = await pipeline.handle(cancellation("c1"), "crm.support", publish=publish)
-
-    assert [len(alerts) for _, alerts in publish.sent] == [0, 1]
-    score, [alert] = publish.sent[1]
+    published = await outbox_outputs(pipeline.store)
+    assert [len(alerts) for _, alerts in published] == [0, 1]
+    score, [alert] = published[1]
     assert score == cancelled.score
     assert (alert.kind, alert.event_id, alert.customer_id) == ("churn_risk", score.event_id, "c1")
     assert list(cancelled.alerts) == [alert]
 
 
-async def test_a_redelivered_message_publishes_neither_score_nor_alert(
+async def test_a_redelivered_message_writes_neither_score_nor_alert_again(
     pipeline: ScoringPipeline,
 ) -> None:
-    publish = Published()
-    await pipeline.handle(purchase("c1", day=0), "crm.purchases", 0, 0, publish=publish)
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases", 0, 0)
     message = cancellation("c1")
-    await pipeline.handle(message, "crm.support", 0, 0, publish=publish)
+    await pipeline.handle(message, "crm.support", 0, 0)
 
-    again = await pipeline.handle(message, "crm.support", 0, 0, publish=publish)
+    again = await pipeline.handle(message, "crm.support", 0, 0)
 
     assert again.duplicate
-    assert [len(alerts) for _, alerts in publish.sent] == [0, 1]
+    assert [len(alerts) for _, alerts in await outbox_outputs(pipeline.store)] == [0, 1]
 
 
-async def test_a_batch_publishes_each_score_with_its_alerts_in_order(
+async def test_a_batch_writes_each_score_with_its_alerts_in_order(
     pipeline: ScoringPipeline,
 ) -> None:
-    publish = Published()
     # The partition's first message goes one by one (its stored mark is checked first).
     await pipeline.handle(cancellation("c0"), "crm.support", 0, 0)
     batch = [
@@ -792,16 +809,26 @@ async def test_a_batch_publishes_each_score_with_its_alerts_in_order(
         SupportMessage(cancellation("c2"), offset=2),
     ]
 
-    outcomes = await pipeline.handle_batch(batch, publish)
+    outcomes = await pipeline.handle_batch(batch)
 
-    assert [score.customer_id for score, _ in publish.sent] == ["c1", "c2"]
-    assert [[a.kind for a in alerts] for _, alerts in publish.sent] == [
+    published = (await outbox_outputs(pipeline.store))[1:]
+    assert [score.customer_id for score, _ in published] == ["c1", "c2"]
+    assert [[a.kind for a in alerts] for _, alerts in published] == [
         ["churn_risk"],
         ["churn_risk"],
     ]
     assert [o.alerts for o in outcomes if isinstance(o, ScoredEvent)] == [
-        tuple(alerts) for _, alerts in publish.sent
+        tuple(alerts) for _, alerts in published
     ]
+
+
+async def test_an_events_outputs_wait_in_the_outbox_of_the_partition_it_came_from(
+    pipeline: ScoringPipeline,
+) -> None:
+    scored = await pipeline.handle(cancellation("c1"), "crm.support", 3, 0)
+
+    assert await pipeline.store.outbox(0, 10) == []
+    assert await outbox_outputs(pipeline.store, 3) == [(scored.score, list(scored.alerts))]
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 
 from streamcrm.errors import InvalidEventError, LateEventError, StateBehindError
-from streamcrm.events import Alert, CustomerScore
+from streamcrm.events import CustomerScore
+from streamcrm.outbox import OutboxPublisher
 from streamcrm.pipeline import BatchOutcome, ScoringPipeline
 from streamcrm.scoring import ScoredEvent, ScoringConfig
 from streamcrm.store import InMemoryStateStore, InputPosition
+from tests.outputs import FakeOutputs
 from tests.unit.test_pipeline import T0, privacy, purchase
 
 TOPIC = "crm.purchases"
@@ -229,17 +231,9 @@ async def test_scores_are_published_in_the_order_their_states_were_saved(
     store: InMemoryStateStore,
 ) -> None:
     """The scores topic is compacted: a customer's last score there must be the stored one,
-    even when two topics' batches of the customer race."""
-    published: list[CustomerScore] = []
-
-    async def publish_slowly(score: CustomerScore, alerts: Sequence[Alert]) -> None:
-        await asyncio.sleep(0.01)  # a send that yields, as Faust's does
-        published.append(score)
-
-    async def publish(score: CustomerScore, alerts: Sequence[Alert]) -> None:
-        await asyncio.sleep(0)
-        published.append(score)
-
+    even when two topics' batches of the customer race and their outbox drains overlap."""
+    outputs = FakeOutputs(send_delay_s=0.01)  # a send that yields, as Faust's does
+    publisher = OutboxPublisher(store, outputs)
     pipeline = shared_pipeline(store)
     await one_by_one(pipeline, Message(purchase("a", day=0), 0))
     await one_by_one(pipeline, Message(feedback("a", day=0), 0, topic="crm.feedback"))
@@ -248,9 +242,17 @@ async def test_scores_are_published_in_the_order_their_states_were_saved(
         Message(feedback("a", day=1 + i / 10), 1 + i, topic="crm.feedback") for i in range(5)
     ]
 
-    await asyncio.gather(
-        pipeline.handle_batch(purchases, publish_slowly), pipeline.handle_batch(ratings, publish)
-    )
+    async def handle_then_publish(batch: list[Message]) -> None:
+        await pipeline.handle_batch(batch)
+        await publisher.drain(0)
 
-    assert len(published) == 10
+    await asyncio.gather(handle_then_publish(purchases), handle_then_publish(ratings))
+
+    published = [
+        CustomerScore.model_validate_json(record.value)
+        for log in outputs.logs.values()
+        for record in log
+        if record.kind == "scores"
+    ]
+    assert len(published) == 12  # each event's score once: the two first ones' and the batches'
     assert published[-1] == await store.load_score("a")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import Counter
@@ -18,6 +19,7 @@ from streamcrm.pipeline import ScoringPipeline
 from streamcrm.scoring import ScoringConfig, rescore_due_at, score_event, sweep_customer
 from streamcrm.state import CustomerState
 from streamcrm.store import InMemoryStateStore, OutboxRecord
+from tests.outputs import FakeOutputs, outbox_outputs
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 WEEK = timedelta(days=7)
@@ -163,22 +165,12 @@ async def outputs_of(
     only at the end), and return the re-score ids and alert ids published, in order."""
     store = InMemoryStateStore()
     pipeline = ScoringPipeline(store, CONFIG)
-    published: list[tuple[CustomerScore, Sequence[Alert]]] = []
-
-    async def publish(score: CustomerScore, alerts: Sequence[Alert]) -> None:
-        published.append((score, alerts))
-
     for n, event in enumerate(events):
-        await pipeline.handle(raw(event), "crm.purchases", 0, n, publish=publish)
+        await pipeline.handle(raw(event), "crm.purchases", 0, n)
         if sweep_every is not None and n % sweep_every == 0:
             await sweep_to_end(pipeline, 0)
     await sweep_to_end(pipeline, 0)
-    records = await store.outbox(0, 10_000)
-    for record in records:
-        if record.kind == "scores":
-            published.append((CustomerScore.model_validate_json(record.value), ()))
-        else:
-            published.append((published[-1][0], (Alert.model_validate_json(record.value),)))
+    published = await outbox_outputs(store)
     rescores = sorted(s.event_id for s, _ in published if s.trigger == "time")
     alerts = sorted(a.alert_id for _, alerts in published for a in alerts)
     return rescores, alerts
@@ -226,34 +218,6 @@ async def test_a_partition_whose_topic_still_has_messages_holds_its_watermark_ba
     assert free.rescores == 1
 
 
-class FakeOutputs:
-    """Output topics in memory: one list per topic partition; ``fail_after`` sends crash."""
-
-    def __init__(self) -> None:
-        self.logs: dict[tuple[str, int], list[OutboxRecord]] = {}
-        self.fail_after: int | None = None
-
-    def topic_partition(self, record: OutboxRecord) -> tuple[str, int]:
-        return (record.kind, hash(record.key) % 2)
-
-    async def end_offsets(
-        self, partitions: Iterable[tuple[str, int]]
-    ) -> dict[tuple[str, int], int]:
-        return {tp: len(self.logs.get(tp, [])) for tp in partitions}
-
-    async def ids_since(self, partition: tuple[str, int], offset: int) -> set[str]:
-        return {r.record_id for r in self.logs.get(partition, [])[offset:]}
-
-    async def send_all(self, records: Sequence[OutboxRecord]) -> None:
-        for n, record in enumerate(records):
-            if self.fail_after is not None and n >= self.fail_after:
-                raise ConnectionError("killed")
-            self.logs.setdefault(self.topic_partition(record), []).append(record)
-
-    def ids(self) -> list[str]:
-        return sorted(r.record_id for log in self.logs.values() for r in log)
-
-
 async def filled_outbox(records: int) -> InMemoryStateStore:
     store = InMemoryStateStore()
     state = CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0)
@@ -294,6 +258,65 @@ async def test_a_publisher_killed_mid_drain_loses_and_doubles_nothing_after_a_re
 
     assert outputs.ids() == ["id0", "id1", "id2"]
     assert restarted.recovered == sent_before_crash
+
+
+async def test_two_drains_of_one_outbox_at_once_send_each_output_once() -> None:
+    store, outputs = await filled_outbox(6), FakeOutputs(send_delay_s=0.001)
+    publisher = OutboxPublisher(store, outputs, batch=2)
+
+    await asyncio.gather(publisher.drain(0), publisher.drain(0))
+
+    assert outputs.ids() == sorted(f"id{n}" for n in range(6))
+    assert await store.outbox(0, 10) == []
+
+
+async def test_end_offsets_are_saved_again_only_for_new_destinations_or_after_many_sends() -> None:
+    store, outputs = InMemoryStateStore(), FakeOutputs()
+    publisher = OutboxPublisher(store, outputs, resave_after=4)
+
+    for n in range(6):
+        await store.save(
+            CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0),
+            None,
+            None,
+            None,
+            (OutboxRecord("scores", "c", "{}", f"id{n}"),),
+        )
+        await publisher.drain(0)
+
+    # The first drain saves; the next three reuse it (the same destination); the fifth send
+    # is past resave_after, so it saves again.
+    assert outputs.end_offset_requests == 2
+
+
+async def test_a_crash_after_a_drain_that_reused_older_saved_offsets_still_doubles_nothing() -> (
+    None
+):
+    store, outputs = await filled_outbox(2), FakeOutputs()
+    first = OutboxPublisher(store, outputs, resave_after=1_000)
+    await first.drain(0)  # saves the end offsets, sends id0, id1
+    await store.save(
+        CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0),
+        None,
+        None,
+        None,
+        tuple(OutboxRecord("scores", f"c{n}", "{}", f"id{n}") for n in range(2, 4)),
+    )
+
+    async def killed_before_clearing(partition: int, count: int) -> None:
+        raise ConnectionError("killed")
+
+    clear = store.clear_outbox
+    store.clear_outbox = killed_before_clearing  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await first.drain(0)  # sends id2, id3 from the offsets saved before id0
+    store.clear_outbox = clear  # type: ignore[method-assign]
+
+    restarted = OutboxPublisher(store, outputs)
+    await restarted.drain(0)
+
+    assert outputs.ids() == ["id0", "id1", "id2", "id3"]
+    assert restarted.recovered == 2
 
 
 async def test_an_erasure_removes_the_customers_unpublished_outputs() -> None:

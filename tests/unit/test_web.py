@@ -4,16 +4,26 @@ with their messages, the customer document."""
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from faust.types import TP
 
+from streamcrm.events import Alert
+from streamcrm.metrics import MapPoint, WorkerMetrics
 from streamcrm.pipeline import ScoringPipeline
 from streamcrm.scoring import ScoringConfig
 from streamcrm.store import InMemoryStateStore
-from streamcrm.web import customer_document, message_timestamp, partition_positions, scored_in
+from streamcrm.web import (
+    customer_document,
+    forget_customers,
+    forget_erased,
+    message_timestamp,
+    partition_positions,
+    scored_in,
+)
 
 
 class FakeConsumer:
@@ -124,3 +134,46 @@ async def test_customer_document_has_state_score_and_history_or_none() -> None:
     ]
     json.dumps(document)
     assert await customer_document(pipeline, "nobody") is None
+
+
+def alert_for(customer_id: str, alert_id: str) -> Alert:
+    return Alert(
+        alert_id=alert_id,
+        kind="churn_risk",
+        severity="warning",
+        customer_id=customer_id,
+        raised_at=datetime(2026, 1, 1, tzinfo=UTC),
+        event_id="e1",
+        message="churn risk",
+        scores={},
+        churn_drivers=[],
+        model_version="m1",
+    )
+
+
+async def test_the_overview_forgets_customers_erased_by_any_worker_and_keeps_the_rest() -> None:
+    store = InMemoryStateStore()
+    metrics = WorkerMetrics("w", ["crm.purchases"], {}, {})
+    for customer in ("erased", "kept"):
+        metrics.recent.add(MapPoint(customer, 3.0, 10.0, "loyal", 0.9))
+    alerts = deque([alert_for("erased", "a1"), alert_for("kept", "a2")])
+    await store.erase("erased", 0, None, datetime(2026, 1, 2, tzinfo=UTC))  # by another worker
+
+    forgotten = await forget_erased(store, metrics, alerts)
+
+    overview = json.dumps(metrics.overview(datetime.now(UTC), alerts, "m1"))
+    assert forgotten == {"erased"}
+    assert "erased" not in overview and "kept" in overview
+    assert [a.alert_id for a in alerts] == ["a2"]
+
+
+def test_forgetting_a_customer_drops_their_recent_scores_and_alerts_only() -> None:
+    metrics = WorkerMetrics("w", ["crm.purchases"], {}, {})
+    metrics.recent.add(MapPoint("c1", 3.0, 10.0, "loyal", 0.9))
+    metrics.recent.add(MapPoint("c2", 3.0, 10.0, "loyal", 0.2))
+    alerts = deque([alert_for("c1", "a1"), alert_for("c2", "a2"), alert_for("c1", "a3")])
+
+    forget_customers({"c1"}, metrics, alerts)
+
+    assert metrics.recent.customer_ids() == ["c2"]
+    assert [a.alert_id for a in alerts] == ["a2"]

@@ -1,0 +1,30 @@
+"""Fault-test probes, loaded into a worker subprocess (``PYTHONPATH``) by the crash test.
+
+Python imports ``sitecustomize`` at start-up. With ``STREAMCRM_PROBE_EVENT_ID_WINDOW`` set,
+customer states remember only that many recent event ids, so a redelivered event is seldom
+still among them: the crash test then proves the offset-mark guard, not the id window. With
+``STREAMCRM_PROBE_NO_OFFSET_GUARD`` set, the store's write script no longer refuses a message
+at or below its partition's mark: the control run, which must double-count.
+
+Never used outside the tests: nothing in the product reads these variables.
+"""
+
+from __future__ import annotations
+
+import os
+
+_WINDOW = os.environ.get("STREAMCRM_PROBE_EVENT_ID_WINDOW")
+_NO_GUARD = os.environ.get("STREAMCRM_PROBE_NO_OFFSET_GUARD")
+
+if _WINDOW or _NO_GUARD:
+    import streamcrm.state
+    import streamcrm.store
+
+    if _WINDOW:
+        streamcrm.state.RECENT_EVENT_IDS = int(_WINDOW)
+    if _NO_GUARD:
+        guard = "elseif mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then"
+        assert guard in streamcrm.store.WRITE_SCRIPT, "the probe no longer matches the script"
+        streamcrm.store.WRITE_SCRIPT = streamcrm.store.WRITE_SCRIPT.replace(
+            guard, "elseif false then"
+        )
