@@ -1,7 +1,8 @@
 """Wire models of the events streamcrm consumes and the records it produces.
 
 Every input event carries ``event_id`` (unique; used for idempotency), ``customer_id``
-(the Kafka key), ``occurred_at`` (event time, timezone-aware) and ``schema_version``.
+(the Kafka key), ``occurred_at`` (event time: an RFC 3339 string with an offset) and
+``schema_version``.
 The ``type`` field discriminates the union:
 
 ==============  ===============  =====================================================
@@ -31,20 +32,23 @@ Messages are validated once, at the edge, by :func:`decode_event`.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from streamcrm.errors import (
     EventValidationError,
@@ -57,11 +61,87 @@ from streamcrm.errors import (
 SCHEMA_VERSION: Final = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda moment: moment.astimezone(UTC))]
-"""A timezone-aware instant, normalised to UTC so that equal instants compare and print alike."""
+EARLIEST_EVENT_YEAR: Final = 1900
+LATEST_EVENT_YEAR: Final = 2999
+"""Event times are dated (in their own offset) within these years: a closed range that any
+offset keeps representable in UTC, and that a plain pattern in the JSON Schema can state."""
+
+_TIME_OF_DAY = (
+    r"-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[Tt]"
+    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
+)
+_OFFSET = r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+EVENT_TIME_PATTERN: Final = rf"^(?:19|2[0-9])[0-9]{{2}}{_TIME_OF_DAY}{_OFFSET}$"
+"""What the published schemas allow for ``occurred_at`` besides ``"format": "date-time"``: an
+RFC 3339 date-time (``T`` separator, seconds, ``Z`` or a ``±HH:MM`` offset) dated in the years
+1900-2999. ASCII digits and the anchors only (no ``\\d``, no look-around), so every JSON Schema
+validator reads it alike."""
+
+# The decoder checks the shape with any year and an optional offset, so that a naive time and
+# a year outside the range each get their own reason (timezone_aware, datetime_out_of_range).
+_RFC3339_SHAPE = re.compile(rf"[0-9]{{4}}{_TIME_OF_DAY}{_OFFSET}?")
+
+
+def _rfc3339_text(value: object) -> object:
+    """Let a datetime (built in Python) or an RFC 3339 string through; refuse anything else,
+    such as a number of seconds, which pydantic would otherwise read as a Unix time."""
+    if isinstance(value, str):
+        if _RFC3339_SHAPE.fullmatch(value) is None:
+            raise PydanticKnownError(
+                "datetime_parsing",
+                {"error": "not RFC 3339 (YYYY-MM-DDTHH:MM:SS[.fraction] then Z or ±HH:MM)"},
+            )
+        return value
+    if isinstance(value, datetime):
+        return value
+    raise PydanticCustomError("datetime_type", "Input should be an RFC 3339 date-time string")
+
+
+def _within_event_years(moment: datetime) -> datetime:
+    """Refuse a time dated outside the accepted years; return it normalised to UTC."""
+    if not EARLIEST_EVENT_YEAR <= moment.year <= LATEST_EVENT_YEAR:
+        raise PydanticCustomError(
+            "datetime_out_of_range",
+            "Input should be dated in the years {earliest} to {latest}, not {year}",
+            {"earliest": EARLIEST_EVENT_YEAR, "latest": LATEST_EVENT_YEAR, "year": moment.year},
+        )
+    return moment.astimezone(UTC)
+
+
+UtcDatetime = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    AfterValidator(_within_event_years),
+    Field(json_schema_extra={"pattern": EVENT_TIME_PATTERN}),
+]
+"""A timezone-aware instant, normalised to UTC so that equal instants compare and print alike.
+On the wire: a string matching ``EVENT_TIME_PATTERN`` (never a number)."""
+
+
+def _json_integer(value: object) -> object:
+    """Read an integral float as the integer it is: JSON Schema's ``integer`` is any number
+    with no fractional part, so ``3.0`` is ``3``; ``3.5``, ``"3"`` and ``true`` stay refused.
+
+    >>> _json_integer(3.0), _json_integer(3.5), _json_integer(True)
+    (3, 3.5, True)
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _not_a_boolean(value: object) -> object:
+    """Refuse ``true``/``false`` where a number is expected (``True == 1`` in Python)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_a_number", "Input should be a number, not a boolean")
+    return value
+
 
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
-Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False, strict=True)]
+"""A JSON number (an integer or not), never a string or a boolean."""
+Count = Annotated[int, BeforeValidator(_json_integer), Field(strict=True)]
+"""A JSON integer (``3`` or ``3.0``), never a fraction, a string or a boolean."""
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Channel = Literal["web", "mobile", "store", "phone", "email", "chat"]
 
@@ -70,11 +150,19 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _type_required(schema: dict[str, Any]) -> None:
+    """Publish ``type`` as required: it has a default for Python callers, but the decoder
+    reads the union by it, so a message without it is refused."""
+    schema["required"] = ["type", *schema.get("required", [])]
+
+
 class _Event(_Record):
+    model_config = ConfigDict(json_schema_extra=_type_required)
+
     event_id: Identifier
     customer_id: Identifier
     occurred_at: UtcDatetime
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Annotated[Literal[1], BeforeValidator(_not_a_boolean)] = SCHEMA_VERSION
 
 
 BaseEvent = _Event
@@ -89,7 +177,7 @@ class PurchaseEvent(_Event):
     order_id: Identifier
     amount: Money
     currency: CurrencyCode = "USD"
-    items: int = Field(ge=1, le=10_000, strict=True)
+    items: Count = Field(ge=1, le=10_000)
     channel: Channel
     cost: Money | None = None
     acquisition_cost: Money | None = Field(
@@ -111,11 +199,25 @@ class RefundEvent(_Event):
 RATING_SCALES: Mapping[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10)}
 
 
+def _feedback_schema(schema: dict[str, Any]) -> None:
+    """Publish each scale's rating bounds (the decoder checks them in ``_rating_on_its_scale``)."""
+    _type_required(schema)
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"scale": {"const": scale}}, "required": ["scale"]},
+            "then": {"properties": {"rating": {"minimum": low, "maximum": high}}},
+        }
+        for scale, (low, high) in RATING_SCALES.items()
+    ]
+
+
 class FeedbackEvent(_Event):
     """A rating on a declared scale: CSAT 1-5 or NPS 0-10."""
 
+    model_config = ConfigDict(json_schema_extra=_feedback_schema)
+
     type: Literal["feedback"] = "feedback"
-    rating: int = Field(strict=True)
+    rating: Count
     scale: Literal["csat", "nps"]
     category: Literal["product", "service", "brand"]
     comment: str | None = Field(default=None, max_length=2000)
@@ -252,9 +354,13 @@ def decode_event(
 
     Input bounds (the policy ``docs/events.md`` documents): at most ``MAX_MESSAGE_BYTES``;
     nesting deeper than the JSON parser's recursion limit (200) is undecodable; identifiers
-    ≤ 128 characters of ``[A-Za-z0-9_.:@-]``, free text ≤ 2,000; amounts finite in
-    [0, 10⁹]; items 1-10,000; ratings integers on their scale; unknown fields and schema
-    versions other than 1 are rejected, never silently dropped.
+    ≤ 128 characters of ``[A-Za-z0-9_.:@-]``, free text ≤ 2,000; amounts finite JSON numbers
+    in [0, 10⁹]; items 1-10,000; ratings integers on their scale; event times RFC 3339
+    strings with an offset, dated 1900-2999; unknown fields and schema versions other than 1
+    are rejected, never silently dropped. Nothing is coerced: a string or a boolean is never
+    a number, a number never a time. Beyond the message bounds (size, nesting, JSON itself),
+    the topic and ``not_after``, what is accepted is exactly what the topic's JSON Schema in
+    ``schemas/`` accepts (``tests/unit/test_schema_contract.py`` holds them to it).
 
     >>> decode_event(b"{", topic="crm.feedback")  # doctest: +ELLIPSIS
     Traceback (most recent call last):

@@ -37,11 +37,16 @@ _TOPIC_MODELS: dict[str, Any] = {
 }
 
 
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+"""The JSON Schema draft every file declares (``$schema``) and is checked against in the tests."""
+
+
 def topic_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of each topic's record, by topic kind (``purchases``, ``scores``, ...)."""
     schemas = {}
     for kind, model in _TOPIC_MODELS.items():
         schema = TypeAdapter(model).json_schema()
+        schema["$schema"] = DIALECT
         schema["$id"] = f"https://streamcrm.dev/schemas/crm.{kind}.schema.json"
         schema["title"] = f"crm.{kind}"
         schemas[kind] = schema

@@ -23,6 +23,7 @@ from streamcrm.events import (
     RefundEvent,
     SupportEvent,
     decode_event,
+    decode_privacy_event,
 )
 
 COMMON: dict[str, Any] = {
@@ -190,6 +191,122 @@ def test_missing_field_is_named_in_the_reason(kind: str, field: str) -> None:
         decode_event(encode(fields))
 
     assert f"{kind}.{field}: Field required" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value", "code"),
+    [
+        ("purchase", "amount", "10.5", "schema:float_type"),
+        ("purchase", "amount", True, "schema:float_type"),
+        ("refund", "amount", "20", "schema:float_type"),
+        ("purchase", "cost", False, "schema:float_type"),
+        ("purchase", "items", "2", "schema:int_type"),
+        ("purchase", "items", True, "schema:int_type"),
+        ("purchase", "items", 2.5, "schema:int_type"),
+        ("feedback", "rating", "4", "schema:int_type"),
+        ("purchase", "occurred_at", 1784542800, "schema:datetime_type"),
+        ("purchase", "occurred_at", 1784542800.5, "schema:datetime_type"),
+        ("purchase", "occurred_at", "1784542800", "schema:datetime_parsing"),
+        ("purchase", "schema_version", True, "unknown_schema_version"),
+        ("purchase", "schema_version", "1", "unknown_schema_version"),
+    ],
+    ids=lambda value: repr(value),
+)
+def test_nothing_is_coerced_a_value_of_the_wrong_json_type_is_refused(
+    kind: str, field: str, value: object, code: str
+) -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload(kind, **{field: value})), topic=TOPICS[kind])
+
+    assert caught.value.code == code
+    assert f"{kind}.{field}" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value", "expected"),
+    [
+        ("purchase", "items", 3.0, 3),
+        ("feedback", "rating", 4.0, 4),
+        ("purchase", "schema_version", 1.0, 1),
+        ("purchase", "amount", 80, 80.0),
+    ],
+)
+def test_a_number_is_read_by_its_value_as_json_schema_does(
+    kind: str, field: str, value: float, expected: float
+) -> None:
+    # JSON Schema's "integer" is any number without a fractional part: 3.0 is the integer 3.
+    event = decode_event(encode(payload(kind, **{field: value})), topic=TOPICS[kind])
+
+    assert getattr(event, field) == expected
+    assert type(getattr(event, field)) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "0001-01-01T00:00:00+14:00",  # before year 1 in UTC: datetime cannot hold it
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "1899-12-31T23:59:59Z",
+        "3000-01-01T00:00:00Z",
+    ],
+)
+def test_an_event_time_outside_1900_to_2999_is_a_schema_error_at_decode(
+    occurred_at: str,
+) -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload("purchase", occurred_at=occurred_at)), topic="crm.purchases")
+
+    assert caught.value.code == "schema:datetime_out_of_range"
+    assert "years 1900 to 2999" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "utc"),
+    [
+        ("1900-01-01T00:00:00+14:00", datetime(1899, 12, 31, 10, tzinfo=UTC)),
+        ("2999-12-31T23:59:59-12:00", datetime(3000, 1, 1, 11, 59, 59, tzinfo=UTC)),
+        ("2026-01-05t10:00:00z", datetime(2026, 1, 5, 10, tzinfo=UTC)),
+        ("2026-01-05T10:00:00-00:00", datetime(2026, 1, 5, 10, tzinfo=UTC)),
+        ("2026-01-05T10:00:00.123456789Z", datetime(2026, 1, 5, 10, 0, 0, 123456, tzinfo=UTC)),
+    ],
+)
+def test_every_rfc_3339_spelling_within_the_years_is_accepted(
+    occurred_at: str, utc: datetime
+) -> None:
+    event = decode_event(encode(payload("purchase", occurred_at=occurred_at)))
+
+    assert event.occurred_at == utc
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "2026-01-05 10:00:00Z",  # a space for the T
+        "2026-01-05T10:00Z",  # no seconds
+        "2026-01-05T10:00:00+0200",  # an offset without its colon
+        "2026-01-05T10:00:00,5Z",  # a decimal comma
+        "2026-01-05T10:00:00Z\n",  # a trailing newline
+        "2026-12-31T23:59:60Z",  # a leap second
+        "2026-01-05",
+    ],
+)
+def test_a_time_that_is_not_rfc_3339_is_refused(occurred_at: str) -> None:
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(encode(payload("feedback", occurred_at=occurred_at)))
+
+    assert caught.value.code.startswith("schema:datetime")
+    assert "feedback.occurred_at" in caught.value.reason
+
+
+def test_privacy_events_follow_the_same_contract() -> None:
+    erasure = {"type": "erasure", "event_id": "r1", "customer_id": "c1"}
+    for occurred_at in (1784542800, "0001-01-01T00:00:00+14:00"):
+        with pytest.raises(EventValidationError):
+            decode_privacy_event(encode(erasure | {"occurred_at": occurred_at}))
+    with pytest.raises(EventValidationError):
+        decode_privacy_event(
+            encode(erasure | {"occurred_at": "2026-01-05T10:00:00Z", "schema_version": True})
+        )
 
 
 def test_naive_datetime_is_rejected() -> None:
