@@ -4,8 +4,10 @@
 Every command reads :class:`~streamcrm.settings.Settings` once from ``STREAMCRM_*``
 variables; a broker or Redis left unconfigured is started embedded where that makes sense.
 A service that cannot be reached (Redis, or a Kafka broker a command talks to) is one line on
-standard error, ``streamcrm: ... unavailable ...``, and exit code 2; ``streamcrm --version``
-prints the installed version.
+standard error, ``streamcrm: ... unavailable ...``, and exit code 2. A worker checks Kafka and
+Redis before it starts: a refused certificate or password is the same one line and exit code
+2 at once, a service that does not answer after ``STREAMCRM_STARTUP_WAIT_S``.
+``streamcrm --version`` prints the installed version.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from streamcrm.connections import kafka_client_options, redis_client_options
+from streamcrm.connections import check_connections, kafka_client_options, redis_client_options
 from streamcrm.embedded import embedded_services
 from streamcrm.errors import ConfigurationError, StreamcrmError
 from streamcrm.settings import Settings
@@ -253,17 +255,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Run one Faust worker until it is stopped (embedded services if none configured)."""
-    import faust
+    """Run one Faust worker until it is stopped (embedded services if none configured).
 
-    from streamcrm.app import create_app
-    from streamcrm.kafka_io import ensure_topics
-
+    Before Faust starts, :func:`~streamcrm.connections.check_connections` connects to Kafka
+    and Redis as the worker will: a refusal (certificate, client certificate, password) ends
+    the command at once, a service that does not answer after ``STREAMCRM_STARTUP_WAIT_S``;
+    either way with one line on standard error and exit code 2.
+    """
     with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
         if settings.kafka_bootstrap is None:
             settings = settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
         else:
             settings = settings.model_copy(update={"redis_url": services.redis_url})
+        check_connections(settings)
+
+        import faust
+
+        from streamcrm.app import create_app
+        from streamcrm.kafka_io import ensure_topics
+
         ensure_topics(settings, services.kafka_bootstrap)
         app = create_app(settings)
         worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)

@@ -13,11 +13,16 @@
     ├── ConfigurationError                    settings that cannot work together
     ├── ServiceError                          an embedded broker or redis-server failed to start
     ├── StoreUnavailableError                 the state store cannot be reached right now
-    └── StateBehindError                      Redis lost writes: rewind the partition and re-apply
+    ├── StateBehindError                      Redis lost writes: rewind the partition and re-apply
+    └── StartupCheckError                     a worker's start-up check of Kafka and Redis failed
+        ├── ConnectionRejectedError           TLS or credentials refused: waiting will not help
+        └── ServiceUnreachableError           no answer before STREAMCRM_STARTUP_WAIT_S ran out
 
 The scoring core raises; the adapters (Faust agents, CLI) catch ``InvalidEventError``,
 dead-letter the message with ``reason`` and carry on. ``StoreUnavailableError`` is the
 opposite case: the message is fine, the store is not, so the pipeline waits and retries.
+A ``StartupCheckError`` stops a worker before it starts consuming: the command line prints its
+message as one line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -105,3 +110,19 @@ class StateBehindError(StreamcrmError):
         self.topic = topic
         self.partition = partition
         self.resume_at = resume_at
+
+
+class StartupCheckError(StreamcrmError):
+    """A worker's start-up check could not connect to Kafka or Redis
+    (:func:`streamcrm.connections.check_connections`); the message says what to check."""
+
+
+class ConnectionRejectedError(StartupCheckError):
+    """A connection refused for good: a certificate that does not verify (wrong CA, another
+    host name), a client certificate missing or not trusted, a wrong password. Retrying with
+    the same settings cannot succeed, so the check stops at the first one."""
+
+
+class ServiceUnreachableError(StartupCheckError):
+    """Kafka or Redis did not answer (connection refused, timed out, closed): retried until
+    ``STREAMCRM_STARTUP_WAIT_S`` ran out."""

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
         None, description="Client certificate (PEM) for mutual TLS; may also hold the key."
     )
     kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM).")
+    kafka_ssl_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key; unset = the key is not encrypted."
+    )
     redis_username: str | None = Field(None, description="Redis ACL user; unset = default.")
     redis_password: SecretStr | None = Field(None, description="Redis AUTH / ACL password.")
     redis_ssl_ca_certs: Path | None = Field(
@@ -150,6 +153,15 @@ class Settings(BaseSettings):
     )
     redis_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM).")
     redis_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM).")
+    redis_ssl_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key; unset = the key is not encrypted."
+    )
+    startup_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a worker's start-up check retries a Kafka or Redis that does not "
+        "answer before it exits with code 2; a refusal (certificate, password) exits at once.",
+    )
     topic_prefix: str = Field("crm", description="Topics are <prefix>.purchases, ... .scores.")
     redis_namespace: str = Field("streamcrm", description="Redis keys start <namespace>:v1:.")
     partitions: int = Field(4, ge=1, description="Partitions per topic when streamcrm creates it.")
@@ -383,11 +395,12 @@ class Settings(BaseSettings):
             "kafka_sasl_username": self.kafka_sasl_username,
             "kafka_sasl_password": self.kafka_sasl_password,
         }
-        tls = {
+        tls_files = {
             "kafka_ssl_cafile": self.kafka_ssl_cafile,
             "kafka_ssl_certfile": self.kafka_ssl_certfile,
             "kafka_ssl_keyfile": self.kafka_ssl_keyfile,
         }
+        tls = {**tls_files, "kafka_ssl_password": self.kafka_ssl_password}
         if protocol in SASL_PROTOCOLS:
             missing = [name for name, value in sasl.items() if not value]
             if missing:
@@ -409,16 +422,19 @@ class Settings(BaseSettings):
             )
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ConfigurationError("kafka_ssl_keyfile needs kafka_ssl_certfile")
-        _files_exist(tls)
+        if self.kafka_ssl_password is not None and self.kafka_ssl_certfile is None:
+            raise ConfigurationError("kafka_ssl_password needs kafka_ssl_certfile (and its key)")
+        _files_exist(tls_files)
         return self
 
     @model_validator(mode="after")
     def _redis_tls_settings_need_a_rediss_url(self) -> Settings:
-        tls = {
+        tls_files = {
             "redis_ssl_ca_certs": self.redis_ssl_ca_certs,
             "redis_ssl_certfile": self.redis_ssl_certfile,
             "redis_ssl_keyfile": self.redis_ssl_keyfile,
         }
+        tls = {**tls_files, "redis_ssl_password": self.redis_ssl_password}
         given = [name for name, value in tls.items() if value is not None]
         if given and not (self.redis_url or "").startswith("rediss://"):
             raise ConfigurationError(
@@ -427,7 +443,9 @@ class Settings(BaseSettings):
             )
         if self.redis_ssl_keyfile is not None and self.redis_ssl_certfile is None:
             raise ConfigurationError("redis_ssl_keyfile needs redis_ssl_certfile")
-        _files_exist(tls)
+        if self.redis_ssl_password is not None and self.redis_ssl_certfile is None:
+            raise ConfigurationError("redis_ssl_password needs redis_ssl_certfile (and its key)")
+        _files_exist(tls_files)
         return self
 
     @property

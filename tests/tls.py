@@ -1,5 +1,6 @@
-"""Throw-away certificates for tests: a CA, a server certificate for 127.0.0.1 / localhost and
-a client certificate, all made with the ``openssl`` command into a directory.
+"""Throw-away certificates for tests: a CA, a server certificate (for 127.0.0.1 / localhost
+unless told otherwise) and a client certificate, all made with the ``openssl`` command into a
+directory; and password-protected copies of keys.
 
 EC P-256 keys keep it fast (a few milliseconds each). Nothing here is fit for production.
 """
@@ -11,11 +12,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+LOOPBACK_NAMES = ("IP:127.0.0.1", "DNS:localhost")
 SERVER_EXTENSIONS = """\
 basicConstraints = CA:FALSE
 keyUsage = digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectAltName = {names}
 """
 CLIENT_EXTENSIONS = """\
 basicConstraints = CA:FALSE
@@ -61,8 +63,11 @@ def _signed_certificate(
     return cert, key
 
 
-def make_pki(directory: Path, name: str = "test") -> Pki:
-    """A fresh CA in ``directory``, and a server and a client certificate it signed."""
+def make_pki(
+    directory: Path, name: str = "test", server_names: tuple[str, ...] = LOOPBACK_NAMES
+) -> Pki:
+    """A fresh CA in ``directory``, and a server and a client certificate it signed; the
+    server certificate holds ``server_names`` (``IP:...`` or ``DNS:...``)."""
     if shutil.which("openssl") is None:
         raise RuntimeError("the openssl command is needed to make test certificates")
     directory.mkdir(parents=True, exist_ok=True)
@@ -73,9 +78,19 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
         "-out", ca_cert,
     )  # fmt: skip
     server_cert, server_key = _signed_certificate(
-        directory, f"{name}-server", "127.0.0.1", SERVER_EXTENSIONS, (ca_cert, ca_key)
+        directory,
+        f"{name}-server",
+        server_names[0].partition(":")[2],
+        SERVER_EXTENSIONS.format(names=", ".join(server_names)),
+        (ca_cert, ca_key),
     )
     client_cert, client_key = _signed_certificate(
         directory, f"{name}-client", "streamcrm", CLIENT_EXTENSIONS, (ca_cert, ca_key)
     )
     return Pki(ca_cert, server_cert, server_key, client_cert, client_key)
+
+
+def encrypted_key(key: Path, password: str, copy: Path) -> Path:
+    """``copy``: ``key`` encrypted (AES-256, PKCS#8) with ``password``."""
+    _openssl("pkey", "-in", key, "-aes256", "-passout", f"pass:{password}", "-out", copy)
+    return copy

@@ -81,18 +81,70 @@ def start_secure_redis(
     return _started(RunningService("redis-server", address, process, log_path), port)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
+class _TlsServerSide:
+    """The server's end of one TLS connection over an asyncio stream, through memory BIOs.
+
+    asyncio's own TLS drops the alert that says why a handshake failed; a broker sends it
+    (``certificate required``, ``unknown CA``), and clients name the cause only if they get it.
+    """
+
+    def __init__(
+        self, context: ssl.SSLContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._reader, self._writer = reader, writer
+
+    async def _flush(self) -> None:
+        if pending := self._outgoing.read():
+            self._writer.write(pending)
+            await self._writer.drain()
+
+    async def handshake(self) -> bool:
+        """Complete the handshake; False (after sending the alert) if it failed."""
+        while True:
+            try:
+                self._tls.do_handshake()
+                await self._flush()
+                return True
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if not (data := await self._reader.read(65536)):
+                    return False
+                self._incoming.write(data)
+            except ssl.SSLError:
+                await self._flush()  # the alert
+                return False
+
+    async def read(self) -> bytes:
+        """Plain bytes from the client; b"" at its end."""
+        while True:
+            try:
+                data = self._tls.read(65536)
+                await self._flush()  # e.g. a key update
+                return data
+            except ssl.SSLWantReadError:
+                if not (received := await self._reader.read(65536)):
+                    return b""
+                self._incoming.write(received)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+    async def write(self, data: bytes) -> None:
+        self._tls.write(data)
+        await self._flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class TlsTerminatingProxy:
     """Accepts TLS on ``listen_port`` (client certificate required) and forwards the plain
-    bytes to ``target_port``, both on 127.0.0.1, from an event loop in its own thread."""
+    bytes to ``target_port``, both on 127.0.0.1, from an event loop in its own thread.
+
+    ``pki`` gives the CA clients must be signed by and the server certificate; a refused client
+    gets the TLS alert that says why, as from a broker (``_TlsServerSide``).
+    """
 
     def __init__(self, listen_port: int, target_port: int, pki: Pki) -> None:
         self.listen_port = listen_port
@@ -107,26 +159,41 @@ class TlsTerminatingProxy:
 
     def start(self) -> None:
         self._thread.start()
-        listening = asyncio.start_server(
-            self._forward, "127.0.0.1", self.listen_port, ssl=self._context
-        )
+        listening = asyncio.start_server(self._forward, "127.0.0.1", self.listen_port)
         self._server = asyncio.run_coroutine_threadsafe(listening, self._loop).result(10)
 
     async def _forward(
         self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
         self.connections += 1
+        client = _TlsServerSide(self._context, client_reader, client_writer)
         try:
-            upstream = await asyncio.open_connection("127.0.0.1", self.target_port)
+            if not await client.handshake():
+                client.close()
+                return
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
         except OSError:
-            client_writer.close()
+            client.close()
             return
-        upstream_reader, upstream_writer = upstream
-        await asyncio.gather(
-            _pipe(client_reader, upstream_writer),
-            _pipe(upstream_reader, client_writer),
-            return_exceptions=True,
-        )
+
+        async def to_upstream() -> None:
+            try:
+                while data := await client.read():
+                    upstream_writer.write(data)
+                    await upstream_writer.drain()
+            finally:
+                upstream_writer.close()
+
+        async def to_client() -> None:
+            try:
+                while data := await upstream_reader.read(65536):
+                    await client.write(data)
+            finally:
+                client.close()
+
+        await asyncio.gather(to_upstream(), to_client(), return_exceptions=True)
 
     def stop(self) -> None:
         async def close_everything() -> None:

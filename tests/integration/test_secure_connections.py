@@ -1,18 +1,24 @@
 """Secure connections on real servers: Redis with an ACL user and over TLS, Kafka over mutual
-TLS, and a whole worker with every secret passed to it through its environment.
+TLS, a whole worker with every secret passed to it through its environment, and workers that
+cannot connect (wrong Redis password, a broker certificate from another CA or for another host
+name, no client certificate, no broker at all) and exit with code 2 and one line saying why.
 
 Each server is started here on free loopback ports and stopped at the end of the module
 (``tests/integration/secure_services.py``). Kafka SASL is not exercised end to end: the
 embedded Tansu cannot hold a SCRAM user with memory storage (``docs/tansu.md``); the SASL
-option mapping is covered in ``tests/unit/test_connections.py``.
+option mapping is covered in ``tests/unit/test_connections.py``, and a refused worker run is
+configured with a SASL password to check that it shows nowhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +34,7 @@ from streamcrm.connections import (
     kafka_client_options,
     redis_client_options,
 )
-from streamcrm.embedded import EmbeddedServices, RunningService
+from streamcrm.embedded import EmbeddedServices, RunningService, free_port
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.events import CustomerScore, PurchaseEvent
 from streamcrm.kafka_io import make_producer, poll_records, produce_events, read_to_end, read_topic
@@ -42,11 +48,16 @@ from tests.integration.secure_services import (
     tansu_behind_tls,
 )
 from tests.integration.worker_harness import running_worker
-from tests.tls import Pki, make_pki
+from tests.tls import Pki, encrypted_key, make_pki
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "scorer", "acl-pa55word-7f3a"
+KAFKA_KEY_PASSWORD = "kafka-key-pa55-9c1e"
+REDIS_KEY_PASSWORD = "redis-key-pa55-4d7b"
+SASL_PASSWORD = "sasl-pa55word-2b8f"
+PRIVACY_KEY = "privacy-key-5e0a-71c3"
+SECRETS = (PASSWORD, KAFKA_KEY_PASSWORD, REDIS_KEY_PASSWORD, SASL_PASSWORD, PRIVACY_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +130,7 @@ def mutual_tls(pki: Pki, bootstrap: str) -> Settings:
     )
 
 
-# --- Redis AUTH / ACL -------------------------------------------------------------------------
+# --- Redis AUTH / ACL ----------------------------------------------------------------------------
 
 
 async def test_the_store_saves_and_loads_a_customer_as_an_acl_user(
@@ -163,7 +174,7 @@ async def test_without_credentials_the_store_is_refused(
         await round_trip(Settings(redis_url=acl_redis.address), unique_name)
 
 
-# --- Redis TLS ----------------------------------------------------------------------------------
+# --- Redis TLS -----------------------------------------------------------------------------------
 
 
 async def test_the_store_works_over_tls_with_the_configured_ca(
@@ -195,7 +206,7 @@ async def test_a_plain_connection_to_a_tls_only_redis_fails_as_unavailable(
         await round_trip(plain, unique_name)
 
 
-# --- Kafka over mutual TLS ----------------------------------------------------------------------
+# --- Kafka over mutual TLS -----------------------------------------------------------------------
 
 
 def test_kafka_python_produces_and_consumes_over_mutual_tls(
@@ -252,7 +263,35 @@ async def test_aiokafka_with_faust_credentials_produces_and_consumes_over_mutual
     assert [m.value for m in batch.get(partition, [])] == [b"aiokafka over TLS"]
 
 
-# --- a whole worker -----------------------------------------------------------------------------
+# --- a whole worker ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncryptedKeys:
+    """The test client key, encrypted once with each service's key password."""
+
+    kafka: Path
+    redis: Path
+
+
+@pytest.fixture(scope="module")
+def encrypted_keys(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> EncryptedKeys:
+    directory = tmp_path_factory.mktemp("encrypted-keys")
+    return EncryptedKeys(
+        kafka=encrypted_key(pki.client_key, KAFKA_KEY_PASSWORD, directory / "kafka.key"),
+        redis=encrypted_key(pki.client_key, REDIS_KEY_PASSWORD, directory / "redis.key"),
+    )
+
+
+def kafka_mutual_tls(pki: Pki, keys: EncryptedKeys) -> dict[str, object]:
+    """Settings for Kafka over mutual TLS with the password-protected client key."""
+    return {
+        "kafka_security_protocol": "SSL",
+        "kafka_ssl_cafile": pki.ca_cert,
+        "kafka_ssl_certfile": pki.client_cert,
+        "kafka_ssl_keyfile": keys.kafka,
+        "kafka_ssl_password": KAFKA_KEY_PASSWORD,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +313,7 @@ def test_a_worker_scores_over_kafka_tls_into_redis_tls_with_acl_and_logs_no_secr
     tls_kafka: TlsTerminatingProxy,
     locked_down_redis: RunningService,
     pki: Pki,
+    encrypted_keys: EncryptedKeys,
     unique_name: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -282,15 +322,14 @@ def test_a_worker_scores_over_kafka_tls_into_redis_tls_with_acl_and_logs_no_secr
     settings = Settings(
         **{
             **local.model_dump(),
-            "kafka_security_protocol": "SSL",
-            "kafka_ssl_cafile": pki.ca_cert,
-            "kafka_ssl_certfile": pki.client_cert,
-            "kafka_ssl_keyfile": pki.client_key,
+            **kafka_mutual_tls(pki, encrypted_keys),
             "redis_username": USER,
             "redis_password": PASSWORD,
             "redis_ssl_ca_certs": pki.ca_cert,
             "redis_ssl_certfile": pki.client_cert,
-            "redis_ssl_keyfile": pki.client_key,
+            "redis_ssl_keyfile": encrypted_keys.redis,
+            "redis_ssl_password": REDIS_KEY_PASSWORD,
+            "privacy_key": PRIVACY_KEY,
         }
     )
     assert worker_environment(settings)["STREAMCRM_REDIS_PASSWORD"] == PASSWORD
@@ -316,7 +355,9 @@ def test_a_worker_scores_over_kafka_tls_into_redis_tls_with_acl_and_logs_no_secr
     stored = asyncio.run(load_state(settings, unique_name, "c1"))
     assert stored is not None and stored.events_applied == 1
     assert scored.customer_id == "c1"
-    assert PASSWORD not in log_path.read_text(errors="replace")
+    log = log_path.read_text(errors="replace")
+    assert "start-up check: Kafka" in log
+    assert [secret for secret in SECRETS if secret in log] == []
 
 
 async def load_state(settings: Settings, namespace: str, customer_id: str) -> CustomerState | None:
@@ -336,3 +377,189 @@ def wait_for_score(reader: KafkaConsumer, customer_id: str, timeout_s: float) ->
                 if score.customer_id == customer_id:
                     return score
     raise AssertionError(f"no score for {customer_id} within {timeout_s:g} s")
+
+
+# --- a worker that cannot connect ----------------------------------------------------------------
+
+REFUSED_WITHIN_S = 20.0
+"""A refused worker exits well within this (measured: 4-6 s, most of it Python starting);
+without the start-up check a wrong Redis password never ended and a TLS refusal took 32-35 s."""
+
+
+@dataclass(frozen=True)
+class Exited:
+    returncode: int
+    output: str
+    last_error_line: str
+    seconds: float
+
+
+def worker_until_it_exits(settings: Settings, timeout_s: float = 60.0) -> Exited:
+    """Run ``streamcrm worker`` configured by ``settings``; killed if it outlives ``timeout_s``."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "streamcrm", "worker"],
+        env=worker_environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+    errors = done.stderr.strip().splitlines()
+    return Exited(
+        done.returncode,
+        done.stdout + done.stderr,
+        errors[-1] if errors else "",
+        time.monotonic() - started,
+    )
+
+
+def assert_refused(exited: Exited, *expected: str, within_s: float = REFUSED_WITHIN_S) -> None:
+    """Exit code 2 in time, a last line on stderr saying ``expected``, no traceback, no secret."""
+    assert exited.returncode == 2, exited.output[-3000:]
+    assert exited.seconds < within_s
+    assert exited.last_error_line.startswith("streamcrm: "), exited.output[-3000:]
+    for words in expected:
+        assert words in exited.last_error_line
+    assert "Traceback" not in exited.output
+    assert [secret for secret in SECRETS if secret in exited.output] == []
+
+
+@pytest.fixture
+def refusal_settings(
+    acl_redis: RunningService, tmp_path: Path, unique_name: str
+) -> dict[str, object]:
+    """Everything a worker needs but Kafka's security: Redis as the ACL user, the privacy key."""
+    return {
+        "app_id": unique_name,
+        "topic_prefix": unique_name,
+        "redis_namespace": unique_name,
+        "data_dir": tmp_path / "faust-data",
+        "redis_url": acl_redis.address,
+        "redis_username": USER,
+        "redis_password": PASSWORD,
+        "privacy_key": PRIVACY_KEY,
+    }
+
+
+def test_a_worker_with_a_wrong_redis_password_exits_2_at_once_saying_what_to_check(
+    tls_kafka: TlsTerminatingProxy,
+    pki: Pki,
+    encrypted_keys: EncryptedKeys,
+    refusal_settings: dict[str, object],
+) -> None:
+    wrong = f"not-{PASSWORD}"
+    settings = Settings(
+        **{
+            **refusal_settings,
+            **kafka_mutual_tls(pki, encrypted_keys),
+            "kafka_bootstrap": f"127.0.0.1:{tls_kafka.listen_port}",
+            "redis_password": wrong,
+        }
+    )
+
+    exited = worker_until_it_exits(settings)
+
+    assert_refused(exited, "Redis at ", "refused the credentials", "STREAMCRM_REDIS_PASSWORD")
+    assert wrong not in exited.output
+
+
+def test_a_broker_certificate_from_another_ca_ends_the_worker_naming_the_ca_setting(
+    tls_kafka: TlsTerminatingProxy,
+    pki: Pki,
+    encrypted_keys: EncryptedKeys,
+    refusal_settings: dict[str, object],
+    tmp_path: Path,
+) -> None:
+    stranger = make_pki(tmp_path / "stranger", "stranger")
+    bootstrap = f"127.0.0.1:{tls_kafka.listen_port}"
+    settings = Settings(
+        **{
+            **refusal_settings,
+            **kafka_mutual_tls(pki, encrypted_keys),
+            # Every Kafka secret there is: SASL over TLS with a password-protected client key.
+            "kafka_security_protocol": "SASL_SSL",
+            "kafka_sasl_mechanism": "SCRAM-SHA-512",
+            "kafka_sasl_username": "scorer",
+            "kafka_sasl_password": SASL_PASSWORD,
+            "kafka_bootstrap": bootstrap,
+            "kafka_ssl_cafile": stranger.ca_cert,
+        }
+    )
+
+    exited = worker_until_it_exits(settings)
+
+    assert_refused(
+        exited,
+        f"Kafka TLS handshake with {bootstrap} failed: certificate verify failed",
+        "check STREAMCRM_KAFKA_SSL_CAFILE",
+    )
+
+
+def test_a_worker_without_the_client_certificate_the_broker_requires_exits_2_saying_so(
+    tls_kafka: TlsTerminatingProxy, pki: Pki, refusal_settings: dict[str, object]
+) -> None:
+    bootstrap = f"127.0.0.1:{tls_kafka.listen_port}"
+    settings = Settings(
+        **refusal_settings,
+        kafka_bootstrap=bootstrap,
+        kafka_security_protocol="SSL",
+        kafka_ssl_cafile=pki.ca_cert,
+    )
+
+    exited = worker_until_it_exits(settings)
+
+    assert_refused(
+        exited,
+        f"Kafka at {bootstrap} refused the TLS connection: tlsv13 alert certificate required",
+        "set STREAMCRM_KAFKA_SSL_CERTFILE",
+    )
+
+
+def test_a_broker_certificate_for_another_host_name_ends_the_worker(
+    tls_kafka: TlsTerminatingProxy, refusal_settings: dict[str, object], tmp_path: Path
+) -> None:
+    # A proxy to the same broker whose certificate, from a CA the worker trusts, names
+    # another host than the 127.0.0.1 the worker connects to.
+    elsewhere = make_pki(tmp_path / "elsewhere", "elsewhere", ("DNS:broker.elsewhere.example",))
+    proxy = TlsTerminatingProxy(free_port(), tls_kafka.target_port, elsewhere)
+    proxy.start()
+    try:
+        bootstrap = f"127.0.0.1:{proxy.listen_port}"
+        settings = Settings(
+            **refusal_settings,
+            kafka_bootstrap=bootstrap,
+            kafka_security_protocol="SSL",
+            kafka_ssl_cafile=elsewhere.ca_cert,
+            kafka_ssl_certfile=elsewhere.client_cert,
+            kafka_ssl_keyfile=elsewhere.client_key,
+        )
+
+        exited = worker_until_it_exits(settings)
+    finally:
+        proxy.stop()
+
+    assert_refused(
+        exited,
+        f"Kafka TLS handshake with {bootstrap} failed: certificate verify failed",
+        "mismatch",
+        "STREAMCRM_KAFKA_BOOTSTRAP",
+    )
+
+
+def test_a_worker_that_finds_no_broker_gives_up_after_the_start_up_wait(
+    refusal_settings: dict[str, object],
+) -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings(**refusal_settings, kafka_bootstrap=bootstrap, startup_wait_s=3.0)
+
+    exited = worker_until_it_exits(settings)
+
+    assert_refused(
+        exited,
+        f"Kafka unavailable at {bootstrap}: ",
+        "gave up after",
+        "STREAMCRM_STARTUP_WAIT_S=3",
+        within_s=3.0 + REFUSED_WITHIN_S,
+    )
+    assert exited.output.count("trying again in") >= 2

@@ -7,6 +7,7 @@ from importlib.metadata import version
 import pytest
 
 from streamcrm.cli import main
+from streamcrm.errors import ConnectionRejectedError, ServiceUnreachableError
 
 
 def test_version_prints_the_installed_version_and_exits_zero(
@@ -35,3 +36,28 @@ def test_an_unreachable_broker_is_a_one_line_error_and_exit_2(
     error = capsys.readouterr().err
     assert error.startswith("streamcrm: Kafka unavailable at 127.0.0.1:1: ")
     assert "Unable to bootstrap" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        ConnectionRejectedError(
+            "Kafka TLS handshake with b:9093 failed: certificate verify failed"
+        ),
+        ServiceUnreachableError("Redis unavailable at redis://r:6379/0: refused; gave up after 9"),
+    ],
+)
+def test_a_worker_whose_start_up_check_fails_says_so_in_one_line_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], refusal: Exception
+) -> None:
+    import streamcrm.cli
+
+    def fails(settings: object) -> None:
+        raise refusal
+
+    monkeypatch.setenv("STREAMCRM_KAFKA_BOOTSTRAP", "b:9093")
+    monkeypatch.setenv("STREAMCRM_REDIS_URL", "redis://r:6379/0")
+    monkeypatch.setattr(streamcrm.cli, "check_connections", fails)
+
+    assert main(["worker"]) == 2
+    assert capsys.readouterr().err == f"streamcrm: {refusal}\n"

@@ -3,8 +3,14 @@ is given, and that no secret shows in a repr, a dump or a log-ready URL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import ssl
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,16 +23,31 @@ from kafka.net.sasl import get_sasl_mechanism
 from kafka.net.transport import KafkaSSLTransport
 from pydantic import SecretStr
 
+import streamcrm.connections
 from streamcrm.cli import worker_environment
 from streamcrm.connections import (
+    STARTUP_RETRY_DELAYS_S,
+    TlsSide,
+    bootstrap_addresses,
+    check_connections,
+    check_kafka,
+    check_redis,
+    describe_connections,
+    describe_tls_failure,
     faust_broker_credentials,
     kafka_client_options,
+    kafka_ssl_context,
     redact_url,
     redis_client_options,
 )
-from streamcrm.errors import ConfigurationError
+from streamcrm.errors import (
+    ConfigurationError,
+    ConnectionRejectedError,
+    ServiceUnreachableError,
+    StartupCheckError,
+)
 from streamcrm.settings import Settings
-from tests.tls import Pki
+from tests.tls import Pki, encrypted_key
 
 KAFKA_SECRET = "kafka-pa55word"
 REDIS_SECRET = "redis-pa55word"
@@ -58,10 +79,11 @@ def every_form_of(settings: Settings) -> list[str]:
         settings.model_dump_json(),
         json.dumps(settings.model_dump(mode="json")),
         str(settings.redis_url_for_logs),
+        describe_connections(settings),
     ]
 
 
-# --- which settings fit together ------------------------------------------------------------
+# --- which settings fit together -----------------------------------------------------------------
 
 
 def test_plaintext_is_the_default() -> None:
@@ -111,6 +133,22 @@ def test_a_certificate_file_that_does_not_exist_is_refused(pki: Pki) -> None:
 
     with pytest.raises(ConfigurationError, match="kafka_ssl_cafile: no such file"):
         Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=missing)
+
+
+@pytest.mark.parametrize("service", ["kafka", "redis"])
+def test_a_key_password_needs_a_client_certificate(service: str, pki: Pki) -> None:
+    tls = (
+        {"kafka_security_protocol": "SSL"}
+        if service == "kafka"
+        else {"redis_url": "rediss://127.0.0.1:6380/0"}
+    )
+    with pytest.raises(ConfigurationError, match=f"{service}_ssl_password needs"):
+        Settings(**tls, **{f"{service}_ssl_password": "k"})  # type: ignore[arg-type]
+
+
+def test_a_key_password_without_tls_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="kafka_ssl_password set, but"):
+        Settings(kafka_ssl_password="k")  # type: ignore[arg-type]
 
 
 def test_a_client_key_needs_its_certificate(pki: Pki) -> None:
@@ -168,20 +206,32 @@ def test_secrets_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch, 
     assert settings.redis_url == "rediss://scorer@127.0.0.1:6380/0"
 
 
-# --- redaction --------------------------------------------------------------------------------
+# --- redaction -----------------------------------------------------------------------------------
 
 
-def test_no_password_shows_in_repr_str_or_dumps_of_the_settings(pki: Pki) -> None:
+def test_no_secret_shows_in_repr_str_dumps_or_the_start_up_log_line(pki: Pki) -> None:
+    secrets = [KAFKA_SECRET, REDIS_SECRET, "kafka-key-secret", "redis-key-secret", "privacy-secret"]
     settings = sasl(
+        kafka_bootstrap="broker:9093",
         kafka_ssl_cafile=pki.ca_cert,
+        kafka_ssl_certfile=pki.client_cert,
+        kafka_ssl_keyfile=pki.client_key,
+        kafka_ssl_password=secrets[2],
         redis_url="rediss://127.0.0.1:6380/0",
         redis_username="scorer",
         redis_password=REDIS_SECRET,
+        redis_ssl_certfile=pki.client_cert,
+        redis_ssl_password=secrets[3],
+        privacy_key=secrets[4],
     )
 
     for shown in every_form_of(settings):
-        assert KAFKA_SECRET not in shown
-        assert REDIS_SECRET not in shown
+        assert [secret for secret in secrets if secret in shown] == []
+    assert describe_connections(settings) == (
+        f"Kafka broker:9093 over SASL_SSL (SASL SCRAM-SHA-512 as scorer, CA {pki.ca_cert}, client"
+        f" certificate {pki.client_cert}, encrypted key); Redis rediss://:***@127.0.0.1:6380/0"
+        f" (user scorer, the system's CAs, client certificate {pki.client_cert}, encrypted key)"
+    )
 
 
 def test_a_password_written_in_the_redis_url_is_moved_out_of_it() -> None:
@@ -225,7 +275,7 @@ def test_faust_credentials_do_not_show_the_password() -> None:
     assert KAFKA_SECRET not in repr(credentials)
 
 
-# --- kafka-python -------------------------------------------------------------------------------
+# --- kafka-python --------------------------------------------------------------------------------
 
 
 def test_sasl_plaintext_maps_to_kafka_python_sasl_options() -> None:
@@ -260,6 +310,7 @@ def test_mutual_tls_maps_to_the_three_files(pki: Pki) -> None:
         "ssl_cafile": str(pki.ca_cert),
         "ssl_certfile": str(pki.client_cert),
         "ssl_keyfile": str(pki.client_key),
+        "ssl_password": "",  # not None: OpenSSL would ask for an encrypted key's on a terminal
     }
 
 
@@ -298,7 +349,7 @@ def test_kafka_python_builds_a_verifying_tls_context_from_the_options(pki: Pki) 
     assert context.check_hostname
 
 
-# --- Faust / aiokafka ------------------------------------------------------------------------
+# --- Faust / aiokafka ----------------------------------------------------------------------------
 
 
 def test_ssl_maps_to_faust_ssl_credentials_with_a_verifying_context(pki: Pki) -> None:
@@ -341,7 +392,7 @@ async def test_aiokafka_accepts_what_faust_makes_of_the_credentials(
     assert client._security_protocol == protocol  # noqa: SLF001
 
 
-# --- redis-py -----------------------------------------------------------------------------------
+# --- redis-py ------------------------------------------------------------------------------------
 
 
 def test_redis_acl_user_and_tls_files_map_to_redis_py_options(pki: Pki) -> None:
@@ -360,6 +411,7 @@ def test_redis_acl_user_and_tls_files_map_to_redis_py_options(pki: Pki) -> None:
         "ssl_ca_certs": str(pki.ca_cert),
         "ssl_certfile": str(pki.client_cert),
         "ssl_keyfile": str(pki.client_key),
+        "ssl_password": "",
     }
 
 
@@ -378,7 +430,7 @@ async def test_redis_py_makes_a_tls_connection_object_from_the_options(pki: Pki)
     await client.aclose()
 
 
-# --- worker subprocesses ----------------------------------------------------------------------
+# --- worker subprocesses -------------------------------------------------------------------------
 
 
 def test_a_worker_subprocess_gets_the_secrets_themselves(
@@ -401,3 +453,384 @@ def test_a_worker_subprocess_gets_the_secrets_themselves(
     assert kafka_client_options(child) == kafka_client_options(settings)
     assert redis_client_options(child) == redis_client_options(settings)
     assert child.redis_url == settings.redis_url
+
+
+# --- password-protected client keys --------------------------------------------------------------
+
+KEY_PASSWORD = "key-pa55word"
+
+
+@pytest.fixture(scope="module")
+def locked_key(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(
+        encrypted_key(pki.client_key, KEY_PASSWORD, tmp_path_factory.mktemp("keys") / "c.key")
+    )
+
+
+def with_client_key(pki: Pki, key: str, password: str | None) -> Settings:
+    return Settings(
+        kafka_security_protocol="SSL",
+        kafka_ssl_cafile=pki.ca_cert,
+        kafka_ssl_certfile=pki.client_cert,
+        kafka_ssl_keyfile=key,  # type: ignore[arg-type]
+        kafka_ssl_password=password,  # type: ignore[arg-type]
+        redis_url="rediss://127.0.0.1:6380/0",
+        redis_ssl_certfile=pki.client_cert,
+        redis_ssl_keyfile=key,  # type: ignore[arg-type]
+        redis_ssl_password=password,  # type: ignore[arg-type]
+    )
+
+
+def test_the_key_password_opens_an_encrypted_key_for_every_client(
+    pki: Pki, locked_key: str
+) -> None:
+    settings = with_client_key(pki, locked_key, KEY_PASSWORD)
+    options = kafka_client_options(settings)
+    config = {**KafkaSSLTransport.DEFAULT_CONFIG, **options}
+    del config["security_protocol"]
+
+    kafka_ssl_context(settings)  # Faust's aiokafka clients
+    KafkaSSLTransport._build_ssl_context(config)  # noqa: SLF001
+
+    assert options["ssl_password"] == KEY_PASSWORD
+    assert redis_client_options(settings)["ssl_password"] == KEY_PASSWORD
+
+
+@pytest.mark.parametrize("password", [None, "wrong"])
+def test_an_encrypted_key_without_its_password_is_a_configuration_error_not_a_prompt(
+    pki: Pki, locked_key: str, password: str | None
+) -> None:
+    settings = with_client_key(pki, locked_key, password)
+
+    with pytest.raises(ConfigurationError, match="STREAMCRM_KAFKA_SSL_PASSWORD"):
+        kafka_ssl_context(settings)
+    with pytest.raises(ConfigurationError, match="STREAMCRM_REDIS_SSL_PASSWORD"):
+        check_redis(settings)  # refused while loading the key, before connecting
+
+
+# --- what a TLS failure means --------------------------------------------------------------------
+
+
+def kafka_side(*, certificate: bool = False, ca: bool = True) -> TlsSide:
+    settings = Settings(kafka_security_protocol="SSL")
+    side = TlsSide.kafka(settings)
+    return TlsSide(
+        side.service,
+        side.address_setting,
+        side.ca_setting,
+        ca,
+        side.certificate_settings,
+        certificate,
+    )
+
+
+def verify_failure(code: int, message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] {message}")
+    error.reason, error.verify_code, error.verify_message = (
+        "CERTIFICATE_VERIFY_FAILED",
+        code,
+        message,
+    )
+    return error
+
+
+def alert(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] ...")
+    error.reason = reason
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "side", "kind", "says"),
+    [
+        (
+            verify_failure(19, "self-signed certificate in certificate chain"),
+            kafka_side(),
+            ConnectionRejectedError,
+            "check STREAMCRM_KAFKA_SSL_CAFILE: it must hold the CA",
+        ),
+        (
+            verify_failure(20, "unable to get local issuer certificate"),
+            kafka_side(ca=False),
+            ConnectionRejectedError,
+            "STREAMCRM_KAFKA_SSL_CAFILE is unset, so the system's CAs were used",
+        ),
+        (
+            verify_failure(62, "Hostname mismatch, certificate is not valid for 'b.example'."),
+            kafka_side(),
+            ConnectionRejectedError,
+            "its certificate is for another name: connect by a name the certificate holds"
+            " (STREAMCRM_KAFKA_BOOTSTRAP)",
+        ),
+        (
+            alert("TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+            kafka_side(),
+            ConnectionRejectedError,
+            "it wants a client certificate: set STREAMCRM_KAFKA_SSL_CERTFILE",
+        ),
+        (
+            alert("TLSV1_ALERT_UNKNOWN_CA"),
+            kafka_side(certificate=True),
+            ConnectionRejectedError,
+            "it does not accept the client certificate: check STREAMCRM_KAFKA_SSL_CERTFILE",
+        ),
+        (
+            alert("TLSV1_ALERT_PROTOCOL_VERSION"),
+            kafka_side(),
+            ConnectionRejectedError,
+            "check the Kafka TLS settings",
+        ),
+        (
+            alert("WRONG_VERSION_NUMBER"),
+            kafka_side(),
+            ConnectionRejectedError,
+            "is that a TLS port? check STREAMCRM_KAFKA_BOOTSTRAP",
+        ),
+        (
+            ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+            kafka_side(),
+            ServiceUnreachableError,
+            "closed the connection during or right after the TLS handshake",
+        ),
+    ],
+    ids=[
+        "another-ca",
+        "system-cas",
+        "host-name",
+        "no-client-certificate",
+        "client-certificate-refused",
+        "other-alert",
+        "not-tls",
+        "closed",
+    ],
+)
+def test_a_tls_failure_says_what_to_check_and_whether_retrying_can_help(
+    error: ssl.SSLError, side: TlsSide, kind: type[StartupCheckError], says: str
+) -> None:
+    described = describe_tls_failure(error, "b.example:9093", side)
+
+    assert type(described) is kind
+    assert says in str(described)
+    assert "b.example:9093" in str(described)
+
+
+def test_bootstrap_lists_are_split_into_hosts_and_ports() -> None:
+    assert bootstrap_addresses(" a:1 ,b, [fe80::1]:3") == [("a", 1), ("b", 9092), ("fe80::1", 3)]
+    with pytest.raises(ConfigurationError, match="not host:port"):
+        bootstrap_addresses("a:notaport")
+
+
+# --- the start-up check against small fake brokers -----------------------------------------------
+
+
+@contextmanager
+def fake_broker(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A loopback server that hands each connection to ``answer``; yields its host:port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    answer(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def answers_api_versions(connection: socket.socket) -> None:
+    size = struct.unpack(">i", connection.recv(4))[0]
+    request = connection.recv(size)
+    correlation_id = request[4:8]
+    body = correlation_id + struct.pack(">hi", 0, 0)  # no error, no APIs listed
+    connection.sendall(struct.pack(">i", len(body)) + body)
+
+
+def hangs_up(connection: socket.socket) -> None:
+    connection.recv(100)
+
+
+def answers_with_a_tls_alert(connection: socket.socket) -> None:
+    connection.recv(100)
+    connection.sendall(bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]))
+
+
+def answers_http(connection: socket.socket) -> None:
+    connection.recv(100)
+    connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+
+def plaintext(bootstrap: str) -> Settings:
+    return Settings(kafka_bootstrap=bootstrap, redis_url="redis://127.0.0.1:1/0")
+
+
+def test_a_broker_that_answers_passes_the_check() -> None:
+    with fake_broker(answers_api_versions) as bootstrap:
+        check_kafka(plaintext(bootstrap))
+
+
+def test_the_first_broker_of_the_list_that_answers_is_enough() -> None:
+    with fake_broker(answers_api_versions) as bootstrap:
+        check_kafka(plaintext(f"127.0.0.1:{closed_port()},{bootstrap}"))
+
+
+def test_a_broker_that_hangs_up_is_unreachable_not_refused() -> None:
+    with (
+        fake_broker(hangs_up) as bootstrap,
+        pytest.raises(ServiceUnreachableError, match="closed the connection without answering"),
+    ):
+        check_kafka(plaintext(bootstrap))
+
+
+def test_a_plain_connection_to_a_tls_listener_is_refused_naming_the_protocol_setting() -> None:
+    with (
+        fake_broker(answers_with_a_tls_alert) as bootstrap,
+        pytest.raises(ConnectionRejectedError, match="STREAMCRM_KAFKA_SECURITY_PROTOCOL to SSL"),
+    ):
+        check_kafka(plaintext(bootstrap))
+
+
+def test_something_other_than_kafka_is_refused() -> None:
+    with (
+        fake_broker(answers_http) as bootstrap,
+        pytest.raises(ConnectionRejectedError, match="not as a Kafka broker does"),
+    ):
+        check_kafka(plaintext(bootstrap))
+
+
+def test_a_tls_broker_that_closes_after_the_handshake_suggests_the_client_certificate(
+    pki: Pki,
+) -> None:
+    # What a TLS terminator whose TLS drops the alert does to a client without a certificate.
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+
+    def handshakes_then_hangs_up(connection: socket.socket) -> None:
+        server.wrap_socket(connection, server_side=True).close()
+
+    with fake_broker(handshakes_then_hangs_up) as bootstrap:
+        settings = Settings(
+            kafka_bootstrap=bootstrap, kafka_security_protocol="SSL", kafka_ssl_cafile=pki.ca_cert
+        )
+        with pytest.raises(ServiceUnreachableError) as unreachable:
+            check_kafka(settings)
+
+    assert "closed the connection right after the TLS handshake" in str(unreachable.value)
+    assert "set STREAMCRM_KAFKA_SSL_CERTFILE" in str(unreachable.value)
+
+
+def test_a_redis_that_does_not_listen_is_unreachable() -> None:
+    settings = Settings(redis_url=f"redis://:{REDIS_SECRET}@127.0.0.1:{closed_port()}/0")
+
+    with pytest.raises(ServiceUnreachableError, match="Redis unavailable at redis://:\\*\\*\\*@"):
+        check_redis(settings, timeout_s=1.0)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+# --- how long the start-up check waits -----------------------------------------------------------
+
+
+class FakeTime:
+    """A clock that moves only when slept on (and by ``attempt_s`` per attempt)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def attempts_that(
+    outcomes: list[Exception | None], time_: FakeTime, calls: list[str], name: str
+) -> Callable[..., None]:
+    def attempt(settings: Settings, timeout_s: float) -> None:
+        calls.append(name)
+        time_.now += 0.1
+        outcome = outcomes.pop(0) if outcomes else outcomes_default(name)
+        if outcome is not None:
+            raise outcome
+
+    return attempt
+
+
+def outcomes_default(name: str) -> Exception:
+    return ServiceUnreachableError(f"{name} unavailable at somewhere: refused")
+
+
+def run_check(
+    monkeypatch: pytest.MonkeyPatch,
+    kafka: list[Exception | None],
+    redis: list[Exception | None],
+    wait_s: float = 30.0,
+) -> tuple[FakeTime, list[str]]:
+    time_, calls = FakeTime(), []
+    monkeypatch.setattr(
+        streamcrm.connections, "check_kafka", attempts_that(kafka, time_, calls, "Kafka")
+    )
+    monkeypatch.setattr(
+        streamcrm.connections, "check_redis", attempts_that(redis, time_, calls, "Redis")
+    )
+    settings = Settings(
+        kafka_bootstrap="b:9092", redis_url="redis://r:6379/0", startup_wait_s=wait_s
+    )
+    check_connections(settings, sleep=time_.sleep, clock=lambda: time_.now)
+    return time_, calls
+
+
+def test_a_refusal_ends_the_check_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = ConnectionRejectedError("Kafka TLS handshake with b:9092 failed: ...")
+
+    with pytest.raises(ConnectionRejectedError) as raised:
+        run_check(monkeypatch, kafka=[refused], redis=[None])
+
+    assert raised.value is refused
+
+
+def test_an_unreachable_service_is_retried_until_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    down = outcomes_default("Kafka")
+
+    time_, calls = run_check(monkeypatch, kafka=[down, down, None], redis=[None])
+
+    assert calls == ["Kafka", "Kafka", "Kafka", "Redis"]
+    assert time_.sleeps == list(STARTUP_RETRY_DELAYS_S[:2])
+
+
+def test_an_unreachable_service_is_given_up_on_within_the_start_up_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ServiceUnreachableError) as raised:
+        run_check(monkeypatch, kafka=[None], redis=[], wait_s=10.0)
+
+    message = str(raised.value)
+    assert message.startswith("Redis unavailable at somewhere: refused; gave up after ")
+    assert message.endswith("(STREAMCRM_STARTUP_WAIT_S=10)")
+
+
+def test_the_start_up_wait_bounds_the_time_slept(monkeypatch: pytest.MonkeyPatch) -> None:
+    for wait_s in (1.0, 10.0, 30.0, 120.0):
+        time_ = FakeTime()
+        monkeypatch.setattr(
+            streamcrm.connections, "check_kafka", attempts_that([], time_, [], "Kafka")
+        )
+        settings = Settings(kafka_bootstrap="b:9092", startup_wait_s=wait_s)
+
+        with pytest.raises(ServiceUnreachableError):
+            check_connections(settings, sleep=time_.sleep, clock=lambda t=time_: t.now)
+
+        assert time_.now < wait_s
+        assert len(time_.sleeps) >= min(3, int(wait_s))  # tried again, not given up at once

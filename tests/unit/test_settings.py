@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from streamcrm.errors import ConfigurationError
 from streamcrm.settings import Settings
@@ -79,3 +80,15 @@ def test_every_setting_is_documented_and_every_documented_variable_is_a_setting(
 
     assert sorted(settings - documented) == []
     assert sorted(documented - settings) == []
+
+
+def test_the_start_up_wait_is_read_from_the_environment_and_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STREAMCRM_STARTUP_WAIT_S", raising=False)
+    assert Settings.from_env().startup_wait_s == 30.0
+    monkeypatch.setenv("STREAMCRM_STARTUP_WAIT_S", "90")
+
+    assert Settings.from_env().startup_wait_s == 90.0
+    with pytest.raises(ValidationError, match="greater than 0"):
+        Settings(startup_wait_s=0)
