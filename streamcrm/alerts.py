@@ -45,7 +45,14 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamcrm.events import Alert, AlertKind, AlertSeverity, CustomerScore, ModelMetrics
+from streamcrm.events import (
+    Alert,
+    AlertKind,
+    AlertSeverity,
+    CustomerScore,
+    DeadLetter,
+    ModelMetrics,
+)
 from streamcrm.scores import discounted_value
 
 DRIVERS_PER_ALERT = 3
@@ -432,6 +439,39 @@ def drift_alert(report: ModelMetrics, now: datetime) -> Alert | None:
             "labelled_examples": report.labelled_examples,
         },
         model_version=report.model_version,
+    )
+
+
+def privacy_failure_alert(letter: DeadLetter, now: datetime) -> Alert:
+    """The alert for an erasure or consent request that could not be applied (it was
+    dead-lettered): a silently failed erasure is a compliance failure, so someone must fix
+    and re-publish it.
+
+    It names where the request sits (topic, partition, offset: the dead letter has it whole)
+    and why, by reason code only: no customer id or payload, so the alerts topic takes on no
+    personal data. ``alert_id`` is the request's position, so a re-sent dead letter gives
+    the same id.
+    """
+    where = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
+    return Alert(
+        alert_id=f"{where}:privacy_request_failed",
+        kind="privacy_request_failed",
+        severity="critical",
+        customer_id=None,
+        raised_at=now,
+        event_id=None,
+        message=(
+            f"privacy request at {where} was not applied ({letter.reason_code}): find it with"
+            f" `streamcrm deadletter --at {letter.source_topic}:{letter.partition}:"
+            f"{letter.offset}`, fix it and re-publish it"
+        ),
+        scores={
+            "source_topic": letter.source_topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+            "reason_code": letter.reason_code,
+        },
+        model_version="-",
     )
 
 

@@ -30,7 +30,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
-from streamcrm.alerts import drift_alert
+from streamcrm.alerts import drift_alert, privacy_failure_alert
 from streamcrm.connections import (
     faust_broker_credentials,
     kafka_client_options,
@@ -160,6 +160,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         busy here, so nothing of the topic overtakes the re-read; no seek of Faust's own
         consumer is needed (a seek races with batches Faust has already fetched)."""
         logger.warning("%s", behind)
+        outbox.recheck()
         before = dict(pipeline.outcomes)
         start = behind.resume_at
         while start < upto:
@@ -196,6 +197,12 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         letter = dead_letter_for(message, error)
         pipeline.dead_letters[letter.reason_code] += 1
         await deadletter_topic.send(key=message.key, value=letter.model_dump_json().encode())
+        if message.topic == topics.privacy:
+            # A request to erase (or consent) that was not applied: never silent.
+            metrics.privacy_failures[letter.reason_code] += 1
+            alert = privacy_failure_alert(letter, datetime.now(UTC))
+            logger.error("%s", alert.message)
+            await send_alert(PRIVACY_ALERT_KEY, alert)
 
     async def dead_letter(message: Incoming, error: Exception, catching_up: bool) -> None:
         if not catching_up:  # a re-read message was dead-lettered the first time already
@@ -504,12 +511,12 @@ class FaustOutputTopics:
         async with self._reading:
             return await asyncio.to_thread(self.reader.end_offsets, list(partitions))
 
-    async def ids_since(self, partition: tuple[str, int], offset: int) -> set[str]:
+    async def fingerprints_since(self, partition: tuple[str, int], offset: int) -> set[str]:
         topic, number = partition
         kind = next(k for k, name in self.topic_names.items() if name == topic)
         async with self._reading:
             return await asyncio.to_thread(
-                self.reader.ids_since, topic, number, offset, self.ID_FIELDS[kind]
+                self.reader.fingerprints_since, topic, number, offset, self.ID_FIELDS[kind]
             )
 
     async def send_all(self, records: Sequence[OutboxRecord]) -> None:
@@ -568,6 +575,9 @@ RECENT_ALERTS = 50
 """Alerts a worker keeps in memory for its web views (``/api/overview``)."""
 MODEL_ALERT_KEY = b"model"
 """The alerts-topic key of model-wide alerts (customer alerts are keyed by customer id)."""
+PRIVACY_ALERT_KEY = b"privacy"
+"""The alerts-topic key of failed privacy requests (no customer id: see
+:func:`streamcrm.alerts.privacy_failure_alert`)."""
 MODEL_UPDATE_BATCH = 500
 """Model updates sent in one message at most (and at least, between flushes)."""
 MODEL_UPDATE_FLUSH_S = 0.25

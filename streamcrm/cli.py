@@ -29,7 +29,8 @@ from pydantic import SecretStr
 
 from streamcrm.connections import check_connections, kafka_client_options, redis_client_options
 from streamcrm.embedded import embedded_services
-from streamcrm.errors import ConfigurationError, StreamcrmError
+from streamcrm.errors import ConfigurationError, StoreUnavailableError, StreamcrmError
+from streamcrm.events import Alert
 from streamcrm.settings import Settings
 
 
@@ -518,6 +519,7 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
         except (LookupError, TimeoutError) as error:
             print(f"streamcrm status: {error} (has a worker ever run?)", file=sys.stderr)
             return 2
+        alerts = _alerts_of_customers_not_erased(settings, alerts)
         if args.watch:
             console.clear()
         console.print(*status_view(reports, alerts))
@@ -527,6 +529,40 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
             time.sleep(args.watch)
         except KeyboardInterrupt:
             return 0
+
+
+def _alerts_of_customers_not_erased(settings: Settings, alerts: list[Alert]) -> list[Alert]:
+    """The alerts ``streamcrm status`` may show: none of a customer erased since (checked
+    against the workers' block list in Redis). Without Redis to ask, customer alerts are left
+    out, with a line saying so: an erased customer must not be shown."""
+    from streamcrm.status import without_erased
+    from streamcrm.store import RedisStateStore
+
+    if all(alert.customer_id is None for alert in alerts):
+        return alerts
+
+    async def check() -> list[Alert]:
+        store = RedisStateStore.from_url(
+            settings.redis_url or "",
+            settings.redis_namespace,
+            privacy_key=settings.privacy_key_bytes,
+            client_options=redis_client_options(settings),
+        )
+        try:
+            return await without_erased(alerts, store)
+        finally:
+            await store.close()
+
+    try:
+        if settings.redis_url is None:
+            raise StoreUnavailableError("STREAMCRM_REDIS_URL is not set")
+        return asyncio.run(check())
+    except StoreUnavailableError as error:
+        print(
+            f"streamcrm status: customer alerts not shown: cannot check erasures ({error})",
+            file=sys.stderr,
+        )
+        return [alert for alert in alerts if alert.customer_id is None]
 
 
 def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:

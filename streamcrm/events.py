@@ -555,6 +555,7 @@ AlertKind = Literal[
     "sla_breach",
     "segment_change",
     "model_drift",
+    "privacy_request_failed",
 ]
 """What an alert is about; ``docs/alerts.md`` gives each rule, its thresholds and hysteresis."""
 

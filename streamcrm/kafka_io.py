@@ -23,6 +23,7 @@ from kafka.errors import TopicAlreadyExistsError
 from streamcrm.connections import kafka_client_options
 from streamcrm.events import Event
 from streamcrm.settings import Settings
+from streamcrm.store import output_fingerprint
 
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -30,7 +31,9 @@ COMPACTED = {"cleanup.policy": "compact"}
 def topic_specs(settings: Settings) -> list[NewTopic]:
     """How every streamcrm topic is created: ``settings.partitions`` each, but one for
     ``model-updates`` (one learner in the whole group, one order of updates); ``crm.scores``
-    compacted, so it holds the latest score per customer.
+    compacted, so it holds the latest score per customer (an erasure's tombstone removes
+    it); the other topics with customer data that streamcrm writes (alerts, dead letters,
+    model updates) kept for ``personal_data_retention_hours`` (docs/privacy.md).
 
     >>> from streamcrm.settings import Settings
     >>> specs = {spec.name: spec for spec in topic_specs(Settings(partitions=6))}
@@ -38,6 +41,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     (6, {'cleanup.policy': 'compact'})
     >>> specs["crm.model-updates"].num_partitions
     1
+    >>> specs["crm.alerts"].topic_configs, specs["crm.purchases"].topic_configs
+    ({'retention.ms': '604800000'}, {})
     """
     topics = settings.topics
     return [
@@ -45,10 +50,20 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
             name,
             num_partitions=1 if name == topics.model_updates else settings.partitions,
             replication_factor=settings.replication_factor,
-            topic_configs=COMPACTED if name == topics.scores else {},
+            topic_configs=_topic_configs(settings, name),
         )
         for name in topics.all
     ]
+
+
+def _topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    topics = settings.topics
+    if name == topics.scores:
+        return dict(COMPACTED)
+    hours = settings.personal_data_retention_hours
+    if name in (topics.alerts, topics.deadletter, topics.model_updates) and hours is not None:
+        return {"retention.ms": str(round(hours * 3_600_000))}
+    return {}
 
 
 def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
@@ -262,11 +277,12 @@ class OutputReader:
         ends = self._consumer.end_offsets(wanted)
         return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
 
-    def ids_since(
+    def fingerprints_since(
         self, topic: str, partition: int, offset: int, id_field: str, idle_s: float = 2.0
     ) -> set[str]:
-        """The ``id_field`` values of the JSON records of one partition from ``offset`` to the
-        end it has now (every record of the batches fetched, so Tansu's low end loses none)."""
+        """The :func:`streamcrm.store.output_fingerprint` (``id_field`` value and bytes) of the
+        JSON records of one partition from ``offset`` to the end it has now (every record of
+        the batches fetched, so Tansu's low end loses none)."""
         where = TopicPartition(topic, partition)
         self._know([topic])
         self._consumer.assign([where])
@@ -289,7 +305,7 @@ class OutputReader:
                 except ValueError:
                     continue
                 if isinstance(value, dict) and isinstance(value.get(id_field), str):
-                    found.add(value[id_field])
+                    found.add(output_fingerprint(value[id_field], record.value))
         return found
 
     def _know(self, topics: Iterable[str], timeout_s: float = 10.0) -> None:

@@ -56,6 +56,7 @@ METRIC_NAMES: Final = (
     "streamcrm_events_in_total",
     "streamcrm_event_outcomes_total",
     "streamcrm_dead_letters_total",
+    "streamcrm_privacy_requests_failed_total",
     "streamcrm_records_out_total",
     "streamcrm_partition_end_offset",
     "streamcrm_partition_committed_offset",
@@ -323,6 +324,8 @@ class WorkerMetrics:
         """Messages consumed since start, by topic and partition."""
         self.records_out: Counter[str] = Counter()
         """Records produced since start, by topic."""
+        self.privacy_failures: Counter[str] = Counter()
+        """Erasure and consent requests dead-lettered since start, by reason code."""
         self.latency = BucketHistogram(LATENCY_BUCKETS_S)
         """Seconds from an input message's Kafka timestamp to its score being sent."""
         self.positions: dict[tuple[str, int], PartitionPosition] = {}
@@ -436,6 +439,7 @@ class WorkerMetrics:
             "partitions": [p.model_dump(mode="json") for p in self.input_partitions()],
             "outcomes": dict(sorted(self.outcomes.items())),
             "dead_letters": dict(sorted(self.dead_letters.items())),
+            "privacy_requests_failed": dict(sorted(self.privacy_failures.items())),
             "records_out": dict(sorted(self.records_out.items())),
             "churn_risk": self.recent.churn_risk(),
             "at_risk": [
@@ -512,6 +516,13 @@ class WorkerMetrics:
             "Messages sent to the dead-letter topic, by reason code.",
             "reason",
             self.dead_letters,
+        )
+        yield _labelled_counter(
+            "streamcrm_privacy_requests_failed",
+            "Erasure and consent requests not applied (dead-lettered), by reason code: each"
+            " is a compliance failure until fixed and re-published.",
+            "reason",
+            self.privacy_failures,
         )
         yield _labelled_counter(
             "streamcrm_records_out",

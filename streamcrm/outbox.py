@@ -11,7 +11,9 @@ nor, with the recovery check below, send them twice:
 - killed **after** the acknowledgement but before the outbox was cleared: before sending, a
   drain makes sure end offsets of the output topic partitions it is about to write to are
   saved, from no later than now. The first drain of a partition in a process reads those
-  topic partitions from the saved offsets and leaves out every output whose id it finds there.
+  topic partitions from the saved offsets and leaves out every output it finds there (same id,
+  same bytes: :func:`streamcrm.store.output_fingerprint`; an output re-made after Redis lost
+  its write differs, and is sent).
 
 Saving end offsets costs a broker round trip, so a drain saves them afresh only when a
 destination has none saved yet or :data:`RESAVE_AFTER` outputs went out since: older saved
@@ -43,7 +45,7 @@ TopicPartition = tuple[str, int]
 
 class OutputTopics(Protocol):
     """What the publisher needs of the broker: where a record goes, the end offsets of topic
-    partitions, the ids already on a topic partition, and an acknowledged send."""
+    partitions, the outputs already on a topic partition, and an acknowledged send."""
 
     def topic_partition(self, record: OutboxRecord) -> TopicPartition:
         """The output topic and partition ``record`` is written to (by its key)."""
@@ -53,8 +55,9 @@ class OutputTopics(Protocol):
         """The end offset of each topic partition (a low answer is safe: it reads more)."""
         ...
 
-    async def ids_since(self, partition: TopicPartition, offset: int) -> set[str]:
-        """The record ids on ``partition`` from ``offset`` to its end."""
+    async def fingerprints_since(self, partition: TopicPartition, offset: int) -> set[str]:
+        """The :func:`streamcrm.store.output_fingerprint` of each record on ``partition`` from
+        ``offset`` to its end."""
         ...
 
     async def send_all(self, records: Sequence[OutboxRecord]) -> None:
@@ -106,10 +109,22 @@ class OutboxPublisher:
         for partition in set(self._saved) - set(owned):
             del self._saved[partition]
 
+    def recheck(self) -> None:
+        """Check every outbox against the topics again before its next send: Redis lost
+        writes, so an outbox may have its already published outputs back (their clearing was
+        lost with the rest)."""
+        self._checked.clear()
+
     async def drain(self, partition: int) -> int:
         """Send everything waiting in ``partition``'s outbox; the number of outputs sent."""
         async with self._draining.setdefault(partition, asyncio.Lock()):
-            return await self._drain(partition)
+            try:
+                return await self._drain(partition)
+            except BaseException:
+                # Sent but maybe not cleared (Redis went away between the two): the next
+                # drain checks the topics again rather than send the same outputs twice.
+                self._checked.discard(partition)
+                raise
 
     async def _drain(self, partition: int) -> int:
         sent = 0
@@ -155,11 +170,11 @@ class OutboxPublisher:
         found: dict[TopicPartition, set[str]] = {}
         for field, offset in since.items():
             destination = _parsed(field)
-            found[destination] = await self.output.ids_since(destination, offset)
+            found[destination] = await self.output.fingerprints_since(destination, offset)
         missing = [
             record
             for record in records
-            if record.record_id not in found.get(self.output.topic_partition(record), set())
+            if record.fingerprint not in found.get(self.output.topic_partition(record), set())
         ]
         already = len(records) - len(missing)
         self.recovered += already

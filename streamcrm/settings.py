@@ -188,6 +188,14 @@ class Settings(BaseSettings):
         description="Customers with no event processed for this long expire from Redis; "
         "unset = keep forever. Must exceed the churn window plus the allowed lateness.",
     )
+    personal_data_retention_hours: float | None = Field(
+        168.0,
+        gt=0,
+        description="Retention (retention.ms) given to the topics streamcrm creates that hold "
+        "customer data and are not compacted: alerts, dead letters, model updates; an erased "
+        "customer's records there are gone after it (docs/privacy.md). none = the broker's "
+        "default. Set when the topics are created.",
+    )
     reporting_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
     exchange_rates: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EXCHANGE_RATES),

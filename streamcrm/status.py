@@ -24,6 +24,7 @@ from rich.text import Text
 
 from streamcrm.events import Alert, ModelMetrics
 from streamcrm.kafka_io import read_to_end, read_topic
+from streamcrm.store import StateStore
 
 
 def latest_reports(
@@ -40,6 +41,15 @@ def latest_reports(
             report = ModelMetrics.model_validate_json(record.value)
             reports[report.worker] = report
     return reports
+
+
+async def without_erased(alerts: Sequence[Alert], store: StateStore) -> list[Alert]:
+    """``alerts`` but those of customers erased since they were sent (the block list): the
+    alerts topic keeps them for its retention, ``streamcrm status`` must not show them.
+    Raises ``StoreUnavailableError``."""
+    named = sorted({alert.customer_id for alert in alerts if alert.customer_id is not None})
+    erased = await store.erased_among(named)
+    return [alert for alert in alerts if alert.customer_id not in erased]
 
 
 def latest_alerts(

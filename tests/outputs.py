@@ -43,8 +43,8 @@ class FakeOutputs:
         self.end_offset_requests += 1
         return {tp: len(self.logs.get(tp, [])) for tp in partitions}
 
-    async def ids_since(self, partition: tuple[str, int], offset: int) -> set[str]:
-        return {r.record_id for r in self.logs.get(partition, [])[offset:]}
+    async def fingerprints_since(self, partition: tuple[str, int], offset: int) -> set[str]:
+        return {r.fingerprint for r in self.logs.get(partition, [])[offset:]}
 
     async def send_all(self, records: Sequence[OutboxRecord]) -> None:
         for n, record in enumerate(records):

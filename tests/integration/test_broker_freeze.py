@@ -20,6 +20,7 @@ from streamcrm.embedded import EmbeddedServices, RunningService, start_tansu
 from streamcrm.events import PurchaseEvent
 from streamcrm.kafka_io import ensure_topics
 from tests.conftest import isolated_settings, record_fault
+from tests.integration.exactness import outputs_on_topics
 from tests.integration.worker_harness import TopicReader, running_worker, scores, send
 
 pytestmark = pytest.mark.integration
@@ -82,13 +83,16 @@ def test_a_worker_resumes_consuming_after_the_broker_was_frozen_past_the_session
                 timeout_s=RESUME_WITHIN_S,
             )
             resumed_after = time.monotonic() - thawed_at
+        outputs = outputs_on_topics(settings, before + after)
     finally:
         reader.close()
     scored = {s.event_id for s in scores(reader.records)}
     assert {e.event_id for e in before + after} <= scored
+    assert (outputs.lost, outputs.duplicated, outputs.alerts_unexpected) == (0, 0, 0), outputs
     record_fault(
         f"broker frozen {frozen_for:g} s (SIGSTOP)",
         events_in=len(before) + len(after),
         reflected=len(scored & {e.event_id for e in before + after}),
-        note=f"consuming again {resumed_after:.1f} s after the thaw",
+        note=f"consuming again {resumed_after:.1f} s after the thaw; {outputs}",
+        outputs=outputs.row,
     )

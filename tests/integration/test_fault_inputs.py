@@ -26,7 +26,7 @@ from streamcrm.simulator import simulate
 from streamcrm.state import CustomerState
 from streamcrm.store import audit_key, customer_key
 from tests.conftest import isolated_settings, record_fault
-from tests.integration.exactness import expected_states
+from tests.integration.exactness import expected_states, outputs_on_topics
 from tests.integration.worker_harness import (
     TopicReader,
     dead_letters,
@@ -146,6 +146,8 @@ def test_malformed_messages_are_dead_lettered_with_reasons_and_every_valid_event
         metrics.wait_for(lambda records: _dead_letter_count(records) >= len(MALFORMED))
         counted = _latest_dead_letters(metrics.records)
         assert counted == dict(Counter(code for code, _ in MALFORMED.values()))
+        outputs = outputs_on_topics(settings, valid)
+        assert (outputs.lost, outputs.duplicated, outputs.alerts_unexpected) == (0, 0, 0), outputs
         record_fault(
             "malformed messages among valid ones",
             events_in=len(valid) + len(MALFORMED),
@@ -153,7 +155,8 @@ def test_malformed_messages_are_dead_lettered_with_reasons_and_every_valid_event
             lost=lost,
             duplicated=doubled,
             dead_lettered=len(by_key),
-            note=f"{len(MALFORMED)} kinds of bad input, each with its reason code",
+            note=f"{len(MALFORMED)} kinds of bad input, each with its reason code; {outputs}",
+            outputs=outputs.row,
         )
 
         monkeypatch.setenv("STREAMCRM_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)

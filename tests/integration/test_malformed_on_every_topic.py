@@ -22,6 +22,7 @@ import redis
 
 from streamcrm.events import (
     MAX_KEY_BYTES,
+    Alert,
     CancellationEvent,
     Event,
     FeedbackEvent,
@@ -453,6 +454,33 @@ def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_one
         if not letter.raw_truncated:
             assert letter.payload() == s.message.value, s.message.label
         assert letter.reason_code != "processing_error", s.message.label  # refused, not failed
+
+    # Every privacy request not applied is loud: a critical alert naming where it sits and
+    # why, and no customer id.
+    assert settings.kafka_bootstrap is not None
+    alerts_reader = TopicReader(settings.kafka_bootstrap, topics.alerts)
+    try:
+        failed = [
+            alert
+            for alert in (
+                Alert.model_validate_json(r.value) for r in alerts_reader.drain(2.0) if r.value
+            )
+            if alert.kind == "privacy_request_failed"
+        ]
+    finally:
+        alerts_reader.close()
+    privacy_malformed_sent = [s for s in malformed if s.topic == topics.privacy]
+    assert sorted(a.alert_id for a in failed) == sorted(
+        f"{s.topic}[{s.position[1]}]@{s.position[2]}:privacy_request_failed"
+        for s in privacy_malformed_sent
+    )
+    assert all(a.severity == "critical" and a.customer_id is None for a in failed)
+    assert {a.alert_id: a.scores["reason_code"] for a in failed} == {
+        f"{s.topic}[{s.position[1]}]@{s.position[2]}:privacy_request_failed": letter_at[
+            s.position
+        ].reason_code
+        for s in privacy_malformed_sent
+    }
 
     # Erasures erased, the consent lifted its block, and no malformed one erased anyone.
     erased = {"f-1", "f-2", "s-1"}

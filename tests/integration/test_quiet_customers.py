@@ -25,7 +25,7 @@ from streamcrm.pipeline import ScoringPipeline
 from streamcrm.settings import Settings
 from streamcrm.store import InMemoryStateStore
 from tests.conftest import isolated_settings, record_fault
-from tests.integration.exactness import applied_events, wait_until
+from tests.integration.exactness import applied_events, outputs_on_topics, wait_until
 from tests.integration.worker_harness import TopicReader, running_worker, scores, send
 from tests.outputs import outbox_outputs
 
@@ -173,6 +173,8 @@ def test_a_worker_killed_mid_sweep_neither_skips_nor_doubles_a_rescore_or_an_ale
     )
     doubled_alerts = sum(count - 1 for count in alert_ids.values())
     assert (lost, doubled, unexpected, doubled_alerts) == (0, 0, set(), 0)
+    outputs = outputs_on_topics(settings, history)  # the events' own scores, all re-scores' alerts
+    assert (outputs.lost, outputs.duplicated, outputs.alerts_unexpected) == (0, 0, 0), outputs
     record_fault(
         "worker kill -9 mid-sweep, restart",
         events_in=len(expected),
@@ -181,5 +183,6 @@ def test_a_worker_killed_mid_sweep_neither_skips_nor_doubles_a_rescore_or_an_ale
         duplicated=doubled + doubled_alerts,
         note=f"re-scores (not events): {at_kill} of {len(expected)} published at the kill, the"
         f" rest after the restart ({recovered_s:.0f} s); {sum(alert_ids.values())} alerts"
-        " from re-scores, none twice",
+        f" from re-scores, none twice; {outputs}",
+        outputs=(len(expected) + outputs.expected, lost + outputs.lost, outputs.duplicated),
     )

@@ -11,13 +11,20 @@ from typing import Any
 
 import pytest
 
-from streamcrm.alerts import AlertMemory, AlertRules, drift_alert, evaluate_alerts
+from streamcrm.alerts import (
+    AlertMemory,
+    AlertRules,
+    drift_alert,
+    evaluate_alerts,
+    privacy_failure_alert,
+)
 from streamcrm.errors import ConfigurationError
 from streamcrm.events import (
     Alert,
     CancellationEvent,
     ChurnDriver,
     CustomerScore,
+    DeadLetter,
     FeedbackEvent,
     ModelMetrics,
     PurchaseEvent,
@@ -617,3 +624,29 @@ def test_feedback_that_drops_sharply_raises_a_satisfaction_alert_through_scoring
         state, alerts = scored.state, alerts + list(scored.alerts)
 
     assert [a.alert_id for a in alerts if a.kind == "satisfaction_drop"] == ["f6:satisfaction_drop"]
+
+
+def test_a_privacy_request_not_applied_raises_a_critical_alert_without_personal_data() -> None:
+    letter = DeadLetter.of(
+        b'{"type": "erasure", "customer_id": "alice"}',
+        source_topic="crm.privacy",
+        partition=2,
+        offset=41,
+        key=b"alice",
+        error_type="EventValidationError",
+        reason_code="schema:missing",
+        reason="erasure.event_id: Field required",
+    )
+    now = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+
+    alert = privacy_failure_alert(letter, now)
+
+    assert (alert.kind, alert.severity, alert.customer_id) == (
+        "privacy_request_failed",
+        "critical",
+        None,
+    )
+    assert alert.alert_id == "crm.privacy[2]@41:privacy_request_failed"
+    assert alert.scores["reason_code"] == "schema:missing"
+    assert "crm.privacy:2:41" in alert.message and "re-publish" in alert.message
+    assert "alice" not in alert.model_dump_json()

@@ -270,7 +270,8 @@ def test_overview_has_the_shape_of_the_http_contract(metrics: WorkerMetrics) -> 
 
     assert set(overview) == {
         "worker", "generated_at", "throughput", "lag", "partitions", "outcomes",
-        "dead_letters", "records_out", "churn_risk", "at_risk", "segments", "alerts", "model",
+        "dead_letters", "privacy_requests_failed", "records_out", "churn_risk", "at_risk",
+        "segments", "alerts", "model",
     }  # fmt: skip
     assert overview["generated_at"] == "2026-03-01T12:00:00+00:00"
     assert overview["partitions"] == [

@@ -319,6 +319,69 @@ async def test_a_crash_after_a_drain_that_reused_older_saved_offsets_still_doubl
     assert restarted.recovered == 2
 
 
+async def test_a_drain_that_failed_after_sending_checks_the_topics_before_sending_again() -> None:
+    """Redis went away between the acknowledgement and the clearing: the same publisher's
+    next drain must not send those outputs a second time."""
+    store, outputs = await filled_outbox(3), FakeOutputs()
+    publisher = OutboxPublisher(store, outputs)
+    await publisher.drain(0)  # a first drain: the partition is checked
+    await store.save(
+        CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0),
+        None,
+        None,
+        None,
+        tuple(OutboxRecord("scores", f"c{n}", "{}", f"id{n}") for n in range(3, 5)),
+    )
+    clear = store.clear_outbox
+
+    async def redis_gone(partition: int, count: int) -> None:
+        raise ConnectionError("Redis restarting")
+
+    store.clear_outbox = redis_gone  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await publisher.drain(0)
+    store.clear_outbox = clear  # type: ignore[method-assign]
+
+    await publisher.drain(0)
+
+    assert outputs.ids() == [f"id{n}" for n in range(5)]
+    assert await store.outbox(0, 10) == []
+
+
+async def test_a_recovery_sends_an_output_re_made_under_a_published_id_but_not_a_copy() -> None:
+    """After Redis lost writes the worker re-makes them: a score with the id of one already
+    published but other figures is news (the compacted topic must end on it); an unchanged
+    one restored with the lost clearing is not."""
+    store, outputs = InMemoryStateStore(), FakeOutputs()
+    published = OutboxRecord("scores", "c", '{"churn": 0.2}', "e1")
+    await store.save(
+        CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0),
+        None,
+        None,
+        None,
+        (published, OutboxRecord("scores", "c", '{"churn": 0.3}', "e2")),
+    )
+    await OutboxPublisher(store, outputs).drain(0)
+    remade = OutboxRecord("scores", "c", '{"churn": 0.4}', "e2")
+    await store.save(
+        CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0),
+        None,
+        None,
+        None,
+        (published, remade),  # the first restored unchanged, the second re-made
+    )
+
+    restarted = OutboxPublisher(store, outputs)
+    await restarted.drain(0)
+
+    assert [r.value for log in outputs.logs.values() for r in log] == [
+        '{"churn": 0.2}',
+        '{"churn": 0.3}',
+        '{"churn": 0.4}',
+    ]
+    assert restarted.recovered == 1
+
+
 async def test_an_erasure_removes_the_customers_unpublished_outputs() -> None:
     store = InMemoryStateStore()
     for customer in ("erased", "kept"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from streamcrm.events import Alert, ModelMetrics, PartitionMetrics, TopicMetrics
-from streamcrm.status import format_status
+from streamcrm.status import format_status, without_erased
+from streamcrm.store import InMemoryStateStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WORKER = "streamcrm@host-with-a-rather-long-name.example.internal:123456"
@@ -141,3 +142,13 @@ def test_status_shows_one_panel_per_worker_in_name_order() -> None:
 
 def test_status_without_reports_says_so() -> None:
     assert "no model-metrics reports yet" in format_status({})
+
+
+async def test_status_leaves_out_the_alerts_of_customers_erased_since() -> None:
+    store = InMemoryStateStore()
+    await store.erase("gone", 0, None, datetime(2026, 3, 2, tzinfo=UTC))
+    alerts = [alert("gone", "churn"), alert("kept", "churn"), alert(None, "model drift")]
+
+    shown = await without_erased(alerts, store)
+
+    assert [a.customer_id for a in shown] == ["kept", None]
