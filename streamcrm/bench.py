@@ -82,6 +82,8 @@ class BenchReport:
     redis_bytes_per_customer: float | None = None
     redis_one_by_one_us: float | None = None
     """The Redis load + save per event without batching, for comparison."""
+    redis_without_outbox_us: float | None = None
+    """The batched Redis load + save per event without the outbox (as before issue 16)."""
     scaling_workers: int | None = None
     scaling_events_per_s: float | None = None
     """The same stream through ``scaling_workers`` workers of one group."""
@@ -474,8 +476,10 @@ def measure_components(
     payloads = [r.score.model_dump_json().encode() for r in scored if r.score is not None]
     encode_s = time.perf_counter() - started
 
-    async def redis_round_trips(batch: int) -> float:
-        """Load and save every scored state, ``batch`` customers per round trip each way."""
+    async def redis_round_trips(batch: int, outbox: bool = True) -> float:
+        """Load and save every scored state, ``batch`` customers per round trip each way; with
+        ``outbox``, as the worker does: the outputs saved into the outbox with the state, then
+        read from it and cleared (the outbox's Redis side; sending is not measured here)."""
         store = RedisStateStore.from_url(base.redis_url or "", f"bench-{uuid.uuid4().hex[:8]}")
         try:
             began = time.perf_counter()
@@ -483,23 +487,38 @@ def measure_components(
                 chunk = scored[start : start + batch]
                 await store.load_many([result.state.customer_id for result in chunk])
                 await store.save_batch(
-                    [PendingWrite(None, result.state, result.score) for result in chunk]
+                    [
+                        PendingWrite(
+                            None,
+                            result.state,
+                            result.score,
+                            outbox=PendingWrite.outputs_of(result.outputs) if outbox else (),
+                        )
+                        for result in chunk
+                    ]
                 )
+                if outbox:
+                    waiting = await store.outbox(0, 10 * batch)
+                    await store.clear_outbox(0, len(waiting))
             return time.perf_counter() - began
         finally:
             await store.close()
 
     one_by_one_s = asyncio.run(redis_round_trips(1))
     batched_s = asyncio.run(redis_round_trips(base.batch_max_events))
+    without_outbox_s = asyncio.run(redis_round_trips(base.batch_max_events, outbox=False))
     n = len(chosen)
     report.component_us = {
         "validate (decode_event)": decode_us,
         "scoring core + models (score_event)": core_s / n * 1e6,
-        f"Redis load + atomic save, batches of {base.batch_max_events}": batched_s / n * 1e6,
+        f"Redis load + atomic save + outbox, batches of {base.batch_max_events}": batched_s
+        / n
+        * 1e6,
         "serialise score": encode_s / max(len(payloads), 1) * 1e6,
     }
     report.ceiling_events_per_s = 1e6 / sum(report.component_us.values())
     report.redis_one_by_one_us = one_by_one_s / n * 1e6
+    report.redis_without_outbox_us = without_outbox_s / n * 1e6
     report.rescore_us = measure_rescores(base, list(states.values()), models, config)
 
 
@@ -632,6 +651,10 @@ def format_report(report: BenchReport) -> str:
     if report.redis_one_by_one_us is not None:
         lines.append(
             f"{'  (Redis one event per round trip)':<44}{report.redis_one_by_one_us:>12,.1f}"
+        )
+    if report.redis_without_outbox_us is not None:
+        lines.append(
+            f"{'  (Redis batched, without the outbox)':<44}{report.redis_without_outbox_us:>12,.1f}"
         )
     if report.rescore_us:
         total = sum(report.rescore_us.values())

@@ -83,6 +83,19 @@ MALFORMED: dict[str, tuple[str, bytes]] = {
     "missing": ("schema:missing", as_bytes({"type": "purchase", "customer_id": "m-1"})),
     "negative": ("schema:greater_than_equal", as_bytes(valid_purchase(amount=-5.0))),
     "nan": ("schema:finite_number", as_bytes(valid_purchase()).replace(b"10.0", b"NaN")),
+    # The schema's types, not coerced: a number written as text or as a boolean, a time as
+    # epoch seconds; times outside the years the schema allows refused before any use.
+    "amount-text": ("schema:float_type", as_bytes(valid_purchase(amount="10.5"))),
+    "amount-bool": ("schema:float_type", as_bytes(valid_purchase(amount=True))),
+    "time-number": ("schema:datetime_type", as_bytes(valid_purchase(occurred_at=1784542800))),
+    "time-year-1": (
+        "schema:datetime_out_of_range",
+        as_bytes(valid_purchase(occurred_at="0001-01-01T00:00:00+14:00")),
+    ),
+    "time-year-9999": (
+        "schema:datetime_out_of_range",
+        as_bytes(valid_purchase(occurred_at="9999-12-31T23:59:59-14:00")),
+    ),
     "version": ("unknown_schema_version", as_bytes(valid_purchase(schema_version=7))),
     "unknown-field": ("schema:extra_forbidden", as_bytes(valid_purchase(coupon="X"))),
     "unknown-type": ("unknown_event_type", as_bytes(valid_purchase(type="teleport"))),
