@@ -2,10 +2,10 @@
 
 Run ``python benchmarks/churn_models.py [--customers 300 --days 365 --seeds 7 11 13]`` (the
 demo's simulated year). Each seed's history is replayed once through the pure scoring core
-(:func:`streamcrm.bench_churn.record_tape`: in-memory state, sweeps, heartbeats and as-of
+(:func:`streamcrm.bench.churn.record_tape`: in-memory state, sweeps, heartbeats and as-of
 re-scores as a worker makes them), then every candidate answers the same questions in the same
-order (:func:`streamcrm.bench_churn.play`). Printed per candidate and seed: progressive ROC
-AUC on the delayed labels, the oracle's on the same labels (:mod:`streamcrm.oracle`), their
+order (:func:`streamcrm.bench.churn.play`). Printed per candidate and seed: progressive ROC
+AUC on the delayed labels, the oracle's on the same labels (:mod:`streamcrm.sim.oracle`), their
 ratio, the ROC AUC of each customer's last published churn probability against the truth,
 log loss, Brier score and the play time. The simpler truth-based scores are printed per seed.
 ``--gap-screen`` and ``--repeat-buying-screen`` add screens of features and scores the live
@@ -25,15 +25,15 @@ from typing import Any
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
-from streamcrm.bench_churn import ChurnTape, churn_figures, play, record_tape
-from streamcrm.evaluation import roc_auc
-from streamcrm.events import PurchaseEvent
+from streamcrm.bench.churn import ChurnTape, churn_figures, play, record_tape
+from streamcrm.cli.evaluation import roc_auc
+from streamcrm.core.events import PurchaseEvent
 from streamcrm.models import BuyingObservation, ModelBundle
 from streamcrm.models.churn import ChurnModel
 from streamcrm.models.repeat_buying import RepeatBuying
-from streamcrm.oracle import oracle_churn_probability
 from streamcrm.settings import Settings
-from streamcrm.simulator import Simulation, simulate
+from streamcrm.sim.oracle import oracle_churn_probability
+from streamcrm.sim.simulator import Simulation, simulate
 
 
 def cadence(features: Mapping[str, float]) -> dict[str, float]:

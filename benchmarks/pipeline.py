@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from streamcrm.cli import main
+from streamcrm.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

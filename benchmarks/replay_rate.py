@@ -29,14 +29,14 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamcrm.bench import preload, stream_for
-from streamcrm.cli import start_worker_process, stop_worker_process
-from streamcrm.embedded import embedded_services
-from streamcrm.events import Event
-from streamcrm.kafka_io import ensure_topics, make_producer, poll_records, read_topic
-from streamcrm.replay import read_history, replay_history, write_history
+from streamcrm.bench.harness import preload, stream_for
+from streamcrm.cli.replay import read_history, replay_history, write_history
+from streamcrm.core.events import Event
+from streamcrm.services.embedded import embedded_services
+from streamcrm.services.kafka import ensure_topics, make_producer, poll_records, read_topic
+from streamcrm.services.processes import start_worker_process, stop_worker_process
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
+from streamcrm.sim.simulator import simulate
 
 DAYS = 365
 PILOT_CUSTOMERS = 200

@@ -114,7 +114,7 @@ class StateBehindError(StreamcrmError):
 
 class StartupCheckError(StreamcrmError):
     """A worker's start-up check could not connect to Kafka or Redis
-    (:func:`streamcrm.connections.check_connections`); the message says what to check."""
+    (:func:`streamcrm.services.connections.check_connections`); the message says what to check."""
 
 
 class ConnectionRejectedError(StartupCheckError):

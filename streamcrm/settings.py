@@ -19,18 +19,18 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamcrm.alerts import AlertRules
-from streamcrm.connections import (
+from streamcrm.addresses import (
     SASL_PROTOCOLS,
     TLS_PROTOCOLS,
     redact_url,
     split_url_password,
     url_username,
 )
+from streamcrm.core.alerts import AlertRules
+from streamcrm.core.privacy import pseudonym
+from streamcrm.core.scoring import ScoringConfig
+from streamcrm.core.state import DEFAULT_EXCHANGE_RATES, StateRules
 from streamcrm.errors import ConfigurationError
-from streamcrm.privacy import pseudonym
-from streamcrm.scoring import ScoringConfig
-from streamcrm.state import DEFAULT_EXCHANGE_RATES, StateRules
 
 LOCAL_FETCH_MAX_WAIT_MS = 10
 """A local (Tansu) consumer's longest fetch wait: Tansu waits it out even when data comes."""
@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         "redis-server. A password written in the URL is moved to redis_password.",
     )
     # Secure connections (docs/security.md). Passwords are SecretStr: repr, str and dumps show
-    # '**********'; streamcrm.connections unwraps them only to hand them to a client.
+    # '**********'; streamcrm.services.connections unwraps them only to hand them to a client.
     kafka_security_protocol: KafkaSecurityProtocol = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from streamcrm.embedded import EmbeddedServices, embedded_services
+from streamcrm.services.embedded import EmbeddedServices, embedded_services
 from streamcrm.settings import Settings
 from streamcrm.store import RedisStateStore
 from tests.tls import Pki, make_pki

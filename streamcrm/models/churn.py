@@ -1,6 +1,6 @@
 """Online churn classifier (River), trained on delayed labels with progressive validation.
 
-The labels come from the prediction ledger (:mod:`streamcrm.labels`): a scored snapshot is
+The labels come from the prediction ledger (:mod:`streamcrm.core.labels`): a scored snapshot is
 labelled when its churn window closes in event time. Each labelled example is first
 predicted, then learned (progressive validation), so the running ROC AUC, log loss and Brier
 score measure the model on data it had not seen.

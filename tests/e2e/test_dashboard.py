@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from streamcrm.embedded import free_port
-from streamcrm.events import Event
-from streamcrm.kafka_io import make_producer, produce_events
+from streamcrm.core.events import Event
+from streamcrm.services.embedded import free_port
+from streamcrm.services.kafka import make_producer, produce_events
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
+from streamcrm.sim.simulator import simulate
 from tests.integration.worker_harness import TopicReader, running_worker, scores, send
 
 pytestmark = pytest.mark.integration

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import redis
 
-from streamcrm.alerts import AlertMemory, AlertRules, evaluate_alerts
-from streamcrm.events import Alert, CustomerScore, Event, ModelMetrics
-from streamcrm.kafka_io import Record, poll_records, read_topic
+from streamcrm.core.alerts import AlertMemory, AlertRules, evaluate_alerts
+from streamcrm.core.events import Alert, CustomerScore, Event, ModelMetrics
+from streamcrm.core.state import CustomerState, apply
+from streamcrm.services.kafka import Record, poll_records, read_topic
 from streamcrm.settings import Settings
-from streamcrm.state import CustomerState, apply
 from streamcrm.store import customer_key
-from streamcrm.stored_json import unpack
+from streamcrm.store.codec import unpack
 
 ARRIVAL_ORDER_FIELDS = {
     "pending_snapshots",
@@ -163,7 +163,7 @@ def check_outputs(
       ``event_id``) on the scores topic; only late events (counted in the stored states'
       ``late_events``) have none.
     - **Alerts**: which alerts a customer's scores raise is a pure function of those scores
-      in the order they were saved (:func:`streamcrm.alerts.evaluate_alerts`), which is their
+      in the order they were saved (:func:`streamcrm.core.alerts.evaluate_alerts`), which is their
       order on the customer's scores partition. Folding it over the scores found
       (:func:`alerts_raised`) gives the alerts expected; each must be on the alerts topic.
       (A lost score is counted as lost above; its alerts cannot be expected from the topic.)

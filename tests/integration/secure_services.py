@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from streamcrm.embedded import RunningService, free_port, redis_server_binary, tansu_binary
+from streamcrm.services.embedded import RunningService, free_port, redis_server_binary, tansu_binary
 from tests.tls import Pki
 
 STARTUP_TIMEOUT_S = 20.0

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.events import Alert, CancellationEvent, Event, PurchaseEvent, SupportEvent
-from streamcrm.kafka_io import Record
+from streamcrm.core.events import Alert, CancellationEvent, Event, PurchaseEvent, SupportEvent
+from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
 from tests.integration.worker_harness import (
     TopicReader,

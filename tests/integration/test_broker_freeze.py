@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.embedded import EmbeddedServices, RunningService, start_tansu
-from streamcrm.events import PurchaseEvent
-from streamcrm.kafka_io import ensure_topics
+from streamcrm.core.events import PurchaseEvent
+from streamcrm.services.embedded import EmbeddedServices, RunningService, start_tansu
+from streamcrm.services.kafka import ensure_topics
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import outputs_on_topics
 from tests.integration.worker_harness import TopicReader, running_worker, scores, send

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from kafka import KafkaAdminClient
 
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.metrics import METRIC_NAMES
+from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.settings import Settings, Topics
+from streamcrm.worker.metrics import METRIC_NAMES
 
 pytestmark = pytest.mark.integration
 
@@ -221,7 +221,7 @@ def test_topic_init_creates_every_topic_the_workers_expect(
     finally:
         admin.close()
     # Tansu does not report topic configs (docs/tansu.md): that crm.scores is created
-    # compacted is checked on the specs (streamcrm.kafka_io.topic_specs doctest).
+    # compacted is checked on the specs (streamcrm.services.kafka.topic_specs doctest).
     assert described == {
         name: 1 if name == topics.model_updates else partitions for name in topics.all
     }

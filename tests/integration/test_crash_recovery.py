@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import Event, PurchaseEvent
-from streamcrm.kafka_io import ensure_topics
+from streamcrm.core.events import Event, PurchaseEvent
+from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.kafka import ensure_topics
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
+from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import (
     applied_events,

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streamcrm.embedded import EmbeddedServices, free_port
-from streamcrm.events import ErasureRequested
+from streamcrm.core.events import ErasureRequested
+from streamcrm.services.embedded import EmbeddedServices, free_port
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
+from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,

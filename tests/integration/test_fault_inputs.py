@@ -17,13 +17,13 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from streamcrm.cli import main
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import DeadLetter, ModelMetrics, PurchaseEvent
-from streamcrm.kafka_io import Record, ensure_topics
+from streamcrm.cli.main import main
+from streamcrm.core.events import DeadLetter, ModelMetrics, PurchaseEvent
+from streamcrm.core.state import CustomerState
+from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.kafka import Record, ensure_topics
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
-from streamcrm.state import CustomerState
+from streamcrm.sim.simulator import simulate
 from streamcrm.store import audit_key, customer_key
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import expected_states, outputs_on_topics

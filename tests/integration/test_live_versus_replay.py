@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.cli import worker_environment
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import MODEL_FIELDS, Event
-from streamcrm.replay import write_history
+from streamcrm.cli.replay import write_history
+from streamcrm.core.events import MODEL_FIELDS, Event
+from streamcrm.core.state import topic_kind
+from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.processes import worker_environment
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
-from streamcrm.state import topic_kind
+from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,

@@ -20,7 +20,7 @@ from typing import cast
 import pytest
 import redis
 
-from streamcrm.events import (
+from streamcrm.core.events import (
     MAX_KEY_BYTES,
     Alert,
     CancellationEvent,
@@ -28,9 +28,9 @@ from streamcrm.events import (
     FeedbackEvent,
     SupportEvent,
 )
-from streamcrm.kafka_io import ensure_topics, make_producer
+from streamcrm.core.state import CustomerState
+from streamcrm.services.kafka import ensure_topics, make_producer
 from streamcrm.settings import Settings
-from streamcrm.state import CustomerState
 from streamcrm.store import audit_key, erased_key
 from tests.conftest import record_fault
 from tests.integration.exactness import (

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.cli import worker_environment
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import (
+from streamcrm.cli.status import format_status, latest_reports
+from streamcrm.core.events import (
     CancellationEvent,
     CustomerScore,
     Event,
@@ -28,10 +27,11 @@ from streamcrm.events import (
     RefundEvent,
     SupportEvent,
 )
-from streamcrm.kafka_io import Record
+from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.kafka import Record
+from streamcrm.services.processes import worker_environment
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
-from streamcrm.status import format_status, latest_reports
+from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import Alert, PurchaseEvent
-from streamcrm.kafka_io import ensure_topics
-from streamcrm.pipeline import ScoringPipeline
+from streamcrm.core.events import Alert, PurchaseEvent
+from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.kafka import ensure_topics
 from streamcrm.settings import Settings
 from streamcrm.store import InMemoryStateStore
+from streamcrm.worker.pipeline import ScoringPipeline
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import applied_events, outputs_on_topics, wait_until
 from tests.integration.worker_harness import TopicReader, running_worker, scores, send

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamcrm.embedded import EmbeddedServices, RunningService, free_port, start_redis
-from streamcrm.kafka_io import ensure_topics
-from streamcrm.simulator import simulate
+from streamcrm.services.embedded import EmbeddedServices, RunningService, free_port, start_redis
+from streamcrm.services.kafka import ensure_topics
+from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import (
     applied_events,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.embedded import EmbeddedServices, RunningService, free_port, start_redis
-from streamcrm.events import PurchaseEvent
-from streamcrm.kafka_io import ensure_topics
+from streamcrm.core.events import PurchaseEvent
+from streamcrm.services.embedded import EmbeddedServices, RunningService, free_port, start_redis
+from streamcrm.services.kafka import ensure_topics
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,

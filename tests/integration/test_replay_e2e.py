@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.cli import worker_environment
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import CustomerScore, Event, PurchaseEvent, RefundEvent
-from streamcrm.replay import write_history
-from streamcrm.simulator import simulate
+from streamcrm.cli.replay import write_history
+from streamcrm.core.events import CustomerScore, Event, PurchaseEvent, RefundEvent
+from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.processes import worker_environment
+from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import TopicReader, redis_state, running_worker, scores
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.cli import start_worker_process, stop_worker_process
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import Event, FeedbackEvent
-from streamcrm.kafka_io import ensure_topics
+from streamcrm.core.events import Event, FeedbackEvent
+from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.kafka import ensure_topics
+from streamcrm.services.processes import start_worker_process, stop_worker_process
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
+from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import (
     applied_events,

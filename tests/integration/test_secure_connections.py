@@ -28,18 +28,24 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streamcrm.cli import worker_environment
-from streamcrm.connections import (
+from streamcrm.core.events import CustomerScore, PurchaseEvent
+from streamcrm.core.state import CustomerState, apply
+from streamcrm.errors import StoreUnavailableError
+from streamcrm.services.connections import (
     faust_broker_credentials,
     kafka_client_options,
     redis_client_options,
 )
-from streamcrm.embedded import EmbeddedServices, RunningService, free_port
-from streamcrm.errors import StoreUnavailableError
-from streamcrm.events import CustomerScore, PurchaseEvent
-from streamcrm.kafka_io import make_producer, poll_records, produce_events, read_to_end, read_topic
+from streamcrm.services.embedded import EmbeddedServices, RunningService, free_port
+from streamcrm.services.kafka import (
+    make_producer,
+    poll_records,
+    produce_events,
+    read_to_end,
+    read_topic,
+)
+from streamcrm.services.processes import worker_environment
 from streamcrm.settings import Settings
-from streamcrm.state import CustomerState, apply
 from streamcrm.store import RedisStateStore
 from tests.conftest import isolated_settings
 from tests.integration.secure_services import (

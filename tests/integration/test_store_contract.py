@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from streamcrm.embedded import EmbeddedServices, free_port
+from streamcrm.core.events import CustomerScore, FeedbackEvent, PurchaseEvent
+from streamcrm.core.scoring import ScoringConfig, score_event
+from streamcrm.core.state import CustomerState
 from streamcrm.errors import StoreUnavailableError
-from streamcrm.events import CustomerScore, FeedbackEvent, PurchaseEvent
 from streamcrm.models import ModelBundle
-from streamcrm.scoring import ScoringConfig, score_event
-from streamcrm.state import CustomerState
+from streamcrm.services.embedded import EmbeddedServices, free_port
 from streamcrm.store import (
     InMemoryStateStore,
     InputPosition,
@@ -28,7 +28,7 @@ from streamcrm.store import (
     SaveResult,
     StateStore,
 )
-from streamcrm.stored_json import VERSION_2, unpack
+from streamcrm.store.codec import VERSION_2, unpack
 
 pytestmark = pytest.mark.integration
 
@@ -252,7 +252,7 @@ async def test_redis_key_layout_matches_the_documented_one(
         as_of = await raw.hget(customer_key, "as_of")
         assert datetime.fromisoformat(str(as_of)) == score.as_of
         stored = await binary.hgetall(customer_key.encode())
-        # State and score are deflated against a preset dictionary (streamcrm.stored_json).
+        # State and score are deflated against a preset dictionary (streamcrm.store.codec).
         assert stored[b"state"][:1] == VERSION_2 and stored[b"score"][:1] == VERSION_2
         assert len(stored[b"state"]) < len(state.model_dump_json()) / 2
         assert CustomerState.model_validate_json(unpack(stored[b"state"])) == state

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.embedded import EmbeddedServices
-from streamcrm.events import ModelMetrics
-from streamcrm.kafka_io import Record
-from streamcrm.simulator import simulate
+from streamcrm.core.events import ModelMetrics
+from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.kafka import Record
+from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,

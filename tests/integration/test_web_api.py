@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamcrm.embedded import free_port
-from streamcrm.events import CustomerScore, ErasureRequested, ModelMetrics
+from streamcrm.cli.status import format_status, latest_alerts, latest_reports
+from streamcrm.core.events import CustomerScore, ErasureRequested, ModelMetrics
+from streamcrm.services.embedded import free_port
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
-from streamcrm.status import format_status, latest_alerts, latest_reports
+from streamcrm.sim.simulator import simulate
 from tests.integration.worker_harness import (
     TopicReader,
     eventually,

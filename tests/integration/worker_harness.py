@@ -16,9 +16,9 @@ from typing import TypeVar
 import redis
 from kafka import KafkaConsumer
 
-from streamcrm.cli import start_worker_process, stop_worker_process, worker_environment
-from streamcrm.events import CustomerScore, DeadLetter, Event
-from streamcrm.kafka_io import (
+from streamcrm.core.events import CustomerScore, DeadLetter, Event
+from streamcrm.core.state import CustomerState
+from streamcrm.services.kafka import (
     Record,
     ensure_topics,
     make_producer,
@@ -26,11 +26,15 @@ from streamcrm.kafka_io import (
     produce_events,
     read_topic,
 )
-from streamcrm.pipeline import MODEL_CHECKPOINT
+from streamcrm.services.processes import (
+    start_worker_process,
+    stop_worker_process,
+    worker_environment,
+)
 from streamcrm.settings import Settings
-from streamcrm.state import CustomerState
 from streamcrm.store import customer_key, model_key
-from streamcrm.stored_json import unpack
+from streamcrm.store.codec import unpack
+from streamcrm.worker.pipeline import MODEL_CHECKPOINT
 
 WAIT_S = 90.0
 _T = TypeVar("_T")

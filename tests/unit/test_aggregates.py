@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamcrm.aggregates import format_summary, summarise
-from streamcrm.simulator import simulate
+from streamcrm.core.aggregates import format_summary, summarise
+from streamcrm.sim.simulator import simulate
 from tests.unit.test_replay_determinism import final_scores
 
 

@@ -11,15 +11,14 @@ from typing import Any
 
 import pytest
 
-from streamcrm.alerts import (
+from streamcrm.core.alerts import (
     AlertMemory,
     AlertRules,
     drift_alert,
     evaluate_alerts,
     privacy_failure_alert,
 )
-from streamcrm.errors import ConfigurationError
-from streamcrm.events import (
+from streamcrm.core.events import (
     Alert,
     CancellationEvent,
     ChurnDriver,
@@ -29,12 +28,13 @@ from streamcrm.events import (
     ModelMetrics,
     PurchaseEvent,
 )
+from streamcrm.core.scoring import ScoringConfig, score_event
+from streamcrm.core.state import SCORE_HISTORY_LENGTH, CustomerState
+from streamcrm.errors import ConfigurationError
 from streamcrm.models import ModelBundle
-from streamcrm.scoring import ScoringConfig, score_event
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
-from streamcrm.state import SCORE_HISTORY_LENGTH, CustomerState
-from streamcrm.stored_json import _STATE_V1, pack, unpack
+from streamcrm.sim.simulator import simulate
+from streamcrm.store.codec import _STATE_V1, pack, unpack
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 RULES = AlertRules()  # churn 0.7 / 0.6, cooldown 7 days

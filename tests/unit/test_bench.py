@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streamcrm.bench import BenchReport, format_report, percentiles, sustained_rate
-from streamcrm.bench_soak import soak_figures
+from streamcrm.bench.harness import percentiles, sustained_rate
+from streamcrm.bench.pipeline import BenchReport, format_report
+from streamcrm.bench.soak import soak_figures
 
 
 def test_the_sustained_rate_ignores_start_up_and_the_tail() -> None:
@@ -41,10 +42,10 @@ def test_the_report_states_every_ratio_against_the_same_run() -> None:
 def test_a_groups_progress_is_the_sum_of_each_workers_latest_count() -> None:
     from datetime import UTC, datetime
 
-    from streamcrm.bench import GroupProgress
-    from streamcrm.pipeline import ScoringPipeline
-    from streamcrm.scoring import ScoringConfig
+    from streamcrm.bench.harness import GroupProgress
+    from streamcrm.core.scoring import ScoringConfig
     from streamcrm.store import InMemoryStateStore
+    from streamcrm.worker.pipeline import ScoringPipeline
 
     def report(worker: str, scored: int, duplicates: int = 0) -> bytes:
         pipeline = ScoringPipeline(InMemoryStateStore(), ScoringConfig())

@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streamcrm.bench_churn import churn_figures, play, record_tape
-from streamcrm.demo import ceiling_line
+from streamcrm.bench.churn import churn_figures, play, record_tape
+from streamcrm.cli.demo import ceiling_line
+from streamcrm.core.scoring import ScoringConfig
 from streamcrm.models.churn import ChurnModel
-from streamcrm.oracle import oracle_churn_probability
-from streamcrm.scoring import ScoringConfig
-from streamcrm.simulator import CustomerTruth, simulate
+from streamcrm.sim.oracle import oracle_churn_probability
+from streamcrm.sim.simulator import CustomerTruth, simulate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 W = timedelta(days=90)

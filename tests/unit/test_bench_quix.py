@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from streamcrm.bench_quix import PassedCounter, progress_count, progress_record
+from streamcrm.bench.quix import PassedCounter, progress_count, progress_record
 
 
 def test_a_progress_report_says_when_it_was_published_and_how_many_passed() -> None:
     raw = progress_record(1200, 1700000000.5)
 
-    # The reports of the Faust baseline (streamcrm.bench_passthrough), field for field.
+    # The reports of the Faust baseline (streamcrm.bench.passthrough), field for field.
     assert json.loads(raw) == {"published_at": 1700000000.5, "count": 1200}
     assert progress_count(raw) == 1200
 

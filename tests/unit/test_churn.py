@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streamcrm.features import FEATURE_NAMES
+from streamcrm.core.features import FEATURE_NAMES
 from streamcrm.models import ModelBundle
 from streamcrm.models.churn import ChurnModel
 

@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 import pytest
 
-from streamcrm.cli import main
+from streamcrm.cli.main import main
 from streamcrm.errors import ConnectionRejectedError, ServiceUnreachableError
 
 
@@ -24,13 +24,13 @@ def test_an_unreachable_broker_is_a_one_line_error_and_exit_2(
 ) -> None:
     from kafka.errors import KafkaTimeoutError
 
-    import streamcrm.cli
+    import streamcrm.cli.main
 
     def unreachable(settings: object, args: object) -> int:
         raise KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:1")
 
     monkeypatch.setenv("STREAMCRM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
-    monkeypatch.setattr(streamcrm.cli, "run_topics", unreachable)
+    monkeypatch.setattr(streamcrm.cli.main, "run_topics", unreachable)
 
     assert main(["topics"]) == 2
     error = capsys.readouterr().err
@@ -50,14 +50,14 @@ def test_an_unreachable_broker_is_a_one_line_error_and_exit_2(
 def test_a_worker_whose_start_up_check_fails_says_so_in_one_line_and_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], refusal: Exception
 ) -> None:
-    import streamcrm.cli
+    import streamcrm.cli.main
 
     def fails(settings: object) -> None:
         raise refusal
 
     monkeypatch.setenv("STREAMCRM_KAFKA_BOOTSTRAP", "b:9093")
     monkeypatch.setenv("STREAMCRM_REDIS_URL", "redis://r:6379/0")
-    monkeypatch.setattr(streamcrm.cli, "check_connections", fails)
+    monkeypatch.setattr(streamcrm.cli.main, "check_connections", fails)
 
     assert main(["worker"]) == 2
     assert capsys.readouterr().err == f"streamcrm: {refusal}\n"

@@ -23,9 +23,15 @@ from kafka.net.sasl import get_sasl_mechanism
 from kafka.net.transport import KafkaSSLTransport
 from pydantic import SecretStr
 
-import streamcrm.connections
-from streamcrm.cli import worker_environment
-from streamcrm.connections import (
+import streamcrm.services.connections
+from streamcrm.addresses import redact_url
+from streamcrm.errors import (
+    ConfigurationError,
+    ConnectionRejectedError,
+    ServiceUnreachableError,
+    StartupCheckError,
+)
+from streamcrm.services.connections import (
     STARTUP_RETRY_DELAYS_S,
     TlsSide,
     bootstrap_addresses,
@@ -37,15 +43,9 @@ from streamcrm.connections import (
     faust_broker_credentials,
     kafka_client_options,
     kafka_ssl_context,
-    redact_url,
     redis_client_options,
 )
-from streamcrm.errors import (
-    ConfigurationError,
-    ConnectionRejectedError,
-    ServiceUnreachableError,
-    StartupCheckError,
-)
+from streamcrm.services.processes import worker_environment
 from streamcrm.settings import Settings
 from tests.tls import Pki, encrypted_key
 
@@ -778,10 +778,10 @@ def run_check(
 ) -> tuple[FakeTime, list[str]]:
     time_, calls = FakeTime(), []
     monkeypatch.setattr(
-        streamcrm.connections, "check_kafka", attempts_that(kafka, time_, calls, "Kafka")
+        streamcrm.services.connections, "check_kafka", attempts_that(kafka, time_, calls, "Kafka")
     )
     monkeypatch.setattr(
-        streamcrm.connections, "check_redis", attempts_that(redis, time_, calls, "Redis")
+        streamcrm.services.connections, "check_redis", attempts_that(redis, time_, calls, "Redis")
     )
     settings = Settings(
         kafka_bootstrap="b:9092", redis_url="redis://r:6379/0", startup_wait_s=wait_s
@@ -825,7 +825,7 @@ def test_the_start_up_wait_bounds_the_time_slept(monkeypatch: pytest.MonkeyPatch
     for wait_s in (1.0, 10.0, 30.0, 120.0):
         time_ = FakeTime()
         monkeypatch.setattr(
-            streamcrm.connections, "check_kafka", attempts_that([], time_, [], "Kafka")
+            streamcrm.services.connections, "check_kafka", attempts_that([], time_, [], "Kafka")
         )
         settings = Settings(kafka_bootstrap="b:9092", startup_wait_s=wait_s)
 

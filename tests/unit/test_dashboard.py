@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from faust.web.drivers.aiohttp import Web
 
-from streamcrm.dashboard import STATIC_DIR, register_dashboard
+from streamcrm.worker.dashboard import STATIC_DIR, register_dashboard
 
 PAGES = ("index.html", "customer.html")
 

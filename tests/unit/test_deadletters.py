@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from streamcrm.deadletters import (
+from streamcrm.cli.deadletters import (
     LetterFilter,
     parse_letters,
     parse_position,
     republish,
     summarise,
 )
+from streamcrm.core.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter, decode_event
 from streamcrm.errors import InvalidEventError
-from streamcrm.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter, decode_event
 
 VALID = json.dumps(
     {

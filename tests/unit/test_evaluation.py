@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamcrm.cli import main
-from streamcrm.evaluation import (
+from streamcrm.cli.evaluation import (
     Comparison,
     EvaluationReport,
     Forecast,
@@ -26,9 +25,10 @@ from streamcrm.evaluation import (
     read_cdnow,
     write_predictions,
 )
-from streamcrm.events import FeedbackEvent, PurchaseEvent
-from streamcrm.replay import write_history
-from streamcrm.simulator import simulate
+from streamcrm.cli.main import main
+from streamcrm.cli.replay import write_history
+from streamcrm.core.events import FeedbackEvent, PurchaseEvent
+from streamcrm.sim.simulator import simulate
 
 HOLDOUT = timedelta(weeks=39)
 

@@ -8,14 +8,7 @@ from typing import Any
 
 import pytest
 
-from streamcrm.errors import (
-    EventValidationError,
-    InvalidEventError,
-    StreamcrmError,
-    UndecodableEventError,
-    WrongTopicError,
-)
-from streamcrm.events import (
+from streamcrm.core.events import (
     MAX_MESSAGE_BYTES,
     CancellationEvent,
     FeedbackEvent,
@@ -24,6 +17,13 @@ from streamcrm.events import (
     SupportEvent,
     decode_event,
     decode_privacy_event,
+)
+from streamcrm.errors import (
+    EventValidationError,
+    InvalidEventError,
+    StreamcrmError,
+    UndecodableEventError,
+    WrongTopicError,
 )
 
 COMMON: dict[str, Any] = {

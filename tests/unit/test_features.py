@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcrm.features import (
+from streamcrm.core.features import (
     FEATURE_NAMES,
     MIN_TENURE_DAYS_FOR_RATES,
     NEUTRAL_SATISFACTION,
     customer_features,
 )
-from streamcrm.state import CustomerState, Rating, Ticket, TicketTotals
+from streamcrm.core.state import CustomerState, Rating, Ticket, TicketTotals
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from streamcrm.evaluation import roc_auc
+from streamcrm.cli.evaluation import roc_auc
 from streamcrm.models import BuyingObservation, ModelBundle, QueuedUpdates
 from streamcrm.models.horizon import FEATURES, PurchaseHorizonModel, horizon_features
 from streamcrm.models.repeat_buying import (
@@ -293,9 +293,9 @@ def test_a_checkpoint_from_before_the_horizon_model_loads_unfitted() -> None:
 
 
 def test_live_scores_carry_the_corrected_forecasts(slowing_world) -> None:
-    from streamcrm.events import PurchaseEvent
-    from streamcrm.features import repeat_buying
-    from streamcrm.scoring import ScoringConfig, score_event
+    from streamcrm.core.events import PurchaseEvent
+    from streamcrm.core.features import repeat_buying
+    from streamcrm.core.scoring import ScoringConfig, score_event
 
     _, bundle = slowing_world
     config = ScoringConfig()

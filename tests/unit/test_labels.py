@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from streamcrm.labels import (
+from streamcrm.core.labels import (
     MAX_PENDING_SNAPSHOTS,
     add_snapshot,
     heartbeat_times,
@@ -13,7 +13,7 @@ from streamcrm.labels import (
     settle_closed,
     settle_on_cancellation,
 )
-from streamcrm.state import PendingSnapshot
+from streamcrm.core.state import PendingSnapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 W = timedelta(days=90)

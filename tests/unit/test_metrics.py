@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamcrm.events import Alert, CustomerScore, ModelMetrics, PurchaseEvent
-from streamcrm.metrics import (
+from streamcrm.core.events import Alert, CustomerScore, ModelMetrics, PurchaseEvent
+from streamcrm.core.scoring import ScoringConfig, score_event
+from streamcrm.models import ModelBundle
+from streamcrm.worker.metrics import (
     METRIC_NAMES,
     BucketHistogram,
     MapPoint,
@@ -21,8 +23,6 @@ from streamcrm.metrics import (
     churn_risk_histogram,
     consumer_lag,
 )
-from streamcrm.models import ModelBundle
-from streamcrm.scoring import ScoringConfig, score_event
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 INPUTS = ("crm.purchases", "crm.feedback")

@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 
+from streamcrm.core.events import CustomerScore, decode_event
+from streamcrm.core.features import FEATURE_NAMES
+from streamcrm.core.scoring import ScoredEvent, ScoringConfig, score_event
+from streamcrm.core.state import RECENT_EVENT_IDS, CustomerState
 from streamcrm.errors import (
     EventValidationError,
     InvalidEventError,
@@ -21,12 +25,7 @@ from streamcrm.errors import (
     StoreUnavailableError,
     WrongTopicError,
 )
-from streamcrm.events import CustomerScore, decode_event
-from streamcrm.features import FEATURE_NAMES
 from streamcrm.models import ModelBundle, ModelUpdate
-from streamcrm.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
-from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
-from streamcrm.state import RECENT_EVENT_IDS, CustomerState
 from streamcrm.store import (
     InMemoryStateStore,
     InputPosition,
@@ -34,6 +33,7 @@ from streamcrm.store import (
     OutboxRecord,
     SaveResult,
 )
+from streamcrm.worker.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
 from tests.outputs import outbox_outputs
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -399,7 +399,7 @@ class FlakyStore(InMemoryStateStore):
 async def test_an_unavailable_store_is_waited_for_and_the_models_learn_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("streamcrm.pipeline.FIRST_RETRY_DELAY_S", 0.001)
+    monkeypatch.setattr("streamcrm.worker.pipeline.FIRST_RETRY_DELAY_S", 0.001)
     store = FlakyStore(failures=0)
     pipeline = ScoringPipeline(store, ScoringConfig())
     await pipeline.handle(purchase("c1", day=0))
@@ -726,7 +726,7 @@ async def test_a_quiet_partition_whose_writes_were_lost_is_found_by_the_mark_che
 async def test_pseudonymised_ids_never_reach_the_store_and_erasure_still_finds_them(
     store: InMemoryStateStore,
 ) -> None:
-    from streamcrm.privacy import pseudonym
+    from streamcrm.core.privacy import pseudonym
 
     hide = lambda customer_id: pseudonym(b"secret", customer_id)  # noqa: E731
     pipeline = ScoringPipeline(store, ScoringConfig(), pseudonymise=hide)
@@ -741,8 +741,8 @@ async def test_pseudonymised_ids_never_reach_the_store_and_erasure_still_finds_t
 
 
 def test_model_updates_travel_in_batches_and_single_updates_of_older_workers_still_read() -> None:
-    from streamcrm.app import model_updates_in
     from streamcrm.models import ModelUpdateBatch
+    from streamcrm.worker.app import model_updates_in
 
     first = ModelUpdate(kind="labelled", features={"x": 1.0}, churned=True)
     second = ModelUpdate(kind="forget", customer_id="c1")

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from streamcrm.core.events import CustomerScore
+from streamcrm.core.scoring import ScoredEvent, ScoringConfig
 from streamcrm.errors import InvalidEventError, LateEventError, StateBehindError
-from streamcrm.events import CustomerScore
-from streamcrm.outbox import OutboxPublisher
-from streamcrm.pipeline import BatchOutcome, ScoringPipeline
-from streamcrm.scoring import ScoredEvent, ScoringConfig
 from streamcrm.store import InMemoryStateStore, InputPosition
+from streamcrm.worker.outbox import OutboxPublisher
+from streamcrm.worker.pipeline import BatchOutcome, ScoringPipeline
 from tests.outputs import FakeOutputs
 from tests.unit.test_pipeline import T0, privacy, purchase
 

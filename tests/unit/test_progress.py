@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from streamcrm.progress import ProgressBar
+from streamcrm.cli.progress import ProgressBar
 
 
 class FakeClock:

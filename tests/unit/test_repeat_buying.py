@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from lifetimes import BetaGeoFitter, GammaGammaFitter
 
-from streamcrm.evaluation import cdnow_sample_path, default_cutoff, read_cdnow
+from streamcrm.cli.evaluation import cdnow_sample_path, default_cutoff, read_cdnow
 from streamcrm.models.repeat_buying import (
     BgNbdParams,
     RepeatBuying,

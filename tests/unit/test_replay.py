@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.cli import main
-from streamcrm.events import Event, FeedbackEvent, PurchaseEvent, RefundEvent
-from streamcrm.replay import (
+from streamcrm.cli.main import main
+from streamcrm.cli.replay import (
     CSV_COLUMNS,
     Rejection,
     format_report,
@@ -24,8 +23,9 @@ from streamcrm.replay import (
     write_history,
     write_rejections,
 )
+from streamcrm.core.events import Event, FeedbackEvent, PurchaseEvent, RefundEvent
 from streamcrm.settings import Settings
-from streamcrm.simulator import simulate
+from streamcrm.sim.simulator import simulate
 
 ALL_TYPES = {"purchase", "refund", "feedback", "support", "cancellation"}
 T0 = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)

@@ -14,11 +14,11 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcrm.events import MODEL_FIELDS, CustomerScore, Event
+from streamcrm.core.events import MODEL_FIELDS, CustomerScore, Event
+from streamcrm.core.scoring import ScoringConfig, score_event
+from streamcrm.core.state import CustomerState, topic_kind
 from streamcrm.models import ModelBundle
-from streamcrm.scoring import ScoringConfig, score_event
-from streamcrm.simulator import simulate
-from streamcrm.state import CustomerState, topic_kind
+from streamcrm.sim.simulator import simulate
 
 
 def final_scores(events: list[Event]) -> dict[str, CustomerScore]:

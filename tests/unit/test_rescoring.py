@@ -11,14 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streamcrm.alerts import AlertRules
-from streamcrm.events import Alert, CustomerScore, PurchaseEvent
+from streamcrm.core.alerts import AlertRules
+from streamcrm.core.events import Alert, CustomerScore, PurchaseEvent
+from streamcrm.core.scoring import ScoringConfig, rescore_due_at, score_event, sweep_customer
+from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
-from streamcrm.outbox import OutboxPublisher
-from streamcrm.pipeline import ScoringPipeline
-from streamcrm.scoring import ScoringConfig, rescore_due_at, score_event, sweep_customer
-from streamcrm.state import CustomerState
 from streamcrm.store import InMemoryStateStore, OutboxRecord
+from streamcrm.worker.outbox import OutboxPublisher
+from streamcrm.worker.pipeline import ScoringPipeline
 from tests.outputs import FakeOutputs, outbox_outputs
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -421,7 +421,7 @@ async def test_a_restarted_worker_sweeps_to_its_watermark_before_any_new_message
 
 
 async def test_the_last_rescore_is_the_same_whatever_order_the_topics_were_consumed_in() -> None:
-    from streamcrm.events import MODEL_FIELDS, FeedbackEvent
+    from streamcrm.core.events import MODEL_FIELDS, FeedbackEvent
 
     purchases = [order("c", day) for day in (0, 10, 20)]
     rating = FeedbackEvent(

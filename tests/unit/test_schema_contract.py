@@ -4,7 +4,7 @@ For each input topic (purchases, feedback, support, privacy), events are generat
 then broken: wrong types (strings and booleans for numbers, numbers for times, ``3.0`` for
 integers, nulls, lists), missing and unknown fields, values out of range, unknown enum values,
 malformed or out-of-range times. A JSON Schema validator (Draft 2020-12, ``date-time`` format
-checked) reading the checked-in schema and :func:`~streamcrm.events.decode_event` must give
+checked) reading the checked-in schema and :func:`~streamcrm.core.events.decode_event` must give
 the same verdict on every one; nothing generated is filtered away.
 
 Two readings make the schema side faithful to the standards rather than to Python's tools:
@@ -36,9 +36,9 @@ from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
+from streamcrm.cli.schemas import DIALECT, schema_path
+from streamcrm.core.events import MAX_MESSAGE_BYTES, decode_event, decode_privacy_event
 from streamcrm.errors import InvalidEventError, UndecodableEventError
-from streamcrm.events import MAX_MESSAGE_BYTES, decode_event, decode_privacy_event
-from streamcrm.schemas import DIALECT, schema_path
 
 REPO = Path(__file__).resolve().parents[2]
 TOPICS = ("purchases", "feedback", "support", "privacy")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcrm.scores import (
+from streamcrm.core.scores import (
     DEFAULT_DISCOUNT_RATE,
     DEFAULT_HORIZON_YEARS,
     annual_order_rate,
@@ -21,7 +21,7 @@ from streamcrm.scores import (
     loyalty_index,
     satisfaction_mean,
 )
-from streamcrm.state import CustomerState
+from streamcrm.core.state import CustomerState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BUYER = {"average_order_value": 50.0, "orders_per_month": 2.0}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streamcrm.events import (
+from streamcrm.core.events import (
     CancellationEvent,
     CustomerScore,
     Event,
@@ -17,11 +17,11 @@ from streamcrm.events import (
     RefundEvent,
     SupportEvent,
 )
-from streamcrm.features import CHURN_FEATURE_NAMES, churn_features
+from streamcrm.core.features import CHURN_FEATURE_NAMES, churn_features
+from streamcrm.core.scoring import ScoredEvent, ScoringConfig, score_event
+from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle, QueuedUpdates
 from streamcrm.models.segments import SEGMENT_NAMES
-from streamcrm.scoring import ScoredEvent, ScoringConfig, score_event
-from streamcrm.state import CustomerState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CONFIG = ScoringConfig()

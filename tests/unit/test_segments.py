@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcrm.features import FEATURE_NAMES
+from streamcrm.core.features import FEATURE_NAMES
 from streamcrm.models.segments import SEGMENT_NAMES, SegmentModel, segment_features
 
 REPO = Path(__file__).resolve().parents[2]

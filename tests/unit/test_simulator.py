@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from streamcrm.events import (
+from streamcrm.core.events import (
     CancellationEvent,
     FeedbackEvent,
     PurchaseEvent,
@@ -17,7 +17,7 @@ from streamcrm.events import (
     SupportEvent,
     decode_event,
 )
-from streamcrm.simulator import Simulation, simulate
+from streamcrm.sim.simulator import Simulation, simulate
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 180

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcrm.errors import EventValidationError
-from streamcrm.events import (
+from streamcrm.core.events import (
     CancellationEvent,
     Event,
     FeedbackEvent,
@@ -21,7 +20,7 @@ from streamcrm.events import (
     RefundEvent,
     SupportEvent,
 )
-from streamcrm.state import (
+from streamcrm.core.state import (
     DEFAULT_RULES,
     MAX_TRACKED_TICKETS,
     RECENT_EVENT_IDS,
@@ -30,6 +29,7 @@ from streamcrm.state import (
     StateRules,
     apply,
 )
+from streamcrm.errors import EventValidationError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _ids = itertools.count()

@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import pytest
 
+from streamcrm.core.scoring import ScoringConfig, score_event
+from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
-from streamcrm.scoring import ScoringConfig, score_event
-from streamcrm.simulator import simulate
-from streamcrm.state import CustomerState
-from streamcrm.stored_json import DICTIONARY_V1, DICTIONARY_V2, VERSION_1, pack, unpack
+from streamcrm.sim.simulator import simulate
+from streamcrm.store.codec import DICTIONARY_V1, DICTIONARY_V2, VERSION_1, pack, unpack
 
 
 def simulated_documents() -> list[str]:

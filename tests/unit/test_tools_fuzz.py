@@ -23,8 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamcrm.cli import main
-from streamcrm.deadletters import (
+from streamcrm.cli.deadletters import (
     format_letters,
     format_summary,
     parse_letters,
@@ -32,9 +31,8 @@ from streamcrm.deadletters import (
     republish,
     summarise,
 )
-from streamcrm.errors import InvalidEventError
-from streamcrm.events import DeadLetter, decode_event, decode_privacy_event
-from streamcrm.replay import (
+from streamcrm.cli.main import main
+from streamcrm.cli.replay import (
     CSV_COLUMNS,
     ReadResult,
     format_report,
@@ -43,6 +41,8 @@ from streamcrm.replay import (
     read_history,
     write_rejections,
 )
+from streamcrm.core.events import DeadLetter, decode_event, decode_privacy_event
+from streamcrm.errors import InvalidEventError
 from streamcrm.settings import Settings
 
 FUZZ = settings(

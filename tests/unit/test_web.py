@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 
 from faust.types import TP
 
-from streamcrm.events import Alert
-from streamcrm.metrics import MapPoint, WorkerMetrics
-from streamcrm.pipeline import ScoringPipeline
-from streamcrm.scoring import ScoringConfig
+from streamcrm.core.events import Alert
+from streamcrm.core.scoring import ScoringConfig
 from streamcrm.store import InMemoryStateStore
-from streamcrm.web import (
+from streamcrm.worker.metrics import MapPoint, WorkerMetrics
+from streamcrm.worker.pipeline import ScoringPipeline
+from streamcrm.worker.web import (
     customer_document,
     forget_customers,
     forget_erased,

@@ -17,14 +17,14 @@ _WINDOW = os.environ.get("STREAMCRM_PROBE_EVENT_ID_WINDOW")
 _NO_GUARD = os.environ.get("STREAMCRM_PROBE_NO_OFFSET_GUARD")
 
 if _WINDOW or _NO_GUARD:
-    import streamcrm.state
-    import streamcrm.store
+    import streamcrm.core.state
+    import streamcrm.store.redis
 
     if _WINDOW:
-        streamcrm.state.RECENT_EVENT_IDS = int(_WINDOW)
+        streamcrm.core.state.RECENT_EVENT_IDS = int(_WINDOW)
     if _NO_GUARD:
         guard = "elseif mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then"
-        assert guard in streamcrm.store.WRITE_SCRIPT, "the probe no longer matches the script"
-        streamcrm.store.WRITE_SCRIPT = streamcrm.store.WRITE_SCRIPT.replace(
+        assert guard in streamcrm.store.redis.WRITE_SCRIPT, "the probe no longer matches the script"
+        streamcrm.store.redis.WRITE_SCRIPT = streamcrm.store.redis.WRITE_SCRIPT.replace(
             guard, "elseif false then"
         )

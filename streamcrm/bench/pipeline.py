@@ -1,0 +1,584 @@
+"""``streamcrm bench``: the whole pipeline measured against its ceiling and a baseline, in one run.
+
+What it measures, on one machine, in one run (so ratios compare like with like):
+
+- **pipeline**: one ``streamcrm worker`` consuming a preloaded, realistic mixed stream
+  (simulated purchases, feedback and support of many customers). Sustained events/s is the
+  rate between 10 % and 90 % of the stream, from the worker's own per-second metrics reports
+  (start-up and group join excluded).
+- **Faust pass-through**: :mod:`streamcrm.bench.passthrough` on the same stream (decode →
+  emit, no state, no models): what the framework itself allows.
+- **Quix Streams pass-through**: :mod:`streamcrm.bench.quix`, the same with the framework a
+  user would pick instead of Faust (when ``quixstreams``, a ``dev`` extra, is installed).
+- **ceiling**: the sum of the measured per-event costs of the components a worker runs for
+  every event (validate, the pure scoring core with its models, the Redis load + atomic save,
+  serialising the score), in one process without Kafka: the rate if nothing else cost time.
+- **scaling**: the same stream through two workers of one consumer group, as a ratio to one.
+- **latency** at a fixed offered load (half the measured pipeline rate): event produced →
+  its score consumed, p50 / p95 / p99.
+- **memory**: the worker's resident set at the start and the end of the run, and Redis memory
+  per customer (``used_memory`` growth over the customers stored).
+- **re-scores** of quiet customers: their cost per customer (the pure core, and the Redis
+  load + save with the outbox), the re-scores the pipeline worker made during its run, and
+  the pipeline's rate again with re-scoring off (``STREAMCRM_RESCORE_INTERVAL_DAYS`` unset),
+  as a ratio.
+
+Every figure is printed in a table and written to a JSON file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import redis
+
+from streamcrm.bench.harness import (
+    GroupProgress,
+    follow_progress,
+    fresh_settings,
+    percentiles,
+    preload,
+    rss_mib,
+    scored_count,
+    send_at_rate,
+    stream_for,
+    sustained_rate,
+)
+from streamcrm.core.events import Event, ModelMetrics, decode_event
+from streamcrm.core.scoring import ScoringConfig, score_event, sweep_customer
+from streamcrm.core.state import CustomerState
+from streamcrm.models import ModelBundle
+from streamcrm.services.kafka import (
+    ensure_topics,
+    poll_records,
+    read_topic,
+)
+from streamcrm.services.processes import start_worker_process, stop_worker_process
+from streamcrm.settings import Settings
+from streamcrm.sim.simulator import DEFAULT_START, simulate
+from streamcrm.store import LedgerDue, OutboxRecord, PendingWrite, RedisStateStore
+
+
+@dataclass
+class BenchReport:
+    """Every figure of one ``streamcrm bench`` run."""
+
+    events: int
+    customers: int
+    preload_events_per_s: float = 0.0
+    pipeline_events_per_s: float = 0.0
+    passthrough_events_per_s: float | None = None
+    quix_events_per_s: float | None = None
+    """The Quix Streams pass-through (None: not measured, e.g. quixstreams not installed)."""
+    ceiling_events_per_s: float = 0.0
+    component_us: dict[str, float] = field(default_factory=dict)
+    latency_offered_per_s: float | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    worker_rss_mib: dict[str, float] = field(default_factory=dict)
+    redis_bytes_per_customer: float | None = None
+    redis_one_by_one_us: float | None = None
+    """The Redis load + save per event without batching, for comparison."""
+    redis_without_outbox_us: float | None = None
+    """The batched Redis load + save per event without the outbox (as before issue 16)."""
+    scaling_workers: int | None = None
+    scaling_events_per_s: float | None = None
+    """The same stream through ``scaling_workers`` workers of one group."""
+    rescore_us: dict[str, float] = field(default_factory=dict)
+    """Per re-score of a quiet customer: the core, and the Redis round trips of the sweep."""
+    rescores_in_pipeline_run: int | None = None
+    """Re-scores the pipeline worker made while consuming the stream."""
+    pipeline_without_rescoring_events_per_s: float | None = None
+    """The same stream and worker with re-scoring off."""
+    soak: dict[str, float] | None = None
+    """One worker under a steady load for minutes: RSS after warm-up and at the end
+    (:mod:`streamcrm.bench.soak`); None when not run."""
+
+    def ratios(self) -> dict[str, float]:
+        """The pipeline rate against each baseline measured in the same run."""
+        out = {"pipeline / ceiling": self.pipeline_events_per_s / self.ceiling_events_per_s}
+        if self.passthrough_events_per_s:
+            out["pipeline / Faust pass-through"] = (
+                self.pipeline_events_per_s / self.passthrough_events_per_s
+            )
+        if self.quix_events_per_s:
+            out["pipeline / Quix Streams pass-through"] = (
+                self.pipeline_events_per_s / self.quix_events_per_s
+            )
+        if self.pipeline_without_rescoring_events_per_s:
+            out["pipeline, re-scoring on / off"] = (
+                self.pipeline_events_per_s / self.pipeline_without_rescoring_events_per_s
+            )
+        if self.scaling_events_per_s and self.pipeline_events_per_s:
+            out[f"{self.scaling_workers} workers / 1 worker"] = (
+                self.scaling_events_per_s / self.pipeline_events_per_s
+            )
+        return out
+
+
+def measure_pipeline_rate(
+    base: Settings, events: Sequence[Event], log_dir: Path, label: str
+) -> tuple[float, int]:
+    """One worker through the preloaded stream with ``base``'s settings: sustained events/s
+    and the re-scores it made meanwhile (no latency or memory figures)."""
+    assert base.kafka_bootstrap is not None
+    settings = fresh_settings(base, label).model_copy(update={"metrics_interval_s": 1.0})
+    ensure_topics(settings, base.kafka_bootstrap)
+    messages = stream_for(settings, events)
+    preload(base.kafka_bootstrap, messages)
+    worker = start_worker_process(settings, log_dir / f"bench-{label}.log")
+    rescores = RescoreCount()
+    try:
+        samples = follow_progress(
+            base.kafka_bootstrap,
+            settings.topics.model_metrics,
+            len(messages),
+            rescores,
+            timeout_s=max(600.0, len(messages) / 50),
+        )
+    finally:
+        stop_worker_process(worker)
+    return sustained_rate(samples, len(messages)), rescores.rescored
+
+
+class RescoreCount:
+    """:func:`scored_count`, remembering the re-scores the worker reported too."""
+
+    def __init__(self) -> None:
+        self.rescored = 0
+
+    def __call__(self, raw: bytes) -> int:
+        self.rescored = ModelMetrics.model_validate_json(raw).events.get("re-scored", 0)
+        return scored_count(raw)
+
+
+def measure_pipeline(
+    base: Settings, events: Sequence[Event], customers: int, log_dir: Path, report: BenchReport
+) -> Settings:
+    """Preload the stream, run one worker through it; fills the pipeline figures."""
+    assert base.kafka_bootstrap is not None and base.redis_url is not None
+    settings = fresh_settings(base, "pipeline").model_copy(update={"metrics_interval_s": 1.0})
+    ensure_topics(settings, base.kafka_bootstrap)
+    messages = stream_for(settings, events)
+    report.preload_events_per_s = len(messages) / preload(base.kafka_bootstrap, messages)
+    client = redis.Redis.from_url(base.redis_url)
+    memory_before = int(client.info("memory")["used_memory"])
+    worker = start_worker_process(settings, log_dir / "bench-worker.log")
+    rescores = RescoreCount()
+    try:
+        time.sleep(1.0)
+        report.worker_rss_mib["start"] = rss_mib(worker.pid)
+        samples = follow_progress(
+            base.kafka_bootstrap,
+            settings.topics.model_metrics,
+            len(messages),
+            rescores,
+            timeout_s=max(600.0, len(messages) / 50),
+        )
+        report.pipeline_events_per_s = sustained_rate(samples, len(messages))
+        report.rescores_in_pipeline_run = rescores.rescored
+        report.worker_rss_mib["after stream"] = rss_mib(worker.pid)
+        memory_after = int(client.info("memory")["used_memory"])
+        report.redis_bytes_per_customer = (memory_after - memory_before) / customers
+        rate = report.pipeline_events_per_s / 2
+        report.latency_offered_per_s = rate
+        report.latency_ms = measure_latency(settings, events, rate, seconds=20.0)
+        report.worker_rss_mib["end"] = rss_mib(worker.pid)
+    finally:
+        stop_worker_process(worker)
+        client.close()
+    return settings
+
+
+def measure_scaling(
+    base: Settings, events: Sequence[Event], workers: int, log_dir: Path, report: BenchReport
+) -> None:
+    """The same stream through ``workers`` workers of one group (the topics have
+    ``base.partitions`` partitions each); fills the scaling figures."""
+    assert base.kafka_bootstrap is not None
+    settings = fresh_settings(base, "scaling").model_copy(update={"metrics_interval_s": 1.0})
+    ensure_topics(settings, base.kafka_bootstrap)
+    messages = stream_for(settings, events)
+    preload(base.kafka_bootstrap, messages)
+    group = [
+        start_worker_process(settings, log_dir / f"bench-scaling-worker-{n}.log")
+        for n in range(workers)
+    ]
+    try:
+        samples = follow_progress(
+            base.kafka_bootstrap,
+            settings.topics.model_metrics,
+            len(messages),
+            GroupProgress(),
+            timeout_s=max(600.0, len(messages) / 50),
+        )
+        report.scaling_workers = workers
+        report.scaling_events_per_s = sustained_rate(samples, len(messages))
+    finally:
+        for worker in group:
+            stop_worker_process(worker)
+
+
+def measure_latency(
+    settings: Settings, events: Sequence[Event], rate: float, seconds: float
+) -> dict[str, float]:
+    """Offer ``rate`` events/s for ``seconds`` to a running worker; event produced → score
+    consumed, in milliseconds. The events continue the stream's customers a period later."""
+    assert settings.kafka_bootstrap is not None
+    wanted = int(rate * seconds)
+    later = [
+        e.model_copy(update={"event_id": f"lat-{e.event_id}"})
+        for e in _later_events(events)[:wanted]
+    ]
+    messages = stream_for(settings, later)
+    sent_at: dict[str, float] = {}
+    # kafka-python's default fetch wait (500 ms): Tansu waits it out (docs/tansu.md), so the
+    # figures include up to that much on the reading side. A 10 ms wait here, as the worker's,
+    # read no score at all after the 294k-event stream (not yet understood).
+    consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores, from_beginning=False)
+    latencies: list[float] = []
+
+    def note_sent(n: int) -> None:
+        sent_at[later[n].event_id] = time.monotonic()
+
+    sender = threading.Thread(
+        target=send_at_rate,
+        args=(settings.kafka_bootstrap, messages, rate),
+        kwargs={"on_send": note_sent},
+        daemon=True,
+    )
+    sender.start()
+    deadline = time.monotonic() + seconds + 60
+    try:
+        while len(latencies) < len(messages) and time.monotonic() < deadline:
+            for record in poll_records(consumer, timeout_ms=100):
+                if record.value is None:
+                    continue
+                received = time.monotonic()
+                event_id = json.loads(record.value)["event_id"]
+                if event_id in sent_at:
+                    latencies.append((received - sent_at[event_id]) * 1000)
+    finally:
+        sender.join(timeout=5)
+        consumer.close()
+    if not latencies:
+        raise RuntimeError("no score arrived for the latency events")
+    return {**percentiles(latencies), "events": float(len(latencies))}
+
+
+def _later_events(events: Sequence[Event]) -> list[Event]:
+    """A second stream for the same customers, a period after the first."""
+    span = max(e.occurred_at for e in events) - min(e.occurred_at for e in events)
+    customers = len({e.customer_id for e in events})
+    days = max(1, span.days + 1)
+    later = simulate(customers=customers, days=days, seed=99, start=DEFAULT_START + span)
+    return list(later.events)
+
+
+def measure_passthrough(
+    base: Settings, events: Sequence[Event], log_dir: Path, report: BenchReport
+) -> None:
+    """The Faust pass-through baseline on the same stream."""
+    assert base.kafka_bootstrap is not None
+    settings = fresh_settings(base, "passthrough")
+    ensure_topics(settings, base.kafka_bootstrap)
+    messages = stream_for(settings, events)
+    preload(base.kafka_bootstrap, messages)
+    log = (log_dir / "bench-passthrough.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamcrm.bench.passthrough",
+            base.kafka_bootstrap,
+            settings.topic_prefix,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    try:
+        samples = follow_progress(
+            base.kafka_bootstrap,
+            f"{settings.topic_prefix}.bench-progress",
+            len(messages),
+            lambda raw: int(json.loads(raw)["count"]),
+            timeout_s=max(600.0, len(messages) / 50),
+        )
+        report.passthrough_events_per_s = sustained_rate(samples, len(messages))
+    finally:
+        stop_worker_process(process)
+
+
+def measure_decode(raws: Sequence[bytes]) -> tuple[list[Event], float]:
+    """Validate every message once with ``decode_event``: the events, and what it cost in
+    microseconds per message (the "validate" component; it needs neither Kafka nor Redis)."""
+    started = time.perf_counter()
+    decoded = [decode_event(raw) for raw in raws]
+    return decoded, (time.perf_counter() - started) / max(len(raws), 1) * 1e6
+
+
+def measure_components(
+    base: Settings, events: Sequence[Event], report: BenchReport, sample: int = 20_000
+) -> None:
+    """Per-event cost of each component, in one process without Kafka (microseconds)."""
+    assert base.redis_url is not None
+    chosen = list(events[:sample])
+    decoded, decode_us = measure_decode([e.model_dump_json().encode() for e in chosen])
+
+    models, config = ModelBundle(), ScoringConfig(heartbeat_interval=timedelta(days=30))
+    states: dict[str, CustomerState] = {}
+    scored = []
+    started = time.perf_counter()
+    for event in decoded:
+        result = score_event(states.get(event.customer_id), event, models, config)
+        states[event.customer_id] = result.state
+        scored.append(result)
+    core_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    payloads = [r.score.model_dump_json().encode() for r in scored if r.score is not None]
+    encode_s = time.perf_counter() - started
+
+    async def redis_round_trips(batch: int, outbox: bool = True) -> float:
+        """Load and save every scored state, ``batch`` customers per round trip each way; with
+        ``outbox``, as the worker does: the outputs saved into the outbox with the state, then
+        read from it and cleared (the outbox's Redis side; sending is not measured here)."""
+        store = RedisStateStore.from_url(base.redis_url or "", f"bench-{uuid.uuid4().hex[:8]}")
+        try:
+            began = time.perf_counter()
+            for start in range(0, len(scored), batch):
+                chunk = scored[start : start + batch]
+                await store.load_many([result.state.customer_id for result in chunk])
+                await store.save_batch(
+                    [
+                        PendingWrite(
+                            None,
+                            result.state,
+                            result.score,
+                            outbox=PendingWrite.outputs_of(result.outputs) if outbox else (),
+                        )
+                        for result in chunk
+                    ]
+                )
+                if outbox:
+                    waiting = await store.outbox(0, 10 * batch)
+                    await store.clear_outbox(0, len(waiting))
+            return time.perf_counter() - began
+        finally:
+            await store.close()
+
+    one_by_one_s = asyncio.run(redis_round_trips(1))
+    batched_s = asyncio.run(redis_round_trips(base.batch_max_events))
+    without_outbox_s = asyncio.run(redis_round_trips(base.batch_max_events, outbox=False))
+    n = len(chosen)
+    report.component_us = {
+        "validate (decode_event)": decode_us,
+        "scoring core + models (score_event)": core_s / n * 1e6,
+        f"Redis load + atomic save + outbox, batches of {base.batch_max_events}": batched_s
+        / n
+        * 1e6,
+        "serialise score": encode_s / max(len(payloads), 1) * 1e6,
+    }
+    report.ceiling_events_per_s = 1e6 / sum(report.component_us.values())
+    report.redis_one_by_one_us = one_by_one_s / n * 1e6
+    report.redis_without_outbox_us = without_outbox_s / n * 1e6
+    report.rescore_us = measure_rescores(base, list(states.values()), models, config)
+
+
+def measure_rescores(
+    base: Settings, states: Sequence[CustomerState], models: ModelBundle, config: ScoringConfig
+) -> dict[str, float]:
+    """Per customer, what one re-score costs: the pure core (``sweep_customer`` a fortnight
+    after each customer's newest score) and the sweep's Redis step (load, then save with the
+    re-score and its alerts in the outbox), microseconds."""
+    quiet = [state for state in states if state.newest_score_at is not None]
+    started = time.perf_counter()
+    swept = [
+        sweep_customer(
+            state, (state.newest_score_at or DEFAULT_START) + timedelta(days=14), models, config
+        )
+        for state in quiet
+    ]
+    core_s = time.perf_counter() - started
+
+    async def sweep_round_trips() -> float:
+        store = RedisStateStore.from_url(base.redis_url or "", f"bench-{uuid.uuid4().hex[:8]}")
+        try:
+            began = time.perf_counter()
+            for result in swept:
+                await store.load(result.state.customer_id)
+                outbox = (
+                    (OutboxRecord.of_score(result.score),) if result.score is not None else ()
+                ) + tuple(OutboxRecord.of_alert(alert) for alert in result.alerts)
+                await store.save(
+                    result.state, result.score, LedgerDue(0, result.due_at), None, outbox
+                )
+            return time.perf_counter() - began
+        finally:
+            await store.close()
+
+    redis_s = asyncio.run(sweep_round_trips())
+    made = max(sum(1 for result in swept if result.score is not None), 1)
+    return {
+        "re-score core (sweep_customer)": core_s / made * 1e6,
+        "re-score Redis load + save with outbox": redis_s / made * 1e6,
+    }
+
+
+def run_bench(
+    base: Settings,
+    customers: int,
+    days: int,
+    seed: int,
+    log_dir: Path,
+    passthrough: bool = True,
+    scaling_workers: int = 2,
+    soak_minutes: float = 0.0,
+    soak_rate: float | None = None,
+    out: Callable[[str], None] = print,
+    rescoring_comparison: bool = True,
+) -> BenchReport:
+    """Every measurement in turn (see the module docstring)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out(f"simulating {customers:,} customers over {days} days ...")
+    events = list(simulate(customers=customers, days=days, seed=seed).events)
+    report = BenchReport(events=len(events), customers=len({e.customer_id for e in events}))
+    out(f"{len(events):,} events; measuring the components ...")
+    measure_components(base, events, report)
+    if passthrough:
+        out("Faust pass-through baseline ...")
+        measure_passthrough(base, events, log_dir, report)
+        if importlib.util.find_spec("quixstreams") is None:
+            out("Quix Streams pass-through: skipped, quixstreams is not installed (dev extra)")
+        else:
+            out("Quix Streams pass-through baseline ...")
+            from streamcrm.bench.quix import measure_quix
+
+            report.quix_events_per_s = measure_quix(base, events, log_dir)
+    out("full pipeline (one worker), then latency at half its rate ...")
+    measure_pipeline(base, events, report.customers, log_dir, report)
+    if rescoring_comparison:
+        out("the pipeline again, re-scoring off ...")
+        off = base.model_copy(update={"rescore_interval_days": None})
+        report.pipeline_without_rescoring_events_per_s, _ = measure_pipeline_rate(
+            off, events, log_dir, "no-rescores"
+        )
+    if scaling_workers > 1:
+        out(f"{scaling_workers} workers of one group, {base.partitions} partitions a topic ...")
+        measure_scaling(base, events, scaling_workers, log_dir, report)
+    if soak_minutes > 0:
+        from streamcrm.bench.soak import measure_soak
+
+        rate = soak_rate or report.pipeline_events_per_s / 2
+        out(f"soak: one worker at {rate:,.0f} events/s for {soak_minutes:g} minutes ...")
+        settings = fresh_settings(base, "soak").model_copy(update={"metrics_interval_s": 1.0})
+        figures = measure_soak(settings, soak_minutes, rate, report.customers, seed, log_dir)
+        report.soak = {
+            "minutes": figures.minutes,
+            "offered events/s": figures.offered_per_s,
+            "events sent": figures.events_sent,
+            "events scored": figures.events_scored,
+            "RSS after warm-up MiB": figures.rss_after_warmup_mib,
+            "RSS last minute MiB": figures.rss_last_minute_mib,
+            "RSS min MiB": figures.rss_min_mib,
+            "RSS max MiB": figures.rss_max_mib,
+            "RSS growth": figures.growth,
+            "RSS spread": figures.spread,
+        }
+    return report
+
+
+def format_report(report: BenchReport) -> str:
+    """The figures as a table."""
+    lines = [
+        f"stream: {report.events:,} events of {report.customers:,} customers"
+        f" (preloaded at {report.preload_events_per_s:,.0f} events/s)",
+        "",
+        f"{'throughput':<44}{'events/s':>12}",
+        f"{'streamcrm pipeline, one worker':<44}{report.pipeline_events_per_s:>12,.0f}",
+    ]
+    if report.passthrough_events_per_s is not None:
+        lines.append(
+            f"{'Faust pass-through (decode → emit)':<44}{report.passthrough_events_per_s:>12,.0f}"
+        )
+    if report.quix_events_per_s is not None:
+        lines.append(
+            f"{'Quix Streams pass-through (decode → emit)':<44}{report.quix_events_per_s:>12,.0f}"
+        )
+    lines.append(f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}")
+    if report.scaling_events_per_s is not None:
+        label = f"streamcrm pipeline, {report.scaling_workers} workers"
+        lines.append(f"{label:<44}{report.scaling_events_per_s:>12,.0f}")
+    lines += ["", f"{'per-event cost of each component':<44}{'µs':>12}"]
+    lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.component_us.items()]
+    if report.redis_one_by_one_us is not None:
+        lines.append(
+            f"{'  (Redis one event per round trip)':<44}{report.redis_one_by_one_us:>12,.1f}"
+        )
+    if report.redis_without_outbox_us is not None:
+        lines.append(
+            f"{'  (Redis batched, without the outbox)':<44}{report.redis_without_outbox_us:>12,.1f}"
+        )
+    if report.rescore_us:
+        total = sum(report.rescore_us.values())
+        lines += ["", f"{'per re-score of a quiet customer':<44}{'µs':>12}"]
+        lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.rescore_us.items()]
+        lines.append(f"{'  re-scores/s if a worker did nothing else':<44}{1e6 / total:>12,.0f}")
+    if report.rescores_in_pipeline_run is not None:
+        lines.append(f"re-scores made during the pipeline run: {report.rescores_in_pipeline_run:,}")
+    if report.pipeline_without_rescoring_events_per_s is not None:
+        lines.append(
+            f"{'streamcrm pipeline, re-scoring off':<44}"
+            f"{report.pipeline_without_rescoring_events_per_s:>12,.0f} events/s"
+        )
+    lines += ["", "ratios (same run)"]
+    lines += [f"{name:<44}{ratio:>12.2f}" for name, ratio in report.ratios().items()]
+    if report.latency_ms:
+        lines += [
+            "",
+            f"latency at {report.latency_offered_per_s:,.0f} events/s offered"
+            f" ({report.latency_ms.get('events', 0):,.0f} events), produced → score consumed:",
+            "  "
+            + "  ".join(f"{k} {v:,.0f} ms" for k, v in report.latency_ms.items() if k != "events"),
+        ]
+    lines += [
+        "",
+        "worker RSS: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in report.worker_rss_mib.items()),
+    ]
+    if report.redis_bytes_per_customer is not None:
+        lines.append(f"Redis memory per customer: {report.redis_bytes_per_customer:,.0f} bytes")
+    if report.soak is not None:
+        soak = report.soak
+        lines += [
+            "",
+            f"soak: {soak['minutes']:g} minutes at {soak['offered events/s']:,.0f} events/s"
+            f" ({soak['events sent']:,.0f} sent, {soak['events scored']:,.0f} scored)",
+            f"  worker RSS after warm-up {soak['RSS after warm-up MiB']:,.0f} MiB, last minute"
+            f" {soak['RSS last minute MiB']:,.0f} MiB: growth {soak['RSS growth']:+.1%},"
+            f" spread (max - min) / min {soak['RSS spread']:.1%}",
+        ]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, report: BenchReport) -> None:
+    path.write_text(json.dumps({**asdict(report), "ratios": report.ratios()}, indent=2))
+
+
+__all__ = [
+    "BenchReport",
+    "format_report",
+    "run_bench",
+    "write_json",
+]

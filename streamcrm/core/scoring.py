@@ -1,0 +1,526 @@
+"""One customer event in, one score out: the pure core of streamcrm.
+
+``score_event(state, event, models, config)`` follows the one-way flow
+
+    apply event to state → settle the label ledger (models learn) → features
+    → churn probability + segment → deterministic scores → alerts + score history
+    → new pending snapshot
+
+and ``sweep_customer`` moves a quiet customer on when the watermark advances: their label
+ledger, and a re-score as of the passing event time, so the churn score stays current for the
+customers who leave without a word.
+
+It does no I/O; the River models are the only thing it changes besides the returned state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from streamcrm.core.alerts import AlertRules, evaluate_alerts
+from streamcrm.core.events import (
+    Alert,
+    CancellationEvent,
+    ChurnDriver,
+    CustomerScore,
+    Event,
+    PurchaseEvent,
+    ScoreTrigger,
+    rescore_id,
+)
+from streamcrm.core.features import churn_features, customer_features, repeat_buying
+from streamcrm.core.labels import (
+    MAX_PENDING_SNAPSHOTS,
+    LabelledExample,
+    add_snapshot,
+    heartbeat_times,
+    next_due,
+    record_purchase,
+    settle_closed,
+    settle_on_cancellation,
+)
+from streamcrm.core.scores import (
+    DEFAULT_DISCOUNT_RATE,
+    DEFAULT_HORIZON_YEARS,
+    clv_discounted,
+    clv_simple,
+    clv_to_acquisition_cost,
+    csat_mean,
+    customer_value,
+    health_score,
+    loyalty_index,
+    mean_first_response_hours,
+    mean_resolution_hours,
+    net_promoter_score,
+    satisfaction_mean,
+)
+from streamcrm.core.state import CustomerState, PendingSnapshot, StateRules, apply, with_score_point
+from streamcrm.models import BuyingObservation, Learner, ModelBundle
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """The knobs of the scoring core (a slice of the settings)."""
+
+    churn_window: timedelta = timedelta(days=90)
+    heartbeat_interval: timedelta = timedelta(days=30)
+    """A quiet customer is snapshotted again every this much event time..."""
+    heartbeat_horizon: timedelta = timedelta(days=180)
+    """...until quiet for this long (by then their churn label is long settled)."""
+    max_pending_snapshots: int = MAX_PENDING_SNAPSHOTS
+    """Snapshots awaiting a label per customer (the oldest is dropped beyond this): keep it
+    above churn window / heartbeat interval, or quiet customers' heartbeats are lost."""
+    clv_horizon: timedelta = timedelta(days=365)
+    """The horizon of the probabilistic CLV (expected purchases × expected spend)."""
+    discount_rate: float = DEFAULT_DISCOUNT_RATE
+    horizon_years: int = DEFAULT_HORIZON_YEARS
+    rules: StateRules = field(default_factory=StateRules)
+    alerts: AlertRules = field(default_factory=AlertRules)
+    """The alert thresholds (see streamcrm.core.alerts)."""
+    rescore_interval: timedelta | None = timedelta(days=7)
+    """A quiet customer is re-scored when their newest score is this old in event time
+    (None: never; scores then come only with events)."""
+    rescore_horizon: timedelta = timedelta(days=180)
+    """Quiet this long after their last event, a customer gets one last score marked lapsed
+    and is not re-scored again until their next event."""
+
+
+@dataclass(frozen=True)
+class ScoredEvent:
+    """The outcome of one event: the state to save, the score and the alerts to emit.
+
+    ``score`` is None when the event was a duplicate (nothing changed) or late (only the
+    customer's late-event count changed; ``late_by`` says by how much); there are no alerts
+    then.
+    """
+
+    state: CustomerState
+    score: CustomerScore | None
+    alerts: tuple[Alert, ...] = ()
+    """The alerts ``score`` raised (see :func:`streamcrm.core.alerts.evaluate_alerts`)."""
+    examples_learned: int = 0
+    labelled: tuple[LabelledExample, ...] = ()
+    """The snapshots this event settled (learned, in this order)."""
+    duplicate: bool = False
+    erased: bool = False
+    """The customer was erased: nothing was saved or learned (see streamcrm.core.privacy)."""
+    late_by: timedelta | None = None
+    due_at: datetime | None = None
+    """When the customer next needs a sweep: their label ledger or their re-score."""
+    rescores: tuple[Rescore, ...] = ()
+    """Re-scores the customer was owed before this event (quiet through their moments, and
+    not yet swept): published before ``score``, so a replay that outruns the sweeps gives the
+    same re-scores as the live path."""
+
+    @property
+    def outputs(self) -> list[tuple[CustomerScore, tuple[Alert, ...]]]:
+        """Every score to publish, oldest first, with the alerts it raised."""
+        made = [(rescore.score, rescore.alerts) for rescore in self.rescores]
+        return made + ([(self.score, self.alerts)] if self.score is not None else [])
+
+
+@dataclass(frozen=True)
+class Rescore:
+    """A re-score as of a passing event time, and the alerts it raised."""
+
+    score: CustomerScore
+    alerts: tuple[Alert, ...] = ()
+
+
+def score_event(
+    state: CustomerState | None,
+    event: Event,
+    models: ModelBundle,
+    config: ScoringConfig,
+    watermark: datetime | None = None,
+    learner: Learner | None = None,
+) -> ScoredEvent:
+    """Apply ``event``, score the customer, and hand what the models should learn to
+    ``learner`` (the models themselves by default: they learn at once).
+
+    ``watermark`` (event time up to which all events are in) closes churn windows. Settled
+    labels are learned before the churn prediction; the scored customer is learned by the
+    segments and population after they placed it (predict, then learn).
+    """
+    learner = models if learner is None else learner
+    transition = apply(state, event, config.rules)
+    if not transition.applied:
+        return ScoredEvent(
+            state=transition.state,
+            score=None,
+            duplicate=transition.duplicate,
+            late_by=transition.late_by,
+        )
+    new_state = transition.state
+    rescores: list[Rescore] = []
+    if state is not None:
+        # Quiet through moments before this event: owed their re-scores first, made from
+        # the state as it was (the sweep may not have reached them yet).
+        caught_up, rescores = _rescores_before(
+            state, event.occurred_at, models, config, limit=None, inclusive=False
+        )
+        new_state = new_state.model_copy(
+            update={
+                "alert_memory": caught_up.alert_memory,
+                "score_history": caught_up.score_history,
+                "last_scored_at": caught_up.last_scored_at,
+            }
+        )
+
+    pending = new_state.pending_snapshots
+    labelled: list[LabelledExample] = []
+    if isinstance(event, PurchaseEvent):
+        pending = record_purchase(pending, event.occurred_at, config.churn_window)
+    elif isinstance(event, CancellationEvent):
+        labelled, pending = settle_on_cancellation(pending, event.occurred_at)
+    if watermark is not None:
+        closed, pending = settle_closed(pending, watermark, config.churn_window)
+        labelled += closed
+    _learn(learner, labelled)
+
+    # Scores never go back in event time: an event that arrives behind the customer's newest
+    # re-score (its topic consumed far behind another's) is scored as of that moment.
+    as_of = max(new_state.last_event_at, new_state.newest_score_at or new_state.last_event_at)
+    lapsed = config.rescore_interval is not None and (
+        as_of >= new_state.last_event_at + config.rescore_horizon
+    )
+    made = _score_as_of(new_state, as_of, event.event_id, "event", models, config, lapsed=lapsed)
+    score, features, churn_inputs, cancelled = (
+        made.score,
+        made.features,
+        made.churn_inputs,
+        made.score.cancelled,
+    )
+    mean_satisfaction = score.satisfaction_mean
+    buying = repeat_buying(new_state)
+    learner.learn_scored(
+        features,
+        mean_satisfaction,
+        None if buying is None else BuyingObservation(new_state.customer_id, buying, as_of),
+    )
+    last_snapshot_at = new_state.last_snapshot_at
+    if not cancelled:
+        pending = add_snapshot(
+            pending,
+            PendingSnapshot(scored_at=as_of, features=churn_inputs),
+            config.max_pending_snapshots,
+        )
+        last_snapshot_at = max(as_of, last_snapshot_at or as_of)
+    alert_memory, alerts = evaluate_alerts(new_state.alert_memory, score, config.alerts)
+    final_state = new_state.model_copy(
+        update={
+            "pending_snapshots": pending,
+            "last_snapshot_at": last_snapshot_at,
+            "alert_memory": alert_memory,
+            "score_history": with_score_point(new_state.score_history, score),
+            "last_scored_at": max(as_of, new_state.newest_score_at or as_of),
+        }
+    )
+    return ScoredEvent(
+        state=final_state,
+        score=score,
+        alerts=tuple(alerts),
+        examples_learned=len(labelled),
+        labelled=tuple(labelled),
+        due_at=sweep_due_at(final_state, config),
+        rescores=tuple(rescores),
+    )
+
+
+def _rescores_before(
+    state: CustomerState,
+    until: datetime,
+    models: ModelBundle,
+    config: ScoringConfig,
+    limit: int | None,
+    inclusive: bool,
+) -> tuple[CustomerState, list[Rescore]]:
+    """Re-score ``state`` at each of its re-score moments up to ``until`` (at most ``limit``),
+    each through the alert rules and into the score history."""
+    made: list[Rescore] = []
+    while limit is None or len(made) < limit:
+        moment = rescore_due_at(state, config)
+        if moment is None or moment > until or (moment == until and not inclusive):
+            break
+        lapsed = moment >= state.last_event_at + config.rescore_horizon
+        score = _score_as_of(
+            state,
+            moment,
+            rescore_id(state.customer_id, moment),
+            "time",
+            models,
+            config,
+            lapsed=lapsed,
+        ).score
+        alert_memory, alerts = evaluate_alerts(state.alert_memory, score, config.alerts)
+        state = state.model_copy(
+            update={
+                "alert_memory": alert_memory,
+                "score_history": with_score_point(state.score_history, score),
+                "last_scored_at": moment,
+            }
+        )
+        made.append(Rescore(score, tuple(alerts)))
+    return state, made
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A score and the features it was made from."""
+
+    score: CustomerScore
+    features: dict[str, float]
+    churn_inputs: dict[str, float]
+
+
+def _score_as_of(
+    state: CustomerState,
+    as_of: datetime,
+    event_id: str,
+    trigger: ScoreTrigger,
+    models: ModelBundle,
+    config: ScoringConfig,
+    lapsed: bool = False,
+) -> _Made:
+    """Score ``state`` as of event time ``as_of``: the one scoring step of events and re-scores.
+
+    Every time-based figure (recency, tenure, rates, silence against the customer's usual gap,
+    the repeat-buying forecasts) is measured at ``as_of``; the models are only read.
+    """
+    features = customer_features(state, as_of)
+    churn_inputs = churn_features(state, as_of, config.churn_window, features)
+    cancelled = state.explicitly_cancelled
+    churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(churn_inputs)
+    buying = repeat_buying(state)
+    forecasts = (
+        models.forecasts(buying, as_of, (config.churn_window, config.clv_horizon))
+        if buying
+        else None
+    )
+    window_forecast, value_forecast = forecasts if forecasts is not None else (None, None)
+    segment_id, segment_name, segment_distance = models.segments.place_one(features)
+    mean_satisfaction = satisfaction_mean(state)
+    recency_code, frequency_code, monetary_code = models.population.rfm_codes(features)
+    loyalty = loyalty_index(state, features)
+    tickets = state.ticket_totals
+    simple_clv = clv_simple(features, churn_probability)
+
+    score = CustomerScore(
+        customer_id=state.customer_id,
+        as_of=as_of,
+        event_id=event_id,
+        churn_probability=churn_probability,
+        cancelled=cancelled,
+        segment_id=segment_id,
+        segment_name=segment_name,
+        satisfaction_mean=mean_satisfaction,
+        satisfaction_recent=state.satisfaction_recent,
+        csat_mean=csat_mean(state),
+        nps=net_promoter_score(state),
+        currency=config.rules.reporting_currency,
+        customer_value=customer_value(features),
+        clv_simple=simple_clv,
+        clv_to_acquisition_cost=clv_to_acquisition_cost(
+            simple_clv,
+            state.acquisition.cents / 100 if state.acquisition is not None else None,
+        ),
+        clv_discounted=clv_discounted(
+            features, churn_probability, config.discount_rate, config.horizon_years
+        ),
+        loyalty=loyalty,
+        health=health_score(
+            churn_probability, features["satisfaction_recent"], loyalty, features["open_tickets"]
+        ),
+        recency_days=features["recency_days"] if state.last_purchase_at else None,
+        frequency=state.order_count,
+        rfm_recency=recency_code,
+        rfm_frequency=frequency_code,
+        rfm_monetary=monetary_code,
+        population_satisfaction_mean=models.population.mean_satisfaction,
+        monetary=state.monetary,
+        open_tickets=state.open_tickets,
+        tickets_by_category=dict(sorted(tickets.by_category.items())),
+        escalations=state.escalations,
+        sla_breaches=tickets.sla_breaches,
+        mean_first_response_hours=mean_first_response_hours(tickets),
+        mean_resolution_hours=mean_resolution_hours(tickets),
+        churn_drivers=[]
+        if cancelled
+        else [
+            ChurnDriver(feature=name, log_odds=value)
+            for name, value in models.churn.explain_one(churn_inputs)
+        ],
+        segment_distance=segment_distance,
+        probability_alive=None if window_forecast is None else window_forecast.probability_alive,
+        expected_purchases=(
+            None if window_forecast is None or cancelled else window_forecast.expected_purchases
+        ),
+        clv_expected=(
+            None if value_forecast is None else 0.0 if cancelled else value_forecast.expected_value
+        ),
+        trigger=trigger,
+        lapsed=lapsed,
+        usual_gap_days=usual_gap_days(state),
+        model_version=models.version,
+    )
+    return _Made(score, features, churn_inputs)
+
+
+def usual_gap_days(state: CustomerState) -> float | None:
+    """The customer's mean days between purchase days, (last − first) / (days − 1): what their
+    silence is measured against ("quiet 4.2x their usual gap"). None before a repeat purchase.
+
+    >>> from datetime import UTC
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> usual_gap_days(CustomerState(customer_id="c", first_seen_at=t0, last_event_at=t0,
+    ...     first_purchase_at=t0, last_purchase_at=t0 + timedelta(days=21), purchase_days=4))
+    7.0
+    """
+    first, last = state.first_purchase_at, state.last_purchase_at
+    if first is None or last is None or state.purchase_days < 2:
+        return None
+    return (last - first).total_seconds() / 86_400 / (state.purchase_days - 1)
+
+
+@dataclass(frozen=True)
+class SweptCustomer:
+    """A quiet customer after the watermark moved: heartbeats added, windows closed, and the
+    re-score that fell due (with the alerts it raised), if one did."""
+
+    state: CustomerState
+    examples_learned: int
+    heartbeats: int
+    due_at: datetime | None
+    score: CustomerScore | None = None
+    alerts: tuple[Alert, ...] = ()
+    labelled: tuple[LabelledExample, ...] = ()
+    """The snapshots this sweep settled (learned, in this order)."""
+
+
+def sweep_customer(
+    state: CustomerState,
+    watermark: datetime,
+    models: ModelBundle,
+    config: ScoringConfig,
+    learner: Learner | None = None,
+) -> SweptCustomer:
+    """Move a quiet customer on to ``watermark``: the label ledger, then the re-score.
+
+    **Ledger.** Add the heartbeat snapshots the customer is owed and learn the windows now
+    closed. A heartbeat at time g scores the customer's features as of g (recency keeps
+    growing), so the model also learns what long silences lead to.
+
+    **Re-score.** If the customer's next re-score moment m (:func:`rescore_due_at`: the grid
+    *last event + k × interval*, after their newest score) has been passed by the watermark,
+    score them again as of m: the same scoring core, the state otherwise unchanged, recency
+    measured at m. The score goes through the alert rules and into the score history like any
+    other. One re-score per visit: a customer owed several (event time jumped) is due again at
+    once, so the caller's per-tick bound holds. Moments lie on the grid, never on the
+    watermark itself, so replaying the same events gives the same re-scores (same ``as_of``,
+    same ids), whenever the sweeps happen to run. At the re-score horizon the customer gets
+    one last score marked ``lapsed`` and no more until their next event.
+    """
+    pending = state.pending_snapshots
+    last_snapshot_at = state.last_snapshot_at
+    heartbeats = 0
+    if state.cancelled_at is None and last_snapshot_at is not None:
+        last_activity = state.last_event_at
+        for moment in heartbeat_times(
+            last_snapshot_at,
+            last_activity,
+            watermark,
+            config.heartbeat_interval,
+            config.heartbeat_horizon,
+        ):
+            purchased = state.last_purchase_at is not None and (
+                moment < state.last_purchase_at <= moment + config.churn_window
+            )
+            snapshot = PendingSnapshot(
+                scored_at=moment,
+                features=churn_features(state, moment, config.churn_window),
+                purchased=purchased,
+            )
+            pending = add_snapshot(pending, snapshot, config.max_pending_snapshots)
+            last_snapshot_at = moment
+            heartbeats += 1
+    labelled, pending = settle_closed(pending, watermark, config.churn_window)
+    _learn(models if learner is None else learner, labelled)
+    swept = state.model_copy(
+        update={"pending_snapshots": pending, "last_snapshot_at": last_snapshot_at}
+    )
+    swept, rescores = _rescores_before(swept, watermark, models, config, limit=1, inclusive=True)
+    return SweptCustomer(
+        state=swept,
+        examples_learned=len(labelled),
+        heartbeats=heartbeats,
+        due_at=sweep_due_at(swept, config),
+        score=rescores[0].score if rescores else None,
+        alerts=rescores[0].alerts if rescores else (),
+        labelled=tuple(labelled),
+    )
+
+
+def rescore_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:
+    """When the customer is next re-scored as event time passes: the first moment
+    m = last event + k × interval (k ≥ 1) after their newest score, or the re-score horizon
+    after their last event (the lapsed score), whichever comes first. None: never scored,
+    cancelled, or already scored as lapsed.
+
+    The grid hangs on the customer's last event, the newest of their event times: the same
+    whatever order their topics were consumed in, so once every event is in, a replay and the
+    live path re-score a customer at the same moments.
+
+    >>> from datetime import UTC
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> state = CustomerState(customer_id="c", first_seen_at=t0, last_event_at=t0,
+    ...                       last_scored_at=t0)
+    >>> config = ScoringConfig(rescore_interval=timedelta(days=7),
+    ...                        rescore_horizon=timedelta(days=10))
+    >>> rescore_due_at(state, config).day
+    8
+    >>> later = state.model_copy(update={"last_scored_at": t0 + timedelta(days=7)})
+    >>> rescore_due_at(later, config).day  # the horizon comes first: the lapsed score
+    11
+    >>> rescore_due_at(later.model_copy(update={"last_scored_at": t0 + timedelta(days=10)}),
+    ...                config) is None
+    True
+    """
+    scored = state.newest_score_at
+    interval = config.rescore_interval
+    if scored is None or state.explicitly_cancelled or interval is None:
+        return None
+    anchor = state.last_event_at
+    lapses_at = anchor + config.rescore_horizon
+    if scored >= lapses_at:
+        return None
+    steps = max(1, (scored - anchor) // interval + 1)
+    return min(anchor + steps * interval, lapses_at)
+
+
+def sweep_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:
+    """When the customer next needs a sweep: their ledger or their re-score (None: neither)."""
+    moments = [
+        moment
+        for moment in (ledger_due_at(state, config), rescore_due_at(state, config))
+        if moment is not None
+    ]
+    return min(moments) if moments else None
+
+
+def ledger_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:
+    """When this customer's ledger next needs a sweep (None: nothing pending)."""
+    return next_due(
+        state.pending_snapshots,
+        state.last_snapshot_at,
+        state.last_event_at,
+        config.churn_window,
+        config.heartbeat_interval,
+        config.heartbeat_horizon,
+        cancelled=state.cancelled_at is not None,
+    )
+
+
+def _learn(learner: Learner, labelled: list[LabelledExample]) -> None:
+    for example in labelled:
+        learner.learn_labelled(example.features, example.churned)

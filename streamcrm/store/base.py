@@ -1,0 +1,317 @@
+"""The store's contract: the ``StateStore`` protocol, the records a save takes and gives back
+(``PendingWrite``, ``InputPosition``, ``LedgerDue``, ``OutboxRecord``, ``SaveResult``), and the
+Redis key names every implementation shares. See :mod:`streamcrm.store.redis` for the layout
+and the guarantees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Protocol
+
+from streamcrm.core.events import Alert, CustomerScore
+from streamcrm.core.privacy import ErasureReport
+from streamcrm.core.state import CustomerState
+
+KEY_VERSION = "v1"
+
+
+def customer_key(namespace: str, customer_id: str) -> str:
+    """The Redis hash of one customer.
+
+    >>> customer_key("streamcrm", "c1")
+    'streamcrm:v1:customer:c1'
+    """
+    return f"{namespace}:{KEY_VERSION}:customer:{customer_id}"
+
+
+def due_key(namespace: str, partition: int) -> str:
+    """The sorted set of customers whose label ledger falls due, for one input partition."""
+    return f"{namespace}:{KEY_VERSION}:due:{partition}"
+
+
+def outbox_key(namespace: str, partition: int) -> str:
+    """The Redis list of one input partition's outputs not yet acknowledged by the broker."""
+    return f"{namespace}:{KEY_VERSION}:outbox:{partition}"
+
+
+def outbox_from_key(namespace: str, partition: int) -> str:
+    """The Redis hash of output end offsets saved before an outbox was published."""
+    return f"{namespace}:{KEY_VERSION}:outbox-from:{partition}"
+
+
+def output_fingerprint(record_id: str, value: bytes) -> str:
+    """What identifies one published output: its id and a digest of its exact bytes. A
+    re-made output (same id, made again after Redis lost its write) differs from the one
+    sent before, so it is still sent; an unchanged one is recognised.
+
+    >>> output_fingerprint("e1", b"{}")
+    'e1#01e7b720ff566d53'
+    """
+    return f"{record_id}#{hashlib.blake2b(value, digest_size=8).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """One output waiting in an outbox: the output topic's kind (``scores`` or ``alerts``),
+    the record's key and JSON value, and its deterministic id (a score's event id, an
+    alert's id), by which a recovering publisher recognises it on the topic.
+
+    >>> record = OutboxRecord("alerts", "c1", '{"alert_id": "x"}', "x")
+    >>> OutboxRecord.from_json(record.to_json()) == record
+    True
+    """
+
+    kind: str
+    key: str
+    value: str
+    record_id: str
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`output_fingerprint` of the record as it is sent."""
+        return output_fingerprint(self.record_id, self.value.encode())
+
+    def to_json(self) -> str:
+        return json.dumps([self.kind, self.key, self.value, self.record_id])
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> OutboxRecord:
+        kind, key, value, record_id = json.loads(raw)
+        return cls(kind, key, value, record_id)
+
+    @classmethod
+    def of_score(cls, score: CustomerScore) -> OutboxRecord:
+        return cls("scores", score.customer_id, score.model_dump_json(), score.event_id)
+
+    @classmethod
+    def of_alert(cls, alert: Alert) -> OutboxRecord:
+        return cls("alerts", alert.customer_id or "", alert.model_dump_json(), alert.alert_id)
+
+
+@dataclass(frozen=True)
+class LedgerDue:
+    """Where a customer sits in the due index: their partition and next due time (or none)."""
+
+    partition: int
+    at: datetime | None
+
+
+@dataclass(frozen=True)
+class InputPosition:
+    """Where an input message sits: its topic (and the topic's id), partition and offset."""
+
+    topic: str
+    topic_id: str | None
+    partition: int
+    offset: int
+    previous: int | None = field(default=None, compare=False)
+    """The mark this worker last wrote for the partition, if it wrote one: a stored mark
+    below it means Redis lost writes (see ``SaveResult.STATE_BEHIND``)."""
+
+    @property
+    def mark_field(self) -> str:
+        """The offsets-hash field of this message's topic partition.
+
+        >>> InputPosition("crm.purchases", "8c1f", 3, 42).mark_field
+        'crm.purchases|8c1f|3'
+        """
+        return f"{self.topic}|{self.topic_id or '-'}|{self.partition}"
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """One message's effect, for :meth:`StateStore.save_batch`: a customer's new state (with
+    its score and due entry) and the message's offset mark, or the mark alone (``state``
+    None: a message that changed no state, such as a dead letter)."""
+
+    position: InputPosition | None
+    state: CustomerState | None = None
+    score: CustomerScore | None = None
+    due: LedgerDue | None = None
+    outbox: tuple[OutboxRecord, ...] = ()
+    """Outputs (the new score, re-scores, their alerts) to append in the same step to the
+    outbox of :attr:`partition`."""
+    event_time: datetime | None = None
+    """The applied event's time: kept per input partition with its mark (the newest), so a
+    restarted worker knows its watermark before any new message arrives."""
+
+    @property
+    def partition(self) -> int:
+        """The input partition whose due index and outbox the write goes to: the due entry's,
+        else the message's (a late event files no due entry but may still have outputs)."""
+        if self.due is not None:
+            return self.due.partition
+        return self.position.partition if self.position is not None else 0
+
+    @classmethod
+    def outputs_of(
+        cls, outputs: Sequence[tuple[CustomerScore, Sequence[Alert]]]
+    ) -> tuple[OutboxRecord, ...]:
+        """Outbox records of scores and the alerts each raised, in publishing order."""
+        return tuple(
+            record
+            for score, alerts in outputs
+            for record in (
+                OutboxRecord.of_score(score),
+                *(OutboxRecord.of_alert(alert) for alert in alerts),
+            )
+        )
+
+
+def offsets_key(namespace: str) -> str:
+    """The Redis hash of applied-offset marks, one field per input topic partition."""
+    return f"{namespace}:{KEY_VERSION}:offsets"
+
+
+def erased_key(namespace: str) -> str:
+    """The Redis hash of erased customers' subject hashes (the block list)."""
+    return f"{namespace}:{KEY_VERSION}:erased"
+
+
+def audit_key(namespace: str) -> str:
+    """The Redis stream of privacy audit records."""
+    return f"{namespace}:{KEY_VERSION}:audit"
+
+
+AUDIT_MAX_LENGTH = 1_000_000
+"""Audit records kept (approximately) before the oldest are trimmed."""
+
+
+class SaveResult(IntEnum):
+    """What a save did. Falsy only when nothing was written because it already had been."""
+
+    ALREADY_APPLIED = 0
+    APPLIED = 1
+    CUSTOMER_ERASED = 2
+    """Nothing written: the customer was erased and has not consented again."""
+    STATE_BEHIND = 3
+    """Nothing written: the partition's stored mark is below the one this worker wrote last,
+    so Redis lost writes (restored from an older snapshot, AOF tail lost): the consumer must
+    rewind to the stored mark and apply those messages again."""
+
+
+def model_key(namespace: str, name: str) -> str:
+    """The Redis string holding a model checkpoint."""
+    return f"{namespace}:{KEY_VERSION}:model:{name}"
+
+
+class StateStore(Protocol):
+    """The small interface the pipeline needs from a state store.
+
+    An implementation raises ``StoreUnavailableError`` when its service cannot be reached.
+    """
+
+    async def load(self, customer_id: str) -> CustomerState | None: ...
+
+    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
+        """The states of several customers, in one round trip."""
+        ...
+
+    async def save(
+        self,
+        state: CustomerState,
+        score: CustomerScore | None,
+        due: LedgerDue | None = None,
+        position: InputPosition | None = None,
+        outbox: Sequence[OutboxRecord] = (),
+    ) -> SaveResult:
+        """Write the state, the score unless None, the due index entry, the position's
+        offset mark and ``outbox`` (appended to the outbox of ``due``'s partition), in one
+        step. Writes nothing and says why when the mark shows that position's message was
+        already applied, or the customer was erased."""
+        ...
+
+    async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
+        """The oldest ``count`` outputs waiting in ``partition``'s outbox, oldest first."""
+        ...
+
+    async def newest_event_times(self) -> dict[str, datetime]:
+        """Per offset-mark field, the newest event time applied from that input partition."""
+        ...
+
+    async def clear_outbox(self, partition: int, count: int) -> None:
+        """Remove the oldest ``count`` outputs of ``partition``'s outbox (acknowledged)."""
+        ...
+
+    async def outbox_from(self, partition: int) -> dict[str, int]:
+        """The output end offsets saved by :meth:`set_outbox_from` (``topic|partition``)."""
+        ...
+
+    async def set_outbox_from(self, partition: int, offsets: Mapping[str, int]) -> None:
+        """Save the output topics' end offsets before ``partition``'s outbox is published."""
+        ...
+
+    async def erase(
+        self, customer_id: str, partition: int, position: InputPosition | None, at: datetime
+    ) -> ErasureReport:
+        """In one step: delete the customer's state, score, due entry and unpublished outputs
+        (in ``partition``'s outbox), block their later events and append an audit record
+        (subject hash only). Idempotent by ``position``."""
+        ...
+
+    async def record_consent(
+        self, customer_id: str, position: InputPosition | None, at: datetime
+    ) -> bool:
+        """Lift an erasure's block and audit it; False when ``position`` was applied."""
+        ...
+
+    async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest privacy audit records (action, subject hash, at), oldest first."""
+        ...
+
+    async def erased_among(self, customer_ids: Sequence[str]) -> set[str]:
+        """Those of ``customer_ids`` erased (and not re-consented): one round trip."""
+        ...
+
+    async def applied_offset(self, position: InputPosition) -> int | None:
+        """The offset mark of ``position``'s topic partition (None: nothing applied yet)."""
+        ...
+
+    async def mark_applied(self, position: InputPosition) -> SaveResult:
+        """Move the mark for a message that changed no state (dead-lettered), with the same
+        checks as :meth:`save`."""
+        ...
+
+    async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
+        """Make the writes in order, each as :meth:`save` (or :meth:`mark_applied`) would, in
+        one round trip; stop after the first one that is not ``APPLIED``. Returns the results
+        of the writes tried: the writes after the last result were not tried."""
+        ...
+
+    async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
+        """Customers of ``partition`` whose ledger fell due by ``until`` (earliest first)."""
+        ...
+
+    async def forget_due(self, partition: int, customer_id: str) -> None:
+        """Drop a customer from the due index (their state is gone)."""
+        ...
+
+    async def load_score(self, customer_id: str) -> CustomerScore | None: ...
+
+    def iter_scores(self) -> AsyncIterator[CustomerScore]:
+        """Every stored customer's latest score (a full scan: for reports, not the hot path)."""
+        ...
+
+    async def load_model(self, name: str) -> bytes | None: ...
+
+    async def load_model_version(self, name: str) -> str | None:
+        """The version of the stored checkpoint (cheap: for polling)."""
+        ...
+
+    async def save_model(self, name: str, blob: bytes, version: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def audit_record(action: str, subject: str, at: datetime, deleted: bool) -> dict[str, str]:
+    return {
+        "action": action,
+        "subject": subject,
+        "at": at.astimezone(UTC).isoformat(),
+        "state_deleted": "1" if deleted else "0",
+    }

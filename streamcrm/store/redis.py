@@ -1,0 +1,481 @@
+"""Where customer state, latest scores and model checkpoints live: Redis, or an in-memory twin.
+
+Redis layout (versioned prefix, one hash per customer, JSON for state):
+
+====================================  =====================================================
+key                                   value
+====================================  =====================================================
+``{ns}:v1:customer:{customer_id}``    hash: ``state`` (CustomerState JSON), ``score``
+                                      (CustomerScore JSON), both deflated (see
+                                      streamcrm.store.codec); ``as_of`` (ISO event time)
+``{ns}:v1:due:{partition}``          sorted set: customer ids of one input partition, scored
+                                      by when their label ledger next needs the watermark
+``{ns}:v1:outbox:{partition}``       list: outputs of one input partition's sweeps (re-scores
+                                      and their alerts), written with the state, removed once
+                                      the broker acknowledged them (see :class:`OutboxRecord`)
+``{ns}:v1:outbox-from:{partition}``  hash: output topic partition → its end offset when the
+                                      outbox was last being published (for recovery)
+``{ns}:v1:model:{name}``              string: pickled ModelBundle checkpoint
+``{ns}:v1:model:{name}:version``      string: the checkpoint's model version
+``{ns}:v1:offsets``                   hash: ``{topic}|{topic id}|{partition}`` → the offset
+                                      of the newest input message whose state change is saved
+``{ns}:v1:erased``                    hash: subject hash → erasure time, for every erased
+                                      customer not yet re-consented (no customer ids)
+``{ns}:v1:audit``                     stream: erasure / consent records (subject hashes only)
+====================================  =====================================================
+
+**Exactly-once effects.** A save writes the state (with its recent event ids), the score, the
+due-index entry and the input message's offset mark in one Lua script, which first refuses the
+write if the mark is already at or past that offset. So a message redelivered after a crash
+changes nothing, even when its customer has had more events since than the state remembers
+ids for, and a stale worker still processing a partition that moved on cannot overwrite the
+new owner's work. The mark's field names the topic's id (Kafka's topic UUID), so after a
+broker reset or a re-created topic, whose offsets restart at 0, the old marks are not applied
+to the new log: new events are not skipped as "already applied".
+
+**Outputs that survive a crash.** A sweep's re-score and the alerts it raised are written
+into the partition's outbox in the same Lua step as the state that records them, and
+published from there: a worker killed before the broker acknowledged them publishes them
+after the restart (the state says the re-score was made, so it is not made again), and one
+killed after the acknowledgement but before the outbox was cleared finds them on the output
+topics (from the end offsets saved before publishing) and does not send them twice.
+
+**Retention.** With a retention period set, every save also (re)sets the customer hash's TTL
+in the same MULTI/EXEC: a customer with no event for that long disappears from Redis. Redis
+TTLs run on the wall clock, so "inactive" means "no event *processed* for the period"; on the
+live path that is event-time inactivity, while a replay of old history keeps its customers for
+the period from the replay on. A customer who comes back after expiry starts again as new.
+The churn window must be shorter than the retention period (the settings check it), so a
+snapshot's churn label is settled before its customer can expire.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from streamcrm.core.events import CustomerScore
+from streamcrm.core.privacy import ErasureReport, default_privacy_key, subject_hash
+from streamcrm.core.state import CustomerState
+from streamcrm.errors import StoreUnavailableError
+from streamcrm.store.base import (
+    AUDIT_MAX_LENGTH,
+    InputPosition,
+    LedgerDue,
+    OutboxRecord,
+    PendingWrite,
+    SaveResult,
+    audit_key,
+    customer_key,
+    due_key,
+    erased_key,
+    model_key,
+    offsets_key,
+    outbox_from_key,
+    outbox_key,
+)
+from streamcrm.store.codec import pack, unpack
+
+WRITE_SCRIPT = """
+-- KEYS: offsets hash, erased hash, then three per write: its customer hash, due index and
+-- outbox list.  ARGV: retention ms ('' = none), then eleven per write: mark field ('' =
+-- none), offset, previous mark ('' = unknown), state JSON ('' = move the mark only), score
+-- JSON ('' = none), as_of, due op ('' / add / rem), customer id, due score, subject hash,
+-- outbox records (a JSON array of strings; '' = none), event time (epoch s; '' = none),
+-- kept as the newest of the mark's partition in field '{mark field}|newest'.
+-- Applies the writes in order and stops after the first one not applied.  Returns one
+-- result per write tried: 3 (nothing written) if the stored mark is below the previous one,
+-- 0 (nothing written) if the offset was applied, 2 (nothing written but the mark) if the
+-- customer is erased, else 1.
+local results = {}
+for w = 0, (#KEYS - 2) / 3 - 1 do
+  local a = 1 + w * 12
+  local customer, due, outbox = KEYS[3 + 3 * w], KEYS[4 + 3 * w], KEYS[5 + 3 * w]
+  local result = 1
+  if ARGV[a + 1] ~= '' then
+    local mark = redis.call('HGET', KEYS[1], ARGV[a + 1])
+    if ARGV[a + 3] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[a + 3])) then
+      result = 3
+    elseif mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then
+      result = 0
+    else
+      redis.call('HSET', KEYS[1], ARGV[a + 1], ARGV[a + 2])
+      if ARGV[a + 12] ~= '' then
+        local field = ARGV[a + 1] .. '|newest'
+        local newest = redis.call('HGET', KEYS[1], field)
+        if not newest or tonumber(newest) < tonumber(ARGV[a + 12]) then
+          redis.call('HSET', KEYS[1], field, ARGV[a + 12])
+        end
+      end
+    end
+  end
+  if result == 1 and ARGV[a + 4] ~= '' then
+    if redis.call('HEXISTS', KEYS[2], ARGV[a + 10]) == 1 then
+      result = 2
+    else
+      redis.call('HSET', customer, 'state', ARGV[a + 4])
+      if ARGV[a + 5] ~= '' then
+        redis.call('HSET', customer, 'score', ARGV[a + 5], 'as_of', ARGV[a + 6])
+      end
+      if ARGV[1] ~= '' then redis.call('PEXPIRE', customer, ARGV[1]) end
+      if ARGV[a + 7] == 'add' then
+        redis.call('ZADD', due, ARGV[a + 9], ARGV[a + 8])
+      elseif ARGV[a + 7] == 'rem' then
+        redis.call('ZREM', due, ARGV[a + 8])
+      end
+      if ARGV[a + 11] ~= '' then
+        for _, record in ipairs(cjson.decode(ARGV[a + 11])) do
+          redis.call('RPUSH', outbox, record)
+        end
+      end
+    end
+  end
+  results[#results + 1] = result
+  if result ~= 1 then break end
+end
+return results
+"""
+"""The atomic writes: for each, state, score, TTL, due index, outbox and offset mark, or
+nothing at all; a batch stops at the first write refused, so no write builds on one that was
+not made."""
+
+ERASE_SCRIPT = """
+-- KEYS: customer hash, offsets hash, due index, erased hash, audit stream, outbox.  ARGV:
+-- mark field ('' = none), offset, customer id, subject hash, time, audit max length.
+-- Returns -1 if the offset was applied, else 1 if state was deleted, 0 if there was none.
+if ARGV[1] ~= '' then
+  local mark = redis.call('HGET', KEYS[2], ARGV[1])
+  if mark and tonumber(mark) >= tonumber(ARGV[2]) then return -1 end
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+local deleted = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[3])
+for _, record in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do
+  if cjson.decode(record)[2] == ARGV[3] then redis.call('LREM', KEYS[6], 0, record) end
+end
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'action', 'erasure',
+  'subject', ARGV[4], 'at', ARGV[5], 'state_deleted', tostring(deleted))
+return deleted
+"""
+"""The atomic erasure: state, score, due entry and unpublished outputs gone; block and audit
+record written."""
+
+CONSENT_SCRIPT = """
+-- KEYS: offsets hash, erased hash, audit stream.  ARGV: mark field, offset, subject hash,
+-- time, audit max length.  Returns 0 if the offset was applied, else 1.
+if ARGV[1] ~= '' then
+  local mark = redis.call('HGET', KEYS[1], ARGV[1])
+  if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('HDEL', KEYS[2], ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'action', 'consent',
+  'subject', ARGV[3], 'at', ARGV[4], 'state_deleted', '0')
+return 1
+"""
+
+
+class RedisStateStore:
+    """Customer state in Redis hashes, under a versioned key prefix."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        namespace: str = "streamcrm",
+        retention: timedelta | None = None,
+        privacy_key: bytes | None = None,
+    ) -> None:
+        self._redis = client
+        self._namespace = namespace
+        self._retention_ms = int(retention.total_seconds() * 1000) if retention else None
+        self._privacy_key = privacy_key or default_privacy_key(namespace)
+        self._write_script = client.register_script(WRITE_SCRIPT)
+        self._erase_script = client.register_script(ERASE_SCRIPT)
+        self._consent_script = client.register_script(CONSENT_SCRIPT)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        namespace: str = "streamcrm",
+        retention: timedelta | None = None,
+        privacy_key: bytes | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> RedisStateStore:
+        """A store on a new client for ``url``; ``client_options`` are redis-py keyword
+        arguments such as :func:`streamcrm.services.connections.redis_client_options` (ACL user,
+        password, TLS files)."""
+        client = aioredis.Redis.from_url(url, **(client_options or {}))
+        return cls(client, namespace, retention, privacy_key)
+
+    def customer_key(self, customer_id: str) -> str:
+        return customer_key(self._namespace, customer_id)
+
+    def model_key(self, name: str) -> str:
+        return model_key(self._namespace, name)
+
+    async def load(self, customer_id: str) -> CustomerState | None:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hget(self.customer_key(customer_id), "state")
+        return CustomerState.model_validate_json(unpack(raw)) if raw is not None else None
+
+    async def applied_offset(self, position: InputPosition) -> int | None:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hget(offsets_key(self._namespace), position.mark_field)
+        return int(raw) if raw is not None else None
+
+    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
+        with _unavailable_as_store_error():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for customer_id in customer_ids:
+                    pipe.hget(self.customer_key(customer_id), "state")
+                raws = await pipe.execute()
+        return {
+            customer_id: CustomerState.model_validate_json(unpack(raw)) if raw is not None else None
+            for customer_id, raw in zip(customer_ids, raws, strict=True)
+        }
+
+    async def save(
+        self,
+        state: CustomerState,
+        score: CustomerScore | None,
+        due: LedgerDue | None = None,
+        position: InputPosition | None = None,
+        outbox: Sequence[OutboxRecord] = (),
+    ) -> SaveResult:
+        (result,) = await self.save_batch(
+            [PendingWrite(position, state, score, due, tuple(outbox))]
+        )
+        return result
+
+    async def newest_event_times(self) -> dict[str, datetime]:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hgetall(offsets_key(self._namespace))
+        return {
+            _text(name).removesuffix("|newest"): datetime.fromtimestamp(float(value), UTC)
+            for name, value in (raw or {}).items()
+            if _text(name).endswith("|newest")
+        }
+
+    async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
+        with _unavailable_as_store_error():
+            raws = await self._redis.lrange(outbox_key(self._namespace, partition), 0, count - 1)
+        return [OutboxRecord.from_json(raw) for raw in raws]
+
+    async def clear_outbox(self, partition: int, count: int) -> None:
+        with _unavailable_as_store_error():
+            await self._redis.ltrim(outbox_key(self._namespace, partition), count, -1)
+
+    async def outbox_from(self, partition: int) -> dict[str, int]:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hgetall(outbox_from_key(self._namespace, partition))
+        return {_text(name): int(value) for name, value in (raw or {}).items()}
+
+    async def set_outbox_from(self, partition: int, offsets: Mapping[str, int]) -> None:
+        key = outbox_from_key(self._namespace, partition)
+        with _unavailable_as_store_error():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                if offsets:
+                    pipe.hset(key, mapping={name: str(offset) for name, offset in offsets.items()})
+                await pipe.execute()
+
+    async def mark_applied(self, position: InputPosition) -> SaveResult:
+        (result,) = await self.save_batch([PendingWrite(position)])
+        return result
+
+    async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
+        if not writes:
+            return []
+        offsets = offsets_key(self._namespace)
+        keys = [offsets, erased_key(self._namespace)]
+        args: list[str | bytes | int | float] = [
+            self._retention_ms if self._retention_ms is not None else ""
+        ]
+        for write in writes:
+            keys.extend(self._write_keys(write, offsets))
+            args.extend(self._write_args(write))
+        with _unavailable_as_store_error():
+            results = await self._write_script(keys=keys, args=args)
+        return [SaveResult(int(result)) for result in results]
+
+    def _write_keys(self, write: PendingWrite, offsets: str) -> tuple[str, str, str]:
+        if write.state is None:  # a mark-only write touches no customer: any key will do
+            return offsets, offsets, offsets
+        partition = write.partition
+        return (
+            self.customer_key(write.state.customer_id),
+            due_key(self._namespace, partition),
+            outbox_key(self._namespace, partition),
+        )
+
+    def _write_args(self, write: PendingWrite) -> list[str | bytes | int | float]:
+        position, state, score, due = write.position, write.state, write.score, write.due
+        mark: list[str | bytes | int | float] = [
+            position.mark_field if position is not None else "",
+            position.offset if position is not None else 0,
+            _previous(position),
+        ]
+        event_time = write.event_time.timestamp() if write.event_time is not None else ""
+        if state is None:
+            return [*mark, "", "", "", "", "", 0, "", "", event_time]
+        return [
+            *mark,
+            pack(state.model_dump_json()),
+            pack(score.model_dump_json()) if score is not None else "",
+            score.as_of.isoformat() if score is not None else "",
+            "" if due is None else "rem" if due.at is None else "add",
+            state.customer_id,
+            due.at.timestamp() if due is not None and due.at is not None else 0,
+            subject_hash(self._privacy_key, state.customer_id),
+            json.dumps([record.to_json() for record in write.outbox]) if write.outbox else "",
+            event_time,
+        ]
+
+    async def erase(
+        self, customer_id: str, partition: int, position: InputPosition | None, at: datetime
+    ) -> ErasureReport:
+        subject = subject_hash(self._privacy_key, customer_id)
+        keys = [
+            self.customer_key(customer_id),
+            offsets_key(self._namespace),
+            due_key(self._namespace, partition),
+            erased_key(self._namespace),
+            audit_key(self._namespace),
+            outbox_key(self._namespace, partition),
+        ]
+        args: list[str | int] = [
+            position.mark_field if position is not None else "",
+            position.offset if position is not None else 0,
+            customer_id,
+            subject,
+            at.astimezone(UTC).isoformat(),
+            AUDIT_MAX_LENGTH,
+        ]
+        with _unavailable_as_store_error():
+            deleted = int(await self._erase_script(keys=keys, args=args))
+        if deleted < 0:
+            return ErasureReport(subject, state_deleted=False, already_applied=True)
+        return ErasureReport(subject, state_deleted=deleted == 1)
+
+    async def record_consent(
+        self, customer_id: str, position: InputPosition | None, at: datetime
+    ) -> bool:
+        keys = [
+            offsets_key(self._namespace),
+            erased_key(self._namespace),
+            audit_key(self._namespace),
+        ]
+        args: list[str | int] = [
+            position.mark_field if position is not None else "",
+            position.offset if position is not None else 0,
+            subject_hash(self._privacy_key, customer_id),
+            at.astimezone(UTC).isoformat(),
+            AUDIT_MAX_LENGTH,
+        ]
+        with _unavailable_as_store_error():
+            return bool(await self._consent_script(keys=keys, args=args))
+
+    async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest privacy audit records, oldest first."""
+        with _unavailable_as_store_error():
+            entries = await self._redis.xrevrange(audit_key(self._namespace), count=count)
+        return [
+            {_text(name): _text(value) for name, value in (fields or {}).items()}
+            for _, fields in reversed(entries or [])
+        ]
+
+    async def erased_among(self, customer_ids: Sequence[str]) -> set[str]:
+        if not customer_ids:
+            return set()
+        subjects = [subject_hash(self._privacy_key, c) for c in customer_ids]
+        with _unavailable_as_store_error():
+            marks = await self._redis.hmget(erased_key(self._namespace), subjects)
+        return {c for c, mark in zip(customer_ids, marks, strict=True) if mark is not None}
+
+    async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
+        index = due_key(self._namespace, partition)
+        with _unavailable_as_store_error():
+            members = await self._redis.zrangebyscore(
+                index, "-inf", until.timestamp(), start=0, num=limit
+            )
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def forget_due(self, partition: int, customer_id: str) -> None:
+        with _unavailable_as_store_error():
+            await self._redis.zrem(due_key(self._namespace, partition), customer_id)
+
+    async def load_score(self, customer_id: str) -> CustomerScore | None:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hget(self.customer_key(customer_id), "score")
+        return CustomerScore.model_validate_json(unpack(raw)) if raw is not None else None
+
+    async def iter_scores(self, batch: int = 500) -> AsyncIterator[CustomerScore]:
+        pattern = customer_key(self._namespace, "*")
+        with _unavailable_as_store_error():
+            keys: list[bytes] = []
+            async for key in self._redis.scan_iter(match=pattern, count=batch):
+                keys.append(key)
+                if len(keys) >= batch:
+                    for score in await self._scores_of(keys):
+                        yield score
+                    keys = []
+            for score in await self._scores_of(keys):
+                yield score
+
+    async def _scores_of(self, keys: list[bytes]) -> list[CustomerScore]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(key, "score")
+            raws = await pipe.execute()
+        return [CustomerScore.model_validate_json(unpack(raw)) for raw in raws if raw is not None]
+
+    async def load_model(self, name: str) -> bytes | None:
+        with _unavailable_as_store_error():
+            blob = await self._redis.get(self.model_key(name))
+        return blob if blob is None or isinstance(blob, bytes) else blob.encode()
+
+    async def load_model_version(self, name: str) -> str | None:
+        with _unavailable_as_store_error():
+            raw = await self._redis.get(f"{self.model_key(name)}:version")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def save_model(self, name: str, blob: bytes, version: str) -> None:
+        key = self.model_key(name)
+        with _unavailable_as_store_error():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(key, blob)
+                pipe.set(f"{key}:version", version)
+                await pipe.execute()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _previous(position: InputPosition | None) -> int | str:
+    return "" if position is None or position.previous is None else position.previous
+
+
+@contextmanager
+def _unavailable_as_store_error() -> Iterator[None]:
+    try:
+        yield
+    except redis.exceptions.AuthenticationError as error:
+        # A ConnectionError too, but waiting will not cure it: say what to check.
+        raise StoreUnavailableError(
+            f"Redis refused the credentials ({error}): check STREAMCRM_REDIS_USERNAME and "
+            "STREAMCRM_REDIS_PASSWORD (or the user and password in STREAMCRM_REDIS_URL)"
+        ) from error
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        raise StoreUnavailableError(f"Redis unavailable: {error}") from error
