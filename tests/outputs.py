@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 
-from streamcrm.core.events import Alert, CustomerScore
+from streamcrm.core.records import Alert, CustomerScore
 from streamcrm.store import OutboxRecord, StateStore
 
 

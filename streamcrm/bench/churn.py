@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from streamcrm.cli.evaluation import roc_auc
-from streamcrm.core.events import CustomerScore, PurchaseEvent
+from streamcrm.core.events import PurchaseEvent
 from streamcrm.core.labels import LabelledExample
+from streamcrm.core.records import CustomerScore
 from streamcrm.core.scoring import ScoringConfig, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
 from streamcrm.models import BuyingObservation, ModelBundle

@@ -10,7 +10,8 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from streamcrm.core.events import Event, ModelMetrics
+from streamcrm.core.events import Event
+from streamcrm.core.records import ModelMetrics
 from streamcrm.services.kafka import event_topic, make_producer, poll_records, read_topic
 from streamcrm.settings import Settings
 

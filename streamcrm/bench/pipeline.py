@@ -55,7 +55,8 @@ from streamcrm.bench.harness import (
     stream_for,
     sustained_rate,
 )
-from streamcrm.core.events import Event, ModelMetrics, decode_event
+from streamcrm.core.events import Event, decode_event
+from streamcrm.core.records import ModelMetrics
 from streamcrm.core.scoring import ScoringConfig, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle

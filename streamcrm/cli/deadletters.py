@@ -1,7 +1,7 @@
 """Reading the dead-letter topic: counts by reason, listings, and re-publishing after a fix.
 
 Every message a worker could not process lands on ``crm.deadletter`` as a
-:class:`~streamcrm.core.events.DeadLetter`: where it came from (topic, partition, offset, key),
+:class:`~streamcrm.core.records.DeadLetter`: where it came from (topic, partition, offset, key),
 why (``reason_code`` for counting, ``reason`` for people) and its payload, exactly, up to
 16 KiB. ``streamcrm deadletter`` summarises them by reason; with ``--republish`` it sends the
 chosen ones back to their source topic (after the producer or the code was fixed), with their
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from streamcrm.core.events import DeadLetter, decode_event, decode_privacy_event
+from streamcrm.core.events import decode_event, decode_privacy_event
+from streamcrm.core.records import DeadLetter
 from streamcrm.errors import InvalidEventError
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from streamcrm.bench.churn import oracle_auc
-from streamcrm.core.events import CustomerScore, ModelMetrics
+from streamcrm.core.records import CustomerScore, ModelMetrics
 from streamcrm.services.connections import kafka_client_options
 from streamcrm.services.kafka import (
     ensure_topics,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from streamcrm.core.events import Alert
+from streamcrm.core.records import Alert
 from streamcrm.errors import ConfigurationError, StoreUnavailableError, StreamcrmError
 from streamcrm.services.connections import (
     check_connections,
@@ -445,7 +445,7 @@ def run_population(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from streamcrm.core.aggregates import format_summary, summarise
-    from streamcrm.core.events import CustomerScore
+    from streamcrm.core.records import CustomerScore
     from streamcrm.store import RedisStateStore
 
     if settings.redis_url is None:

@@ -13,17 +13,14 @@ from typing import Annotated, Any
 from pydantic import Field, TypeAdapter
 
 from streamcrm.core.events import (
-    Alert,
     CancellationEvent,
-    CustomerScore,
-    DeadLetter,
     FeedbackEvent,
-    ModelMetrics,
     PrivacyEvent,
     PurchaseEvent,
     RefundEvent,
     SupportEvent,
 )
+from streamcrm.core.records import Alert, CustomerScore, DeadLetter, ModelMetrics
 
 _TOPIC_MODELS: dict[str, Any] = {
     "purchases": Annotated[PurchaseEvent | RefundEvent, Field(discriminator="type")],

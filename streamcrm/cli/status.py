@@ -3,7 +3,7 @@
 It reads ``crm.model-metrics`` from the beginning with a group-less consumer (nothing is
 committed, nothing else sees it) and keeps each worker's newest report: model quality,
 segment shares, outcomes and, since issue 7, the worker's traffic (rates, lag per partition,
-records out, latency; :class:`~streamcrm.core.events.TopicMetrics`). The latest alerts come from
+records out, latency; :class:`~streamcrm.core.records.TopicMetrics`). The latest alerts come from
 the tail of ``crm.alerts``. :func:`status_view` lays all of it out with rich;
 :func:`format_status` renders that to plain text.
 """
@@ -22,7 +22,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from streamcrm.core.events import Alert, ModelMetrics
+from streamcrm.core.records import Alert, ModelMetrics
 from streamcrm.services.kafka import read_to_end, read_topic
 from streamcrm.store import StateStore
 

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from streamcrm.core.events import CustomerScore
+from streamcrm.core.records import CustomerScore
 
 DISTRIBUTION_FIELDS: tuple[str, ...] = (
     "churn_probability",

@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from streamcrm.core.events import (
+from streamcrm.core.records import (
     Alert,
     AlertKind,
     AlertSeverity,
@@ -452,7 +452,7 @@ def silence_over_usual_gap(score: CustomerScore) -> float | None:
     """Days since the last purchase over the customer's usual gap between purchase days
     (None without a repeat purchase).
 
-    >>> from streamcrm.core.events import CustomerScore
+    >>> from streamcrm.core.records import CustomerScore
     >>> silence_over_usual_gap(CustomerScore.model_construct(recency_days=42.0,
     ...                                                      usual_gap_days=10.0))
     4.2

@@ -19,16 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from streamcrm.core.alerts import AlertRules, evaluate_alerts
-from streamcrm.core.events import (
-    Alert,
-    CancellationEvent,
-    ChurnDriver,
-    CustomerScore,
-    Event,
-    PurchaseEvent,
-    ScoreTrigger,
-    rescore_id,
-)
+from streamcrm.core.events import CancellationEvent, Event, PurchaseEvent
 from streamcrm.core.features import churn_features, customer_features, repeat_buying
 from streamcrm.core.labels import (
     MAX_PENDING_SNAPSHOTS,
@@ -40,6 +31,7 @@ from streamcrm.core.labels import (
     settle_closed,
     settle_on_cancellation,
 )
+from streamcrm.core.records import Alert, ChurnDriver, CustomerScore, ScoreTrigger, rescore_id
 from streamcrm.core.scores import (
     DEFAULT_DISCOUNT_RATE,
     DEFAULT_HORIZON_YEARS,

@@ -44,15 +44,14 @@ from types import MappingProxyType
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamcrm.core.events import (
-    AlertKind,
     CancellationEvent,
-    CustomerScore,
     Event,
     FeedbackEvent,
     PurchaseEvent,
     RefundEvent,
     SupportEvent,
 )
+from streamcrm.core.records import AlertKind, CustomerScore
 from streamcrm.errors import EventValidationError
 
 RECENT_EVENT_IDS = 64

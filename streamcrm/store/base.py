@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Protocol
 
-from streamcrm.core.events import Alert, CustomerScore
 from streamcrm.core.privacy import ErasureReport
+from streamcrm.core.records import Alert, CustomerScore
 from streamcrm.core.state import CustomerState
 
 KEY_VERSION = "v1"

@@ -7,8 +7,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from streamcrm.core.events import CustomerScore
 from streamcrm.core.privacy import ErasureReport, default_privacy_key, subject_hash
+from streamcrm.core.records import CustomerScore
 from streamcrm.core.state import CustomerState
 from streamcrm.store.base import (
     InputPosition,

@@ -60,8 +60,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from streamcrm.core.events import CustomerScore
 from streamcrm.core.privacy import ErasureReport, default_privacy_key, subject_hash
+from streamcrm.core.records import CustomerScore
 from streamcrm.core.state import CustomerState
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.store.base import (

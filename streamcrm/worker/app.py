@@ -31,7 +31,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 from streamcrm.core.alerts import drift_alert, privacy_failure_alert
-from streamcrm.core.events import Alert, CustomerScore, DeadLetter
+from streamcrm.core.records import Alert, CustomerScore, DeadLetter
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
 from streamcrm.services.connections import (

@@ -7,8 +7,8 @@ same figures:
 * the Prometheus text of ``GET /metrics``, from a per-worker ``CollectorRegistry`` whose one
   collector reads the counters at scrape time (so the hot path only bumps plain counters);
 * the JSON document of ``GET /api/overview`` (:meth:`WorkerMetrics.overview`);
-* :class:`~streamcrm.core.events.TopicMetrics`, sent inside the worker's periodic
-  :class:`~streamcrm.core.events.ModelMetrics` report, for readers with Kafka alone.
+* :class:`~streamcrm.core.records.TopicMetrics`, sent inside the worker's periodic
+  :class:`~streamcrm.core.records.ModelMetrics` report, for readers with Kafka alone.
 
 Every metric name, its type, labels and meaning: docs/metrics.md (and :data:`METRIC_NAMES`).
 """
@@ -32,7 +32,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from streamcrm.core.events import Alert, CustomerScore, ModelMetrics, PartitionMetrics, TopicMetrics
+from streamcrm.core.records import (
+    Alert,
+    CustomerScore,
+    ModelMetrics,
+    PartitionMetrics,
+    TopicMetrics,
+)
 
 LATENCY_BUCKETS_S: Final = (
     0.005,

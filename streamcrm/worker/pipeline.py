@@ -25,12 +25,12 @@ from streamcrm.core.events import (
     BaseEvent,
     ErasureRequested,
     Event,
-    ModelMetrics,
     check_message_key,
     decode_event,
     decode_privacy_event,
 )
 from streamcrm.core.privacy import ErasureReport
+from streamcrm.core.records import ModelMetrics
 from streamcrm.core.scoring import ScoredEvent, ScoringConfig, score_event, sweep_customer
 from streamcrm.core.state import CustomerState, topic_kind
 from streamcrm.errors import (

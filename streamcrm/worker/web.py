@@ -32,7 +32,7 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streamcrm.core.events import Alert, CustomerScore
+from streamcrm.core.records import Alert, CustomerScore
 from streamcrm.core.scoring import ScoredEvent
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.store import StateStore

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import redis
 
 from streamcrm.core.alerts import AlertMemory, AlertRules, evaluate_alerts
-from streamcrm.core.events import Alert, CustomerScore, Event, ModelMetrics
+from streamcrm.core.events import Event
+from streamcrm.core.records import Alert, CustomerScore, ModelMetrics
 from streamcrm.core.state import CustomerState, apply
 from streamcrm.services.kafka import Record, poll_records, read_topic
 from streamcrm.settings import Settings

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.core.events import Alert, CancellationEvent, Event, PurchaseEvent, SupportEvent
+from streamcrm.core.events import CancellationEvent, Event, PurchaseEvent, SupportEvent
+from streamcrm.core.records import Alert
 from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
 from tests.integration.worker_harness import (

@@ -18,7 +18,8 @@ import redis
 from pydantic import SecretStr
 
 from streamcrm.cli.main import main
-from streamcrm.core.events import DeadLetter, ModelMetrics, PurchaseEvent
+from streamcrm.core.events import PurchaseEvent
+from streamcrm.core.records import DeadLetter, ModelMetrics
 from streamcrm.core.state import CustomerState
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import Record, ensure_topics

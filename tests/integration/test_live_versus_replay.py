@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from streamcrm.cli.replay import write_history
-from streamcrm.core.events import MODEL_FIELDS, Event
+from streamcrm.core.events import Event
+from streamcrm.core.records import MODEL_FIELDS
 from streamcrm.core.state import topic_kind
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.processes import worker_environment

@@ -22,12 +22,12 @@ import redis
 
 from streamcrm.core.events import (
     MAX_KEY_BYTES,
-    Alert,
     CancellationEvent,
     Event,
     FeedbackEvent,
     SupportEvent,
 )
+from streamcrm.core.records import Alert
 from streamcrm.core.state import CustomerState
 from streamcrm.services.kafka import ensure_topics, make_producer
 from streamcrm.settings import Settings

@@ -19,14 +19,13 @@ import pytest
 from streamcrm.cli.status import format_status, latest_reports
 from streamcrm.core.events import (
     CancellationEvent,
-    CustomerScore,
     Event,
     FeedbackEvent,
-    ModelMetrics,
     PurchaseEvent,
     RefundEvent,
     SupportEvent,
 )
+from streamcrm.core.records import CustomerScore, ModelMetrics
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import Record
 from streamcrm.services.processes import worker_environment

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.core.events import Alert, PurchaseEvent
+from streamcrm.core.events import PurchaseEvent
+from streamcrm.core.records import Alert
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import ensure_topics
 from streamcrm.settings import Settings

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from streamcrm.cli.replay import write_history
-from streamcrm.core.events import CustomerScore, Event, PurchaseEvent, RefundEvent
+from streamcrm.core.events import Event, PurchaseEvent, RefundEvent
+from streamcrm.core.records import CustomerScore
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.processes import worker_environment
 from streamcrm.sim.simulator import simulate

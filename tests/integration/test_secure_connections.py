@@ -28,7 +28,8 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streamcrm.core.events import CustomerScore, PurchaseEvent
+from streamcrm.core.events import PurchaseEvent
+from streamcrm.core.records import CustomerScore
 from streamcrm.core.state import CustomerState, apply
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.services.connections import (

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from streamcrm.core.events import CustomerScore, FeedbackEvent, PurchaseEvent
+from streamcrm.core.events import FeedbackEvent, PurchaseEvent
+from streamcrm.core.records import CustomerScore
 from streamcrm.core.scoring import ScoringConfig, score_event
 from streamcrm.core.state import CustomerState
 from streamcrm.errors import StoreUnavailableError

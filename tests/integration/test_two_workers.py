@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.core.events import ModelMetrics
+from streamcrm.core.records import ModelMetrics
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import Record
 from streamcrm.sim.simulator import simulate

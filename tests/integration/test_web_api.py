@@ -12,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamcrm.cli.status import format_status, latest_alerts, latest_reports
-from streamcrm.core.events import CustomerScore, ErasureRequested, ModelMetrics
+from streamcrm.core.events import ErasureRequested
+from streamcrm.core.records import CustomerScore, ModelMetrics
 from streamcrm.services.embedded import free_port
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import simulate

@@ -16,7 +16,8 @@ from typing import TypeVar
 import redis
 from kafka import KafkaConsumer
 
-from streamcrm.core.events import CustomerScore, DeadLetter, Event
+from streamcrm.core.events import Event
+from streamcrm.core.records import CustomerScore, DeadLetter
 from streamcrm.core.state import CustomerState
 from streamcrm.services.kafka import (
     Record,

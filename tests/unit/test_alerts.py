@@ -18,16 +18,8 @@ from streamcrm.core.alerts import (
     evaluate_alerts,
     privacy_failure_alert,
 )
-from streamcrm.core.events import (
-    Alert,
-    CancellationEvent,
-    ChurnDriver,
-    CustomerScore,
-    DeadLetter,
-    FeedbackEvent,
-    ModelMetrics,
-    PurchaseEvent,
-)
+from streamcrm.core.events import CancellationEvent, FeedbackEvent, PurchaseEvent
+from streamcrm.core.records import Alert, ChurnDriver, CustomerScore, DeadLetter, ModelMetrics
 from streamcrm.core.scoring import ScoringConfig, score_event
 from streamcrm.core.state import SCORE_HISTORY_LENGTH, CustomerState
 from streamcrm.errors import ConfigurationError

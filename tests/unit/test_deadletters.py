@@ -13,7 +13,8 @@ from streamcrm.cli.deadletters import (
     republish,
     summarise,
 )
-from streamcrm.core.events import MAX_DEADLETTER_RAW_BYTES, DeadLetter, decode_event
+from streamcrm.core.events import decode_event
+from streamcrm.core.records import MAX_DEADLETTER_RAW_BYTES, DeadLetter
 from streamcrm.errors import InvalidEventError
 
 VALID = json.dumps(

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamcrm.core.events import Alert, CustomerScore, ModelMetrics, PurchaseEvent
+from streamcrm.core.events import PurchaseEvent
+from streamcrm.core.records import Alert, CustomerScore, ModelMetrics
 from streamcrm.core.scoring import ScoringConfig, score_event
 from streamcrm.models import ModelBundle
 from streamcrm.worker.metrics import (

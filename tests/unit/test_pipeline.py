@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from streamcrm.core.events import CustomerScore, decode_event
+from streamcrm.core.events import decode_event
 from streamcrm.core.features import FEATURE_NAMES
+from streamcrm.core.records import CustomerScore
 from streamcrm.core.scoring import ScoredEvent, ScoringConfig, score_event
 from streamcrm.core.state import RECENT_EVENT_IDS, CustomerState
 from streamcrm.errors import (

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from streamcrm.core.events import CustomerScore
+from streamcrm.core.records import CustomerScore
 from streamcrm.core.scoring import ScoredEvent, ScoringConfig
 from streamcrm.errors import InvalidEventError, LateEventError, StateBehindError
 from streamcrm.store import InMemoryStateStore, InputPosition

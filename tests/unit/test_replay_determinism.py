@@ -14,7 +14,8 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcrm.core.events import MODEL_FIELDS, CustomerScore, Event
+from streamcrm.core.events import Event
+from streamcrm.core.records import MODEL_FIELDS, CustomerScore
 from streamcrm.core.scoring import ScoringConfig, score_event
 from streamcrm.core.state import CustomerState, topic_kind
 from streamcrm.models import ModelBundle

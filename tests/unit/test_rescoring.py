@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from streamcrm.core.alerts import AlertRules
-from streamcrm.core.events import Alert, CustomerScore, PurchaseEvent
+from streamcrm.core.events import PurchaseEvent
+from streamcrm.core.records import Alert, CustomerScore
 from streamcrm.core.scoring import ScoringConfig, rescore_due_at, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
@@ -421,7 +422,8 @@ async def test_a_restarted_worker_sweeps_to_its_watermark_before_any_new_message
 
 
 async def test_the_last_rescore_is_the_same_whatever_order_the_topics_were_consumed_in() -> None:
-    from streamcrm.core.events import MODEL_FIELDS, FeedbackEvent
+    from streamcrm.core.events import FeedbackEvent
+    from streamcrm.core.records import MODEL_FIELDS
 
     purchases = [order("c", day) for day in (0, 10, 20)]
     rating = FeedbackEvent(

@@ -10,7 +10,6 @@ import pytest
 
 from streamcrm.core.events import (
     CancellationEvent,
-    CustomerScore,
     Event,
     FeedbackEvent,
     PurchaseEvent,
@@ -18,6 +17,7 @@ from streamcrm.core.events import (
     SupportEvent,
 )
 from streamcrm.core.features import CHURN_FEATURE_NAMES, churn_features
+from streamcrm.core.records import CustomerScore
 from streamcrm.core.scoring import ScoredEvent, ScoringConfig, score_event
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle, QueuedUpdates

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from streamcrm.cli.status import format_status, without_erased
-from streamcrm.core.events import Alert, ModelMetrics, PartitionMetrics, TopicMetrics
+from streamcrm.core.records import Alert, ModelMetrics, PartitionMetrics, TopicMetrics
 from streamcrm.store import InMemoryStateStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -41,7 +41,8 @@ from streamcrm.cli.replay import (
     read_history,
     write_rejections,
 )
-from streamcrm.core.events import DeadLetter, decode_event, decode_privacy_event
+from streamcrm.core.events import decode_event, decode_privacy_event
+from streamcrm.core.records import DeadLetter
 from streamcrm.errors import InvalidEventError
 from streamcrm.settings import Settings
 

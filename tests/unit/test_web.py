@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from faust.types import TP
 
-from streamcrm.core.events import Alert
+from streamcrm.core.records import Alert
 from streamcrm.core.scoring import ScoringConfig
 from streamcrm.store import InMemoryStateStore
 from streamcrm.worker.metrics import MapPoint, WorkerMetrics
