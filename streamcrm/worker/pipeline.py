@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Protocol, TypeVar
 
 from streamcrm.core.events import (
@@ -37,7 +36,6 @@ from streamcrm.errors import (
     InvalidEventError,
     LateEventError,
     StateBehindError,
-    StoreUnavailableError,
 )
 from streamcrm.models import ModelBundle, ModelUpdate, QueuedUpdates
 from streamcrm.store import (
@@ -47,10 +45,9 @@ from streamcrm.store import (
     SaveResult,
     StateStore,
 )
+from streamcrm.store.retrying import RetryingStore
 
 MODEL_CHECKPOINT = "bundle"
-FIRST_RETRY_DELAY_S = 0.1
-MAX_RETRY_DELAY_S = 5.0
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _E = TypeVar("_E", bound=BaseEvent)
@@ -185,6 +182,10 @@ class ScoringPipeline:
         self.pseudonymise = pseudonymise
         self.require_keys = require_keys
         self.store = store
+        """The store itself: it raises while Redis is away (for callers that need an answer
+        now, such as the web views)."""
+        self._retrying = RetryingStore(store)
+        """The same store, each call retried while Redis is away (what the pipeline uses)."""
         self.config = config
         self.max_event_time_skew = max_event_time_skew
         self.clock = clock
@@ -222,9 +223,7 @@ class ScoringPipeline:
         async with self._loading_models:
             if self._models_loaded:
                 return
-            blob = await _until_available(
-                lambda: self.store.load_model(MODEL_CHECKPOINT), "load the model checkpoint"
-            )
+            blob = await self._retrying.load_model(MODEL_CHECKPOINT)
             if blob is not None:
                 self.models = ModelBundle.from_bytes(blob)
                 logger.info("resumed models from checkpoint %s", self.models.version)
@@ -235,9 +234,7 @@ class ScoringPipeline:
     async def _resume_watermark(self) -> None:
         """Take the newest event times applied per input partition from the store, so a
         restarted worker sweeps to its watermark before any new message arrives."""
-        stored = await _until_available(
-            self.store.newest_event_times, "read the newest event times"
-        )
+        stored = await self._retrying.newest_event_times()
         for field, newest in stored.items():
             topic, _, partition = field.rsplit("|", 2)
             source = (topic, int(partition))
@@ -320,10 +317,7 @@ class ScoringPipeline:
             )
             if watermark is None:
                 continue
-            due = await _until_available(
-                partial(self.store.due_customers, partition, watermark, limit),
-                f"read the due index of partition {partition}",
-            )
+            due = await self._retrying.due_customers(partition, watermark, limit)
             for customer_id in due:
                 async with self._locks.hold(customer_id):
                     report = report + await self._sweep_one(partition, customer_id, watermark)
@@ -354,21 +348,16 @@ class ScoringPipeline:
     async def _sweep_one(
         self, partition: int, customer_id: str, watermark: datetime
     ) -> SweepReport:
-        state = await _until_available(lambda: self.store.load(customer_id), f"load {customer_id}")
+        state = await self._retrying.load(customer_id)
         if state is None:  # expired (retention): nothing left to label
-            await _until_available(
-                lambda: self.store.forget_due(partition, customer_id), f"unfile {customer_id}"
-            )
+            await self._retrying.forget_due(partition, customer_id)
             return SweepReport(customers=1)
         queued = self._queued_updates()
         swept = sweep_customer(state, watermark, self.models, self.config, self.updates)
         outputs = [(swept.score, swept.alerts)] if swept.score is not None else []
         outbox = PendingWrite.outputs_of(outputs)
-        saved = await _until_available(
-            lambda: self.store.save(
-                swept.state, swept.score, LedgerDue(partition, swept.due_at), None, outbox
-            ),
-            f"save {customer_id}",
+        saved = await self._retrying.save(
+            swept.state, swept.score, LedgerDue(partition, swept.due_at), None, outbox
         )
         if saved != SaveResult.APPLIED:  # erased meanwhile: nothing of it may be learned
             self._drop_updates_from(queued)
@@ -462,9 +451,7 @@ class ScoringPipeline:
             raise event
         await self.load_models()
         async with self._locks.hold(event.customer_id):
-            state = await _until_available(
-                lambda: self.store.load(event.customer_id), f"load {event.customer_id}"
-            )
+            state = await self._retrying.load(event.customer_id)
             # The event itself is in: it may move the watermark before it is scored.
             newest = max(self.newest_event_time or event.occurred_at, event.occurred_at)
             watermark = newest - self.config.rules.allowed_lateness
@@ -482,9 +469,7 @@ class ScoringPipeline:
                     PendingWrite.outputs_of(scored.outputs),
                     event_time=event.occurred_at if scored.late_by is None else None,
                 )
-                (saved,) = await _until_available(
-                    lambda: self.store.save_batch([write]), f"save {event.customer_id}"
-                )
+                (saved,) = await self._retrying.save_batch([write])
                 self._after_write(position, saved)
                 if saved != SaveResult.APPLIED:
                     # Redelivered (its effects are already in the store), an erased
@@ -529,16 +514,12 @@ class ScoringPipeline:
         await self.load_models()
         customers = {event.customer_id for event in events if isinstance(event, BaseEvent)}
         async with self._locks.hold_all(customers):
-            states = await _until_available(
-                lambda: self.store.load_many(sorted(customers)), "load a batch of customers"
-            )
+            states = await self._retrying.load_many(sorted(customers))
             queued = self._queued_updates()
             try:
                 planned = self._plan(messages, events, states)
                 writes = [plan.write for plan in planned if plan.write is not None]
-                results = await _until_available(
-                    lambda: self.store.save_batch(writes), "save a batch of customers"
-                )
+                results = await self._retrying.save_batch(writes)
             except BaseException:
                 self._drop_updates_from(queued)
                 raise
@@ -696,11 +677,8 @@ class ScoringPipeline:
             raise
         async with self._locks.hold(event.customer_id):
             if isinstance(event, ErasureRequested):
-                report = await _until_available(
-                    lambda: self.store.erase(
-                        event.customer_id, partition, position, event.occurred_at
-                    ),
-                    "erase a customer",
+                report = await self._retrying.erase(
+                    event.customer_id, partition, position, event.occurred_at
                 )
                 if not report.already_applied:
                     self._marked(position)
@@ -718,9 +696,8 @@ class ScoringPipeline:
                     "erased subject %s (state deleted: %s)", report.subject, report.state_deleted
                 )
                 return PrivacyOutcome(event.customer_id, "erasure", report)
-            recorded = await _until_available(
-                lambda: self.store.record_consent(event.customer_id, position, event.occurred_at),
-                "record consent",
+            recorded = await self._retrying.record_consent(
+                event.customer_id, position, event.occurred_at
             )
             if recorded:
                 self._marked(position)
@@ -753,9 +730,7 @@ class ScoringPipeline:
         if field not in self._last_marks:
             position = InputPosition(topic, self.topic_ids.get(topic), partition, offset)
             self._partitions[field] = (topic, partition)
-            stored = await _until_available(
-                lambda: self.store.applied_offset(position), "read an offset mark"
-            )
+            stored = await self._retrying.applied_offset(position)
             self._last_marks[field] = stored
             resume_at = 0 if stored is None else stored + 1
             if offset > resume_at:
@@ -817,9 +792,7 @@ class ScoringPipeline:
 
     async def _state_behind(self, position: InputPosition | None) -> StateBehindError:
         assert position is not None, "only a positioned write can find the store behind"
-        stored = await _until_available(
-            lambda: self.store.applied_offset(position), "read an offset mark"
-        )
+        stored = await self._retrying.applied_offset(position)
         self._last_marks[position.mark_field] = stored
         self.outcomes["rewinds"] += 1
         return StateBehindError(
@@ -838,9 +811,7 @@ class ScoringPipeline:
         if topic is None or offset is None:
             return
         position = self._positioned(topic, partition, offset)
-        result = await _until_available(
-            lambda: self.store.mark_applied(position), "mark a dead letter"
-        )
+        result = await self._retrying.mark_applied(position)
         self._after_write(position, result)
         if result == SaveResult.STATE_BEHIND:
             raise await self._state_behind(position)
@@ -866,18 +837,6 @@ def _hours(delta: timedelta) -> str:
     return f"{delta.total_seconds() / 3600:.1f}h"
 
 
-async def _until_available(operation: Callable[[], Awaitable[_T]], what: str) -> _T:
-    """Run a store operation, waiting with exponential back-off while the store is down."""
-    delay = FIRST_RETRY_DELAY_S
-    while True:
-        try:
-            return await operation()
-        except StoreUnavailableError as error:
-            logger.warning("cannot %s (%s); retrying in %.1fs", what, error, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_DELAY_S)
-
-
 class SharedLearner:
     """The one learner of a worker group: learns every worker's updates, checkpoints them.
 
@@ -888,6 +847,10 @@ class SharedLearner:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
+        """The store itself: it raises while Redis is away (for callers that need an answer
+        now, such as the web views)."""
+        self._retrying = RetryingStore(store)
+        """The same store, each call retried while Redis is away (what the pipeline uses)."""
         self.models: ModelBundle | None = None
         self._checkpointed = 0
         self._forgotten = 0
@@ -902,9 +865,7 @@ class SharedLearner:
         milliseconds and a repeat-buying refit seconds, which the scoring agents sharing this
         event loop must not wait for (the thread gives the loop the GIL every few ms)."""
         if self.models is None:
-            blob = await _until_available(
-                lambda: self.store.load_model(MODEL_CHECKPOINT), "load the model checkpoint"
-            )
+            blob = await self._retrying.load_model(MODEL_CHECKPOINT)
             self.models = ModelBundle.from_bytes(blob) if blob is not None else ModelBundle()
             self._checkpointed = self.models.updates_learned
         models = self.models

@@ -400,7 +400,7 @@ class FlakyStore(InMemoryStateStore):
 async def test_an_unavailable_store_is_waited_for_and_the_models_learn_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("streamcrm.worker.pipeline.FIRST_RETRY_DELAY_S", 0.001)
+    monkeypatch.setattr("streamcrm.store.retrying.FIRST_RETRY_DELAY_S", 0.001)
     store = FlakyStore(failures=0)
     pipeline = ScoringPipeline(store, ScoringConfig())
     await pipeline.handle(purchase("c1", day=0))
