@@ -46,6 +46,7 @@ from streamcrm.store import (
     StateStore,
 )
 from streamcrm.store.retrying import RetryingStore
+from streamcrm.worker.offsets import OffsetMarks
 
 MODEL_CHECKPOINT = "bundle"
 logger = logging.getLogger(__name__)
@@ -198,21 +199,24 @@ class ScoringPipeline:
         self.segment_mix: Counter[str] = Counter()
         """Segments of the scores made since the last metrics report."""
         self.drifts_reported = 0
-        self.topic_ids: dict[str, str | None] = {}
-        """Kafka topic ids of the input topics, for the offset marks (see streamcrm.store)."""
         self.newest_event_time: datetime | None = None
         self._newest_by_source: dict[tuple[str, int], datetime] = {}
         """The newest event time applied from each input topic partition."""
-        self._last_marks: dict[str, int | None] = {}
-        """Per input partition (mark field): the offset mark this worker last wrote, or the
-        stored one it started from. Checked on every save: Redis losing writes shows as a
-        stored mark below it (see ``SaveResult.STATE_BEHIND``)."""
-        self._partitions: dict[str, tuple[str, int]] = {}
-        """Topic and partition of each mark field seen."""
+        self.marks = OffsetMarks(store, self._retrying, self.outcomes)
+        """This worker's knowledge of each input partition's offset mark."""
         self._locks = KeyedLocks()
         self._models_loaded = False
         self._loading_models = asyncio.Lock()
         self._checkpointed_version: str | None = None
+
+    @property
+    def topic_ids(self) -> dict[str, str | None]:
+        """Kafka topic ids of the input topics, for the offset marks (see streamcrm.store)."""
+        return self.marks.topic_ids
+
+    @topic_ids.setter
+    def topic_ids(self, ids: dict[str, str | None]) -> None:
+        self.marks.topic_ids = ids
 
     async def load_models(self) -> None:
         """Resume from the newest checkpoint, if there is one (once per process)."""
@@ -444,7 +448,7 @@ class ScoringPipeline:
         nothing: it counts as a duplicate. A late event is saved as counted (``late_events``)
         before ``LateEventError`` reports it.
         """
-        position = await self._position(topic, partition, offset)
+        position = await self.marks.position(topic, partition, offset)
         event = self._decoded(raw, topic, self._not_after(), key)
         if isinstance(event, InvalidEventError):
             self.outcomes["invalid"] += 1
@@ -470,13 +474,13 @@ class ScoringPipeline:
                     event_time=event.occurred_at if scored.late_by is None else None,
                 )
                 (saved,) = await self._retrying.save_batch([write])
-                self._after_write(position, saved)
+                self.marks.after_write(position, saved)
                 if saved != SaveResult.APPLIED:
                     # Redelivered (its effects are already in the store), an erased
                     # customer's event or a store behind: nothing of it may reach the models.
                     self._drop_updates_from(queued)
                     if saved == SaveResult.STATE_BEHIND:
-                        raise await self._state_behind(position)
+                        raise await self.marks.state_behind(position)
                     if saved == SaveResult.CUSTOMER_ERASED:
                         self.outcomes["erased customer"] += 1
                         return ScoredEvent(state=scored.state, score=None, erased=True)
@@ -507,7 +511,7 @@ class ScoringPipeline:
         are to be dead-lettered; their offset marks have moved already. Outputs go to the
         outbox as :meth:`handle`'s do.
         """
-        if any(self._mark_field(m.topic, m.partition) not in self._last_marks for m in messages):
+        if not all(self.marks.knows(m.topic, m.partition) for m in messages):
             return []
         not_after = self._not_after()
         events = [self._decoded(m.value or b"", m.topic, not_after, m.key) for m in messages]
@@ -552,7 +556,7 @@ class ScoringPipeline:
         for message, event in zip(messages, events, strict=True):
             # Each write carries the partition's mark from before the batch: the batch is
             # written in one atomic step, so a mark below it means writes lost before.
-            position = self._positioned(message.topic, message.partition, message.offset)
+            position = self.marks.positioned(message.topic, message.partition, message.offset)
             if isinstance(event, InvalidEventError):
                 plan = _Planned(event, PendingWrite(position), self._queued_updates())
             else:
@@ -616,7 +620,7 @@ class ScoringPipeline:
             if result is None or result == SaveResult.STATE_BEHIND:
                 self._drop_updates_from(plan.queued_updates)
                 return outcomes
-            self._after_write(plan.write.position, result)
+            self.marks.after_write(plan.write.position, result)
             if result == SaveResult.APPLIED:
                 position = plan.write.position
                 source = (position.topic, position.partition) if position is not None else None
@@ -669,7 +673,7 @@ class ScoringPipeline:
         """
         # The position first, as for events: a dead letter moves the partition's mark, so the
         # partition must be known (and its stored mark checked) even when nothing decodes.
-        position = await self._position(topic, partition, offset)
+        position = await self.marks.position(topic, partition, offset)
         try:
             event = self._admitted(decode_privacy_event(raw), key)
         except InvalidEventError:
@@ -681,7 +685,7 @@ class ScoringPipeline:
                     event.customer_id, partition, position, event.occurred_at
                 )
                 if not report.already_applied:
-                    self._marked(position)
+                    self.marks.marked(position)
                 # Even for a redelivered request: what followed the first (the learner's
                 # forget, the tombstone) may have died with the worker. Both are idempotent.
                 if self.updates is not None:
@@ -700,7 +704,7 @@ class ScoringPipeline:
                 event.customer_id, position, event.occurred_at
             )
             if recorded:
-                self._marked(position)
+                self.marks.marked(position)
             self.outcomes["consent recorded" if recorded else "duplicate"] += 1
             return PrivacyOutcome(event.customer_id, "consent", None, duplicate=not recorded)
 
@@ -715,93 +719,16 @@ class ScoringPipeline:
             return event
         return event.model_copy(update={"customer_id": pseudonym})
 
-    async def _position(
-        self, topic: str | None, partition: int, offset: int | None
-    ) -> InputPosition | None:
-        """Where a message sits, with the mark this worker last wrote for its partition.
-
-        At a partition's first message in this process the stored mark is read: a message
-        beyond ``mark + 1`` means Kafka's committed offset is ahead of Redis (Redis lost
-        writes while no worker was running, or was replaced): rewind to the mark.
-        """
-        if topic is None or offset is None:
-            return None
-        field = self._mark_field(topic, partition)
-        if field not in self._last_marks:
-            position = InputPosition(topic, self.topic_ids.get(topic), partition, offset)
-            self._partitions[field] = (topic, partition)
-            stored = await self._retrying.applied_offset(position)
-            self._last_marks[field] = stored
-            resume_at = 0 if stored is None else stored + 1
-            if offset > resume_at:
-                self.outcomes["rewinds"] += 1
-                raise StateBehindError(
-                    topic,
-                    partition,
-                    resume_at,
-                    f"first message at offset {offset}, but the store has applied up to "
-                    f"{'nothing' if stored is None else stored}",
-                )
-        return self._positioned(topic, partition, offset)
-
-    def _mark_field(self, topic: str, partition: int) -> str:
-        return InputPosition(topic, self.topic_ids.get(topic), partition, 0).mark_field
-
-    def _positioned(self, topic: str, partition: int, offset: int) -> InputPosition:
-        """The message's position, carrying the mark this worker last wrote for it."""
-        previous = self._last_marks.get(self._mark_field(topic, partition))
-        return InputPosition(topic, self.topic_ids.get(topic), partition, offset, previous)
-
-    def _marked(self, position: InputPosition | None) -> None:
-        """Remember that this worker moved the partition's mark to ``position``."""
-        if position is not None:
-            self._last_marks[position.mark_field] = position.offset
-
-    def _after_write(self, position: InputPosition | None, result: SaveResult) -> None:
-        if result in (SaveResult.APPLIED, SaveResult.CUSTOMER_ERASED):
-            self._marked(position)
-
     def partitions_applied(self) -> list[tuple[str, int]]:
         """The input partitions this worker has applied messages of (to check with
         :meth:`check_partition`)."""
-        return [
-            self._partitions[field]
-            for field, applied in self._last_marks.items()
-            if applied is not None
-        ]
+        return self.marks.partitions_applied()
 
     async def check_partition(
         self, topic: str, partition: int
     ) -> tuple[StateBehindError, int] | None:
-        """Whether the partition's stored mark fell below what this worker applied: Redis
-        lost writes, and no later message of the partition came to show it (a quiet or fully
-        consumed partition). Returns the error and the offset to re-apply up to, or None.
-
-        Call it holding whatever keeps the partition's messages from being applied meanwhile
-        (the app's partition lock): it resets the partition's mark to the stored one.
-        Raises StoreUnavailableError.
-        """
-        applied = self._last_marks.get(self._mark_field(topic, partition))
-        if applied is None:
-            return None
-        position = self._positioned(topic, partition, applied)
-        stored = await self.store.applied_offset(position)
-        if stored is not None and stored >= applied:
-            return None
-        return await self._state_behind(position), applied + 1
-
-    async def _state_behind(self, position: InputPosition | None) -> StateBehindError:
-        assert position is not None, "only a positioned write can find the store behind"
-        stored = await self._retrying.applied_offset(position)
-        self._last_marks[position.mark_field] = stored
-        self.outcomes["rewinds"] += 1
-        return StateBehindError(
-            position.topic,
-            position.partition,
-            0 if stored is None else stored + 1,
-            f"the store's mark is {stored} but this worker had applied up to "
-            f"{position.previous}: Redis lost writes",
-        )
+        """See :meth:`streamcrm.worker.offsets.OffsetMarks.check_partition`."""
+        return await self.marks.check_partition(topic, partition)
 
     async def note_dead_lettered(
         self, topic: str | None, partition: int, offset: int | None
@@ -810,11 +737,11 @@ class ScoringPipeline:
         offset is marked (what lets a restarted worker tell a gap from lost writes)."""
         if topic is None or offset is None:
             return
-        position = self._positioned(topic, partition, offset)
+        position = self.marks.positioned(topic, partition, offset)
         result = await self._retrying.mark_applied(position)
-        self._after_write(position, result)
+        self.marks.after_write(position, result)
         if result == SaveResult.STATE_BEHIND:
-            raise await self._state_behind(position)
+            raise await self.marks.state_behind(position)
 
 
 @dataclass(frozen=True)
