@@ -26,10 +26,10 @@ from typing import Any
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from streamcrm.bench.churn import ChurnTape, churn_figures, play, record_tape
-from streamcrm.cli.evaluation import roc_auc
 from streamcrm.core.events import PurchaseEvent
 from streamcrm.models import BuyingObservation, ModelBundle
 from streamcrm.models.churn import ChurnModel
+from streamcrm.models.metrics import roc_auc
 from streamcrm.models.repeat_buying import RepeatBuying
 from streamcrm.settings import Settings
 from streamcrm.sim.oracle import oracle_churn_probability

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from streamcrm.cli.evaluation import roc_auc
 from streamcrm.core.events import PurchaseEvent
 from streamcrm.core.labels import LabelledExample
 from streamcrm.core.records import CustomerScore
@@ -31,6 +30,7 @@ from streamcrm.core.scoring import ScoringConfig, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
 from streamcrm.models import BuyingObservation, ModelBundle
 from streamcrm.models.churn import ChurnModel
+from streamcrm.models.metrics import roc_auc
 from streamcrm.sim.oracle import SIMPLE_TRUTH_SCORES, oracle_churn_probability
 from streamcrm.sim.simulator import Simulation
 

@@ -9,6 +9,7 @@ scores the scorer against the simulator's ground truth. The worker serves the li
 
 from __future__ import annotations
 
+import math
 import select
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import TextIO
 
 from streamcrm.bench.churn import oracle_auc
 from streamcrm.core.records import CustomerScore, ModelMetrics
+from streamcrm.models.metrics import roc_auc
 from streamcrm.services.connections import kafka_client_options
 from streamcrm.services.kafka import (
     ensure_topics,
@@ -267,13 +269,13 @@ def _summary(
     truth: Mapping[str, CustomerTruth],
     first_score_after: float | None,
 ) -> str:
-    labelled = [(s.churn_probability, truth[c].churns) for c, s in latest.items() if c in truth]
-    auc = roc_auc(labelled)
+    known = [c for c in latest if c in truth]
+    auc = roc_auc([truth[c].churns for c in known], [latest[c].churn_probability for c in known])
     first = "never" if first_score_after is None else f"{first_score_after:.1f}s after start"
     return (
         f"\nsummary: {len(latest)} customers scored; first score {first}; "
         f"ROC AUC of each customer's last published churn probability against the "
-        f"simulator's truth: {'n/a' if auc is None else f'{auc:.3f}'} (a quiet customer's "
+        f"simulator's truth: {'n/a' if math.isnan(auc) else f'{auc:.3f}'} (a quiet customer's "
         "last score is a re-score as of event time, made every 7 days of silence until lapsed "
         "at 180: see docs/scores.md)"
     )
@@ -303,21 +305,3 @@ def ceiling_line(
         f"oracle {oracle:.3f}\n    ({oracle_labels:,} labels), ratio {ratio} (target "
         f"{TARGET_RATIO:.2f})"
     )
-
-
-def roc_auc(scored: list[tuple[float, bool]]) -> float | None:
-    """Exact ROC AUC (Mann-Whitney U with ties counted half); None without both classes.
-
-    >>> roc_auc([(0.9, True), (0.2, False), (0.5, False)])
-    1.0
-    >>> roc_auc([(0.5, True), (0.5, False)])
-    0.5
-    """
-    positives = [p for p, label in scored if label]
-    negatives = [p for p, label in scored if not label]
-    if not positives or not negatives:
-        return None
-    wins = sum(
-        1.0 if pos > neg else 0.5 if pos == neg else 0.0 for pos in positives for neg in negatives
-    )
-    return wins / (len(positives) * len(negatives))

@@ -39,6 +39,7 @@ from streamcrm.core.features import churn_features, repeat_buying
 from streamcrm.core.scoring import ScoringConfig, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
+from streamcrm.models.metrics import roc_auc
 from streamcrm.models.repeat_buying import (
     SECONDS_PER_WEEK,
     RepeatBuying,
@@ -471,25 +472,6 @@ def figures(forecasts: Sequence[Forecast], outcomes: Sequence[Outcome]) -> Figur
         mean_probability=float(p.mean()),
         actual_share=float(bought.mean()),
     )
-
-
-def roc_auc(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Exact ROC AUC: the chance a random positive outranks a random negative (ties: ½).
-
-    >>> roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
-    0.75
-    >>> roc_auc([0, 1], [0.5, 0.5])
-    0.5
-    """
-    from scipy.stats import rankdata
-
-    y = np.asarray(labels, dtype=bool)
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    positives = int(y.sum())
-    negatives = len(y) - positives
-    if positives == 0 or negatives == 0:
-        return math.nan
-    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def evaluate(

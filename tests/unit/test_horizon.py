@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from streamcrm.cli.evaluation import roc_auc
 from streamcrm.models import BuyingObservation, ModelBundle, QueuedUpdates
 from streamcrm.models.horizon import FEATURES, PurchaseHorizonModel, horizon_features
+from streamcrm.models.metrics import roc_auc
 from streamcrm.models.repeat_buying import (
     BgNbdParams,
     RepeatBuying,
