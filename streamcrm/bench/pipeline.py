@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -65,7 +64,11 @@ from streamcrm.services.kafka import (
     poll_records,
     read_topic,
 )
-from streamcrm.services.processes import start_worker_process, stop_worker_process
+from streamcrm.services.processes import (
+    start_process,
+    start_worker_process,
+    stop_worker_process,
+)
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import DEFAULT_START, simulate
 from streamcrm.store import LedgerDue, OutboxRecord, PendingWrite, RedisStateStore
@@ -295,8 +298,7 @@ def measure_passthrough(
     ensure_topics(settings, base.kafka_bootstrap)
     messages = stream_for(settings, events)
     preload(base.kafka_bootstrap, messages)
-    log = (log_dir / "bench-passthrough.log").open("wb")
-    process = subprocess.Popen(
+    process = start_process(
         [
             sys.executable,
             "-m",
@@ -304,11 +306,8 @@ def measure_passthrough(
             base.kafka_bootstrap,
             settings.topic_prefix,
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        log_dir / "bench-passthrough.log",
     )
-    log.close()
     try:
         samples = follow_progress(
             base.kafka_bootstrap,

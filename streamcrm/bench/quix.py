@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -169,7 +168,7 @@ def measure_quix(base: Settings, events: Sequence[Event], log_dir: Path) -> floa
         sustained_rate,
     )
     from streamcrm.services.kafka import ensure_topics
-    from streamcrm.services.processes import stop_worker_process
+    from streamcrm.services.processes import start_process, stop_worker_process
 
     if importlib.util.find_spec("quixstreams") is None:
         raise ModuleNotFoundError("the Quix Streams baseline needs quixstreams (the dev extra)")
@@ -179,19 +178,10 @@ def measure_quix(base: Settings, events: Sequence[Event], log_dir: Path) -> floa
     messages = stream_for(settings, events)
     preload(base.kafka_bootstrap, messages)
     log_path = log_dir / "bench-quix.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamcrm.bench.quix",
-                base.kafka_bootstrap,
-                settings.topic_prefix,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    process = start_process(
+        [sys.executable, "-m", "streamcrm.bench.quix", base.kafka_bootstrap, settings.topic_prefix],
+        log_path,
+    )
     try:
         samples = follow_progress(
             base.kafka_bootstrap,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamcrm.errors import ServiceError
+from streamcrm.services.processes import start_process
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -93,8 +94,7 @@ def start_tansu(log_dir: Path, port: int | None = None) -> RunningService:
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log_path = log_dir / "tansu.log"
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
+    process = start_process(
         [
             str(tansu_binary()),
             "broker",
@@ -105,11 +105,8 @@ def start_tansu(log_dir: Path, port: int | None = None) -> RunningService:
             "--storage-engine",
             "memory://tansu/",
         ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        log_path,
     )
-    log_file.close()  # the child holds its own descriptor
     service = RunningService("tansu", f"127.0.0.1:{port}", process, log_path)
     _wait_for_port(service, port)
     return service
@@ -130,8 +127,7 @@ def start_redis(
     tests that restart it."""
     port = port or free_port()
     log_path = log_dir / "redis.log"
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
+    process = start_process(
         [
             str(redis_server_binary()),
             "--port",
@@ -150,11 +146,8 @@ def start_redis(
             "no",
             *REDIS_MEMORY_OPTIONS,
         ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        log_path,
     )
-    log_file.close()  # the child holds its own descriptor
     service = RunningService("redis-server", f"redis://127.0.0.1:{port}/0", process, log_path)
     _wait_for_port(service, port)
     return service

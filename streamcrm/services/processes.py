@@ -1,6 +1,8 @@
-"""Worker processes: ``python -m streamcrm worker`` started with exactly a given
-:class:`~streamcrm.settings.Settings`, its output in a log file, and stopped cleanly (the one
-spawner the demo, the benchmarks and the tests share).
+"""Processes streamcrm starts: a command with its output in a log file (:func:`start_process`,
+the one spawner of the workers, the benchmarks' baselines and the embedded services), and
+``python -m streamcrm worker`` started with exactly a given
+:class:`~streamcrm.settings.Settings` and stopped cleanly (what the demo, the benchmarks and
+the tests share).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -38,17 +41,27 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m streamcrm worker`` configured by ``settings``; output to ``log_path``."""
+def start_process(
+    args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` (with ``env``, else this process's environment), its standard output and
+    error both written to ``log_path`` (created, with its directory), no standard input."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log_file:
+    with log_path.open("wb") as log_file:  # the child holds its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "streamcrm", "worker"],
-            env=worker_environment(settings),
+            list(args),
+            env=None if env is None else dict(env),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+
+def start_worker_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m streamcrm worker`` configured by ``settings``; output to ``log_path``."""
+    return start_process(
+        [sys.executable, "-m", "streamcrm", "worker"], log_path, worker_environment(settings)
+    )
 
 
 def stop_worker_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
