@@ -29,7 +29,7 @@ from streamcrm.services.connections import (
     kafka_client_options,
     redis_client_options,
 )
-from streamcrm.services.embedded import embedded_services
+from streamcrm.services.embedded import embedded_settings
 from streamcrm.settings import Settings
 
 
@@ -262,11 +262,7 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     the command at once, a service that does not answer after ``STREAMCRM_STARTUP_WAIT_S``;
     either way with one line on standard error and exit code 2.
     """
-    with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
-        if settings.kafka_bootstrap is None:
-            settings = settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
-        else:
-            settings = settings.model_copy(update={"redis_url": services.redis_url})
+    with embedded_settings(settings) as settings:
         check_connections(settings)
 
         import faust
@@ -274,7 +270,8 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         from streamcrm.services.kafka import ensure_topics
         from streamcrm.worker.app import create_app
 
-        ensure_topics(settings, services.kafka_bootstrap)
+        assert settings.kafka_bootstrap is not None, "embedded_settings sets the broker"
+        ensure_topics(settings, settings.kafka_bootstrap)
         app = create_app(settings)
         worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
         try:
@@ -290,10 +287,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.cli.demo import run_live_demo
     from streamcrm.services.embedded import free_port
 
-    with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
-        local = settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
-        if settings.kafka_bootstrap is not None:
-            local = settings.model_copy(update={"redis_url": services.redis_url})
+    with embedded_settings(settings) as local:
         if local.web_port is None:
             local = local.model_copy(update={"web_port": free_port()})
         return run_live_demo(
@@ -627,11 +621,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.bench.pipeline import format_report, run_bench, write_json
 
     logging.getLogger().setLevel(logging.WARNING)
-    with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
-        if settings.kafka_bootstrap is None:
-            settings = settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
-        else:
-            settings = settings.model_copy(update={"redis_url": services.redis_url})
+    with embedded_settings(settings) as settings:
         report = run_bench(
             settings,
             customers=args.customers,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from streamcrm.errors import ServiceError
 from streamcrm.services.processes import start_process
+from streamcrm.settings import Settings
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -182,3 +183,19 @@ def embedded_services(
         for service in reversed(started):
             service.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def embedded_settings(settings: Settings) -> Iterator[Settings]:
+    """``settings`` pointed at the services to use: the configured ones, embedded Tansu and
+    redis-server for whatever is not configured (:func:`embedded_services`).
+
+    With an embedded broker they also take the local-run timeouts and intervals
+    (:meth:`Settings.for_local_broker`); with a configured broker they keep their own and
+    only gain the Redis URL.
+    """
+    with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
+        if settings.kafka_bootstrap is None:
+            yield settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
+        else:
+            yield settings.model_copy(update={"redis_url": services.redis_url})

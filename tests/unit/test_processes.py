@@ -1,11 +1,18 @@
-"""Starting processes with their output in a log file."""
+"""Starting processes and completing settings with embedded services, without a broker."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from streamcrm.services import embedded
+from streamcrm.services.embedded import EmbeddedServices, embedded_settings
 from streamcrm.services.processes import start_process
+from streamcrm.settings import Settings
 
 SPEAKS_ON_BOTH = "import sys; print('out'); print('err', file=sys.stderr)"
 
@@ -27,3 +34,46 @@ def test_a_started_process_gets_the_environment_it_is_given(tmp_path: Path) -> N
 
     assert process.wait(timeout=60) == 0
     assert log_path.read_text().strip() == "7"
+
+
+@pytest.fixture
+def fake_services(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, str | None]]:
+    """Stand-in for :func:`embedded.embedded_services`: records what it was asked to start
+    and hands out fixed addresses for whatever is not configured."""
+    asked: list[tuple[str | None, str | None]] = []
+
+    @contextlib.contextmanager
+    def services(
+        kafka_bootstrap: str | None = None, redis_url: str | None = None
+    ) -> Iterator[EmbeddedServices]:
+        asked.append((kafka_bootstrap, redis_url))
+        yield EmbeddedServices(
+            kafka_bootstrap=kafka_bootstrap or "127.0.0.1:19092",
+            redis_url=redis_url or "redis://127.0.0.1:16379/0",
+        )
+
+    monkeypatch.setattr(embedded, "embedded_services", services)
+    return asked
+
+
+def test_an_embedded_broker_brings_the_local_run_settings(
+    fake_services: list[tuple[str | None, str | None]],
+) -> None:
+    configured = Settings(kafka_bootstrap=None, redis_url=None)
+
+    with embedded_settings(configured) as settings:
+        assert settings == configured.for_local_broker(
+            "127.0.0.1:19092", "redis://127.0.0.1:16379/0"
+        )
+    assert fake_services == [(None, None)]
+
+
+def test_a_configured_broker_keeps_its_settings_and_gains_only_redis(
+    fake_services: list[tuple[str | None, str | None]],
+) -> None:
+    configured = Settings(kafka_bootstrap="broker:9092", redis_url=None)
+
+    with embedded_settings(configured) as settings:
+        assert settings == configured.model_copy(update={"redis_url": "redis://127.0.0.1:16379/0"})
+        assert settings.broker_rebalance_timeout_s == configured.broker_rebalance_timeout_s
+    assert fake_services == [("broker:9092", None)]
