@@ -15,7 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamcrm.core.features import FEATURE_NAMES
-from streamcrm.models.segments import SEGMENT_NAMES, SegmentModel, segment_features
+from streamcrm.models.segments import (
+    SEGMENT_FEATURES,
+    SEGMENT_NAMES,
+    SegmentModel,
+    segment_features,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,7 +200,9 @@ def test_distance_to_the_centre_is_small_for_a_typical_customer_and_large_for_an
     assert 0 <= typical < 1.0 < outlier
 
 
-def test_placing_a_customer_in_one_pass_agrees_with_predicting_and_measuring_apart() -> None:
+def test_placing_a_customer_agrees_with_rivers_nearest_centre_and_predicting_apart() -> None:
+    """Our nearest-centre search (:func:`nearest_centre`) picks the centre River's KMeans
+    picks, the one it moves when learning; predicting and measuring apart agree with it."""
     model = SegmentModel()
     rng = random.Random(3)
     customers = [
@@ -215,3 +222,10 @@ def test_placing_a_customer_in_one_pass_agrees_with_predicting_and_measuring_apa
         segment_id, name, distance = model.place_one(features)
         assert (segment_id, name) == model.predict_one(features)
         assert distance == pytest.approx(model.distance_one(features), rel=1e-12)
+        scaled = model.scaler.transform_one(segment_features(features))
+        assert segment_id == model.kmeans.predict_one(scaled)
+        centre = model.kmeans.centers[segment_id]
+        assert distance == pytest.approx(
+            math.dist([scaled[f] for f in SEGMENT_FEATURES], [centre[f] for f in SEGMENT_FEATURES]),
+            rel=1e-12,
+        )
