@@ -1,12 +1,13 @@
 """The churn model against its ceiling: one simulated history through the pure scoring core.
 
-:func:`measure_churn` replays a seeded simulation in event time through ``score_event`` and
+:func:`record_tape` replays a seeded simulation in event time through ``score_event`` and
 ``sweep_customer`` with in-memory state (no broker, no Redis), as a worker would: the
 watermark trails the newest event by the allowed lateness, quiet customers are swept as it
 passes their due time (label ledger, heartbeats, as-of re-scores), and the run ends with a
-sweep to the last event. Every settled label is recorded with its customer and snapshot time,
-the model's progressive prediction for it (made just before it is learned) and the oracle's
-(:mod:`streamcrm.sim.oracle`), so both are scored on exactly the same labels:
+sweep to the last event. Every settled label is recorded with its customer and snapshot time.
+:func:`play` then asks a churn model for its progressive prediction of each label (made just
+before it is learned), and :func:`churn_figures` scores those and the oracle's
+(:mod:`streamcrm.sim.oracle`) on exactly the same labels:
 
 - ``progressive_auc``: exact ROC AUC of the model's progressive predictions,
 - ``oracle_auc``: the same for :func:`~streamcrm.sim.oracle.oracle_churn_probability`,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -202,18 +203,6 @@ def play(tape: ChurnTape, model: ChurnModel) -> Played:
         for customer_id, index in tape.last_scores.items()
     }
     return Played(learned, last)
-
-
-def measure_churn(
-    simulation: Simulation,
-    config: ScoringConfig,
-    make_churn: Callable[[], ChurnModel] = ChurnModel,
-    tape: ChurnTape | None = None,
-) -> ChurnFigures:
-    """Score a fresh churn model on ``simulation`` against the oracle (pass the ``tape`` of
-    :func:`record_tape` to reuse one replay for several models)."""
-    tape = record_tape(simulation, config) if tape is None else tape
-    return churn_figures(simulation, tape, play(tape, make_churn()), config.churn_window)
 
 
 def churn_figures(

@@ -466,11 +466,3 @@ class RepeatBuyingModel:
                 )
             )
         return out
-
-
-def summaries_as_arrays(
-    stats: Sequence[RepeatBuying], as_of: datetime
-) -> tuple[Floats, Floats, Floats]:
-    """``(x, t_x, T)`` arrays of many customers as of ``as_of``."""
-    x, t_x, age = np.array([s.summary(as_of) for s in stats], dtype=np.float64).T
-    return x, t_x, age

@@ -21,7 +21,6 @@ SEGMENT_FEATURES: tuple[str, ...] = (
     "satisfaction",
     "support_load",
 )
-UNSEGMENTED = "new"
 
 
 def segment_features(features: Mapping[str, float]) -> dict[str, float]:
