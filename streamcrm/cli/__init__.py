@@ -2,5 +2,8 @@
 the demo, ``status``, ``replay``, ``deadletter``, ``evaluate``, ``schemas`` and progress
 reporting.
 
-May import: everything but the benchmarks (``streamcrm bench`` loads them when it runs).
+May import: everything. The command line and the benchmarks are one layer, the applications
+on top: ``streamcrm bench`` runs the benchmarks, and the demo reports the churn oracle's AUC
+from :mod:`streamcrm.bench.churn`; neither imports the other in a cycle (the architecture test
+checks).
 """

@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 """The layers, bottom first: a module may import its own layer and the ones below, never one
 above. The command line and the benchmarks are both applications on top (``streamcrm
-bench`` runs the benchmarks, and they reuse the command line's evaluation)."""
+bench`` runs the benchmarks; the demo shows the churn oracle's AUC from ``bench.churn``)."""
 PURE = ("streamcrm.errors", "streamcrm.addresses", "streamcrm.models", "streamcrm.core",
         "streamcrm.sim")  # fmt: skip
 """The layers that must not touch Kafka, Redis or Faust, even indirectly."""
