@@ -743,7 +743,7 @@ async def test_pseudonymised_ids_never_reach_the_store_and_erasure_still_finds_t
 
 def test_model_updates_travel_in_batches_and_single_updates_of_older_workers_still_read() -> None:
     from streamcrm.models import ModelUpdateBatch
-    from streamcrm.worker.app import model_updates_in
+    from streamcrm.worker.worker import model_updates_in
 
     first = ModelUpdate(kind="labelled", features={"x": 1.0}, churned=True)
     second = ModelUpdate(kind="forget", customer_id="c1")

@@ -1,0 +1,137 @@
+"""The worker's handling of messages and timers, without Faust: a fake broker, the in-memory
+store, output topics in memory."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from streamcrm.core.records import Alert, CustomerScore, DeadLetter
+from streamcrm.core.scoring import ScoringConfig
+from streamcrm.services.kafka import Record
+from streamcrm.settings import Settings
+from streamcrm.store import InMemoryStateStore
+from streamcrm.worker.metrics import WorkerMetrics
+from streamcrm.worker.outbox import OutboxPublisher
+from streamcrm.worker.pipeline import ScoringPipeline, SharedLearner
+from streamcrm.worker.worker import Worker
+from tests.outputs import FakeOutputs
+from tests.unit.test_pipeline import cancellation, purchase
+from tests.unit.test_pipeline_batches import Message
+
+SETTINGS = Settings()
+TOPICS = SETTINGS.topics
+
+
+class FakeBroker:
+    """Records what the worker sends; owns every partition; nothing left unhandled."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self.sent.append((topic, key, value))
+
+    def owned_partitions(self, topic: str) -> list[int]:
+        return [0]
+
+    def has_unhandled(self, topic: str, partition: int, handled_up_to: int) -> bool:
+        return False
+
+    async def read_range(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+        return []
+
+    def on(self, topic: str) -> list[bytes | None]:
+        return [value for name, _, value in self.sent if name == topic]
+
+
+def a_worker() -> tuple[Worker, FakeBroker, FakeOutputs]:
+    store = InMemoryStateStore()
+    pipeline = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    metrics = WorkerMetrics("w1", TOPICS.inputs, pipeline.outcomes, pipeline.dead_letters)
+    broker, outputs = FakeBroker(), FakeOutputs()
+    names = {"scores": TOPICS.scores, "alerts": TOPICS.alerts}
+    worker = Worker(
+        SETTINGS,
+        pipeline,
+        SharedLearner(store),
+        metrics,
+        OutboxPublisher(store, outputs),
+        broker,
+        names,
+    )
+    outputs_sent = outputs.send_all
+
+    async def send_all(records):  # type: ignore[no-untyped-def]
+        await outputs_sent(records)
+        worker.note_outputs(records)
+
+    outputs.send_all = send_all  # type: ignore[method-assign]
+    return worker, broker, outputs
+
+
+def published(outputs: FakeOutputs, kind: str) -> list[str]:
+    return [r.value for log in outputs.logs.values() for r in log if r.kind == kind]
+
+
+async def test_a_batch_publishes_each_score_and_alert_and_dead_letters_the_bad_message() -> None:
+    worker, broker, outputs = a_worker()
+    await worker.handle_message(Message(purchase("c1", day=0), 0, topic=TOPICS.purchases))
+    batch = [
+        Message(cancellation("c1"), 0, topic=TOPICS.support),
+        Message(b"{not json", 1, topic=TOPICS.support),
+    ]
+
+    await worker.handle_batch(batch)
+
+    scores = [CustomerScore.model_validate_json(v) for v in published(outputs, "scores")]
+    alerts = [Alert.model_validate_json(v) for v in published(outputs, "alerts")]
+    [letter] = [DeadLetter.model_validate_json(v or b"") for v in broker.on(TOPICS.deadletter)]
+    assert [s.customer_id for s in scores] == ["c1", "c1"]
+    assert [a.kind for a in alerts] == ["churn_risk"]
+    assert (letter.source_topic, letter.offset, letter.reason_code) == (
+        TOPICS.support,
+        1,
+        "not_json",
+    )
+    assert [a.kind for a in worker.recent_alerts] == ["churn_risk"]
+
+
+async def test_a_privacy_request_that_fails_is_counted_alerted_and_dead_lettered() -> None:
+    worker, broker, _ = a_worker()
+
+    await worker.handle_message(Message(b'{"type": "erasure"}', 0, topic=TOPICS.privacy))
+
+    [alert] = [Alert.model_validate_json(v or b"") for v in broker.on(TOPICS.alerts)]
+    assert alert.kind == "privacy_request_failed" and alert.customer_id is None
+    assert len(broker.on(TOPICS.deadletter)) == 1
+    assert worker.metrics.privacy_failures == Counter({"schema:missing": 1})
+
+
+async def test_an_erasure_sends_a_tombstone_and_forgets_the_customer_in_memory() -> None:
+    worker, broker, _ = a_worker()
+    await worker.handle_message(Message(purchase("c1", day=0), 0, topic=TOPICS.purchases))
+    erasure = {
+        "type": "erasure",
+        "event_id": "x1",
+        "customer_id": "c1",
+        "occurred_at": "2026-02-01T00:00:00Z",
+    }
+
+    await worker.handle_message(Message(json.dumps(erasure).encode(), 0, topic=TOPICS.privacy))
+
+    assert (TOPICS.scores, b"c1", None) in broker.sent
+    assert "c1" not in worker.metrics.recent.customer_ids()
+
+
+async def test_model_updates_go_out_in_one_message_at_the_flush() -> None:
+    worker, broker, _ = a_worker()
+    for offset, day in enumerate((0, 1, 2)):
+        await worker.handle_message(
+            Message(purchase("c1", day=day), offset, topic=TOPICS.purchases)
+        )
+
+    await worker.flush_model_updates()
+
+    [batch] = broker.on(TOPICS.model_updates)
+    assert len(json.loads(batch or b"")["updates"]) >= 3
