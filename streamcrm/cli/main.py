@@ -65,14 +65,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+Commands = argparse._SubParsersAction  # what add_subparsers returns (no public name)
+
+
 def _parser() -> argparse.ArgumentParser:
+    """The ``streamcrm`` command line: one sub-command per ``_add_*`` below."""
     parser = argparse.ArgumentParser(prog="streamcrm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamcrm {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_worker,
+        _add_demo,
+        _add_simulate,
+        _add_replay,
+        _add_schemas,
+        _add_score,
+        _add_population,
+        _add_evaluate,
+        _add_status,
+        _add_deadletter,
+        _add_bench,
+        _add_topics,
+    ):
+        add(commands)
+    return parser
 
+
+def _add_worker(commands: Commands) -> None:
     worker = commands.add_parser("worker", help="run a scoring worker (Faust)")
     worker.set_defaults(run=run_worker)
 
+
+def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo", help="embedded broker + Redis + worker + simulated live events, scores shown"
     )
@@ -94,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=run_demo)
 
+
+def _add_simulate(commands: Commands) -> None:
     simulate = commands.add_parser("simulate", help="produce (or write) a simulated event stream")
     simulate.add_argument("--customers", type=int, default=1000)
     simulate.add_argument("--days", type=int, default=180)
@@ -107,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--truth", type=Path, help="write the ground truth (JSON) here")
     simulate.set_defaults(run=run_simulate)
 
+
+def _add_replay(commands: Commands) -> None:
     replay = commands.add_parser(
         "replay",
         help="publish a history file's events through the input topics in event-time order",
@@ -125,21 +153,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(run=run_replay)
 
+
+def _add_schemas(commands: Commands) -> None:
     schemas = commands.add_parser("schemas", help="write the topics' JSON Schema files")
     schemas.add_argument("--dir", type=Path, default=Path("schemas"))
     schemas.add_argument("--check", action="store_true", help="fail if the files are stale")
     schemas.set_defaults(run=run_schemas)
 
+
+def _add_score(commands: Commands) -> None:
     score = commands.add_parser("score", help="print a customer's state and scores from Redis")
     score.add_argument("customer_id")
     score.set_defaults(run=run_score)
 
+
+def _add_population(commands: Commands) -> None:
     population = commands.add_parser(
         "population", help="aggregates over every customer's latest score, from Redis"
     )
     population.add_argument("--json", action="store_true", help="print JSON instead of text")
     population.set_defaults(run=run_population)
 
+
+def _add_evaluate(commands: Commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="replay a purchase history to a cut-off, forecast, and compare with BG/NBD and"
@@ -166,6 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=run_evaluate)
 
+
+def _add_status(commands: Commands) -> None:
     status = commands.add_parser(
         "status",
         help="rates, lag, model quality, segments and the latest alerts, read from Kafka",
@@ -181,6 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(run=run_status)
 
+
+def _add_deadletter(commands: Commands) -> None:
     deadletter = commands.add_parser(
         "deadletter",
         help="dead letters by reason; list or re-publish chosen ones to their source topic",
@@ -205,6 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     deadletter.set_defaults(run=run_deadletter)
 
+
+def _add_bench(commands: Commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="measure the whole pipeline against its ceiling and a Faust pass-through",
@@ -249,9 +291,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(run=run_bench)
 
+
+def _add_topics(commands: Commands) -> None:
     topics = commands.add_parser("topics", help="create the topics on the configured broker")
     topics.set_defaults(run=run_topics)
-    return parser
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
