@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
@@ -39,6 +40,10 @@ OUTBOX_BATCH = 500
 """Outputs sent per drain step at most (a drain repeats until the outbox is empty)."""
 RESAVE_AFTER = 5_000
 """Outputs of one input partition sent before its saved output end offsets are renewed."""
+RECENTLY_SENT = 10_000
+"""Fingerprints of the outputs last sent, per input partition, that are not sent again: a
+store call retried after its reply was lost (Redis restarting) can append a sweep's
+re-score twice, since a re-score has no offset mark to refuse the second write."""
 
 TopicPartition = tuple[str, int]
 
@@ -98,6 +103,9 @@ class OutboxPublisher:
         self._saved: dict[int, tuple[set[TopicPartition], int]] = {}
         """Per input partition: the output topic partitions whose end offsets this worker
         saved for it, and how many outputs it sent since."""
+        self._recent: dict[int, OrderedDict[str, None]] = {}
+        """Per input partition: the fingerprints of the outputs sent last (see
+        :data:`RECENTLY_SENT`)."""
         self._draining: dict[int, asyncio.Lock] = {}
         """One lock per input partition: two drains of one outbox never overlap (both would
         send the same records, and each would clear its count)."""
@@ -133,16 +141,41 @@ class OutboxPublisher:
             if not records:
                 self._checked.add(partition)
                 return sent
-            to_send = records
+            to_send = self._not_sent_lately(partition, records)
             if partition not in self._checked:
-                to_send = await self._not_yet_published(partition, records)
+                to_send = await self._not_yet_published(partition, to_send)
                 self._checked.add(partition)
             if to_send:
                 await self._save_end_offsets(partition, to_send)
                 await self.output.send_all(to_send)
+                self._remember_sent(partition, to_send)
             await self.store.clear_outbox(partition, len(records))
             sent += len(to_send)
             self.sent += len(to_send)
+
+    def _not_sent_lately(
+        self, partition: int, records: Sequence[OutboxRecord]
+    ) -> list[OutboxRecord]:
+        """``records`` but copies of an output this publisher sent lately (or that came
+        earlier in ``records``): the same id and the same bytes."""
+        recent = self._recent.get(partition, OrderedDict())
+        seen: set[str] = set()
+        fresh = []
+        for record in records:
+            fingerprint = record.fingerprint
+            if fingerprint in recent or fingerprint in seen:
+                logger.info("output %s sent already; not sent again", record.record_id)
+                continue
+            seen.add(fingerprint)
+            fresh.append(record)
+        return fresh
+
+    def _remember_sent(self, partition: int, records: Sequence[OutboxRecord]) -> None:
+        recent = self._recent.setdefault(partition, OrderedDict())
+        for record in records:
+            recent[record.fingerprint] = None
+        while len(recent) > RECENTLY_SENT:
+            recent.popitem(last=False)
 
     async def _save_end_offsets(self, partition: int, records: Sequence[OutboxRecord]) -> None:
         """Make sure the recovery check of ``partition`` would read every destination of

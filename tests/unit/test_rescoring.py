@@ -383,6 +383,24 @@ async def test_a_recovery_sends_an_output_re_made_under_a_published_id_but_not_a
     assert restarted.recovered == 1
 
 
+async def test_an_output_appended_twice_by_a_retried_save_is_sent_once() -> None:
+    """A re-score has no offset mark: a save retried after its reply was lost (Redis
+    restarting) appends it again. Same id and bytes: the publisher sends it once, whether the
+    copy is in the same drain or the next."""
+    store, outputs = InMemoryStateStore(), FakeOutputs()
+    publisher = OutboxPublisher(store, outputs)
+    state = CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0)
+    rescore = OutboxRecord("scores", "c", '{"churn": 0.5}', "asof:c:2026-01-08T00:00:00Z")
+    await store.save(state, None, None, None, (rescore, rescore))
+    await publisher.drain(0)
+    await store.save(state, None, None, None, (rescore,))
+
+    await publisher.drain(0)
+
+    assert outputs.ids() == ["asof:c:2026-01-08T00:00:00Z"]
+    assert await store.outbox(0, 10) == []
+
+
 async def test_an_erasure_removes_the_customers_unpublished_outputs() -> None:
     store = InMemoryStateStore()
     for customer in ("erased", "kept"):
