@@ -103,14 +103,20 @@ def test_events_sent_while_redis_is_down_are_scored_once_it_is_back(
             # Redis restarts empty (no persistence): the worker finds the partition's offset
             # mark gone, re-reads the partition from the start and rebuilds the state.
             restartable_redis.start()
-            scores_seen.wait_for(lambda records: len(records) >= 3)
+            scores_seen.wait_for(
+                lambda records: "outage-p2" in {s.event_id for s in scores(records)}
+            )
             eventually(lambda: True if get(f"{base}/readyz")[0] == 200 else None, "ready again")
 
-        assert [s.event_id for s in scores(scores_seen.records)] == [
-            "outage-p1",
-            "outage-p1",  # re-applied to the empty Redis
-            "outage-p2",
-        ]
+        published = scores(scores_seen.drain(1.0))
+        # p1 is re-applied to the empty Redis; its re-made score goes out again only if it
+        # differs from the one already published (the outbox skips exact copies).
+        assert [s.event_id for s in published] in (
+            ["outage-p1", "outage-p2"],
+            ["outage-p1", "outage-p1", "outage-p2"],
+        )
+        if len(published) == 3:
+            assert published[0] != published[1]
         assert letters.drain(seconds=1.0) == []
         log = (tmp_path / "worker.log").read_text()
         assert "Redis unavailable" in log and "Redis lost writes" in log
