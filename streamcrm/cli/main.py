@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamcrm.core.records import Alert
 from streamcrm.errors import ConfigurationError, StoreUnavailableError, StreamcrmError
@@ -31,6 +32,9 @@ from streamcrm.services.connections import (
 )
 from streamcrm.services.embedded import embedded_settings
 from streamcrm.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: most commands never touch Redis
+    from streamcrm.store import RedisStateStore
 
 
 def _version() -> str:
@@ -441,7 +445,6 @@ def run_schemas(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_score(settings: Settings, args: argparse.Namespace) -> int:
     """Print one customer's state and latest score from Redis as JSON."""
-    from streamcrm.store import RedisStateStore
 
     if settings.redis_url is None:
         raise ConfigurationError("set STREAMCRM_REDIS_URL to the Redis the workers use")
@@ -451,11 +454,7 @@ def run_score(settings: Settings, args: argparse.Namespace) -> int:
     customer_id = stored_id or args.customer_id
 
     async def fetch() -> tuple[object, object]:
-        store = RedisStateStore.from_url(
-            settings.redis_url or "",
-            settings.redis_namespace,
-            client_options=redis_client_options(settings),
-        )
+        store = _redis_store(settings)
         try:
             return await store.load(customer_id), await store.load_score(customer_id)
         finally:
@@ -483,17 +482,12 @@ def run_population(settings: Settings, args: argparse.Namespace) -> int:
 
     from streamcrm.core.aggregates import format_summary, summarise
     from streamcrm.core.records import CustomerScore
-    from streamcrm.store import RedisStateStore
 
     if settings.redis_url is None:
         raise ConfigurationError("set STREAMCRM_REDIS_URL to the Redis the workers use")
 
     async def collect() -> list[CustomerScore]:
-        store = RedisStateStore.from_url(
-            settings.redis_url or "",
-            settings.redis_namespace,
-            client_options=redis_client_options(settings),
-        )
+        store = _redis_store(settings)
         try:
             return [score async for score in store.iter_scores()]
         finally:
@@ -567,23 +561,29 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
             return 0
 
 
+def _redis_store(settings: Settings) -> RedisStateStore:
+    """The workers' Redis store, as the commands that read it open it."""
+    from streamcrm.store import RedisStateStore
+
+    return RedisStateStore.from_url(
+        settings.redis_url or "",
+        settings.redis_namespace,
+        privacy_key=settings.privacy_key_bytes,
+        client_options=redis_client_options(settings),
+    )
+
+
 def _alerts_of_customers_not_erased(settings: Settings, alerts: list[Alert]) -> list[Alert]:
     """The alerts ``streamcrm status`` may show: none of a customer erased since (checked
     against the workers' block list in Redis). Without Redis to ask, customer alerts are left
     out, with a line saying so: an erased customer must not be shown."""
     from streamcrm.cli.status import without_erased
-    from streamcrm.store import RedisStateStore
 
     if all(alert.customer_id is None for alert in alerts):
         return alerts
 
     async def check() -> list[Alert]:
-        store = RedisStateStore.from_url(
-            settings.redis_url or "",
-            settings.redis_namespace,
-            privacy_key=settings.privacy_key_bytes,
-            client_options=redis_client_options(settings),
-        )
+        store = _redis_store(settings)
         try:
             return await without_erased(alerts, store)
         finally:

@@ -29,6 +29,10 @@ ScoreTrigger = Literal["event", "time"]
 """What made a score: an event of the customer, or the passage of event time (a re-score)."""
 
 
+RESCORE_ID_PREFIX: Final = "asof:"
+"""How every re-score's ``event_id`` begins (see :func:`rescore_id`)."""
+
+
 def rescore_id(customer_id: str, as_of: datetime) -> str:
     """The ``event_id`` of a customer's re-score as of ``as_of``: deterministic, so a replay
     or a re-run sweep names the same re-score (and its alerts) the same way.
@@ -36,7 +40,7 @@ def rescore_id(customer_id: str, as_of: datetime) -> str:
     >>> rescore_id("c1", datetime(2026, 3, 1, 12, tzinfo=UTC))
     'asof:c1:2026-03-01T12:00:00Z'
     """
-    return f"asof:{customer_id}:{as_of.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+    return f"{RESCORE_ID_PREFIX}{customer_id}:{as_of.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
 class CustomerScore(WireRecord):

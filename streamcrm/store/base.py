@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
+from functools import cached_property
 from typing import Protocol
 
 from streamcrm.core.privacy import ErasureReport
@@ -71,9 +72,9 @@ class OutboxRecord:
     value: str
     record_id: str
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """:func:`output_fingerprint` of the record as it is sent."""
+        """:func:`output_fingerprint` of the record as it is sent (computed once)."""
         return output_fingerprint(self.record_id, self.value.encode())
 
     def to_json(self) -> str:

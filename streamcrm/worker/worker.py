@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from streamcrm.core.alerts import drift_alert, privacy_failure_alert
-from streamcrm.core.records import Alert, CustomerScore, DeadLetter
+from streamcrm.core.records import RESCORE_ID_PREFIX, Alert, CustomerScore, DeadLetter
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
 from streamcrm.services.kafka import Record
@@ -234,7 +234,9 @@ class Worker:
         rescores = []
         for record in records:
             self.metrics.count_out(self.output_topic_names[record.kind])
-            if record.kind == "scores":
+            # Event scores are shown by the agents from the objects they made: only a
+            # re-score (its id says so) is parsed back here.
+            if record.kind == "scores" and record.record_id.startswith(RESCORE_ID_PREFIX):
                 score = CustomerScore.model_validate_json(record.value)
                 if score.trigger != "event":
                     rescores.append((None, score))
@@ -374,8 +376,7 @@ class Worker:
                 continue  # then this message, on a store that is whole again
             except Exception as error:  # noqa: BLE001 - every failure is dead-lettered
                 await self._dead_letter(message, error, catching_up)
-                await self.publish_outputs([message.partition])  # a late event's, if any
-                return
+                return  # a failed or late event wrote no outputs
             await self.publish_outputs([message.partition])
             if scored.score is not None:
                 self.metrics.note_scores([(message_timestamp(message), scored.score)], time.time())
