@@ -374,7 +374,7 @@ def measure_components(
                 )
                 if outbox:
                     waiting = await store.outbox(0, 10 * batch)
-                    await store.clear_outbox(0, len(waiting))
+                    await store.clear_outbox(0, waiting)
             return time.perf_counter() - began
         finally:
             await store.close()

@@ -235,8 +235,14 @@ class StateStore(Protocol):
         """Per offset-mark field, the newest event time applied from that input partition."""
         ...
 
-    async def clear_outbox(self, partition: int, count: int) -> None:
-        """Remove the oldest ``count`` outputs of ``partition``'s outbox (acknowledged)."""
+    async def clear_outbox(self, partition: int, records: Sequence[OutboxRecord]) -> int:
+        """Remove ``records`` (acknowledged) from the head of ``partition``'s outbox; the
+        number removed.
+
+        Cleared by identity, not by count: at a handover the partition's old and new owners
+        may drain the same records at once, and whichever clears second must not remove the
+        outputs appended since, which neither sent. Going through ``records`` in order, each
+        that is the outbox's head is removed; one that is not was cleared already."""
         ...
 
     async def outbox_from(self, partition: int) -> dict[str, int]:

@@ -119,8 +119,14 @@ class InMemoryStateStore:
     async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
         return list(self._outbox.get(partition, [])[:count])
 
-    async def clear_outbox(self, partition: int, count: int) -> None:
-        del self._outbox.get(partition, [])[:count]
+    async def clear_outbox(self, partition: int, records: Sequence[OutboxRecord]) -> int:
+        waiting = self._outbox.get(partition, [])
+        removed = 0
+        for record in records:
+            if waiting and waiting[0] == record:
+                del waiting[0]
+                removed += 1
+        return removed
 
     async def outbox_from(self, partition: int) -> dict[str, int]:
         return dict(self._outbox_from.get(partition, {}))

@@ -167,6 +167,20 @@ return deleted
 """The atomic erasure: state, score, due entry and unpublished outputs gone; block and audit
 record written."""
 
+CLEAR_OUTBOX_SCRIPT = """
+-- KEYS: outbox.  ARGV: the records acknowledged, oldest first.  Returns how many were removed.
+local removed = 0
+for _, record in ipairs(ARGV) do
+  if redis.call('LINDEX', KEYS[1], 0) == record then
+    redis.call('LPOP', KEYS[1])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+"""Clearing acknowledged outputs by identity: each record still at the outbox's head goes (one
+that is not was cleared by another drain already), so outputs appended since stay."""
+
 CONSENT_SCRIPT = """
 -- KEYS: offsets hash, erased hash, audit stream.  ARGV: mark field, offset, subject hash,
 -- time, audit max length.  Returns 0 if the offset was applied, else 1.
@@ -199,6 +213,7 @@ class RedisStateStore:
         self._write_script = client.register_script(WRITE_SCRIPT)
         self._erase_script = client.register_script(ERASE_SCRIPT)
         self._consent_script = client.register_script(CONSENT_SCRIPT)
+        self._clear_outbox_script = client.register_script(CLEAR_OUTBOX_SCRIPT)
 
     @classmethod
     def from_url(
@@ -269,9 +284,15 @@ class RedisStateStore:
             raws = await self._redis.lrange(outbox_key(self._namespace, partition), 0, count - 1)
         return [OutboxRecord.from_json(raw) for raw in raws]
 
-    async def clear_outbox(self, partition: int, count: int) -> None:
+    async def clear_outbox(self, partition: int, records: Sequence[OutboxRecord]) -> int:
+        if not records:
+            return 0
         with _unavailable_as_store_error():
-            await self._redis.ltrim(outbox_key(self._namespace, partition), count, -1)
+            removed = await self._clear_outbox_script(
+                keys=[outbox_key(self._namespace, partition)],
+                args=[record.to_json() for record in records],
+            )
+        return int(removed)
 
     async def outbox_from(self, partition: int) -> dict[str, int]:
         with _unavailable_as_store_error():

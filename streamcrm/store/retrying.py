@@ -88,9 +88,9 @@ class RetryingStore:
             lambda: self.inner.outbox(partition, count), f"read outbox {partition}"
         )
 
-    async def clear_outbox(self, partition: int, count: int) -> None:
-        await until_available(
-            lambda: self.inner.clear_outbox(partition, count), f"clear outbox {partition}"
+    async def clear_outbox(self, partition: int, records: Sequence[OutboxRecord]) -> int:
+        return await until_available(
+            lambda: self.inner.clear_outbox(partition, records), f"clear outbox {partition}"
         )
 
     async def outbox_from(self, partition: int) -> dict[str, int]:

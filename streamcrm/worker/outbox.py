@@ -149,7 +149,7 @@ class OutboxPublisher:
                 await self._save_end_offsets(partition, to_send)
                 await self.output.send_all(to_send)
                 self._remember_sent(partition, to_send)
-            await self.store.clear_outbox(partition, len(records))
+            await self.store.clear_outbox(partition, records)
             sent += len(to_send)
             self.sent += len(to_send)
 

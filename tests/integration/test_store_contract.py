@@ -24,6 +24,7 @@ from streamcrm.store import (
     InMemoryStateStore,
     InputPosition,
     LedgerDue,
+    OutboxRecord,
     PendingWrite,
     RedisStateStore,
     SaveResult,
@@ -431,3 +432,21 @@ async def test_marking_a_dead_lettered_message_moves_the_mark_once(store: StateS
     assert await store.mark_applied(at) == SaveResult.APPLIED
     assert await store.mark_applied(at) == SaveResult.ALREADY_APPLIED
     assert await store.applied_offset(at) == 3
+
+
+async def test_clearing_an_outbox_removes_the_records_named_at_its_head_and_nothing_else(
+    store: StateStore,
+) -> None:
+    """Cleared by identity: a second clearing of records another drain cleared already
+    leaves the outputs appended since."""
+    state = CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0)
+    first = tuple(OutboxRecord("scores", "c", f'{{"n": {n}}}', f"id{n}") for n in range(3))
+    appended = OutboxRecord("alerts", "c", '{"n": 9}', "id9")
+    await store.save(state, None, None, None, first)
+
+    assert await store.clear_outbox(0, first[:2]) == 2
+    await store.save(state, None, None, None, (appended,))
+    assert await store.clear_outbox(0, first) == 1  # id0 and id1 were gone already
+    assert await store.outbox(0, 10) == [appended]
+    assert await store.clear_outbox(0, first) == 0
+    assert await store.outbox(0, 10) == [appended]

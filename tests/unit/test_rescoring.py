@@ -245,7 +245,7 @@ async def test_a_publisher_killed_mid_drain_loses_and_doubles_nothing_after_a_re
     outputs.fail_after = sent_before_crash if sent_before_crash < 3 else None
     clear = store.clear_outbox
 
-    async def killed_before_clearing(partition: int, count: int) -> None:
+    async def killed_before_clearing(partition: int, records: Sequence[OutboxRecord]) -> int:
         raise ConnectionError("killed")  # every send acknowledged, the outbox not cleared
 
     store.clear_outbox = killed_before_clearing  # type: ignore[method-assign]
@@ -268,6 +268,40 @@ async def test_two_drains_of_one_outbox_at_once_send_each_output_once() -> None:
     await asyncio.gather(publisher.drain(0), publisher.drain(0))
 
     assert outputs.ids() == sorted(f"id{n}" for n in range(6))
+    assert await store.outbox(0, 10) == []
+
+
+async def test_an_old_owner_clearing_late_at_a_handover_leaves_what_was_appended_since() -> None:
+    """At a handover the partition's old owner may still be sending when its new owner
+    drains the same outputs (sent twice: at least once) and scores the next event. The old
+    owner clears after that: it must not take the new event's output, which no one sent."""
+    store = await filled_outbox(3)
+    new_outputs, old_outputs = FakeOutputs(), FakeOutputs()
+    old_outputs.logs = new_outputs.logs  # the same topics
+    acknowledged = asyncio.Event()
+    send = old_outputs.send_all
+
+    async def slow_acknowledgement(records: Sequence[OutboxRecord]) -> None:
+        await acknowledged.wait()
+        await send(records)
+
+    old_outputs.send_all = slow_acknowledgement  # type: ignore[method-assign]
+    old_owner, new_owner = OutboxPublisher(store, old_outputs), OutboxPublisher(store, new_outputs)
+    old_drain = asyncio.create_task(old_owner.drain(0))
+    await asyncio.sleep(0)  # the old owner has read the outbox and is sending
+    await new_owner.drain(0)
+    await store.save(
+        CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0),
+        None,
+        None,
+        None,
+        (OutboxRecord("scores", "c9", "{}", "id9"),),
+    )
+    acknowledged.set()
+    await old_drain  # sends id0-id2 again, then clears
+    await new_owner.drain(0)
+
+    assert set(new_outputs.ids()) == {"id0", "id1", "id2", "id9"}
     assert await store.outbox(0, 10) == []
 
 
@@ -304,7 +338,7 @@ async def test_a_crash_after_a_drain_that_reused_older_saved_offsets_still_doubl
         tuple(OutboxRecord("scores", f"c{n}", "{}", f"id{n}") for n in range(2, 4)),
     )
 
-    async def killed_before_clearing(partition: int, count: int) -> None:
+    async def killed_before_clearing(partition: int, records: Sequence[OutboxRecord]) -> int:
         raise ConnectionError("killed")
 
     clear = store.clear_outbox
@@ -335,7 +369,7 @@ async def test_a_drain_that_failed_after_sending_checks_the_topics_before_sendin
     )
     clear = store.clear_outbox
 
-    async def redis_gone(partition: int, count: int) -> None:
+    async def redis_gone(partition: int, records: Sequence[OutboxRecord]) -> int:
         raise ConnectionError("Redis restarting")
 
     store.clear_outbox = redis_gone  # type: ignore[method-assign]
