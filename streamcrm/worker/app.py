@@ -36,9 +36,10 @@ from streamcrm.services.kafka import OutputReader, Record, read_range, topic_ids
 from streamcrm.settings import Settings
 from streamcrm.store import OutboxRecord, RedisStateStore
 from streamcrm.worker.dashboard import register_dashboard
+from streamcrm.worker.learning import SharedLearner
 from streamcrm.worker.metrics import WorkerMetrics
 from streamcrm.worker.outbox import OutboxPublisher
-from streamcrm.worker.pipeline import ScoringPipeline, SharedLearner
+from streamcrm.worker.pipeline import ScoringPipeline
 from streamcrm.worker.web import (
     SAMPLE_INTERVAL_S,
     register_web_views,

@@ -36,8 +36,9 @@ from streamcrm.core.records import Alert, CustomerScore
 from streamcrm.core.scoring import ScoredEvent
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.store import StateStore
+from streamcrm.worker.learning import MODEL_CHECKPOINT
 from streamcrm.worker.metrics import PartitionPosition, WorkerMetrics
-from streamcrm.worker.pipeline import MODEL_CHECKPOINT, BatchOutcome, InputMessage, ScoringPipeline
+from streamcrm.worker.pipeline import BatchOutcome, InputMessage, ScoringPipeline
 
 logger = logging.getLogger(__name__)
 

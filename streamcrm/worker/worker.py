@@ -31,9 +31,11 @@ from streamcrm.models import ModelUpdate, ModelUpdateBatch
 from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
 from streamcrm.store import OutboxRecord
+from streamcrm.worker.learning import SharedLearner
 from streamcrm.worker.metrics import WorkerMetrics
 from streamcrm.worker.outbox import OutboxPublisher
-from streamcrm.worker.pipeline import InputMessage, ScoringPipeline, SharedLearner, SweepReport
+from streamcrm.worker.pipeline import InputMessage, ScoringPipeline
+from streamcrm.worker.sweeps import SweepReport
 from streamcrm.worker.web import forget_customers, message_timestamp, scored_in
 
 logger = logging.getLogger(__name__)

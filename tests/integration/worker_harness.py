@@ -35,7 +35,7 @@ from streamcrm.services.processes import (
 from streamcrm.settings import Settings
 from streamcrm.store import customer_key, model_key
 from streamcrm.store.codec import unpack
-from streamcrm.worker.pipeline import MODEL_CHECKPOINT
+from streamcrm.worker.learning import MODEL_CHECKPOINT
 
 WAIT_S = 90.0
 _T = TypeVar("_T")

@@ -34,7 +34,9 @@ from streamcrm.store import (
     OutboxRecord,
     SaveResult,
 )
-from streamcrm.worker.pipeline import MODEL_CHECKPOINT, KeyedLocks, ScoringPipeline, SharedLearner
+from streamcrm.worker.learning import MODEL_CHECKPOINT, SharedLearner
+from streamcrm.worker.locks import KeyedLocks
+from streamcrm.worker.pipeline import ScoringPipeline
 from tests.outputs import outbox_outputs
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -11,9 +11,10 @@ from streamcrm.core.scoring import ScoringConfig
 from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
 from streamcrm.store import InMemoryStateStore
+from streamcrm.worker.learning import SharedLearner
 from streamcrm.worker.metrics import WorkerMetrics
 from streamcrm.worker.outbox import OutboxPublisher
-from streamcrm.worker.pipeline import ScoringPipeline, SharedLearner
+from streamcrm.worker.pipeline import ScoringPipeline
 from streamcrm.worker.worker import Worker
 from tests.outputs import FakeOutputs
 from tests.unit.test_pipeline import cancellation, purchase

@@ -1,0 +1,131 @@
+"""Sweeping quiet customers on to the watermark: label ledgers closed and re-scores as of the
+passing event time, for customers who send no events (see docs/scores.md).
+
+A customer is due in the due index of the input partition their events come from; only the
+partitions a worker owns are swept, so no two workers touch one customer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+
+from streamcrm.core.scoring import ScoringConfig, sweep_customer
+from streamcrm.store import LedgerDue, PendingWrite, SaveResult
+from streamcrm.store.retrying import RetryingStore
+from streamcrm.worker.learning import LiveModels
+from streamcrm.worker.watermarks import EventTime
+
+HoldingBack = Callable[[int], Iterable[str]]
+"""For an input partition number, the input topics whose partition of that number still has
+messages for this worker to apply (fetched or not yet): they hold its watermark back."""
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did: customers visited, examples learned, heartbeat snapshots taken,
+    re-scores made (of which the lapsed ones) and the alerts they raised."""
+
+    customers: int = 0
+    examples_learned: int = 0
+    heartbeats: int = 0
+    rescores: int = 0
+    lapsed: int = 0
+    alerts: int = 0
+
+    def __add__(self, other: SweepReport) -> SweepReport:
+        return SweepReport(
+            self.customers + other.customers,
+            self.examples_learned + other.examples_learned,
+            self.heartbeats + other.heartbeats,
+            self.rescores + other.rescores,
+            self.lapsed + other.lapsed,
+            self.alerts + other.alerts,
+        )
+
+
+class QuietCustomerSweeper:
+    """Moves the due customers of owned partitions on to each partition's watermark."""
+
+    def __init__(
+        self,
+        store: RetryingStore,
+        models: LiveModels,
+        time: EventTime,
+        config: ScoringConfig,
+        hold: Callable[[str], AbstractAsyncContextManager[None]],
+        outcomes: Counter[str],
+    ) -> None:
+        """``hold``: the customer's lock, shared with event scoring (one step per customer at
+        a time); ``outcomes``: the worker's message counters, to count labels and re-scores."""
+        self.store = store
+        self.models = models
+        self.time = time
+        self.config = config
+        self.hold = hold
+        self.outcomes = outcomes
+
+    async def sweep(
+        self,
+        partitions: Iterable[int],
+        limit: int = 500,
+        holding_back: HoldingBack | None = None,
+    ) -> SweepReport:
+        """Move quiet customers on to the watermark: label ledgers, and re-scores as of the
+        passing event time (their outputs written to the partition's outbox with the state).
+
+        At most ``limit`` customers of each partition per call, so a long replay or a jump in
+        event time cannot starve event scoring (the rest are still due at the next sweep).
+        Each partition is swept to its own watermark (:meth:`EventTime.for_partition`).
+        """
+        report = SweepReport()
+        if self.time.watermark is None:
+            return report
+        for partition in partitions:
+            watermark = self.time.for_partition(
+                partition, () if holding_back is None else holding_back(partition)
+            )
+            if watermark is None:
+                continue
+            for customer_id in await self.store.due_customers(partition, watermark, limit):
+                async with self.hold(customer_id):
+                    report = report + await self._sweep_one(partition, customer_id, watermark)
+        return report
+
+    async def _sweep_one(
+        self, partition: int, customer_id: str, watermark: datetime
+    ) -> SweepReport:
+        state = await self.store.load(customer_id)
+        if state is None:  # expired (retention): nothing left to label
+            await self.store.forget_due(partition, customer_id)
+            return SweepReport(customers=1)
+        queued = self.models.queued()
+        swept = sweep_customer(
+            state, watermark, self.models.bundle, self.config, self.models.updates
+        )
+        outputs = [(swept.score, swept.alerts)] if swept.score is not None else []
+        saved = await self.store.save(
+            swept.state,
+            swept.score,
+            LedgerDue(partition, swept.due_at),
+            None,
+            PendingWrite.outputs_of(outputs),
+        )
+        if saved != SaveResult.APPLIED:  # erased meanwhile: nothing of it may be learned
+            self.models.drop_from(queued)
+            return SweepReport(customers=1)
+        self.outcomes["labelled by sweep"] += swept.examples_learned
+        rescored = swept.score is not None
+        if rescored:
+            self.outcomes["re-scored"] += 1
+        return SweepReport(
+            customers=1,
+            examples_learned=swept.examples_learned,
+            heartbeats=swept.heartbeats,
+            rescores=int(rescored),
+            lapsed=int(swept.score is not None and swept.score.lapsed),
+            alerts=len(swept.alerts),
+        )
