@@ -375,85 +375,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _password_out_of_the_redis_url(cls, data: Any) -> Any:
-        """Move a password written in ``redis_url`` into ``redis_password`` (a SecretStr), so
-        that no repr, dump or log of the settings carries it."""
-        if not isinstance(data, dict) or not isinstance(data.get("redis_url"), str):
-            return data
-        url, password = split_url_password(data["redis_url"])
-        username = url_username(url)
-        if username is not None and data.get("redis_username") not in (None, username):
-            raise ConfigurationError(
-                "two Redis user names: one in redis_url and another in redis_username; give it once"
-            )
-        if password is None:
-            return data
-        if data.get("redis_password") is not None:
-            raise ConfigurationError(
-                "two Redis passwords: one in redis_url and another in redis_password; "
-                "give it once (STREAMCRM_REDIS_PASSWORD keeps it out of the URL)"
-            )
-        return {**data, "redis_url": url, "redis_password": password}
+    def _no_password_in_the_redis_url(cls, data: Any) -> Any:
+        return _password_out_of_the_redis_url(data)
 
     @model_validator(mode="after")
-    def _kafka_security_settings_fit_the_protocol(self) -> Settings:
-        protocol = self.kafka_security_protocol
-        sasl = {
-            "kafka_sasl_mechanism": self.kafka_sasl_mechanism,
-            "kafka_sasl_username": self.kafka_sasl_username,
-            "kafka_sasl_password": self.kafka_sasl_password,
-        }
-        tls_files = {
-            "kafka_ssl_cafile": self.kafka_ssl_cafile,
-            "kafka_ssl_certfile": self.kafka_ssl_certfile,
-            "kafka_ssl_keyfile": self.kafka_ssl_keyfile,
-        }
-        tls = {**tls_files, "kafka_ssl_password": self.kafka_ssl_password}
-        if protocol in SASL_PROTOCOLS:
-            missing = [name for name, value in sasl.items() if not value]
-            if missing:
-                raise ConfigurationError(
-                    f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism, "
-                    f"kafka_sasl_username and kafka_sasl_password; missing: {', '.join(missing)}"
-                )
-        elif given := [name for name, value in sasl.items() if value is not None]:
-            raise ConfigurationError(
-                f"{', '.join(given)} set, but kafka_security_protocol is {protocol}, which "
-                "does not authenticate: use SASL_SSL (or SASL_PLAINTEXT)"
-            )
-        if protocol not in TLS_PROTOCOLS and (
-            given := [name for name, value in tls.items() if value is not None]
-        ):
-            raise ConfigurationError(
-                f"{', '.join(given)} set, but kafka_security_protocol is {protocol}, which "
-                "does not use TLS: use SSL or SASL_SSL"
-            )
-        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
-            raise ConfigurationError("kafka_ssl_keyfile needs kafka_ssl_certfile")
-        if self.kafka_ssl_password is not None and self.kafka_ssl_certfile is None:
-            raise ConfigurationError("kafka_ssl_password needs kafka_ssl_certfile (and its key)")
-        _files_exist(tls_files)
-        return self
-
-    @model_validator(mode="after")
-    def _redis_tls_settings_need_a_rediss_url(self) -> Settings:
-        tls_files = {
-            "redis_ssl_ca_certs": self.redis_ssl_ca_certs,
-            "redis_ssl_certfile": self.redis_ssl_certfile,
-            "redis_ssl_keyfile": self.redis_ssl_keyfile,
-        }
-        tls = {**tls_files, "redis_ssl_password": self.redis_ssl_password}
-        given = [name for name, value in tls.items() if value is not None]
-        if given and not (self.redis_url or "").startswith("rediss://"):
-            raise ConfigurationError(
-                f"{', '.join(given)} set, but redis_url is not a rediss:// URL "
-                f"({self.redis_url_for_logs or 'unset: the embedded redis-server has no TLS'})"
-            )
-        if self.redis_ssl_keyfile is not None and self.redis_ssl_certfile is None:
-            raise ConfigurationError("redis_ssl_keyfile needs redis_ssl_certfile")
-        if self.redis_ssl_password is not None and self.redis_ssl_certfile is None:
-            raise ConfigurationError("redis_ssl_password needs redis_ssl_certfile (and its key)")
-        _files_exist(tls_files)
+    def _connection_security_is_consistent(self) -> Settings:
+        _check_kafka_security(self)
+        _check_redis_tls(self)
         return self
 
     @property
@@ -532,3 +460,87 @@ class Settings(BaseSettings):
                 "sweep_interval_s": min(self.sweep_interval_s, 2.0),
             }
         )
+
+
+def _password_out_of_the_redis_url(data: Any) -> Any:
+    """Move a password written in ``redis_url`` into ``redis_password`` (a SecretStr), so
+    that no repr, dump or log of the settings carries it."""
+    if not isinstance(data, dict) or not isinstance(data.get("redis_url"), str):
+        return data
+    url, password = split_url_password(data["redis_url"])
+    username = url_username(url)
+    if username is not None and data.get("redis_username") not in (None, username):
+        raise ConfigurationError(
+            "two Redis user names: one in redis_url and another in redis_username; give it once"
+        )
+    if password is None:
+        return data
+    if data.get("redis_password") is not None:
+        raise ConfigurationError(
+            "two Redis passwords: one in redis_url and another in redis_password; "
+            "give it once (STREAMCRM_REDIS_PASSWORD keeps it out of the URL)"
+        )
+    return {**data, "redis_url": url, "redis_password": password}
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    """SASL settings exactly when the protocol authenticates, TLS files only when it uses TLS,
+    a key or its password only with a certificate, and every file there."""
+    protocol = settings.kafka_security_protocol
+    sasl = {
+        "kafka_sasl_mechanism": settings.kafka_sasl_mechanism,
+        "kafka_sasl_username": settings.kafka_sasl_username,
+        "kafka_sasl_password": settings.kafka_sasl_password,
+    }
+    tls_files = {
+        "kafka_ssl_cafile": settings.kafka_ssl_cafile,
+        "kafka_ssl_certfile": settings.kafka_ssl_certfile,
+        "kafka_ssl_keyfile": settings.kafka_ssl_keyfile,
+    }
+    tls = {**tls_files, "kafka_ssl_password": settings.kafka_ssl_password}
+    if protocol in SASL_PROTOCOLS:
+        missing = [name for name, value in sasl.items() if not value]
+        if missing:
+            raise ConfigurationError(
+                f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism, "
+                f"kafka_sasl_username and kafka_sasl_password; missing: {', '.join(missing)}"
+            )
+    elif given := [name for name, value in sasl.items() if value is not None]:
+        raise ConfigurationError(
+            f"{', '.join(given)} set, but kafka_security_protocol is {protocol}, which "
+            "does not authenticate: use SASL_SSL (or SASL_PLAINTEXT)"
+        )
+    if protocol not in TLS_PROTOCOLS and (
+        given := [name for name, value in tls.items() if value is not None]
+    ):
+        raise ConfigurationError(
+            f"{', '.join(given)} set, but kafka_security_protocol is {protocol}, which "
+            "does not use TLS: use SSL or SASL_SSL"
+        )
+    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+        raise ConfigurationError("kafka_ssl_keyfile needs kafka_ssl_certfile")
+    if settings.kafka_ssl_password is not None and settings.kafka_ssl_certfile is None:
+        raise ConfigurationError("kafka_ssl_password needs kafka_ssl_certfile (and its key)")
+    _files_exist(tls_files)
+
+
+def _check_redis_tls(settings: Settings) -> None:
+    """Redis TLS files only with a rediss:// URL, a key or its password only with a
+    certificate, and every file there."""
+    tls_files = {
+        "redis_ssl_ca_certs": settings.redis_ssl_ca_certs,
+        "redis_ssl_certfile": settings.redis_ssl_certfile,
+        "redis_ssl_keyfile": settings.redis_ssl_keyfile,
+    }
+    tls = {**tls_files, "redis_ssl_password": settings.redis_ssl_password}
+    given = [name for name, value in tls.items() if value is not None]
+    if given and not (settings.redis_url or "").startswith("rediss://"):
+        raise ConfigurationError(
+            f"{', '.join(given)} set, but redis_url is not a rediss:// URL "
+            f"({settings.redis_url_for_logs or 'unset: the embedded redis-server has no TLS'})"
+        )
+    if settings.redis_ssl_keyfile is not None and settings.redis_ssl_certfile is None:
+        raise ConfigurationError("redis_ssl_keyfile needs redis_ssl_certfile")
+    if settings.redis_ssl_password is not None and settings.redis_ssl_certfile is None:
+        raise ConfigurationError("redis_ssl_password needs redis_ssl_certfile (and its key)")
+    _files_exist(tls_files)
