@@ -1,0 +1,126 @@
+"""Retention after alerts, acted on or held out (streamcrm.core.interventions)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamcrm.core.interventions import (
+    AlertMemory,
+    AlertSent,
+    RetentionFigures,
+    RetentionKey,
+    RetentionTally,
+    record_alert,
+    record_purchase,
+    settle,
+    summed,
+)
+
+DAY = timedelta(days=1)
+WINDOW = 30 * DAY
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def alert(alert_id: str, day: float, control: bool = False, segment: str = "loyal") -> AlertSent:
+    return AlertSent(alert_id, "churn_risk", segment, T0 + day * DAY, control)
+
+
+def settled_at(memory: AlertMemory, day: float) -> tuple[AlertMemory, RetentionTally]:
+    at = T0 + day * DAY
+    return settle(memory, at, WINDOW, at)
+
+
+def test_an_alert_counts_as_retained_only_for_a_purchase_after_it_within_the_window() -> None:
+    memory = AlertMemory()
+    for sent in (alert("a1", 0), alert("a2", 100), alert("a3", 200)):
+        memory = record_alert(memory, sent)
+    for day in (0, 15, 131, 230):  # a1: day 15 (not day 0); a2: none (131 is too late)
+        memory = record_purchase(memory, T0 + day * DAY)
+
+    _, tally = settled_at(memory, 400)
+
+    assert tally.groups == {RetentionKey("churn_risk", "loyal", "acted"): RetentionFigures(3, 2)}
+
+
+def test_an_alert_is_counted_once_its_window_has_closed_and_not_before() -> None:
+    memory = record_alert(AlertMemory(), alert("a1", 0))
+
+    memory, early = settled_at(memory, 29)
+    memory = record_purchase(memory, T0 + 29.5 * DAY)  # arrives before the window closes
+    memory, closed = settled_at(memory, 30)
+    _, again = settled_at(memory, 60)
+
+    assert early == RetentionTally() == again
+    assert closed.groups[RetentionKey("churn_risk", "loyal", "acted")] == RetentionFigures(1, 1)
+
+
+def test_acted_and_control_alerts_are_kept_apart_per_kind_and_segment() -> None:
+    memory = AlertMemory()
+    for sent in (
+        alert("a1", 0),
+        alert("a2", 0, control=True),
+        alert("a3", 0, segment="new"),
+        alert("a4", 0, control=True, segment="new"),
+    ):
+        memory = record_alert(memory, sent)
+    memory = record_purchase(memory, T0 + DAY)
+
+    _, tally = settled_at(memory, 40)
+
+    assert tally.acted_and_control("churn_risk") == (RetentionFigures(2, 2), RetentionFigures(2, 2))
+    assert tally.acted_and_control("churn_risk", "new") == (
+        RetentionFigures(1, 1),
+        RetentionFigures(1, 1),
+    )
+    assert RetentionFigures(4, 1).rate == 0.25 and RetentionFigures().rate is None
+
+
+events = st.lists(
+    st.one_of(
+        st.tuples(st.just("alert"), st.integers(0, 60), st.booleans()),
+        st.tuples(st.just("purchase"), st.integers(0, 120), st.just(False)),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.randoms(use_true_random=False))
+def test_the_settled_figures_do_not_depend_on_the_order_events_arrived_in(
+    history: list[tuple[str, int, bool]], rng: object
+) -> None:
+    """Everything arrives before the watermark passes it (what the allowed lateness is for);
+    settling every ten days as the watermark moves on gives the same sums in any order."""
+
+    def run(arrival: list[tuple[str, int, bool]]) -> RetentionTally:
+        memory, parts = AlertMemory(), []
+        by_day = sorted(arrival, key=lambda e: e[1])
+        for day in range(0, 200, 10):
+            for n, (kind, at, control) in enumerate(arrival):
+                if by_day and at < day + 10 and (kind, at, control) in by_day:
+                    by_day.remove((kind, at, control))
+                    if kind == "alert":
+                        memory = record_alert(memory, alert(f"a{at}-{n}", at, control))
+                    else:
+                        memory = record_purchase(memory, T0 + at * DAY)
+            # Everything up to day + 10 is in: the watermark is at day.
+            memory, part = settle(memory, T0 + day * DAY, WINDOW, T0 + day * DAY)
+            parts.append(part)
+        return summed(parts)
+
+    shuffled = list(history)
+    rng.shuffle(shuffled)  # type: ignore[attr-defined]
+    purchases = [at for kind, at, _ in history if kind == "purchase"]
+    expected: dict[RetentionKey, RetentionFigures] = {}
+    for kind, at, control in history:
+        if kind == "alert" and at + 30 <= 190:  # settled by the last watermark
+            key = alert("", at, control).key
+            retained = any(at < bought <= at + 30 for bought in purchases)
+            expected[key] = expected.get(key, RetentionFigures()) + RetentionFigures(
+                1, int(retained)
+            )
+
+    assert run(history) == run(shuffled) == RetentionTally(expected)
