@@ -15,6 +15,7 @@ from pydantic import Field, TypeAdapter
 from streamcrm.core.events import (
     CancellationEvent,
     FeedbackEvent,
+    MarketingEvent,
     PrivacyEvent,
     PurchaseEvent,
     RefundEvent,
@@ -27,6 +28,7 @@ _TOPIC_MODELS: dict[str, Any] = {
     "feedback": FeedbackEvent,
     "support": Annotated[SupportEvent | CancellationEvent, Field(discriminator="type")],
     "privacy": PrivacyEvent,
+    "marketing": MarketingEvent,
     "scores": CustomerScore,
     "alerts": Alert,
     "deadletter": DeadLetter,

@@ -16,6 +16,10 @@ crm.support     ``support``      a ticket was opened / answered / resolved / esc
 crm.support     ``cancellation`` the customer closed the account (explicit churn)
 crm.privacy     ``erasure``      the customer asked to be forgotten (GDPR / CCPA)
 crm.privacy     ``consent``      the customer consented again after an erasure
+crm.marketing   ``touch``        a campaign touch was sent (campaign, arm, channel, cost)
+crm.marketing   ``offer``        a retention offer was sent in answer to an alert
+crm.marketing   ``open``         the customer opened a touch
+crm.marketing   ``click``        the customer clicked through a touch
 ==============  ===============  =====================================================
 
 Messages are validated once, at the edge, by :func:`decode_event`.
@@ -300,6 +304,74 @@ def decode_privacy_event(raw: bytes) -> PrivacyEvent:
         )
     try:
         return PRIVACY_EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as error:
+        raise _as_invalid_event(error) from None
+
+
+MarketingChannel = Literal["email", "sms", "push", "in_app", "web", "mail", "phone"]
+
+
+class CampaignTouch(_Event):
+    """A campaign touch was sent to the customer: ``arm`` is the variant of the campaign's
+    A/B test it belongs to, ``cost`` what sending it cost."""
+
+    type: Literal["touch"] = "touch"
+    touch_id: Identifier
+    campaign_id: Identifier
+    arm: Identifier
+    channel: MarketingChannel
+    cost: Money = 0.0
+    currency: CurrencyCode = "USD"
+
+
+class RetentionOffer(_Event):
+    """A retention offer was sent in answer to a streamcrm alert: a campaign touch that names
+    the alert it answers (``alert_id``)."""
+
+    type: Literal["offer"] = "offer"
+    touch_id: Identifier
+    campaign_id: Identifier
+    arm: Identifier
+    channel: MarketingChannel
+    alert_id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
+    """The ``alert_id`` of the alert answered (``"{event_id}:{kind}"``)."""
+    cost: Money = 0.0
+    currency: CurrencyCode = "USD"
+
+
+class TouchOpened(_Event):
+    """The customer opened a touch."""
+
+    type: Literal["open"] = "open"
+    touch_id: Identifier
+
+
+class TouchClicked(_Event):
+    """The customer clicked through a touch."""
+
+    type: Literal["click"] = "click"
+    touch_id: Identifier
+
+
+MarketingEvent = Annotated[
+    CampaignTouch | RetentionOffer | TouchOpened | TouchClicked, Field(discriminator="type")
+]
+MARKETING_EVENT_ADAPTER: TypeAdapter[MarketingEvent] = TypeAdapter(MarketingEvent)
+
+
+def decode_marketing_event(raw: bytes) -> MarketingEvent:
+    """Validate a message of the marketing topic, or raise an ``InvalidEventError``.
+
+    >>> decode_marketing_event(b'{"type": "open", "event_id": "m1", "customer_id": "c1",'
+    ...     b' "occurred_at": "2026-03-01T00:00:00Z", "touch_id": "t1"}').touch_id
+    't1'
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise UndecodableEventError(
+            f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", code="too_large"
+        )
+    try:
+        return MARKETING_EVENT_ADAPTER.validate_json(raw)
     except ValidationError as error:
         raise _as_invalid_event(error) from None
 

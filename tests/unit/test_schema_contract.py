@@ -1,11 +1,12 @@
 """One contract: the decoder accepts exactly what the published JSON Schemas in ``schemas/`` accept.
 
-For each input topic (purchases, feedback, support, privacy), events are generated valid and
-then broken: wrong types (strings and booleans for numbers, numbers for times, ``3.0`` for
-integers, nulls, lists), missing and unknown fields, values out of range, unknown enum values,
-malformed or out-of-range times. A JSON Schema validator (Draft 2020-12, ``date-time`` format
-checked) reading the checked-in schema and :func:`~streamcrm.core.events.decode_event` must give
-the same verdict on every one; nothing generated is filtered away.
+For each input topic (purchases, feedback, support, privacy, marketing), events are
+generated valid and then broken: wrong types (strings and booleans for numbers, numbers for
+times, ``3.0`` for integers, nulls, lists), missing and unknown fields, values out of range,
+unknown enum values, malformed or out-of-range times. A JSON Schema validator (Draft
+2020-12, ``date-time`` format checked) reading the checked-in schema and
+:func:`~streamcrm.core.events.decode_event` must give the same verdict on every one; nothing
+generated is filtered away.
 
 Two readings make the schema side faithful to the standards rather than to Python's tools:
 
@@ -37,16 +38,22 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
 from streamcrm.cli.schemas import DIALECT, schema_path
-from streamcrm.core.events import MAX_MESSAGE_BYTES, decode_event, decode_privacy_event
+from streamcrm.core.events import (
+    MAX_MESSAGE_BYTES,
+    decode_event,
+    decode_marketing_event,
+    decode_privacy_event,
+)
 from streamcrm.errors import InvalidEventError, UndecodableEventError
 
 REPO = Path(__file__).resolve().parents[2]
-TOPICS = ("purchases", "feedback", "support", "privacy")
+TOPICS = ("purchases", "feedback", "support", "privacy", "marketing")
 TYPES = {
     "purchases": ("purchase", "refund"),
     "feedback": ("feedback",),
     "support": ("support", "cancellation"),
     "privacy": ("erasure", "consent"),
+    "marketing": ("touch", "offer", "open", "click"),
 }
 CONTRACT = settings(
     max_examples=50,
@@ -110,6 +117,8 @@ def decoder_verdict(kind: str, raw: bytes) -> str | None:
     try:
         if kind == "privacy":
             decode_privacy_event(raw)
+        elif kind == "marketing":
+            decode_marketing_event(raw)
         else:
             decode_event(raw, topic=f"crm.{kind}")
     except InvalidEventError as error:
@@ -216,6 +225,20 @@ def valid_events(draw: st.DrawFn, kind: str) -> dict[str, Any]:
         _optional(fields, draw, priority=st.sampled_from(["low", "normal", "high", "urgent"]))
     elif event_type == "erasure":
         _optional(fields, draw, regulation=st.sampled_from(["gdpr", "ccpa", "other"]))
+    elif event_type in ("touch", "offer"):
+        fields |= {
+            "touch_id": draw(identifiers),
+            "campaign_id": draw(identifiers),
+            "arm": draw(identifiers),
+            "channel": draw(
+                st.sampled_from(["email", "sms", "push", "in_app", "web", "mail", "phone"])
+            ),
+        }
+        _optional(fields, draw, cost=money, currency=currencies)
+        if event_type == "offer":
+            fields["alert_id"] = draw(st.text(ID_CHARACTERS, min_size=1, max_size=256))
+    elif event_type in ("open", "click"):
+        fields["touch_id"] = draw(identifiers)
     return fields
 
 
