@@ -23,7 +23,7 @@ before it settled.
 
 >>> from datetime import datetime, timedelta, UTC
 >>> day = datetime(2026, 3, 1, tzinfo=UTC)
->>> memory = record_alert(AlertMemory(), AlertSent("a1", "churn_risk", "loyal", day, False))
+>>> memory = record_alert(AlertOutcomes(), AlertSent("a1", "churn_risk", "loyal", day, False))
 >>> memory = record_purchase(memory, day + timedelta(days=10))
 >>> later = day + timedelta(days=40)
 >>> memory, settled = settle(memory, later, timedelta(days=30), later)
@@ -118,8 +118,10 @@ class RetentionTally:
 
 
 @dataclass(frozen=True)
-class AlertMemory:
-    """A customer's alerts not yet settled, and their purchase times that may still count."""
+class AlertOutcomes:
+    """A customer's alerts whose outcome is not yet settled, and the purchase times that may
+    still settle one (not the alert rules' hysteresis, which is
+    :class:`streamcrm.core.alerts.AlertMemory`)."""
 
     pending: tuple[AlertSent, ...] = ()
     """Sorted by (time, id)."""
@@ -127,7 +129,7 @@ class AlertMemory:
     """Sorted, distinct."""
 
 
-def record_alert(memory: AlertMemory, alert: AlertSent) -> AlertMemory:
+def record_alert(memory: AlertOutcomes, alert: AlertSent) -> AlertOutcomes:
     """Remember an alert until it settles (a repeated pending id changes nothing). An alert
     is recorded in the same atomic step that raised it, so it is recorded once."""
     if any(a.alert_id == alert.alert_id for a in memory.pending):
@@ -136,7 +138,7 @@ def record_alert(memory: AlertMemory, alert: AlertSent) -> AlertMemory:
     return replace(memory, pending=pending)
 
 
-def record_purchase(memory: AlertMemory, at: datetime) -> AlertMemory:
+def record_purchase(memory: AlertOutcomes, at: datetime) -> AlertOutcomes:
     """Remember a purchase time (it may settle a pending alert as retained)."""
     if at in memory.purchases:
         return memory
@@ -144,8 +146,8 @@ def record_purchase(memory: AlertMemory, at: datetime) -> AlertMemory:
 
 
 def settle(
-    memory: AlertMemory, watermark: datetime, window: timedelta, settled_before: datetime
-) -> tuple[AlertMemory, RetentionTally]:
+    memory: AlertOutcomes, watermark: datetime, window: timedelta, settled_before: datetime
+) -> tuple[AlertOutcomes, RetentionTally]:
     """Count every pending alert whose window closed by ``watermark``; the memory without
     them and the delta.
 
@@ -164,7 +166,7 @@ def settle(
             1, int(retained)
         )
     earliest = min([a.at for a in still] + [settled_before])
-    kept = AlertMemory(
+    kept = AlertOutcomes(
         pending=tuple(still), purchases=tuple(at for at in memory.purchases if at > earliest)
     )
     return kept, RetentionTally(MappingProxyType(counted))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamcrm.core.interventions import (
-    AlertMemory,
+    AlertOutcomes,
     AlertSent,
     RetentionFigures,
     RetentionKey,
@@ -28,13 +28,13 @@ def alert(alert_id: str, day: float, control: bool = False, segment: str = "loya
     return AlertSent(alert_id, "churn_risk", segment, T0 + day * DAY, control)
 
 
-def settled_at(memory: AlertMemory, day: float) -> tuple[AlertMemory, RetentionTally]:
+def settled_at(memory: AlertOutcomes, day: float) -> tuple[AlertOutcomes, RetentionTally]:
     at = T0 + day * DAY
     return settle(memory, at, WINDOW, at)
 
 
 def test_an_alert_counts_as_retained_only_for_a_purchase_after_it_within_the_window() -> None:
-    memory = AlertMemory()
+    memory = AlertOutcomes()
     for sent in (alert("a1", 0), alert("a2", 100), alert("a3", 200)):
         memory = record_alert(memory, sent)
     for day in (0, 15, 131, 230):  # a1: day 15 (not day 0); a2: none (131 is too late)
@@ -46,7 +46,7 @@ def test_an_alert_counts_as_retained_only_for_a_purchase_after_it_within_the_win
 
 
 def test_an_alert_is_counted_once_its_window_has_closed_and_not_before() -> None:
-    memory = record_alert(AlertMemory(), alert("a1", 0))
+    memory = record_alert(AlertOutcomes(), alert("a1", 0))
 
     memory, early = settled_at(memory, 29)
     memory = record_purchase(memory, T0 + 29.5 * DAY)  # arrives before the window closes
@@ -58,7 +58,7 @@ def test_an_alert_is_counted_once_its_window_has_closed_and_not_before() -> None
 
 
 def test_acted_and_control_alerts_are_kept_apart_per_kind_and_segment() -> None:
-    memory = AlertMemory()
+    memory = AlertOutcomes()
     for sent in (
         alert("a1", 0),
         alert("a2", 0, control=True),
@@ -96,7 +96,7 @@ def test_the_settled_figures_do_not_depend_on_the_order_events_arrived_in(
     settling every ten days as the watermark moves on gives the same sums in any order."""
 
     def run(arrival: list[tuple[str, int, bool]]) -> RetentionTally:
-        memory, parts = AlertMemory(), []
+        memory, parts = AlertOutcomes(), []
         by_day = sorted(arrival, key=lambda e: e[1])
         for day in range(0, 200, 10):
             for n, (kind, at, control) in enumerate(arrival):
