@@ -186,15 +186,16 @@ class Tally:
 
 @dataclass(frozen=True)
 class MarketingMemory:
-    """A customer's recent touches, opens, clicks and purchases (see the module docstring)."""
+    """A customer's recent touches, opens, clicks and purchases (see the module docstring).
+
+    Kept in the customer's state (plain mappings, so it serialises with it); every function
+    here returns a new memory and never changes one."""
 
     touches: tuple[Touch, ...] = ()
     """Sorted by (time, id)."""
-    opened: Mapping[str, tuple[datetime, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    opened: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
     """Touch id → the times it was opened, sorted (an open may arrive before its touch)."""
-    clicked: Mapping[str, tuple[datetime, ...]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    clicked: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
     """Touch id → the times it was clicked, sorted."""
     purchases: tuple[Purchase, ...] = ()
     """Sorted by (time, id)."""
@@ -263,7 +264,7 @@ def record_touch(
 def _seen_at(
     seen: Mapping[str, tuple[datetime, ...]], touch_id: str, at: datetime
 ) -> Mapping[str, tuple[datetime, ...]]:
-    return MappingProxyType({**seen, touch_id: tuple(sorted({*seen.get(touch_id, ()), at}))})
+    return {**seen, touch_id: tuple(sorted({*seen.get(touch_id, ()), at}))}
 
 
 def record_open(
@@ -328,9 +329,7 @@ def forget_before(
             for touch_id, times in seen.items()
             if touch_id not in dropped
         }
-        return MappingProxyType(
-            {touch_id: times for touch_id, times in kept_times.items() if times}
-        )
+        return {touch_id: times for touch_id, times in kept_times.items() if times}
 
     return MarketingMemory(
         touches=touches,
