@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from streamcrm.core.alerts import AlertRules, evaluate_alerts
-from streamcrm.core.events import CancellationEvent, Event, PurchaseEvent
+from streamcrm.core.events import (
+    CampaignTouch,
+    CancellationEvent,
+    Event,
+    MarketingEvent,
+    PurchaseEvent,
+    RetentionOffer,
+    TouchClicked,
+    TouchOpened,
+)
 from streamcrm.core.features import churn_features, customer_features, repeat_buying
 from streamcrm.core.labels import (
     MAX_PENDING_SNAPSHOTS,
@@ -31,6 +40,18 @@ from streamcrm.core.labels import (
     settle_closed,
     settle_on_cancellation,
 )
+from streamcrm.core.marketing import (
+    DEFAULT_ATTRIBUTION_WINDOW,
+    MarketingMemory,
+    Purchase,
+    Tally,
+    Touch,
+    forget_before,
+    record_click,
+    record_open,
+    record_touch,
+)
+from streamcrm.core.marketing import record_purchase as attribute_purchase
 from streamcrm.core.records import Alert, ChurnDriver, CustomerScore, ScoreTrigger, rescore_id
 from streamcrm.core.scores import (
     DEFAULT_DISCOUNT_RATE,
@@ -47,7 +68,14 @@ from streamcrm.core.scores import (
     net_promoter_score,
     satisfaction_mean,
 )
-from streamcrm.core.state import CustomerState, PendingSnapshot, StateRules, apply, with_score_point
+from streamcrm.core.state import (
+    RECENT_EVENT_IDS,
+    CustomerState,
+    PendingSnapshot,
+    StateRules,
+    apply,
+    with_score_point,
+)
 from streamcrm.models import BuyingObservation, Learner, ModelBundle
 
 
@@ -76,6 +104,8 @@ class ScoringConfig:
     rescore_horizon: timedelta = timedelta(days=180)
     """Quiet this long after their last event, a customer gets one last score marked lapsed
     and is not re-scored again until their next event."""
+    attribution_window: timedelta = DEFAULT_ATTRIBUTION_WINDOW
+    """How long after a campaign touch a purchase is attributed to it."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +134,8 @@ class ScoredEvent:
     """Re-scores the customer was owed before this event (quiet through their moments, and
     not yet swept): published before ``score``, so a replay that outruns the sweeps gives the
     same re-scores as the live path."""
+    campaigns: Tally = field(default_factory=Tally)
+    """What the event changed in the campaign figures (a purchase a touch won)."""
 
     @property
     def outputs(self) -> list[tuple[CustomerScore, tuple[Alert, ...]]]:
@@ -200,8 +232,10 @@ def score_event(
         )
         last_snapshot_at = max(as_of, last_snapshot_at or as_of)
     alert_memory, alerts = evaluate_alerts(new_state.alert_memory, score, config.alerts)
+    marketing, campaigns = _attributed(new_state, event, config)
     final_state = new_state.model_copy(
         update={
+            "marketing": marketing,
             "pending_snapshots": pending,
             "last_snapshot_at": last_snapshot_at,
             "alert_memory": alert_memory,
@@ -217,7 +251,111 @@ def score_event(
         labelled=tuple(labelled),
         due_at=sweep_due_at(final_state, config),
         rescores=tuple(rescores),
+        campaigns=campaigns,
     )
+
+
+def _attributed(
+    state: CustomerState, event: Event, config: ScoringConfig
+) -> tuple[MarketingMemory, Tally]:
+    """A purchase joins the customer's marketing memory (a touch may have won it); any
+    applied event may let the memory forget what is settled."""
+    memory, campaigns = state.marketing, Tally()
+    settled_before = attribution_settled_before(state, config.rules)
+    if isinstance(event, PurchaseEvent) and (
+        settled_before is None or event.occurred_at >= settled_before
+    ):
+        cents = config.rules.to_reporting_cents(event.amount, event.currency)
+        purchase = Purchase(event.event_id, event.occurred_at, cents)
+        memory, campaigns = attribute_purchase(memory, purchase, config.attribution_window)
+    if settled_before is not None and (memory.touches or memory.purchases):
+        memory = forget_before(memory, settled_before, config.attribution_window)
+    return memory, campaigns
+
+
+ATTRIBUTION_TOPICS = ("purchases", "marketing")
+"""The input topics whose events attribution pairs up."""
+
+
+def attribution_settled_before(state: CustomerState, rules: StateRules) -> datetime | None:
+    """The earliest event time attribution still takes from the customer: their newest
+    purchase or marketing event less the allowed lateness (None before either). Older
+    purchases are applied to the state but not attributed; older marketing events are late.
+    """
+    newest = [
+        state.newest_by_topic[kind] for kind in ATTRIBUTION_TOPICS if kind in state.newest_by_topic
+    ]
+    return max(newest) - rules.allowed_lateness if newest else None
+
+
+@dataclass(frozen=True)
+class MarketingStep:
+    """The outcome of one marketing event: the state to save and the campaign figures it
+    changed. Nothing is scored: a touch is what the business did, not the customer."""
+
+    state: CustomerState
+    campaigns: Tally = field(default_factory=Tally)
+    duplicate: bool = False
+    late_by: timedelta | None = None
+
+
+def apply_marketing(
+    state: CustomerState | None, event: MarketingEvent, config: ScoringConfig
+) -> MarketingStep:
+    """Record a touch, retention offer, open or click in the customer's marketing memory.
+
+    A repeated ``event_id`` changes nothing. An event older than
+    :func:`attribution_settled_before` is late: counted (``late_events``), not applied. A
+    touch to a customer not seen yet makes a state for them (a prospect: their first event
+    sets when they were first seen). The touch is filed under the customer's segment of their
+    newest score ("" before any). Marketing events do not move the customer's last event
+    time: recency and churn are about what the customer did.
+    """
+    if state is None:
+        state = CustomerState(
+            customer_id=event.customer_id,
+            first_seen_at=event.occurred_at,
+            last_event_at=event.occurred_at,
+        )
+    elif event.event_id in state.recent_event_ids:
+        return MarketingStep(state=state, duplicate=True)
+    recent_ids = (state.recent_event_ids + (event.event_id,))[-RECENT_EVENT_IDS:]
+    settled_before = attribution_settled_before(state, config.rules)
+    if settled_before is not None and event.occurred_at < settled_before:
+        late = state.model_copy(
+            update={"late_events": state.late_events + 1, "recent_event_ids": recent_ids}
+        )
+        return MarketingStep(state=late, late_by=settled_before - event.occurred_at)
+    window = config.attribution_window
+    memory = state.marketing
+    match event:
+        case CampaignTouch() | RetentionOffer():
+            segment = state.score_history[-1].segment_name if state.score_history else ""
+            cost = config.rules.to_reporting_cents(event.cost, event.currency)
+            touch = Touch(
+                event.touch_id, event.campaign_id, event.arm, event.occurred_at, cost, segment
+            )
+            memory, campaigns = record_touch(memory, touch, window)
+        case TouchOpened():
+            memory, campaigns = record_open(memory, event.touch_id, event.occurred_at, window)
+        case TouchClicked():
+            memory, campaigns = record_click(memory, event.touch_id, event.occurred_at, window)
+    newest = state.newest_by_topic.get("marketing")
+    moved = state.model_copy(
+        update={
+            "recent_event_ids": recent_ids,
+            "newest_by_topic": {
+                **state.newest_by_topic,
+                "marketing": event.occurred_at
+                if newest is None
+                else max(newest, event.occurred_at),
+            },
+        }
+    )
+    settled = attribution_settled_before(moved, config.rules)
+    assert settled is not None
+    memory = forget_before(memory, settled, window)
+    return MarketingStep(state=moved.model_copy(update={"marketing": memory}), campaigns=campaigns)
 
 
 def _rescores_before(

@@ -51,6 +51,7 @@ from streamcrm.core.events import (
     RefundEvent,
     SupportEvent,
 )
+from streamcrm.core.marketing import MarketingMemory
 from streamcrm.core.records import AlertKind, CustomerScore
 from streamcrm.errors import EventValidationError
 
@@ -350,6 +351,9 @@ class CustomerState(_Frozen):
     last_scored_at: datetime | None = None
     """``as_of`` of the customer's newest score, made at an event or as event time passed
     (see :func:`streamcrm.core.scoring.rescore_due_at`)."""
+    marketing: MarketingMemory = Field(default_factory=MarketingMemory)
+    """Recent campaign touches and purchases, for attribution (see
+    :mod:`streamcrm.core.marketing`)."""
 
     @property
     def newest_score_at(self) -> datetime | None:
@@ -465,9 +469,16 @@ def apply(
         return Transition(state=late, late_by=newest - event.occurred_at)
 
     changes = _changes_for(state, event, rules)
+    # A state made by a campaign touch alone (a prospect) has seen no event of the customer:
+    # their first one sets when they were first and last seen.
+    prospect = state.events_applied == 0
     changes.update(
-        first_seen_at=min(state.first_seen_at, event.occurred_at),
-        last_event_at=max(state.last_event_at, event.occurred_at),
+        first_seen_at=event.occurred_at
+        if prospect
+        else min(state.first_seen_at, event.occurred_at),
+        last_event_at=event.occurred_at
+        if prospect
+        else max(state.last_event_at, event.occurred_at),
         newest_by_topic={
             **state.newest_by_topic,
             kind: event.occurred_at if newest is None else max(newest, event.occurred_at),
