@@ -147,6 +147,10 @@ class ArmFigures:
         return self.conversions / self.touches if self.touches else None
 
 
+FIGURE_NAMES = ("touches", "opens", "clicks", "conversions", "revenue_cents", "cost_cents")
+"""The figures of an arm, as stored (one field each)."""
+
+
 @dataclass(frozen=True)
 class Tally:
     """Figures per campaign arm: a customer's contribution, a delta, or a partition's sum.
@@ -174,6 +178,43 @@ class Tally:
     @property
     def is_zero(self) -> bool:
         return not self.arms
+
+    def increments(self) -> tuple[tuple[str, int], ...]:
+        """The tally as store increments: ``("{campaign}|{arm}|{segment}|{figure}", amount)``
+        for every figure that is not zero (see :meth:`from_fields`).
+
+        >>> Tally({ArmKey("c", "A", "new"): ArmFigures(touches=1, cost_cents=25)}).increments()
+        (('c|A|new|touches', 1), ('c|A|new|cost_cents', 25))
+        """
+        return tuple(
+            (f"{key.campaign_id}|{key.arm}|{key.segment}|{name}", amount)
+            for key, figures in sorted(self.arms.items())
+            for name in FIGURE_NAMES
+            if (amount := getattr(figures, name))
+        )
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, int]) -> Tally:
+        """The tally whose :meth:`increments` summed to ``fields`` (a partition's partials).
+
+        >>> Tally.from_fields({"c|A|new|touches": 2, "c|A|new|cost_cents": 50}).arms[
+        ...     ArmKey("c", "A", "new")].cost_cents
+        50
+        """
+        arms: dict[ArmKey, dict[str, int]] = {}
+        for name, amount in fields.items():
+            campaign, arm, rest = name.split("|", 2)
+            segment, _, figure = rest.rpartition("|")
+            arms.setdefault(ArmKey(campaign, arm, segment), {})[figure] = amount
+        return Tally(
+            MappingProxyType(
+                {
+                    key: ArmFigures(**figures)
+                    for key, figures in arms.items()
+                    if any(figures.values())
+                }
+            )
+        )
 
     def by_campaign_arm(self) -> dict[tuple[str, str], ArmFigures]:
         """The figures summed over segments: per (campaign, arm)."""

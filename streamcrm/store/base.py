@@ -40,6 +40,11 @@ def outbox_key(namespace: str, partition: int) -> str:
     return f"{namespace}:{KEY_VERSION}:outbox:{partition}"
 
 
+def campaigns_key(namespace: str, partition: int) -> str:
+    """The Redis hash of one input partition's partial campaign figures (field → count)."""
+    return f"{namespace}:{KEY_VERSION}:campaigns:{partition}"
+
+
 def outbox_from_key(namespace: str, partition: int) -> str:
     """The Redis hash of output end offsets saved before an outbox was published."""
     return f"{namespace}:{KEY_VERSION}:outbox-from:{partition}"
@@ -140,6 +145,9 @@ class PendingWrite:
     event_time: datetime | None = None
     """The applied event's time: kept per input partition with its mark (the newest), so a
     restarted worker knows its watermark before any new message arrives."""
+    campaign_increments: tuple[tuple[str, int], ...] = ()
+    """Increments of :attr:`partition`'s partial campaign figures (field, amount; see
+    :meth:`streamcrm.core.marketing.Tally.increments`), made in the same step."""
 
     @property
     def partition(self) -> int:
@@ -247,6 +255,10 @@ class StateStore(Protocol):
 
     async def outbox_from(self, partition: int) -> dict[str, int]:
         """The output end offsets saved by :meth:`set_outbox_from` (``topic|partition``)."""
+        ...
+
+    async def campaign_fields(self, partition: int) -> dict[str, int]:
+        """``partition``'s partial campaign figures, as the writes' increments summed."""
         ...
 
     async def set_outbox_from(self, partition: int, offsets: Mapping[str, int]) -> None:

@@ -38,6 +38,7 @@ class InMemoryStateStore:
         self._erased: dict[str, str] = {}
         self._outbox: dict[int, list[OutboxRecord]] = {}
         self._outbox_from: dict[int, dict[str, int]] = {}
+        self._campaigns: dict[int, dict[str, int]] = {}
         self._newest: dict[str, datetime] = {}
         self.audit: list[dict[str, str]] = []
         self._retention = retention
@@ -114,7 +115,14 @@ class InMemoryStateStore:
                 index[state.customer_id] = due.at
         if write.outbox:
             self._outbox.setdefault(write.partition, []).extend(write.outbox)
+        if write.campaign_increments:
+            fields = self._campaigns.setdefault(write.partition, {})
+            for name, amount in write.campaign_increments:
+                fields[name] = fields.get(name, 0) + amount
         return SaveResult.APPLIED
+
+    async def campaign_fields(self, partition: int) -> dict[str, int]:
+        return dict(self._campaigns.get(partition, {}))
 
     async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
         return list(self._outbox.get(partition, [])[:count])

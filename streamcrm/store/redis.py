@@ -15,6 +15,8 @@ key                                   value
                                       the broker acknowledged them (see :class:`OutboxRecord`)
 ``{ns}:v1:outbox-from:{partition}``  hash: output topic partition → its end offset when the
                                       outbox was last being published (for recovery)
+``{ns}:v1:campaigns:{partition}``    hash: ``{campaign}|{arm}|{segment}|{figure}`` → the sum
+                                      of one input partition's increments (no customer ids)
 ``{ns}:v1:model:{name}``              string: pickled ModelBundle checkpoint
 ``{ns}:v1:model:{name}:version``      string: the checkpoint's model version
 ``{ns}:v1:offsets``                   hash: ``{topic}|{topic id}|{partition}`` → the offset
@@ -72,6 +74,7 @@ from streamcrm.store.base import (
     PendingWrite,
     SaveResult,
     audit_key,
+    campaigns_key,
     customer_key,
     due_key,
     erased_key,
@@ -83,20 +86,22 @@ from streamcrm.store.base import (
 from streamcrm.store.codec import pack, unpack
 
 WRITE_SCRIPT = """
--- KEYS: offsets hash, erased hash, then three per write: its customer hash, due index and
--- outbox list.  ARGV: retention ms ('' = none), then eleven per write: mark field ('' =
--- none), offset, previous mark ('' = unknown), state JSON ('' = move the mark only), score
--- JSON ('' = none), as_of, due op ('' / add / rem), customer id, due score, subject hash,
--- outbox records (a JSON array of strings; '' = none), event time (epoch s; '' = none),
--- kept as the newest of the mark's partition in field '{mark field}|newest'.
+-- KEYS: offsets hash, erased hash, then four per write: its customer hash, due index,
+-- outbox list and campaign figures hash.  ARGV: retention ms ('' = none), then thirteen per
+-- write: mark field ('' = none), offset, previous mark ('' = unknown), state JSON ('' = move
+-- the mark only), score JSON ('' = none), as_of, due op ('' / add / rem), customer id, due
+-- score, subject hash, outbox records (a JSON array of strings; '' = none), event time
+-- (epoch s; '' = none), kept as the newest of the mark's partition in field
+-- '{mark field}|newest', campaign increments (a JSON array [field, amount, ...]; '' = none).
 -- Applies the writes in order and stops after the first one not applied.  Returns one
 -- result per write tried: 3 (nothing written) if the stored mark is below the previous one,
 -- 0 (nothing written) if the offset was applied, 2 (nothing written but the mark) if the
 -- customer is erased, else 1.
 local results = {}
-for w = 0, (#KEYS - 2) / 3 - 1 do
-  local a = 1 + w * 12
-  local customer, due, outbox = KEYS[3 + 3 * w], KEYS[4 + 3 * w], KEYS[5 + 3 * w]
+for w = 0, (#KEYS - 2) / 4 - 1 do
+  local a = 1 + w * 13
+  local customer, due, outbox = KEYS[3 + 4 * w], KEYS[4 + 4 * w], KEYS[5 + 4 * w]
+  local campaigns = KEYS[6 + 4 * w]
   local result = 1
   if ARGV[a + 1] ~= '' then
     local mark = redis.call('HGET', KEYS[1], ARGV[a + 1])
@@ -134,6 +139,12 @@ for w = 0, (#KEYS - 2) / 3 - 1 do
           redis.call('RPUSH', outbox, record)
         end
       end
+      if ARGV[a + 13] ~= '' then
+        local increments = cjson.decode(ARGV[a + 13])
+        for i = 1, #increments, 2 do
+          redis.call('HINCRBY', campaigns, increments[i], increments[i + 1])
+        end
+      end
     end
   end
   results[#results + 1] = result
@@ -141,9 +152,9 @@ for w = 0, (#KEYS - 2) / 3 - 1 do
 end
 return results
 """
-"""The atomic writes: for each, state, score, TTL, due index, outbox and offset mark, or
-nothing at all; a batch stops at the first write refused, so no write builds on one that was
-not made."""
+"""The atomic writes: for each, state, score, TTL, due index, outbox, campaign figures and
+offset mark, or nothing at all; a batch stops at the first write refused, so no write builds
+on one that was not made."""
 
 ERASE_SCRIPT = """
 -- KEYS: customer hash, offsets hash, due index, erased hash, audit stream, outbox.  ARGV:
@@ -294,6 +305,11 @@ class RedisStateStore:
             )
         return int(removed)
 
+    async def campaign_fields(self, partition: int) -> dict[str, int]:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hgetall(campaigns_key(self._namespace, partition))
+        return {_text(name): int(value) for name, value in (raw or {}).items()}
+
     async def outbox_from(self, partition: int) -> dict[str, int]:
         with _unavailable_as_store_error():
             raw = await self._redis.hgetall(outbox_from_key(self._namespace, partition))
@@ -327,14 +343,15 @@ class RedisStateStore:
             results = await self._write_script(keys=keys, args=args)
         return [SaveResult(int(result)) for result in results]
 
-    def _write_keys(self, write: PendingWrite, offsets: str) -> tuple[str, str, str]:
+    def _write_keys(self, write: PendingWrite, offsets: str) -> tuple[str, str, str, str]:
         if write.state is None:  # a mark-only write touches no customer: any key will do
-            return offsets, offsets, offsets
+            return offsets, offsets, offsets, offsets
         partition = write.partition
         return (
             self.customer_key(write.state.customer_id),
             due_key(self._namespace, partition),
             outbox_key(self._namespace, partition),
+            campaigns_key(self._namespace, partition),
         )
 
     def _write_args(self, write: PendingWrite) -> list[str | bytes | int | float]:
@@ -346,7 +363,7 @@ class RedisStateStore:
         ]
         event_time = write.event_time.timestamp() if write.event_time is not None else ""
         if state is None:
-            return [*mark, "", "", "", "", "", 0, "", "", event_time]
+            return [*mark, "", "", "", "", "", 0, "", "", event_time, ""]
         return [
             *mark,
             pack(state.model_dump_json()),
@@ -358,6 +375,9 @@ class RedisStateStore:
             subject_hash(self._privacy_key, state.customer_id),
             json.dumps([record.to_json() for record in write.outbox]) if write.outbox else "",
             event_time,
+            json.dumps([item for pair in write.campaign_increments for item in pair])
+            if write.campaign_increments
+            else "",
         ]
 
     async def erase(

@@ -93,6 +93,11 @@ class RetryingStore:
             lambda: self.inner.clear_outbox(partition, records), f"clear outbox {partition}"
         )
 
+    async def campaign_fields(self, partition: int) -> dict[str, int]:
+        return await until_available(
+            lambda: self.inner.campaign_fields(partition), f"read campaign figures {partition}"
+        )
+
     async def outbox_from(self, partition: int) -> dict[str, int]:
         return await until_available(
             lambda: self.inner.outbox_from(partition), f"read outbox offsets {partition}"

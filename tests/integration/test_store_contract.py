@@ -450,3 +450,43 @@ async def test_clearing_an_outbox_removes_the_records_named_at_its_head_and_noth
     assert await store.outbox(0, 10) == [appended]
     assert await store.clear_outbox(0, first) == 0
     assert await store.outbox(0, 10) == [appended]
+
+
+async def test_campaign_increments_are_summed_per_partition_with_the_write_and_only_then(
+    store: StateStore,
+) -> None:
+    """A partition's partial campaign figures move in the same step as the customer and the
+    mark: a write refused (its offset applied already) adds nothing."""
+    state = CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0)
+    first = InputPosition("crm.marketing", "t", 3, 0)
+    again = InputPosition("crm.marketing", "t", 3, 0)
+    second = InputPosition("crm.purchases", "t", 3, 1)
+
+    results = await store.save_batch(
+        [
+            PendingWrite(first, state, campaign_increments=(("s|A||touches", 1),)),
+            PendingWrite(second, state, campaign_increments=(("s|A||conversions", 1),)),
+        ]
+    )
+    refused = await store.save_batch(
+        [PendingWrite(again, state, campaign_increments=(("s|A||touches", 1),))]
+    )
+    await store.save_batch(
+        [
+            PendingWrite(
+                InputPosition("crm.purchases", "t", 3, 2),
+                state,
+                due=LedgerDue(3, None),
+                campaign_increments=(("s|A||conversions", -1), ("s|B||conversions", 1)),
+            )
+        ]
+    )
+
+    assert results == [SaveResult.APPLIED, SaveResult.APPLIED]
+    assert refused == [SaveResult.ALREADY_APPLIED]
+    assert await store.campaign_fields(3) == {
+        "s|A||touches": 1,
+        "s|A||conversions": 0,
+        "s|B||conversions": 1,
+    }
+    assert await store.campaign_fields(4) == {}

@@ -12,10 +12,12 @@ from streamcrm.core.events import (
     TouchClicked,
     TouchOpened,
 )
-from streamcrm.core.marketing import ArmFigures, ArmKey
+from streamcrm.core.marketing import ArmFigures, ArmKey, Tally
 from streamcrm.core.scoring import ScoringConfig, apply_marketing, score_event
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
+from streamcrm.store import InMemoryStateStore
+from streamcrm.worker.pipeline import ScoringPipeline
 
 DAY = timedelta(days=1)
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -152,3 +154,18 @@ def test_the_marketing_memory_is_saved_with_the_state_and_old_states_load_withou
     old = state.model_dump(mode="json")
     del old["marketing"]
     assert CustomerState.model_validate(old).marketing.touches == ()
+
+
+async def test_a_purchase_through_the_pipeline_adds_its_conversion_to_the_partitions_figures() -> (
+    None
+):
+    store = InMemoryStateStore()
+    touched = apply_marketing(None, touch(1, 0), CONFIG)
+    await store.save(touched.state, None)
+    pipeline = ScoringPipeline(store, CONFIG)
+
+    await pipeline.handle(purchase(2, 1).model_dump_json().encode(), "crm.purchases", 5, 0)
+
+    assert Tally.from_fields(await store.campaign_fields(5)).by_campaign_arm() == {
+        ("spring", "A"): ArmFigures(conversions=1, revenue_cents=4_000)
+    }
