@@ -82,7 +82,13 @@ class Topics:
         return f"{self.prefix}.privacy"
 
     @property
+    def marketing(self) -> str:
+        """Campaign touches, retention offers, opens and clicks (see docs/marketing.md)."""
+        return f"{self.prefix}.marketing"
+
+    @property
     def inputs(self) -> tuple[str, str, str]:
+        """The topics of the customer's own events, which are scored."""
         return (self.purchases, self.feedback, self.support)
 
     @property
@@ -90,6 +96,7 @@ class Topics:
         return (
             *self.inputs,
             self.privacy,
+            self.marketing,
             self.scores,
             self.alerts,
             self.deadletter,

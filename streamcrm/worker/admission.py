@@ -14,9 +14,11 @@ from typing import TypeVar
 from streamcrm.core.events import (
     BaseEvent,
     Event,
+    MarketingEvent,
     PrivacyEvent,
     check_message_key,
     decode_event,
+    decode_marketing_event,
     decode_privacy_event,
 )
 from streamcrm.errors import InvalidEventError
@@ -57,6 +59,10 @@ class Admission:
     def privacy_event(self, raw: bytes, key: bytes | None) -> PrivacyEvent:
         """The admitted privacy request of a message; raises ``InvalidEventError``."""
         return self.admitted(decode_privacy_event(raw), key)
+
+    def marketing_event(self, raw: bytes, key: bytes | None) -> MarketingEvent:
+        """The admitted marketing event of a message; raises ``InvalidEventError``."""
+        return self.admitted(decode_marketing_event(raw), key)
 
     def admitted(self, event: _E, key: bytes | None) -> _E:
         """A decoded event as the core sees it: its message key checked (``require_keys``;

@@ -77,13 +77,15 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         )
     topics = settings.topics
     pipeline.topic_ids = topic_ids(
-        settings.kafka_bootstrap, (*topics.inputs, topics.privacy), kafka_client_options(settings)
+        settings.kafka_bootstrap,
+        (*topics.inputs, topics.privacy, topics.marketing),
+        kafka_client_options(settings),
     )
     logger.info("input topic ids: %s", pipeline.topic_ids)
     fetch_wait_at_most(settings.kafka_fetch_max_wait_ms)
     app = _faust_app(settings)
 
-    input_topics = (*topics.inputs, topics.privacy)
+    input_topics = (*topics.inputs, topics.privacy, topics.marketing)
     metrics = WorkerMetrics(
         f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}",
         input_topics,
@@ -125,6 +127,14 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
 
     app.agent(_raw_topic(app, topics.privacy), name="apply-privacy-events", concurrency=1)(
         apply_privacy_events
+    )
+
+    async def apply_marketing_events(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await worker.handle_message(event.message)
+
+    app.agent(_raw_topic(app, topics.marketing), name="apply-marketing-events", concurrency=1)(
+        apply_marketing_events
     )
 
     async def learn_model_updates(stream: faust.StreamT[bytes]) -> None:

@@ -32,7 +32,7 @@ from streamcrm.core.events import (
     Event,
 )
 from streamcrm.core.records import ModelMetrics
-from streamcrm.core.scoring import ScoredEvent, ScoringConfig, score_event
+from streamcrm.core.scoring import MarketingStep, ScoredEvent, ScoringConfig, score_event
 from streamcrm.core.state import CustomerState, topic_kind
 from streamcrm.errors import (
     InvalidEventError,
@@ -51,6 +51,7 @@ from streamcrm.store.retrying import RetryingStore
 from streamcrm.worker.admission import Admission
 from streamcrm.worker.learning import LiveModels
 from streamcrm.worker.locks import KeyedLocks
+from streamcrm.worker.marketing import MarketingEvents
 from streamcrm.worker.offsets import OffsetMarks
 from streamcrm.worker.privacy import PrivacyOutcome, PrivacyRequests
 from streamcrm.worker.sweeps import HoldingBack, QuietCustomerSweeper, SweepReport
@@ -138,6 +139,7 @@ class ScoringPipeline:
         """This worker's knowledge of each input partition's offset mark."""
         self._locks = KeyedLocks()
         self.privacy = PrivacyRequests(self._retrying, self.marks, self.live, self.outcomes)
+        self.marketing = MarketingEvents(self._retrying, self.marks, config, self.outcomes)
         self.sweeper = QuietCustomerSweeper(
             self._retrying, self.live, self.time, config, self._locks.hold, self.outcomes
         )
@@ -155,11 +157,6 @@ class ScoringPipeline:
     def updates(self) -> QueuedUpdates | None:
         """What the shared learner should learn (None: the models learn at once)."""
         return self.live.updates
-
-    @property
-    def newest_event_time(self) -> datetime | None:
-        """The newest event time applied."""
-        return self.time.newest
 
     @property
     def watermark(self) -> datetime | None:
@@ -300,15 +297,6 @@ class ScoringPipeline:
                 raise
             return self._settled(planned, results)
 
-    def _late_error(self, event: Event, scored: ScoredEvent) -> LateEventError:
-        assert scored.late_by is not None
-        return LateEventError(
-            f"event at {event.occurred_at.isoformat()} is {_hours(scored.late_by)} older than "
-            f"the newest {topic_kind(event)} event of customer {event.customer_id!r}; "
-            f"allowed lateness is {_hours(self.config.rules.allowed_lateness)}: "
-            "counted as late, not applied"
-        )
-
     def _plan(
         self,
         messages: Sequence[InputMessage],
@@ -361,8 +349,10 @@ class ScoringPipeline:
         states[event.customer_id] = scored.state
         outbox = PendingWrite.outputs_of(scored.outputs)
         if scored.late_by is not None:
-            write = PendingWrite(position, scored.state, scored.score, outbox=outbox)
-            return _Planned(self._late_error(event, scored), write, queued)
+            late = late_error(event, scored.late_by, self.config.rules.allowed_lateness)
+            return _Planned(
+                late, PendingWrite(position, scored.state, scored.score, outbox=outbox), queued
+            )
         write = PendingWrite(
             position,
             scored.state,
@@ -434,6 +424,27 @@ class ScoringPipeline:
                 self.live.segment_mix[outcome.score.segment_name] += 1
                 self.time.note(occurred_at, source)
 
+    # --- marketing ------------------------------------------------------------------------------
+
+    async def handle_marketing(
+        self,
+        raw: bytes,
+        topic: str | None = None,
+        partition: int = 0,
+        offset: int | None = None,
+        key: bytes | None = None,
+    ) -> MarketingStep:
+        """Record a marketing event (:class:`streamcrm.worker.marketing.MarketingEvents`);
+        raises ``InvalidEventError`` for one to dead-letter. Nothing is scored."""
+        position = await self.marks.position(topic, partition, offset)
+        try:
+            event = self.admission.marketing_event(raw, key)
+        except InvalidEventError:
+            self.outcomes["invalid"] += 1
+            raise
+        async with self._locks.hold(event.customer_id):
+            return await self.marketing.apply(event, position)
+
     # --- privacy and dead letters -----------------------------------------------------------------
 
     async def handle_privacy(
@@ -484,6 +495,15 @@ class ScoringPipeline:
         self.marks.after_write(position, result)
         if result == SaveResult.STATE_BEHIND:
             raise await self.marks.state_behind(position)
+
+
+def late_error(event: Event, late_by: timedelta, lateness: timedelta) -> LateEventError:
+    """Why a late event is dead-lettered."""
+    return LateEventError(
+        f"event at {event.occurred_at.isoformat()} is {_hours(late_by)} older than "
+        f"the newest {topic_kind(event)} event of customer {event.customer_id!r}; "
+        f"allowed lateness is {_hours(lateness)}: counted as late, not applied"
+    )
 
 
 def _hours(delta: timedelta) -> str:

@@ -366,6 +366,15 @@ class Worker:
                 if message.topic == self.topics.privacy:
                     await self._apply_privacy(message)
                     return
+                if message.topic == self.topics.marketing:
+                    await self.pipeline.handle_marketing(
+                        message.value or b"",
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        key=message.key,
+                    )
+                    return
                 scored = await self.pipeline.handle(
                     message.value or b"",
                     message.topic,

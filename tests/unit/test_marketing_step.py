@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from streamcrm.core.events import (
     CampaignTouch,
     PurchaseEvent,
@@ -15,6 +17,7 @@ from streamcrm.core.events import (
 from streamcrm.core.marketing import ArmFigures, ArmKey, Tally
 from streamcrm.core.scoring import ScoringConfig, apply_marketing, score_event
 from streamcrm.core.state import CustomerState
+from streamcrm.errors import InvalidEventError, LateEventError
 from streamcrm.models import ModelBundle
 from streamcrm.store import InMemoryStateStore
 from streamcrm.worker.pipeline import ScoringPipeline
@@ -169,3 +172,39 @@ async def test_a_purchase_through_the_pipeline_adds_its_conversion_to_the_partit
     assert Tally.from_fields(await store.campaign_fields(5)).by_campaign_arm() == {
         ("spring", "A"): ArmFigures(conversions=1, revenue_cents=4_000)
     }
+
+
+async def test_a_marketing_message_is_applied_once_with_its_offset_mark() -> None:
+    store = InMemoryStateStore()
+    pipeline = ScoringPipeline(store, CONFIG)
+    raw = touch(1, 0).model_dump_json().encode()
+
+    await pipeline.handle_marketing(raw, "crm.marketing", 2, 0)
+    redelivered = await ScoringPipeline(store, CONFIG).handle_marketing(raw, "crm.marketing", 2, 0)
+
+    assert redelivered.duplicate
+    assert Tally.from_fields(await store.campaign_fields(2)).by_campaign_arm() == {
+        ("spring", "A"): ArmFigures(touches=1, cost_cents=25)
+    }
+
+
+async def test_a_late_marketing_message_is_counted_and_raised_for_the_dead_letters() -> None:
+    store = InMemoryStateStore()
+    pipeline = ScoringPipeline(store, CONFIG)
+    await pipeline.handle(purchase(0, 10).model_dump_json().encode(), "crm.purchases", 0, 0)
+
+    with pytest.raises(LateEventError, match="attribution horizon"):
+        await pipeline.handle_marketing(
+            touch(1, 5).model_dump_json().encode(), "crm.marketing", 0, 0
+        )
+
+    state = await store.load("c1")
+    assert state is not None and state.late_events == 1
+    assert await store.campaign_fields(0) == {}
+
+
+async def test_a_malformed_marketing_message_is_invalid() -> None:
+    pipeline = ScoringPipeline(InMemoryStateStore(), CONFIG)
+
+    with pytest.raises(InvalidEventError):
+        await pipeline.handle_marketing(b'{"type": "touch"}', "crm.marketing", 0, 0)
