@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, description="Partitions per topic when streamcrm creates it.")
     replication_factor: int = Field(1, ge=1)
     churn_window_days: float = Field(90.0, gt=0, description="Churn window W for labels.")
+    attribution_window_days: float = Field(
+        7.0,
+        gt=0,
+        le=365,
+        description="A purchase this long after a campaign touch at most is attributed to it "
+        "(the customer's latest touch before it; docs/marketing.md).",
+    )
     allowed_lateness_hours: float = Field(
         48.0, ge=0, description="How far behind its topic's newest event an event may be."
     )
@@ -444,6 +451,7 @@ class Settings(BaseSettings):
                 exchange_rates=dict(self.exchange_rates),
             ),
             alerts=self.alert_rules,
+            attribution_window=timedelta(days=self.attribution_window_days),
         )
 
     def for_local_broker(self, kafka_bootstrap: str, redis_url: str) -> Settings:

@@ -19,6 +19,7 @@ from streamcrm.core.scoring import ScoringConfig, apply_marketing, score_event
 from streamcrm.core.state import CustomerState
 from streamcrm.errors import InvalidEventError, LateEventError
 from streamcrm.models import ModelBundle
+from streamcrm.settings import Settings
 from streamcrm.store import InMemoryStateStore
 from streamcrm.worker.pipeline import ScoringPipeline
 
@@ -208,3 +209,13 @@ async def test_a_malformed_marketing_message_is_invalid() -> None:
 
     with pytest.raises(InvalidEventError):
         await pipeline.handle_marketing(b'{"type": "touch"}', "crm.marketing", 0, 0)
+
+
+def test_the_attribution_window_is_a_setting() -> None:
+    narrow = Settings(attribution_window_days=2).scoring
+    touched = apply_marketing(None, touch(1, 0), narrow)
+
+    bought = score_event(touched.state, purchase(2, 3), ModelBundle(), narrow)
+
+    assert narrow.attribution_window == 2 * DAY
+    assert bought.campaigns.is_zero  # three days after the touch: outside a two-day window
