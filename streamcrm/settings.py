@@ -27,6 +27,8 @@ from streamcrm.addresses import (
     url_username,
 )
 from streamcrm.core.alerts import AlertRules
+from streamcrm.core.campaigns import ABTestRules
+from streamcrm.core.experiments import JEFFREYS_PRIOR, UNIFORM_PRIOR
 from streamcrm.core.privacy import pseudonym
 from streamcrm.core.scoring import ScoringConfig
 from streamcrm.core.state import DEFAULT_EXCHANGE_RATES, StateRules
@@ -87,6 +89,11 @@ class Topics:
         return f"{self.prefix}.marketing"
 
     @property
+    def campaign_metrics(self) -> str:
+        """Each campaign's figures and A/B test, keyed by campaign id (docs/marketing.md)."""
+        return f"{self.prefix}.campaign-metrics"
+
+    @property
     def inputs(self) -> tuple[str, str, str]:
         """The topics of the customer's own events, which are scored."""
         return (self.purchases, self.feedback, self.support)
@@ -102,6 +109,7 @@ class Topics:
             self.deadletter,
             self.model_metrics,
             self.model_updates,
+            self.campaign_metrics,
         )
 
 
@@ -224,7 +232,22 @@ class Settings(BaseSettings):
         20.0, gt=0, description="How long a batch waits to fill before it is scored anyway."
     )
     model_checkpoint_interval_s: float = Field(10.0, gt=0)
-    metrics_interval_s: float = Field(10.0, gt=0, description="How often model metrics go out.")
+    metrics_interval_s: float = Field(
+        10.0, gt=0, description="How often model metrics and campaign metrics go out."
+    )
+    ab_prior: Literal["uniform", "jeffreys"] = Field(
+        "uniform", description="Prior of each arm's conversion rate: Beta(1, 1) or Beta(½, ½)."
+    )
+    ab_min_touches_per_arm: int = Field(
+        500, ge=1, description="An A/B test stops no earlier than this many touches per arm."
+    )
+    ab_loss_threshold: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="An A/B test stops once its leader's expected loss (in conversion rate) "
+        "is below this.",
+    )
     sweep_interval_s: float = Field(
         5.0, gt=0, description="How often quiet customers' label ledgers are moved on."
     )
@@ -452,6 +475,14 @@ class Settings(BaseSettings):
             ),
             alerts=self.alert_rules,
             attribution_window=timedelta(days=self.attribution_window_days),
+        )
+
+    @property
+    def ab_test_rules(self) -> ABTestRules:
+        return ABTestRules(
+            prior=JEFFREYS_PRIOR if self.ab_prior == "jeffreys" else UNIFORM_PRIOR,
+            min_touches_per_arm=self.ab_min_touches_per_arm,
+            loss_threshold=self.ab_loss_threshold,
         )
 
     def for_local_broker(self, kafka_bootstrap: str, redis_url: str) -> Settings:

@@ -21,7 +21,7 @@ from streamcrm.core.events import (
     RefundEvent,
     SupportEvent,
 )
-from streamcrm.core.records import Alert, CustomerScore, DeadLetter, ModelMetrics
+from streamcrm.core.records import Alert, CampaignMetrics, CustomerScore, DeadLetter, ModelMetrics
 
 _TOPIC_MODELS: dict[str, Any] = {
     "purchases": Annotated[PurchaseEvent | RefundEvent, Field(discriminator="type")],
@@ -33,6 +33,7 @@ _TOPIC_MODELS: dict[str, Any] = {
     "alerts": Alert,
     "deadletter": DeadLetter,
     "model-metrics": ModelMetrics,
+    "campaign-metrics": CampaignMetrics,
 }
 
 

@@ -339,3 +339,39 @@ class ModelMetrics(WireRecord):
         default=None, description="traffic: rates, lag per partition, records out, latency"
     )
     schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class ArmReport(WireRecord):
+    """One arm of a campaign on ``crm.campaign-metrics`` (money in the reporting currency)."""
+
+    arm: str
+    touches: int
+    opens: int
+    clicks: int
+    conversions: int
+    attributed_revenue: float
+    cost: float
+    effect: float = Field(description="attributed revenue − cost")
+    effect_per_touch: float | None = Field(description="effect / touches")
+    roi: float | None = Field(description="effect / cost; null when nothing was spent")
+    conversion_rate: float = Field(description="posterior mean of the conversion rate")
+    conversion_interval: tuple[float, float] = Field(
+        description="equal-tailed 95 % credible interval of the conversion rate"
+    )
+    probability_best: float = Field(description="P(this arm's conversion rate is the highest)")
+    expected_loss: float = Field(
+        description="E[best rate − this rate]: what choosing this arm costs, in conversion rate"
+    )
+
+
+class CampaignMetrics(WireRecord):
+    """A campaign's figures and A/B test on ``crm.campaign-metrics``, keyed by campaign id:
+    summed over every input partition's partial figures when published (docs/marketing.md)."""
+
+    campaign_id: str
+    published_at: datetime = Field(description="wall-clock time of this report")
+    arms: list[ArmReport]
+    leader: str = Field(description="the arm with the least expected loss")
+    stop: bool = Field(description="the stopping rule says the test can end, choosing leader")
+    decision: str = Field(description="why the test stops or goes on")
+    schema_version: Literal[1] = SCHEMA_VERSION

@@ -149,6 +149,9 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     app.timer(settings.model_checkpoint_interval_s, name="checkpoint-models")(worker.checkpoint)
     app.timer(settings.sweep_interval_s, name="sweep-quiet-customers")(worker.sweep_quiet_customers)
     app.timer(settings.sweep_interval_s, name="check-offset-marks")(worker.check_offset_marks)
+    app.timer(settings.metrics_interval_s, name="publish-campaign-metrics")(
+        worker.publish_campaign_metrics
+    )
     app.timer(settings.metrics_interval_s, name="publish-model-metrics")(
         worker.publish_model_metrics
     )

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from streamcrm.core.alerts import drift_alert, privacy_failure_alert
+from streamcrm.core.campaigns import campaign_metrics
+from streamcrm.core.marketing import Tally, summed
 from streamcrm.core.records import RESCORE_ID_PREFIX, Alert, CustomerScore, DeadLetter
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
@@ -309,6 +311,30 @@ class Worker:
                 logger.info("scoring with models %s", self.pipeline.models.version)
         except StoreUnavailableError as error:
             logger.warning("model checkpoint failed (%s); will retry", error)
+
+    async def publish_campaign_metrics(self) -> None:
+        """The metrics timer: each campaign's figures, summed over every input partition's
+        partials, and its A/B test, on the campaign-metrics topic keyed by campaign. Only the
+        worker that owns partition 0 of the marketing topic publishes, so each report goes
+        out once per interval."""
+        if 0 not in self.broker.owned_partitions(self.topics.marketing):
+            return
+        try:
+            parts = [
+                Tally.from_fields(await self.pipeline.store.campaign_fields(partition))
+                for partition in range(self.settings.partitions)
+            ]
+        except StoreUnavailableError as error:
+            logger.warning("campaign metrics not published (%s); will retry", error)
+            return
+        for report in campaign_metrics(
+            summed(parts), datetime.now(UTC), self.settings.ab_test_rules
+        ):
+            await self.broker.send(
+                self.topics.campaign_metrics,
+                report.campaign_id.encode(),
+                report.model_dump_json().encode(),
+            )
 
     async def publish_model_metrics(self) -> None:
         """This worker's model-quality and traffic report, and a drift alert if it flags one."""

@@ -18,7 +18,9 @@ from streamcrm.core.events import (
     TouchOpened,
 )
 from streamcrm.core.marketing import ArmFigures, Tally, summed
+from streamcrm.core.records import CampaignMetrics
 from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
 from streamcrm.store.base import campaigns_key
 from tests.conftest import isolated_settings
@@ -131,6 +133,31 @@ def test_touches_opens_clicks_and_attributed_purchases_reach_the_campaign_figure
         time.sleep(0.5)
     time.sleep(3)  # nothing more arrives: the repeated touch was not counted twice
     assert campaign_figures(settings) == expected
+
+    # The campaign's report: the same figures, in money, with each arm's posterior.
+    assert settings.kafka_bootstrap is not None
+    reader = TopicReader(settings.kafka_bootstrap, settings.topics.campaign_metrics)
+    try:
+
+        def complete(records: list[Record]) -> bool:
+            reports = [CampaignMetrics.model_validate_json(r.value) for r in records if r.value]
+            return any(
+                sum(arm.conversions for arm in report.arms) == 2 and len(report.arms) == 2
+                for report in reports
+            )
+
+        reader.wait_for(complete)
+        report = [CampaignMetrics.model_validate_json(r.value) for r in reader.records if r.value][
+            -1
+        ]
+    finally:
+        reader.close()
+    by_arm = {arm.arm: arm for arm in report.arms}
+    assert report.campaign_id == "spring"
+    assert (by_arm["A"].touches, by_arm["A"].attributed_revenue, by_arm["A"].cost) == (2, 30.0, 1.0)
+    assert (by_arm["B"].touches, by_arm["B"].effect, by_arm["B"].roi) == (1, 44.5, 89.0)
+    assert by_arm["A"].conversion_rate == 0.5  # (1 + 1) / (2 + 2): the uniform prior
+    assert not report.stop  # 500 touches per arm at least
 
 
 def test_a_malformed_marketing_message_is_dead_lettered_with_its_reason(

@@ -1,0 +1,59 @@
+"""Campaign reports (streamcrm.core.campaigns): figures in money and each arm's A/B standing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from streamcrm.core.campaigns import ABTestRules, campaign_metrics
+from streamcrm.core.experiments import JEFFREYS_PRIOR
+from streamcrm.core.marketing import ArmFigures, ArmKey, Tally
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_each_campaign_gets_one_report_with_its_arms_summed_over_segments() -> None:
+    tally = Tally(
+        {
+            ArmKey("spring", "A", "loyal"): ArmFigures(10, 4, 2, 1, 5_000, 250),
+            ArmKey("spring", "A", "new"): ArmFigures(10, 1, 0, 1, 2_000, 250),
+            ArmKey("spring", "B", "new"): ArmFigures(20, 0, 0, 0, 0, 1_000),
+            ArmKey("winback", "discount", ""): ArmFigures(5, 0, 0, 2, 9_000, 500),
+        }
+    )
+
+    reports = campaign_metrics(tally, NOW, ABTestRules())
+
+    assert [r.campaign_id for r in reports] == ["spring", "winback"]
+    arm_a = next(arm for arm in reports[0].arms if arm.arm == "A")
+    assert (arm_a.touches, arm_a.opens, arm_a.clicks, arm_a.conversions) == (20, 5, 2, 2)
+    assert (arm_a.attributed_revenue, arm_a.cost, arm_a.effect) == (70.0, 5.0, 65.0)
+    assert arm_a.effect_per_touch == 3.25 and arm_a.roi == 13.0
+    assert arm_a.conversion_rate == (2 + 1) / (20 + 2)
+    low, high = arm_a.conversion_interval
+    assert low < arm_a.conversion_rate < high
+    assert abs(sum(arm.probability_best for arm in reports[0].arms) - 1) < 1e-6
+
+
+def test_a_test_stops_on_a_clear_winner_with_enough_touches_and_not_before() -> None:
+    def report(touches: int) -> tuple[str, bool]:
+        tally = Tally(
+            {
+                ArmKey("c", "A"): ArmFigures(touches=touches, conversions=touches * 2 // 100),
+                ArmKey("c", "B"): ArmFigures(touches=touches, conversions=touches * 8 // 100),
+            }
+        )
+        (made,) = campaign_metrics(tally, NOW, ABTestRules(min_touches_per_arm=500))
+        return made.leader, made.stop
+
+    assert report(400) == ("B", False)  # clear, but under the minimum
+    assert report(2_000) == ("B", True)
+
+
+def test_the_prior_is_a_rule() -> None:
+    tally = Tally({ArmKey("c", "A"): ArmFigures(touches=2, conversions=1)})
+
+    (uniform,) = campaign_metrics(tally, NOW, ABTestRules())
+    (jeffreys,) = campaign_metrics(tally, NOW, ABTestRules(prior=JEFFREYS_PRIOR))
+
+    assert uniform.arms[0].conversion_rate == jeffreys.arms[0].conversion_rate == 0.5
+    assert uniform.arms[0].conversion_interval != jeffreys.arms[0].conversion_interval
