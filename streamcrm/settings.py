@@ -27,7 +27,7 @@ from streamcrm.addresses import (
     url_username,
 )
 from streamcrm.core.alerts import AlertRules
-from streamcrm.core.campaigns import ABTestRules
+from streamcrm.core.campaigns import ABTestRules, RetentionPlan
 from streamcrm.core.experiments import JEFFREYS_PRIOR, UNIFORM_PRIOR
 from streamcrm.core.privacy import pseudonym
 from streamcrm.core.scoring import ScoringConfig
@@ -234,6 +234,18 @@ class Settings(BaseSettings):
     model_checkpoint_interval_s: float = Field(10.0, gt=0)
     metrics_interval_s: float = Field(
         10.0, gt=0, description="How often model metrics and campaign metrics go out."
+    )
+    alert_control_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of churn alerts held out as control (marked control: true; "
+        "downstream alerting does not act on them), so the uplift of acting can be measured.",
+    )
+    retention_campaign_id: str = Field(
+        "retention",
+        min_length=1,
+        description="The campaign whose arms churn alerts recommend (by Thompson sampling).",
     )
     ab_prior: Literal["uniform", "jeffreys"] = Field(
         "uniform", description="Prior of each arm's conversion rate: Beta(1, 1) or Beta(½, ½)."
@@ -476,6 +488,11 @@ class Settings(BaseSettings):
             alerts=self.alert_rules,
             attribution_window=timedelta(days=self.attribution_window_days),
         )
+
+    @property
+    def retention_plan(self) -> RetentionPlan:
+        """What churn alerts carry before any campaign figures are read: the control share."""
+        return RetentionPlan(self.alert_control_share, self.retention_campaign_id)
 
     @property
     def ab_test_rules(self) -> ABTestRules:

@@ -14,7 +14,8 @@ campaign, the expected-loss stopping rule
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from streamcrm.core.experiments import (
@@ -23,10 +24,13 @@ from streamcrm.core.experiments import (
     ArmStanding,
     Prior,
     compare_arms,
+    is_control,
     stopping_decision,
+    thompson_choice,
 )
 from streamcrm.core.marketing import ArmFigures, Tally
-from streamcrm.core.records import ArmReport, CampaignMetrics
+from streamcrm.core.records import Alert, ArmReport, CampaignMetrics, CustomerScore
+from streamcrm.core.scoring import ScoredEvent
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,98 @@ def _arm_report(
         probability_best=standing.probability_best,
         expected_loss=standing.expected_loss,
     )
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What churn alerts carry: the control share, and the retention campaign's arm
+    posteriors per customer segment (a snapshot of the campaign figures)."""
+
+    control_share: float = 0.0
+    campaign_id: str = "retention"
+    arms_by_segment: Mapping[str, Mapping[str, ArmPosterior]] = field(default_factory=dict)
+
+    @classmethod
+    def from_tally(
+        cls, tally: Tally, campaign_id: str, control_share: float, prior: Prior = UNIFORM_PRIOR
+    ) -> RetentionPlan:
+        """The posteriors of ``campaign_id``'s arms in each segment of ``tally``."""
+        arms: dict[str, dict[str, ArmPosterior]] = {}
+        for key, figures in sorted(tally.arms.items()):
+            if key.campaign_id != campaign_id or figures.touches <= 0:
+                continue
+            arms.setdefault(key.segment, {})[key.arm] = ArmPosterior(
+                successes=max(0, min(figures.conversions, figures.touches)),
+                trials=figures.touches,
+                alpha0=prior[0],
+                beta0=prior[1],
+            )
+        return cls(control_share, campaign_id, arms)
+
+    def annotate(self, alert: Alert, segment: str) -> Alert:
+        """A churn alert marked control or acted; an acted one with the arm recommended by
+        Thompson sampling (seeded by the alert id, so a replay recommends the same arm) over
+        the posteriors of the customer's segment (all segments' arms summed when the segment
+        has none yet). Other alerts unchanged.
+
+        >>> plan = RetentionPlan(0.0, "retention", {"loyal": {"call": ArmPosterior(9, 10)}})
+        >>> alert = Alert(alert_id="e1:churn_risk", kind="churn_risk", severity="warning",
+        ...     customer_id="c1", raised_at=datetime(2026, 3, 1), event_id="e1", message="",
+        ...     scores={}, model_version="m")
+        >>> marked = plan.annotate(alert, "loyal")
+        >>> marked.control, marked.recommended_campaign, marked.recommended_arm
+        (False, 'retention', 'call')
+        """
+        if alert.kind != "churn_risk" or alert.customer_id is None:
+            return alert
+        if is_control(alert.customer_id, alert.alert_id, self.control_share):
+            return alert.model_copy(update={"control": True})
+        arms = self.arms_by_segment.get(segment) or self._all_segments()
+        arm = thompson_choice(arms, alert.alert_id) if arms else None
+        return alert.model_copy(
+            update={
+                "control": False,
+                "recommended_campaign": self.campaign_id if arm is not None else None,
+                "recommended_arm": arm,
+            }
+        )
+
+    def annotate_outputs(
+        self, outputs: Sequence[tuple[CustomerScore, Sequence[Alert]]]
+    ) -> list[tuple[CustomerScore, tuple[Alert, ...]]]:
+        """Scores with their alerts annotated (:meth:`annotate`, the score's segment)."""
+        return [
+            (score, tuple(self.annotate(alert, score.segment_name) for alert in alerts))
+            for score, alerts in outputs
+        ]
+
+    def annotate_scored(self, scored: ScoredEvent) -> ScoredEvent:
+        """``scored`` with the alerts of its score and of its re-scores annotated."""
+        if scored.score is None and not scored.rescores:
+            return scored
+        segment = scored.score.segment_name if scored.score is not None else ""
+        return replace(
+            scored,
+            alerts=tuple(self.annotate(alert, segment) for alert in scored.alerts),
+            rescores=tuple(
+                replace(
+                    rescore,
+                    alerts=tuple(
+                        self.annotate(alert, rescore.score.segment_name) for alert in rescore.alerts
+                    ),
+                )
+                for rescore in scored.rescores
+            ),
+        )
+
+    def _all_segments(self) -> dict[str, ArmPosterior]:
+        summed: dict[str, ArmPosterior] = {}
+        for arms in self.arms_by_segment.values():
+            for arm, posterior in arms.items():
+                known = summed.get(arm)
+                summed[arm] = (
+                    posterior
+                    if known is None
+                    else known.updated(posterior.successes, posterior.trials)
+                )
+        return summed

@@ -182,6 +182,19 @@ class Alert(WireRecord):
         default_factory=list, description="the features behind the churn score, strongest first"
     )
     model_version: str
+    control: bool | None = Field(
+        default=None,
+        description="churn alerts: true when held out as control (downstream alerting does not "
+        "act on it), by a hash of customer and alert; null for other kinds",
+    )
+    recommended_campaign: str | None = Field(
+        default=None, description="the retention campaign whose arm is recommended"
+    )
+    recommended_arm: str | None = Field(
+        default=None,
+        description="the arm to use, by Thompson sampling over the posteriors of the "
+        "customer's segment (null for a control alert, or when the campaign has no arms yet)",
+    )
     schema_version: Literal[1] = SCHEMA_VERSION
 
 

@@ -75,6 +75,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
             pseudonymise=settings.pseudonymise,
             require_keys=settings.require_message_keys,
         )
+    pipeline.retention = settings.retention_plan
     topics = settings.topics
     pipeline.topic_ids = topic_ids(
         settings.kafka_bootstrap,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from streamcrm.core.campaigns import RetentionPlan
 from streamcrm.core.events import (
     BaseEvent,
     Event,
@@ -140,8 +141,15 @@ class ScoringPipeline:
         self._locks = KeyedLocks()
         self.privacy = PrivacyRequests(self._retrying, self.marks, self.live, self.outcomes)
         self.marketing = MarketingEvents(self._retrying, self.marks, config, self.outcomes)
+        self.retention = RetentionPlan()  # what churn alerts carry; the worker refreshes it
         self.sweeper = QuietCustomerSweeper(
-            self._retrying, self.live, self.time, config, self._locks.hold, self.outcomes
+            self._retrying,
+            self.live,
+            self.time,
+            config,
+            self._locks.hold,
+            self.outcomes,
+            annotate=lambda outputs: self.retention.annotate_outputs(outputs),
         )
         self._started = False
         self._starting = asyncio.Lock()
@@ -229,21 +237,13 @@ class ScoringPipeline:
     ) -> ScoredEvent:
         """Score one raw message; raises ``InvalidEventError`` for a message to dead-letter.
 
-        The new score, if any, and the alerts it raised are written to the partition's outbox
-        in the same atomic step as the state (see :mod:`streamcrm.worker.outbox`): so they go
-        out in the order the states were saved, the last score of a customer on a compacted
-        topic is the one in the store, and an applied event's outputs are published even if
-        the worker dies right after the save (a redelivered message writes nothing new).
-
-        ``partition`` is the input partition the message came from (it files the customer in
-        the due index). With ``topic`` and ``offset`` given, the save also moves the partition's
-        offset mark, and a message at or below the mark (redelivered after a crash) changes
-        nothing: it counts as a duplicate. A late event is saved as counted (``late_events``)
-        before ``LateEventError`` reports it.
-
-        One message is handled as a batch of one (:meth:`handle_batch`'s rules), but a
-        refused save is settled here: a redelivered message is a duplicate, a store behind
-        raises ``StateBehindError``.
+        The score and its alerts go to the partition's outbox in the same atomic step as the
+        state (:mod:`streamcrm.worker.outbox`): they go out in the order the states were saved
+        and survive a crash right after the save. ``partition`` files the customer in the due
+        index; with ``topic`` and ``offset`` the save moves the partition's offset mark, and a
+        message at or below it (redelivered) is a duplicate. A late event's count is saved
+        before ``LateEventError`` reports it. Handled as a batch of one (:meth:`handle_batch`'s
+        rules); a store behind raises ``StateBehindError``.
         """
         position = await self.marks.position(topic, partition, offset)
         event = self.admission.event(raw, topic, self.admission.not_after(), key)
@@ -347,6 +347,7 @@ class ScoringPipeline:
         if scored.duplicate:
             return _Planned(scored, None, queued, event.occurred_at)
         states[event.customer_id] = scored.state
+        scored = self.retention.annotate_scored(scored)
         outbox = PendingWrite.outputs_of(scored.outputs)
         if scored.late_by is not None:
             late = late_error(event, scored.late_by, self.config.rules.allowed_lateness)

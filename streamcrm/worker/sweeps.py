@@ -8,17 +8,20 @@ partitions a worker owns are swept, so no two workers touch one customer.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
+from streamcrm.core.records import Alert, CustomerScore
 from streamcrm.core.scoring import ScoringConfig, sweep_customer
 from streamcrm.store import LedgerDue, PendingWrite, SaveResult
 from streamcrm.store.retrying import RetryingStore
 from streamcrm.worker.learning import LiveModels
 from streamcrm.worker.watermarks import EventTime
 
+Outputs = Sequence[tuple[CustomerScore, Sequence[Alert]]]
+"""Scores to publish, each with the alerts it raised."""
 HoldingBack = Callable[[int], Iterable[str]]
 """For an input partition number, the input topics whose partition of that number still has
 messages for this worker to apply (fetched or not yet): they hold its watermark back."""
@@ -58,15 +61,18 @@ class QuietCustomerSweeper:
         config: ScoringConfig,
         hold: Callable[[str], AbstractAsyncContextManager[None]],
         outcomes: Counter[str],
+        annotate: Callable[[Outputs], Outputs] | None = None,
     ) -> None:
         """``hold``: the customer's lock, shared with event scoring (one step per customer at
-        a time); ``outcomes``: the worker's message counters, to count labels and re-scores."""
+        a time); ``outcomes``: the worker's message counters, to count labels and re-scores;
+        ``annotate``: what alerts carry beyond the core's (the retention plan's marks)."""
         self.store = store
         self.models = models
         self.time = time
         self.config = config
         self.hold = hold
         self.outcomes = outcomes
+        self.annotate: Callable[[Outputs], Outputs] = annotate or (lambda outputs: outputs)
 
     async def sweep(
         self,
@@ -112,7 +118,7 @@ class QuietCustomerSweeper:
             swept.score,
             LedgerDue(partition, swept.due_at),
             None,
-            PendingWrite.outputs_of(outputs),
+            PendingWrite.outputs_of(self.annotate(outputs)),
         )
         if saved != SaveResult.APPLIED:  # erased meanwhile: nothing of it may be learned
             self.models.drop_from(queued)

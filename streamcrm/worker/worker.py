@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from streamcrm.core.alerts import drift_alert, privacy_failure_alert
-from streamcrm.core.campaigns import campaign_metrics
+from streamcrm.core.campaigns import RetentionPlan, campaign_metrics
 from streamcrm.core.marketing import Tally, summed
 from streamcrm.core.records import RESCORE_ID_PREFIX, Alert, CustomerScore, DeadLetter
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
@@ -313,23 +313,29 @@ class Worker:
             logger.warning("model checkpoint failed (%s); will retry", error)
 
     async def publish_campaign_metrics(self) -> None:
-        """The metrics timer: each campaign's figures, summed over every input partition's
-        partials, and its A/B test, on the campaign-metrics topic keyed by campaign. Only the
-        worker that owns partition 0 of the marketing topic publishes, so each report goes
-        out once per interval."""
-        if 0 not in self.broker.owned_partitions(self.topics.marketing):
-            return
+        """The metrics timer: read the campaign figures, summed over every input partition's
+        partials; refresh the retention arms churn alerts recommend; and publish each
+        campaign's figures and A/B test on the campaign-metrics topic, keyed by campaign. Only
+        the worker that owns partition 0 of the marketing topic publishes, so each report
+        goes out once per interval."""
         try:
             parts = [
                 Tally.from_fields(await self.pipeline.store.campaign_fields(partition))
                 for partition in range(self.settings.partitions)
             ]
         except StoreUnavailableError as error:
-            logger.warning("campaign metrics not published (%s); will retry", error)
+            logger.warning("campaign metrics not read (%s); will retry", error)
             return
-        for report in campaign_metrics(
-            summed(parts), datetime.now(UTC), self.settings.ab_test_rules
-        ):
+        total, rules = summed(parts), self.settings.ab_test_rules
+        self.pipeline.retention = RetentionPlan.from_tally(
+            total,
+            self.settings.retention_campaign_id,
+            self.settings.alert_control_share,
+            rules.prior,
+        )
+        if 0 not in self.broker.owned_partitions(self.topics.marketing):
+            return
+        for report in campaign_metrics(total, datetime.now(UTC), rules):
             await self.broker.send(
                 self.topics.campaign_metrics,
                 report.campaign_id.encode(),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streamcrm.core.events import CancellationEvent, Event, PurchaseEvent, SupportEvent
+from streamcrm.core.experiments import is_control
 from streamcrm.core.records import Alert
 from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
@@ -122,8 +123,15 @@ def test_a_cancellation_and_an_sla_breach_reach_the_alerts_topic(
     assert cancelled.scores["churn_probability"] == 1.0
     assert cancelled.scores["reason"] == "cancellation"
     assert cancelled.model_version == by_event[f"{CUSTOMER}-x1"].model_version
+    # Held out or acted on, by a hash of customer and alert (docs/marketing.md); no retention
+    # campaign has arms here, so an acted alert recommends none.
+    assert cancelled.control == is_control(
+        CUSTOMER, cancelled.alert_id, settings.alert_control_share
+    )
+    assert cancelled.recommended_arm is None
 
     [breach] = [a for a in alerts if a.kind == "sla_breach"]
+    assert breach.control is None  # only churn alerts are held out
     assert breach.alert_id == f"{CUSTOMER}-s2:sla_breach"
     assert (breach.scores["sla_breaches"], breach.scores["previous_sla_breaches"]) == (1, 0)
     assert breach.scores["mean_first_response_hours"] == pytest.approx(3.0)
