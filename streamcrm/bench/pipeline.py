@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -54,9 +54,16 @@ from streamcrm.bench.harness import (
     stream_for,
     sustained_rate,
 )
-from streamcrm.core.events import Event, decode_event
+from streamcrm.core.events import (
+    CampaignTouch,
+    Event,
+    TouchClicked,
+    TouchOpened,
+    decode_event,
+    decode_marketing_event,
+)
 from streamcrm.core.records import ModelMetrics
-from streamcrm.core.scoring import ScoringConfig, score_event, sweep_customer
+from streamcrm.core.scoring import ScoringConfig, apply_marketing, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
 from streamcrm.services.kafka import (
@@ -99,6 +106,10 @@ class BenchReport:
     scaling_events_per_s: float | None = None
     """The same stream through ``scaling_workers`` workers of one group."""
     rescore_us: dict[str, float] = field(default_factory=dict)
+    marketing_us: dict[str, float] = field(default_factory=dict)
+    """Per marketing event (a touch, an open, a click per customer), decode and core, to set
+    against a purchase's (decode + score_event) in the same run (issue 18's target: no dearer
+    than a purchase)."""
     """Per re-score of a quiet customer: the core, and the Redis round trips of the sweep."""
     rescores_in_pipeline_run: int | None = None
     """Re-scores the pipeline worker made while consuming the stream."""
@@ -395,6 +406,39 @@ def measure_components(
     report.redis_one_by_one_us = one_by_one_s / n * 1e6
     report.redis_without_outbox_us = without_outbox_s / n * 1e6
     report.rescore_us = measure_rescores(base, list(states.values()), models, config)
+    report.marketing_us = measure_marketing(states, config)
+
+
+def measure_marketing(
+    states: Mapping[str, CustomerState], config: ScoringConfig
+) -> dict[str, float]:
+    """Per marketing event, decode and core in microseconds (``decode_marketing_event`` +
+    ``apply_marketing``): a touch the day after each customer's newest event, its open and
+    its click, on the customer's state as the stream left it."""
+    marketing: list[tuple[CustomerState, bytes]] = []
+    for state in states.values():
+        at = state.last_event_at + timedelta(days=1)
+        touch_id = f"bench-{state.customer_id}"
+        fields = {"customer_id": state.customer_id, "occurred_at": at, "touch_id": touch_id}
+        for event in (
+            CampaignTouch(
+                event_id=f"{touch_id}-t", campaign_id="bench", arm="A", channel="email", **fields
+            ),
+            TouchOpened(event_id=f"{touch_id}-o", **fields),
+            TouchClicked(event_id=f"{touch_id}-c", **fields),
+        ):
+            marketing.append((state, event.model_dump_json().encode()))
+    current: dict[str, CustomerState] = {}
+    started = time.perf_counter()
+    for state, raw in marketing:
+        decoded = decode_marketing_event(raw)
+        step = apply_marketing(current.get(state.customer_id, state), decoded, config)
+        current[state.customer_id] = step.state
+    return {
+        "marketing event: decode + apply_marketing": (time.perf_counter() - started)
+        / max(len(marketing), 1)
+        * 1e6
+    }
 
 
 def measure_rescores(
@@ -536,6 +580,13 @@ def format_report(report: BenchReport) -> str:
         lines += ["", f"{'per re-score of a quiet customer':<44}{'µs':>12}"]
         lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.rescore_us.items()]
         lines.append(f"{'  re-scores/s if a worker did nothing else':<44}{1e6 / total:>12,.0f}")
+    if report.marketing_us and report.component_us:
+        event_us = sum(list(report.component_us.values())[:2])  # decode + score_event
+        lines += ["", f"{'per event, decode + core':<44}{'µs':>12}"]
+        lines.append(f"{'an input event: decode + score_event':<44}{event_us:>12,.1f}")
+        lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.marketing_us.items()]
+        ratio = sum(report.marketing_us.values()) / event_us
+        lines.append(f"{'  marketing event / input event':<44}{ratio:>12.2f}")
     if report.rescores_in_pipeline_run is not None:
         lines.append(f"re-scores made during the pipeline run: {report.rescores_in_pipeline_run:,}")
     if report.pipeline_without_rescoring_events_per_s is not None:

@@ -133,3 +133,34 @@ def test_the_soak_is_reported_when_it_was_run() -> None:
 
     assert "soak: 10 minutes at 400 events/s" in format_report(report)
     assert "growth +2.0%" in format_report(report)
+
+
+def test_a_marketing_event_is_set_against_an_input_event_of_the_same_run() -> None:
+    report = BenchReport(
+        events=10,
+        customers=2,
+        pipeline_events_per_s=900.0,
+        ceiling_events_per_s=3_000.0,
+        component_us={"validate (decode_event)": 10.0, "scoring core + models": 290.0},
+        marketing_us={"marketing event: decode + apply_marketing": 60.0},
+    )
+
+    lines = format_report(report).splitlines()
+
+    assert any("an input event: decode + score_event" in line and "300.0" in line for line in lines)
+    assert any("marketing event / input event" in line and "0.20" in line for line in lines)
+
+
+def test_the_marketing_component_applies_a_touch_an_open_and_a_click_per_customer() -> None:
+    from datetime import UTC, datetime
+
+    from streamcrm.bench.pipeline import measure_marketing
+    from streamcrm.core.scoring import ScoringConfig
+    from streamcrm.core.state import CustomerState
+
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    states = {c: CustomerState(customer_id=c, first_seen_at=at, last_event_at=at) for c in "ab"}
+
+    (cost,) = measure_marketing(states, ScoringConfig()).values()
+
+    assert cost > 0
