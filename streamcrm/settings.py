@@ -94,6 +94,11 @@ class Topics:
         return f"{self.prefix}.campaign-metrics"
 
     @property
+    def uplift(self) -> str:
+        """The uplift of acting on alerts, per kind and segment (docs/marketing.md)."""
+        return f"{self.prefix}.uplift"
+
+    @property
     def inputs(self) -> tuple[str, str, str]:
         """The topics of the customer's own events, which are scored."""
         return (self.purchases, self.feedback, self.support)
@@ -110,6 +115,7 @@ class Topics:
             self.model_metrics,
             self.model_updates,
             self.campaign_metrics,
+            self.uplift,
         )
 
 
@@ -482,11 +488,12 @@ class Settings(BaseSettings):
             horizon_years=self.clv_horizon_years,
             rules=StateRules(
                 allowed_lateness=timedelta(hours=self.allowed_lateness_hours),
+                attribution_window=timedelta(days=self.attribution_window_days),
                 reporting_currency=self.reporting_currency,
                 exchange_rates=dict(self.exchange_rates),
             ),
             alerts=self.alert_rules,
-            attribution_window=timedelta(days=self.attribution_window_days),
+            alert_control_share=self.alert_control_share,
         )
 
     @property

@@ -21,7 +21,14 @@ from streamcrm.core.events import (
     RefundEvent,
     SupportEvent,
 )
-from streamcrm.core.records import Alert, CampaignMetrics, CustomerScore, DeadLetter, ModelMetrics
+from streamcrm.core.records import (
+    Alert,
+    CampaignMetrics,
+    CustomerScore,
+    DeadLetter,
+    ModelMetrics,
+    UpliftMetrics,
+)
 
 _TOPIC_MODELS: dict[str, Any] = {
     "purchases": Annotated[PurchaseEvent | RefundEvent, Field(discriminator="type")],
@@ -34,6 +41,7 @@ _TOPIC_MODELS: dict[str, Any] = {
     "deadletter": DeadLetter,
     "model-metrics": ModelMetrics,
     "campaign-metrics": CampaignMetrics,
+    "uplift": UpliftMetrics,
 }
 
 

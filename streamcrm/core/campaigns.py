@@ -25,11 +25,19 @@ from streamcrm.core.experiments import (
     Prior,
     compare_arms,
     is_control,
+    retention_uplift,
     stopping_decision,
     thompson_choice,
 )
+from streamcrm.core.interventions import RetentionTally
 from streamcrm.core.marketing import ArmFigures, Tally
-from streamcrm.core.records import Alert, ArmReport, CampaignMetrics, CustomerScore
+from streamcrm.core.records import (
+    Alert,
+    ArmReport,
+    CampaignMetrics,
+    CustomerScore,
+    UpliftMetrics,
+)
 from streamcrm.core.scoring import ScoredEvent
 
 
@@ -205,3 +213,34 @@ class RetentionPlan:
                     else known.updated(posterior.successes, posterior.trials)
                 )
         return summed
+
+
+def uplift_metrics(tally: RetentionTally, now: datetime, prior: Prior) -> list[UpliftMetrics]:
+    """Per alert kind, in every segment and over all of them (segment ``""``), the
+    retention of acted-on alerts against control alerts, with the uplift and its interval
+    (:func:`streamcrm.core.experiments.retention_uplift`)."""
+    reports = []
+    for kind in sorted({key.kind for key in tally.groups}):
+        segments = sorted({key.segment for key in tally.groups if key.kind == kind})
+        for segment in (*(s for s in segments if s), ""):
+            acted, control = tally.acted_and_control(kind, segment or None)
+            estimate = retention_uplift(
+                acted.retained, acted.alerts, control.retained, control.alerts, prior=prior
+            )
+            reports.append(
+                UpliftMetrics(
+                    kind=kind,
+                    segment=segment,
+                    published_at=now,
+                    acted_alerts=acted.alerts,
+                    acted_retained=acted.retained,
+                    control_alerts=control.alerts,
+                    control_retained=control.retained,
+                    acted_rate=estimate.acted_rate,
+                    control_rate=estimate.control_rate,
+                    uplift=estimate.uplift,
+                    uplift_interval=estimate.interval,
+                    probability_positive=estimate.probability_positive,
+                )
+            )
+    return reports

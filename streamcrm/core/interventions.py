@@ -40,6 +40,8 @@ from types import MappingProxyType
 from typing import Literal
 
 Group = Literal["acted", "control"]
+RETENTION_FIELD = "~retention"
+"""The prefix of retention figures among a partition's stored figures."""
 
 
 @dataclass(frozen=True, order=True)
@@ -101,6 +103,42 @@ class RetentionTally:
 
     def __hash__(self) -> int:
         return hash(frozenset(self.groups.items()))
+
+    def increments(self) -> tuple[tuple[str, int], ...]:
+        """The tally as store increments, ``("~retention|{kind}|{segment}|{group}|{figure}",
+        amount)``: the ``~`` keeps them apart from campaign figures in the same hash.
+
+        >>> key = RetentionKey("churn_risk", "new", "control")
+        >>> [name for name, _ in RetentionTally({key: RetentionFigures(2, 1)}).increments()]
+        ['~retention|churn_risk|new|control|alerts', '~retention|churn_risk|new|control|retained']
+        """
+        return tuple(
+            (f"{RETENTION_FIELD}|{key.kind}|{key.segment}|{key.group}|{name}", amount)
+            for key, figures in sorted(self.groups.items())
+            for name, amount in (("alerts", figures.alerts), ("retained", figures.retained))
+            if amount
+        )
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, int]) -> RetentionTally:
+        """The tally whose :meth:`increments` summed to the ``~retention`` fields of
+        ``fields`` (other fields are left out)."""
+        groups: dict[RetentionKey, dict[str, int]] = {}
+        for name, amount in fields.items():
+            if not name.startswith(RETENTION_FIELD + "|"):
+                continue
+            kind, rest = name.removeprefix(RETENTION_FIELD + "|").split("|", 1)
+            segment, group, figure = rest.rsplit("|", 2)
+            key = RetentionKey(kind, segment, "control" if group == "control" else "acted")
+            groups.setdefault(key, {})[figure] = amount
+        return cls(
+            MappingProxyType(
+                {
+                    key: RetentionFigures(figures.get("alerts", 0), figures.get("retained", 0))
+                    for key, figures in groups.items()
+                }
+            )
+        )
 
     def acted_and_control(
         self, kind: str, segment: str | None = None

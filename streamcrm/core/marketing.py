@@ -203,6 +203,8 @@ class Tally:
         """
         arms: dict[ArmKey, dict[str, int]] = {}
         for name, amount in fields.items():
+            if name.startswith("~"):  # other figures kept beside (alert retention)
+                continue
             campaign, arm, rest = name.split("|", 2)
             segment, _, figure = rest.rpartition("|")
             arms.setdefault(ArmKey(campaign, arm, segment), {})[figure] = amount

@@ -388,3 +388,26 @@ class CampaignMetrics(WireRecord):
     stop: bool = Field(description="the stopping rule says the test can end, choosing leader")
     decision: str = Field(description="why the test stops or goes on")
     schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class UpliftMetrics(WireRecord):
+    """The uplift of acting on one kind of alert, in one segment (``""``: all segments), on
+    ``crm.uplift``, keyed by ``{kind}|{segment}``: retention (a purchase within the churn
+    window after the alert) of alerts acted on against alerts held out as control, counted
+    once each alert's window has closed (docs/marketing.md)."""
+
+    kind: str
+    segment: str
+    published_at: datetime = Field(description="wall-clock time of this report")
+    acted_alerts: int
+    acted_retained: int
+    control_alerts: int
+    control_retained: int
+    acted_rate: float = Field(description="posterior mean of the acted-on retention rate")
+    control_rate: float = Field(description="posterior mean of the control retention rate")
+    uplift: float = Field(description="acted_rate − control_rate")
+    uplift_interval: tuple[float, float] = Field(
+        description="95 % credible interval of the uplift (the two Beta posteriors convolved)"
+    )
+    probability_positive: float = Field(description="P(acting retains more than not acting)")
+    schema_version: Literal[1] = SCHEMA_VERSION

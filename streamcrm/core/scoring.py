@@ -15,6 +15,7 @@ It does no I/O; the River models are the only thing it changes besides the retur
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,7 +30,16 @@ from streamcrm.core.events import (
     TouchClicked,
     TouchOpened,
 )
+from streamcrm.core.experiments import is_control
 from streamcrm.core.features import churn_features, customer_features, repeat_buying
+from streamcrm.core.interventions import (
+    AlertOutcomes,
+    AlertSent,
+    RetentionTally,
+    record_alert,
+    settle,
+)
+from streamcrm.core.interventions import record_purchase as record_outcome_purchase
 from streamcrm.core.labels import (
     MAX_PENDING_SNAPSHOTS,
     LabelledExample,
@@ -41,9 +51,6 @@ from streamcrm.core.labels import (
     settle_on_cancellation,
 )
 from streamcrm.core.marketing import (
-    DEFAULT_ATTRIBUTION_WINDOW,
-    MarketingMemory,
-    Purchase,
     Tally,
     Touch,
     forget_before,
@@ -51,7 +58,6 @@ from streamcrm.core.marketing import (
     record_open,
     record_touch,
 )
-from streamcrm.core.marketing import record_purchase as attribute_purchase
 from streamcrm.core.records import Alert, ChurnDriver, CustomerScore, ScoreTrigger, rescore_id
 from streamcrm.core.scores import (
     DEFAULT_DISCOUNT_RATE,
@@ -74,6 +80,7 @@ from streamcrm.core.state import (
     PendingSnapshot,
     StateRules,
     apply,
+    attribution_settled_before,
     with_score_point,
 )
 from streamcrm.models import BuyingObservation, Learner, ModelBundle
@@ -104,8 +111,9 @@ class ScoringConfig:
     rescore_horizon: timedelta = timedelta(days=180)
     """Quiet this long after their last event, a customer gets one last score marked lapsed
     and is not re-scored again until their next event."""
-    attribution_window: timedelta = DEFAULT_ATTRIBUTION_WINDOW
-    """How long after a campaign touch a purchase is attributed to it."""
+    alert_control_share: float = 0.0
+    """Share of churn alerts held out as control (see
+    :func:`streamcrm.core.experiments.is_control`)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,8 @@ class ScoredEvent:
     same re-scores as the live path."""
     campaigns: Tally = field(default_factory=Tally)
     """What the event changed in the campaign figures (a purchase a touch won)."""
+    retention: RetentionTally = field(default_factory=RetentionTally)
+    """Churn alerts whose outcome this event settled (see :mod:`streamcrm.core.interventions`)."""
 
     @property
     def outputs(self) -> list[tuple[CustomerScore, tuple[Alert, ...]]]:
@@ -232,10 +242,17 @@ def score_event(
         )
         last_snapshot_at = max(as_of, last_snapshot_at or as_of)
     alert_memory, alerts = evaluate_alerts(new_state.alert_memory, score, config.alerts)
-    marketing, campaigns = _attributed(new_state, event, config)
+    raised = [(r.score, r.alerts) for r in rescores] + [(score, tuple(alerts))]
+    outcomes, retention = track_alert_outcomes(
+        new_state,
+        event.occurred_at if isinstance(event, PurchaseEvent) else None,
+        raised,
+        watermark,
+        config,
+    )
     final_state = new_state.model_copy(
         update={
-            "marketing": marketing,
+            "alert_outcomes": outcomes,
             "pending_snapshots": pending,
             "last_snapshot_at": last_snapshot_at,
             "alert_memory": alert_memory,
@@ -251,41 +268,39 @@ def score_event(
         labelled=tuple(labelled),
         due_at=sweep_due_at(final_state, config),
         rescores=tuple(rescores),
-        campaigns=campaigns,
+        campaigns=transition.campaigns,
+        retention=retention,
     )
 
 
-def _attributed(
-    state: CustomerState, event: Event, config: ScoringConfig
-) -> tuple[MarketingMemory, Tally]:
-    """A purchase joins the customer's marketing memory (a touch may have won it); any
-    applied event may let the memory forget what is settled."""
-    memory, campaigns = state.marketing, Tally()
-    settled_before = attribution_settled_before(state, config.rules)
-    if isinstance(event, PurchaseEvent) and (
-        settled_before is None or event.occurred_at >= settled_before
-    ):
-        cents = config.rules.to_reporting_cents(event.amount, event.currency)
-        purchase = Purchase(event.event_id, event.occurred_at, cents)
-        memory, campaigns = attribute_purchase(memory, purchase, config.attribution_window)
-    if settled_before is not None and (memory.touches or memory.purchases):
-        memory = forget_before(memory, settled_before, config.attribution_window)
-    return memory, campaigns
-
-
-ATTRIBUTION_TOPICS = ("purchases", "marketing")
-"""The input topics whose events attribution pairs up."""
-
-
-def attribution_settled_before(state: CustomerState, rules: StateRules) -> datetime | None:
-    """The earliest event time attribution still takes from the customer: their newest
-    purchase or marketing event less the allowed lateness (None before either). Older
-    purchases are applied to the state but not attributed; older marketing events are late.
-    """
-    newest = [
-        state.newest_by_topic[kind] for kind in ATTRIBUTION_TOPICS if kind in state.newest_by_topic
-    ]
-    return max(newest) - rules.allowed_lateness if newest else None
+def track_alert_outcomes(
+    state: CustomerState,
+    purchased_at: datetime | None,
+    raised: Sequence[tuple[CustomerScore, Sequence[Alert]]],
+    watermark: datetime | None,
+    config: ScoringConfig,
+) -> tuple[AlertOutcomes, RetentionTally]:
+    """The customer's pending churn alerts after a purchase (``purchased_at``) and the alerts
+    just raised (each with the score that raised it, for its segment), and what settled by
+    ``watermark`` (see :mod:`streamcrm.core.interventions`). Whether an alert is held out is
+    a pure function of customer and alert (:func:`streamcrm.core.experiments.is_control`),
+    the same the worker marks the published alert with."""
+    outcomes = state.alert_outcomes
+    if purchased_at is not None:
+        outcomes = record_outcome_purchase(outcomes, purchased_at)
+    for score, alerts in raised:
+        for alert in alerts:
+            if alert.kind != "churn_risk":
+                continue
+            control = is_control(state.customer_id, alert.alert_id, config.alert_control_share)
+            sent = AlertSent(
+                alert.alert_id, alert.kind, score.segment_name, alert.raised_at, control
+            )
+            outcomes = record_alert(outcomes, sent)
+    if watermark is None or not outcomes.pending:
+        return outcomes, RetentionTally()
+    settled_before = attribution_settled_before(state, config.rules) or watermark
+    return settle(outcomes, watermark, config.churn_window, settled_before)
 
 
 @dataclass(frozen=True)
@@ -326,7 +341,7 @@ def apply_marketing(
             update={"late_events": state.late_events + 1, "recent_event_ids": recent_ids}
         )
         return MarketingStep(state=late, late_by=settled_before - event.occurred_at)
-    window = config.attribution_window
+    window = config.rules.attribution_window
     memory = state.marketing
     match event:
         case CampaignTouch() | RetentionOffer():
@@ -526,6 +541,8 @@ class SweptCustomer:
     alerts: tuple[Alert, ...] = ()
     labelled: tuple[LabelledExample, ...] = ()
     """The snapshots this sweep settled (learned, in this order)."""
+    retention: RetentionTally = field(default_factory=RetentionTally)
+    """Churn alerts whose outcome this sweep settled."""
 
 
 def sweep_customer(
@@ -580,7 +597,12 @@ def sweep_customer(
         update={"pending_snapshots": pending, "last_snapshot_at": last_snapshot_at}
     )
     swept, rescores = _rescores_before(swept, watermark, models, config, limit=1, inclusive=True)
+    outcomes, retention = track_alert_outcomes(
+        swept, None, [(r.score, r.alerts) for r in rescores], watermark, config
+    )
+    swept = swept.model_copy(update={"alert_outcomes": outcomes})
     return SweptCustomer(
+        retention=retention,
         state=swept,
         examples_learned=len(labelled),
         heartbeats=heartbeats,

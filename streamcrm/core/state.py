@@ -51,7 +51,15 @@ from streamcrm.core.events import (
     RefundEvent,
     SupportEvent,
 )
-from streamcrm.core.marketing import MarketingMemory
+from streamcrm.core.interventions import AlertOutcomes
+from streamcrm.core.marketing import (
+    DEFAULT_ATTRIBUTION_WINDOW,
+    MarketingMemory,
+    Purchase,
+    Tally,
+    forget_before,
+)
+from streamcrm.core.marketing import record_purchase as record_attributable_purchase
 from streamcrm.core.records import AlertKind, CustomerScore
 from streamcrm.errors import EventValidationError
 
@@ -113,9 +121,12 @@ POINT_DECIMALS = 2
 
 @dataclass(frozen=True)
 class StateRules:
-    """The configurable rules of ``apply``: allowed lateness and currency conversion."""
+    """The configurable rules of ``apply``: allowed lateness, currency conversion and the
+    attribution window of campaign touches."""
 
     allowed_lateness: timedelta = timedelta(days=2)
+    attribution_window: timedelta = DEFAULT_ATTRIBUTION_WINDOW
+    """How long after a campaign touch a purchase is attributed to it."""
     reporting_currency: str = "USD"
     exchange_rates: Mapping[str, float] = field(default_factory=lambda: DEFAULT_EXCHANGE_RATES)
 
@@ -351,6 +362,9 @@ class CustomerState(_Frozen):
     last_scored_at: datetime | None = None
     """``as_of`` of the customer's newest score, made at an event or as event time passed
     (see :func:`streamcrm.core.scoring.rescore_due_at`)."""
+    alert_outcomes: AlertOutcomes = Field(default_factory=AlertOutcomes)
+    """Churn alerts whose outcome (a purchase within the churn window, or none) is not yet
+    settled (see :mod:`streamcrm.core.interventions`)."""
     marketing: MarketingMemory = Field(default_factory=MarketingMemory)
     """Recent campaign touches and purchases, for attribution (see
     :mod:`streamcrm.core.marketing`)."""
@@ -432,6 +446,8 @@ class Transition:
     state: CustomerState
     duplicate: bool = False
     late_by: timedelta | None = None
+    campaigns: Tally = field(default_factory=Tally)
+    """What the event changed in the campaign figures (a purchase a touch won)."""
 
     @property
     def applied(self) -> bool:
@@ -486,7 +502,44 @@ def apply(
         events_applied=state.events_applied + 1,
         recent_event_ids=recent_ids,
     )
-    return Transition(state=state.model_copy(update=changes))
+    moved = state.model_copy(update=changes)
+    marketing, campaigns = _attributed(moved, event, rules)
+    return Transition(state=moved.model_copy(update={"marketing": marketing}), campaigns=campaigns)
+
+
+ATTRIBUTION_TOPICS = ("purchases", "marketing")
+"""The input topics whose events attribution pairs up."""
+
+
+def attribution_settled_before(state: CustomerState, rules: StateRules) -> datetime | None:
+    """The earliest event time attribution still takes from the customer: their newest
+    purchase or marketing event less the allowed lateness (None before either). Older
+    purchases are applied to the state but not attributed; older marketing events are late.
+    """
+    newest = [
+        state.newest_by_topic[kind] for kind in ATTRIBUTION_TOPICS if kind in state.newest_by_topic
+    ]
+    return max(newest) - rules.allowed_lateness if newest else None
+
+
+def _attributed(
+    state: CustomerState, event: Event, rules: StateRules
+) -> tuple[MarketingMemory, Tally]:
+    """A purchase joins the customer's marketing memory (a touch may have won it: see
+    :mod:`streamcrm.core.marketing`); any applied event may let the memory forget what is
+    settled."""
+    memory, campaigns = state.marketing, Tally()
+    settled_before = attribution_settled_before(state, rules)
+    window = rules.attribution_window
+    if isinstance(event, PurchaseEvent) and (
+        settled_before is None or event.occurred_at >= settled_before
+    ):
+        cents = rules.to_reporting_cents(event.amount, event.currency)
+        purchase = Purchase(event.event_id, event.occurred_at, cents)
+        memory, campaigns = record_attributable_purchase(memory, purchase, window)
+    if settled_before is not None and (memory.touches or memory.purchases):
+        memory = forget_before(memory, settled_before, window)
+    return memory, campaigns
 
 
 def _changes_for(state: CustomerState, event: Event, rules: StateRules) -> dict[str, object]:

@@ -32,9 +32,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     """How every streamcrm topic is created: ``settings.partitions`` each, but one for
     ``model-updates`` (one learner in the whole group, one order of updates); ``crm.scores``
     compacted, so it holds the latest score per customer (an erasure's tombstone removes
-    it), and ``crm.campaign-metrics`` so, the latest report per campaign; the other topics
-    with customer data that streamcrm writes (alerts, dead letters, model updates) kept for
-    ``personal_data_retention_hours`` (docs/privacy.md).
+    it), and ``crm.campaign-metrics`` and ``crm.uplift`` so, the latest report of each; the
+    other topics with customer data that streamcrm writes (alerts, dead letters, model
+    updates) kept for ``personal_data_retention_hours`` (docs/privacy.md).
 
     >>> from streamcrm.settings import Settings
     >>> specs = {spec.name: spec for spec in topic_specs(Settings(partitions=6))}
@@ -59,7 +59,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 def _topic_configs(settings: Settings, name: str) -> dict[str, str]:
     topics = settings.topics
-    if name in (topics.scores, topics.campaign_metrics):
+    if name in (topics.scores, topics.campaign_metrics, topics.uplift):
         return dict(COMPACTED)
     hours = settings.personal_data_retention_hours
     if name in (topics.alerts, topics.deadletter, topics.model_updates) and hours is not None:

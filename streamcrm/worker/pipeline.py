@@ -361,7 +361,7 @@ class ScoringPipeline:
             LedgerDue(partition, scored.due_at),
             outbox,
             event_time=event.occurred_at,
-            campaign_increments=scored.campaigns.increments(),
+            campaign_increments=scored.campaigns.increments() + scored.retention.increments(),
         )
         return _Planned(scored, write, queued, event.occurred_at)
 

@@ -113,13 +113,15 @@ class QuietCustomerSweeper:
             state, watermark, self.models.bundle, self.config, self.models.updates
         )
         outputs = [(swept.score, swept.alerts)] if swept.score is not None else []
-        saved = await self.store.save(
+        write = PendingWrite(
+            None,
             swept.state,
             swept.score,
             LedgerDue(partition, swept.due_at),
-            None,
             PendingWrite.outputs_of(self.annotate(outputs)),
+            campaign_increments=swept.retention.increments(),
         )
+        (saved,) = await self.store.save_batch([write])
         if saved != SaveResult.APPLIED:  # erased meanwhile: nothing of it may be learned
             self.models.drop_from(queued)
             return SweepReport(customers=1)

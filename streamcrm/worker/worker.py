@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from streamcrm.core.alerts import drift_alert, privacy_failure_alert
-from streamcrm.core.campaigns import RetentionPlan, campaign_metrics
+from streamcrm.core.campaigns import RetentionPlan, campaign_metrics, uplift_metrics
+from streamcrm.core.interventions import RetentionTally
+from streamcrm.core.interventions import summed as summed_retention
 from streamcrm.core.marketing import Tally, summed
 from streamcrm.core.records import RESCORE_ID_PREFIX, Alert, CustomerScore, DeadLetter
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
@@ -313,20 +315,21 @@ class Worker:
             logger.warning("model checkpoint failed (%s); will retry", error)
 
     async def publish_campaign_metrics(self) -> None:
-        """The metrics timer: read the campaign figures, summed over every input partition's
-        partials; refresh the retention arms churn alerts recommend; and publish each
-        campaign's figures and A/B test on the campaign-metrics topic, keyed by campaign. Only
-        the worker that owns partition 0 of the marketing topic publishes, so each report
-        goes out once per interval."""
+        """The metrics timer: read the campaign and retention figures, summed over every
+        input partition's partials; refresh the retention arms churn alerts recommend; and
+        publish the uplift of acting on alerts (per kind and segment) and each campaign's
+        figures and A/B test. Only the worker that owns partition 0 of the marketing topic
+        publishes, so each report goes out once per interval."""
         try:
-            parts = [
-                Tally.from_fields(await self.pipeline.store.campaign_fields(partition))
+            partials = [
+                await self.pipeline.store.campaign_fields(partition)
                 for partition in range(self.settings.partitions)
             ]
         except StoreUnavailableError as error:
             logger.warning("campaign metrics not read (%s); will retry", error)
             return
-        total, rules = summed(parts), self.settings.ab_test_rules
+        total = summed(Tally.from_fields(fields) for fields in partials)
+        rules = self.settings.ab_test_rules
         self.pipeline.retention = RetentionPlan.from_tally(
             total,
             self.settings.retention_campaign_id,
@@ -335,7 +338,15 @@ class Worker:
         )
         if 0 not in self.broker.owned_partitions(self.topics.marketing):
             return
-        for report in campaign_metrics(total, datetime.now(UTC), rules):
+        now = datetime.now(UTC)
+        retention = summed_retention(RetentionTally.from_fields(fields) for fields in partials)
+        for uplift in uplift_metrics(retention, now, rules.prior):
+            await self.broker.send(
+                self.topics.uplift,
+                f"{uplift.kind}|{uplift.segment}".encode(),
+                uplift.model_dump_json().encode(),
+            )
+        for report in campaign_metrics(total, now, rules):
             await self.broker.send(
                 self.topics.campaign_metrics,
                 report.campaign_id.encode(),

@@ -31,11 +31,13 @@ ARRIVAL_ORDER_FIELDS = {
     "alert_memory",
     "score_history",
     "last_scored_at",
+    "alert_outcomes",
 }
 """State fields that depend on when the worker's sweeps ran (label ledgers, re-scores of quiet
 customers), on the interleaving of topics, or on the scores (which depend on the shared
 models' checkpoint timing), not on the events themselves: everything else must match
-exactly."""
+exactly. (``alert_outcomes`` holds the churn alerts raised, which follow the scores, until a
+sweep settles them.)"""
 
 
 def expected_states(events: Iterable[Event]) -> dict[str, CustomerState]:

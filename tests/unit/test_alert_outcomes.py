@@ -124,3 +124,43 @@ def test_the_settled_figures_do_not_depend_on_the_order_events_arrived_in(
             )
 
     assert run(history) == run(shuffled) == RetentionTally(expected)
+
+
+# --- in the scoring core ---------------------------------------------------------------------
+
+
+def test_a_churn_alert_is_settled_retained_once_the_watermark_passes_its_window() -> None:
+    """score_event and sweep_customer keep the customer's churn alerts pending and count
+    each, acted on or held out, once its window has closed."""
+    from streamcrm.core.events import CancellationEvent, PurchaseEvent
+    from streamcrm.core.experiments import is_control
+    from streamcrm.core.scoring import ScoringConfig, score_event, sweep_customer
+    from streamcrm.models import ModelBundle
+
+    config, models = ScoringConfig(alert_control_share=0.5), ModelBundle()
+
+    def order(n: int, day: float) -> PurchaseEvent:
+        return PurchaseEvent(
+            event_id=f"p{n}",
+            customer_id="c1",
+            order_id=f"o{n}",
+            amount=20.0,
+            items=1,
+            channel="web",
+            occurred_at=T0 + day * DAY,
+        )
+
+    state = score_event(None, order(0, 0), models, config).state
+    cancel = CancellationEvent(event_id="x1", customer_id="c1", occurred_at=T0 + DAY)
+    cancelled = score_event(state, cancel, models, config)
+    (alert,) = [a for a in cancelled.alerts if a.kind == "churn_risk"]
+    assert cancelled.score is not None
+    back = score_event(cancelled.state, order(1, 11), models, config, watermark=T0 + 11 * DAY)
+    assert back.retention == RetentionTally()  # the window is still open
+
+    swept = sweep_customer(back.state, T0 + 100 * DAY, models, config)
+
+    group = "control" if is_control("c1", alert.alert_id, 0.5) else "acted"
+    key = RetentionKey("churn_risk", cancelled.score.segment_name, group)
+    assert swept.retention == RetentionTally({key: RetentionFigures(1, 1)})
+    assert swept.state.alert_outcomes.pending == ()

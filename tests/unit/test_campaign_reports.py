@@ -57,3 +57,28 @@ def test_the_prior_is_a_rule() -> None:
 
     assert uniform.arms[0].conversion_rate == jeffreys.arms[0].conversion_rate == 0.5
     assert uniform.arms[0].conversion_interval != jeffreys.arms[0].conversion_interval
+
+
+def test_the_uplift_of_acting_is_reported_per_segment_and_over_all_of_them() -> None:
+    from streamcrm.core.campaigns import uplift_metrics
+    from streamcrm.core.experiments import UNIFORM_PRIOR
+    from streamcrm.core.interventions import RetentionFigures, RetentionKey, RetentionTally
+
+    tally = RetentionTally(
+        {
+            RetentionKey("churn_risk", "loyal", "acted"): RetentionFigures(100, 60),
+            RetentionKey("churn_risk", "loyal", "control"): RetentionFigures(20, 6),
+            RetentionKey("churn_risk", "new", "acted"): RetentionFigures(50, 10),
+        }
+    )
+
+    reports = {r.segment: r for r in uplift_metrics(tally, NOW, UNIFORM_PRIOR)}
+
+    assert set(reports) == {"loyal", "new", ""}
+    loyal, everyone = reports["loyal"], reports[""]
+    assert (loyal.acted_alerts, loyal.control_alerts, loyal.control_retained) == (100, 20, 6)
+    assert loyal.acted_rate == 61 / 102 and loyal.control_rate == 7 / 22
+    assert loyal.uplift_interval[0] < loyal.uplift < loyal.uplift_interval[1]
+    assert loyal.probability_positive > 0.95
+    assert (everyone.acted_alerts, everyone.acted_retained) == (150, 70)
+    assert reports["new"].control_alerts == 0  # no control yet: the prior alone

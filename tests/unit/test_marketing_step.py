@@ -217,5 +217,5 @@ def test_the_attribution_window_is_a_setting() -> None:
 
     bought = score_event(touched.state, purchase(2, 3), ModelBundle(), narrow)
 
-    assert narrow.attribution_window == 2 * DAY
+    assert narrow.rules.attribution_window == 2 * DAY
     assert bought.campaigns.is_zero  # three days after the touch: outside a two-day window
