@@ -13,12 +13,14 @@ import redis
 
 from streamcrm.core.events import (
     CampaignTouch,
+    CancellationEvent,
     PurchaseEvent,
     TouchClicked,
     TouchOpened,
 )
+from streamcrm.core.experiments import is_control
 from streamcrm.core.marketing import ArmFigures, Tally, summed
-from streamcrm.core.records import CampaignMetrics
+from streamcrm.core.records import CampaignMetrics, UpliftMetrics
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
@@ -183,3 +185,61 @@ def test_a_malformed_marketing_message_is_dead_lettered_with_its_reason(
     finally:
         reader.close()
     assert [letter.reason_code for letter in letters] == ["schema:float_type"]
+
+
+def test_a_churn_alert_is_counted_for_the_uplift_once_its_window_has_closed(
+    services: EmbeddedServices, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A cancellation raises a churn alert; when the watermark has passed its churn window
+    (other customers' events move it), the sweep settles it: crm.uplift counts it once, in
+    the group its control mark put it, not retained (no purchase came). Its own worker and
+    namespace, so no other test's alerts are counted."""
+    settings = isolated_settings(services, "uplift", tmp_path_factory)
+    assert settings.kafka_bootstrap is not None
+    with running_worker(settings, tmp_path_factory.mktemp("uplift") / "worker.log"):
+        _count_one_settled_alert(settings)
+
+
+def _count_one_settled_alert(settings: Settings) -> None:
+    assert settings.kafka_bootstrap is not None
+    window = timedelta(days=settings.churn_window_days)
+    cancel = CancellationEvent(
+        event_id="up1-x", customer_id="up1", occurred_at=T0 + timedelta(days=1)
+    )
+    send(settings, [purchase("up1", 20.0, 0), cancel])
+    later = T0 + timedelta(days=3) + window + timedelta(hours=settings.allowed_lateness_hours)
+    send(
+        settings,
+        [
+            PurchaseEvent(
+                event_id=f"clock-{n}",
+                customer_id=f"clock-{n}",
+                order_id=f"clock-o{n}",
+                amount=5.0,
+                items=1,
+                channel="web",
+                occurred_at=later,
+            )
+            for n in range(2 * settings.partitions)  # every partition's watermark moves
+        ],
+    )
+    reader = TopicReader(settings.kafka_bootstrap, settings.topics.uplift)
+    try:
+
+        def counted(records: list[Record]) -> bool:
+            reports = [UpliftMetrics.model_validate_json(r.value) for r in records if r.value]
+            return any(r.segment == "" and r.acted_alerts + r.control_alerts >= 1 for r in reports)
+
+        reader.wait_for(counted, timeout_s=120)
+        overall = [
+            UpliftMetrics.model_validate_json(r.value)
+            for r in reader.records
+            if r.value and b'"segment":""' in r.value
+        ][-1]
+    finally:
+        reader.close()
+    alert_id = "up1-x:churn_risk"
+    held_out = is_control("up1", alert_id, settings.alert_control_share)
+    assert overall.kind == "churn_risk"
+    assert (overall.control_alerts, overall.acted_alerts) == ((1, 0) if held_out else (0, 1))
+    assert overall.acted_retained == overall.control_retained == 0
