@@ -249,9 +249,7 @@ class Settings(BaseSettings):
         "downstream alerting does not act on them), so the uplift of acting can be measured.",
     )
     retention_campaign_id: str = Field(
-        "retention",
-        min_length=1,
-        description="The campaign whose arms churn alerts recommend (by Thompson sampling).",
+        "retention", min_length=1, description="The campaign whose arms churn alerts recommend."
     )
     ab_prior: Literal["uniform", "jeffreys"] = Field(
         "uniform", description="Prior of each arm's conversion rate: Beta(1, 1) or Beta(½, ½)."
