@@ -39,7 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -298,14 +298,7 @@ def decode_privacy_event(raw: bytes) -> PrivacyEvent:
     ...     b' "occurred_at": "2026-03-01T00:00:00Z"}').regulation
     'gdpr'
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise UndecodableEventError(
-            f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", code="too_large"
-        )
-    try:
-        return PRIVACY_EVENT_ADAPTER.validate_json(raw)
-    except ValidationError as error:
-        raise _as_invalid_event(error) from None
+    return _validated(PRIVACY_EVENT_ADAPTER, raw)
 
 
 MarketingChannel = Literal["email", "sms", "push", "in_app", "web", "mail", "phone"]
@@ -366,12 +359,20 @@ def decode_marketing_event(raw: bytes) -> MarketingEvent:
     ...     b' "occurred_at": "2026-03-01T00:00:00Z", "touch_id": "t1"}').touch_id
     't1'
     """
+    return _validated(MARKETING_EVENT_ADAPTER, raw)
+
+
+_T = TypeVar("_T")
+
+
+def _validated(adapter: TypeAdapter[_T], raw: bytes) -> _T:
+    """``raw`` validated by ``adapter``, or the ``InvalidEventError`` that says why not."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise UndecodableEventError(
             f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", code="too_large"
         )
     try:
-        return MARKETING_EVENT_ADAPTER.validate_json(raw)
+        return adapter.validate_json(raw)
     except ValidationError as error:
         raise _as_invalid_event(error) from None
 
@@ -441,14 +442,7 @@ def decode_event(
     ...
     streamcrm.errors.UndecodableEventError: not valid JSON: EOF while parsing an object...
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise UndecodableEventError(
-            f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", code="too_large"
-        )
-    try:
-        event = EVENT_ADAPTER.validate_json(raw)
-    except ValidationError as error:
-        raise _as_invalid_event(error) from None
+    event = _validated(EVENT_ADAPTER, raw)
     if topic is not None:
         allowed = TOPIC_EVENT_TYPES.get(topic.rsplit(".", 1)[-1])
         if allowed is not None and event.type not in allowed:
