@@ -325,8 +325,8 @@ class Worker:
                 await self.pipeline.store.campaign_fields(partition)
                 for partition in range(self.settings.partitions)
             ]
-        except StoreUnavailableError as error:
-            logger.warning("campaign metrics not read (%s); will retry", error)
+        except Exception as error:  # noqa: BLE001 - a timer that raises stops the whole app
+            logger.warning("campaign metrics not read (%r); will retry", error)
             return
         total = summed(Tally.from_fields(fields) for fields in partials)
         rules = self.settings.ab_test_rules
