@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import UTC, datetime
 
 from streamcrm.core.records import Alert, CustomerScore, DeadLetter
 from streamcrm.core.scoring import ScoringConfig
@@ -136,3 +137,35 @@ async def test_model_updates_go_out_in_one_message_at_the_flush() -> None:
 
     [batch] = broker.on(TOPICS.model_updates)
     assert len(json.loads(batch or b"")["updates"]) >= 3
+
+
+async def test_the_campaign_metrics_timer_publishes_campaigns_and_refreshes_the_plan() -> None:
+    from streamcrm.core.events import CampaignTouch
+    from streamcrm.core.records import CampaignMetrics
+    from streamcrm.worker.pipeline import ScoringPipeline as _Pipeline
+
+    worker, broker, _ = a_worker()
+    pipeline: _Pipeline = worker.pipeline  # type: ignore[assignment]
+    touch = CampaignTouch(
+        event_id="m1",
+        customer_id="c1",
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        touch_id="t1",
+        campaign_id="retention",
+        arm="call",
+        channel="phone",
+        cost=2.0,
+    )
+    await worker.handle_message(
+        Message(touch.model_dump_json().encode(), 0, topic=TOPICS.marketing)
+    )
+
+    await worker.publish_campaign_metrics()
+
+    (report,) = [
+        CampaignMetrics.model_validate_json(v or b"") for v in broker.on(TOPICS.campaign_metrics)
+    ]
+    assert (report.campaign_id, [arm.arm for arm in report.arms]) == ("retention", ["call"])
+    assert report.arms[0].cost == 2.0
+    assert set(pipeline.retention.arms_by_segment[""]) == {"call"}
+    assert broker.on(TOPICS.uplift) == []  # no churn alert has settled
