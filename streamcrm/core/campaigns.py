@@ -185,8 +185,8 @@ class RetentionPlan:
 
     def annotate_scored(self, scored: ScoredEvent) -> ScoredEvent:
         """``scored`` with the alerts of its score and of its re-scores annotated."""
-        if scored.score is None and not scored.rescores:
-            return scored
+        if not scored.alerts and not any(rescore.alerts for rescore in scored.rescores):
+            return scored  # the common case, on the per-event path: nothing to annotate
         segment = scored.score.segment_name if scored.score is not None else ""
         return replace(
             scored,

@@ -75,12 +75,14 @@ from streamcrm.core.scores import (
     satisfaction_mean,
 )
 from streamcrm.core.state import (
-    RECENT_EVENT_IDS,
     CustomerState,
     PendingSnapshot,
     StateRules,
     apply,
     attribution_settled_before,
+    counted_late,
+    state_for,
+    with_event_id,
     with_score_point,
 )
 from streamcrm.models import BuyingObservation, Learner, ModelBundle
@@ -326,21 +328,14 @@ def apply_marketing(
     newest score ("" before any). Marketing events do not move the customer's last event
     time: recency and churn are about what the customer did.
     """
-    if state is None:
-        state = CustomerState(
-            customer_id=event.customer_id,
-            first_seen_at=event.occurred_at,
-            last_event_at=event.occurred_at,
-        )
-    elif event.event_id in state.recent_event_ids:
+    if state is not None and event.event_id in state.recent_event_ids:
         return MarketingStep(state=state, duplicate=True)
-    recent_ids = (state.recent_event_ids + (event.event_id,))[-RECENT_EVENT_IDS:]
+    state = state_for(state, event)
+    recent_ids = with_event_id(state, event.event_id)
     settled_before = attribution_settled_before(state, config.rules)
     if settled_before is not None and event.occurred_at < settled_before:
-        late = state.model_copy(
-            update={"late_events": state.late_events + 1, "recent_event_ids": recent_ids}
-        )
-        return MarketingStep(state=late, late_by=settled_before - event.occurred_at)
+        late_by = settled_before - event.occurred_at
+        return MarketingStep(state=counted_late(state, recent_ids), late_by=late_by)
     window = config.rules.attribution_window
     memory = state.marketing
     match event:

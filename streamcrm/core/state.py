@@ -44,6 +44,7 @@ from types import MappingProxyType
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamcrm.core.events import (
+    BaseEvent,
     CancellationEvent,
     Event,
     FeedbackEvent,
@@ -459,6 +460,29 @@ def topic_kind(event: Event) -> str:
     return TOPIC_OF_EVENT_TYPE[event.type]
 
 
+def state_for(state: CustomerState | None, event: BaseEvent) -> CustomerState:
+    """The customer's state, or a new one first and last seen at ``event``."""
+    if state is not None:
+        return state
+    return CustomerState(
+        customer_id=event.customer_id,
+        first_seen_at=event.occurred_at,
+        last_event_at=event.occurred_at,
+    )
+
+
+def with_event_id(state: CustomerState, event_id: str) -> tuple[str, ...]:
+    """The customer's recent event ids with ``event_id`` (the newest ``RECENT_EVENT_IDS``)."""
+    return (state.recent_event_ids + (event_id,))[-RECENT_EVENT_IDS:]
+
+
+def counted_late(state: CustomerState, recent_ids: tuple[str, ...]) -> CustomerState:
+    """The state after a late event: counted, its id remembered, nothing else applied."""
+    return state.model_copy(
+        update={"late_events": state.late_events + 1, "recent_event_ids": recent_ids}
+    )
+
+
 def apply(
     state: CustomerState | None, event: Event, rules: StateRules = DEFAULT_RULES
 ) -> Transition:
@@ -466,23 +490,14 @@ def apply(
 
     A repeated ``event_id`` changes nothing; a late event only counts as late.
     """
-    if state is None:
-        state = CustomerState(
-            customer_id=event.customer_id,
-            first_seen_at=event.occurred_at,
-            last_event_at=event.occurred_at,
-        )
-    elif event.event_id in state.recent_event_ids:
+    if state is not None and event.event_id in state.recent_event_ids:
         return Transition(state=state, duplicate=True)
-
-    recent_ids = (state.recent_event_ids + (event.event_id,))[-RECENT_EVENT_IDS:]
+    state = state_for(state, event)
+    recent_ids = with_event_id(state, event.event_id)
     kind = topic_kind(event)
     newest = state.newest_by_topic.get(kind)
     if newest is not None and newest - event.occurred_at > rules.allowed_lateness:
-        late = state.model_copy(
-            update={"late_events": state.late_events + 1, "recent_event_ids": recent_ids}
-        )
-        return Transition(state=late, late_by=newest - event.occurred_at)
+        return Transition(state=counted_late(state, recent_ids), late_by=newest - event.occurred_at)
 
     changes = _changes_for(state, event, rules)
     # A state made by a campaign touch alone (a prospect) has seen no event of the customer:
