@@ -646,13 +646,27 @@ def rescore_due_at(state: CustomerState, config: ScoringConfig) -> datetime | No
 
 
 def sweep_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:
-    """When the customer next needs a sweep: their ledger or their re-score (None: neither)."""
+    """When the customer next needs a sweep: their ledger, their re-score or the settling of
+    an alert's outcome, whichever comes first (None: none of them)."""
     moments = [
         moment
-        for moment in (ledger_due_at(state, config), rescore_due_at(state, config))
+        for moment in (
+            ledger_due_at(state, config),
+            rescore_due_at(state, config),
+            outcome_due_at(state, config),
+        )
         if moment is not None
     ]
     return min(moments) if moments else None
+
+
+def outcome_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:
+    """When the customer's earliest pending churn alert settles: ``alert.at + churn window``
+    (None: no alert pending). A customer who is otherwise never swept again (a cancellation,
+    a lapsed score) is still visited then, so every alert is counted once its window closed,
+    whether or not the customer comes back."""
+    pending = state.alert_outcomes.pending
+    return pending[0].at + config.churn_window if pending else None
 
 
 def ledger_due_at(state: CustomerState, config: ScoringConfig) -> datetime | None:

@@ -14,7 +14,6 @@ import redis
 from streamcrm.core.events import (
     CampaignTouch,
     CancellationEvent,
-    FeedbackEvent,
     PurchaseEvent,
     TouchClicked,
     TouchOpened,
@@ -222,18 +221,6 @@ def _count_one_settled_alert(settings: Settings) -> None:
                 occurred_at=later,
             )
             for n in range(2 * settings.partitions)  # every partition's watermark moves
-        ]
-        # The cancelled customer is swept no more (no re-scores, no heartbeats): their own
-        # next event, past the window, is what settles the alert.
-        + [
-            FeedbackEvent(
-                event_id="up1-f",
-                customer_id="up1",
-                occurred_at=later,
-                rating=2,
-                scale="csat",
-                category="service",
-            )
         ],
     )
     reader = TopicReader(settings.kafka_bootstrap, settings.topics.uplift)

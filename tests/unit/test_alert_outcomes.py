@@ -164,3 +164,39 @@ def test_a_churn_alert_is_settled_retained_once_the_watermark_passes_its_window(
     key = RetentionKey("churn_risk", cancelled.score.segment_name, group)
     assert swept.retention == RetentionTally({key: RetentionFigures(1, 1)})
     assert swept.state.alert_outcomes.pending == ()
+
+
+def test_a_cancelled_customer_who_never_comes_back_is_swept_when_their_alert_settles() -> None:
+    """A cancellation ends the customer's re-scores and heartbeats, yet their churn alert is
+    still owed a count: the sweep is due when its window closes, and that sweep counts it
+    (not retained); nothing more is due after."""
+    from streamcrm.core.events import CancellationEvent, PurchaseEvent
+    from streamcrm.core.scoring import ScoringConfig, score_event, sweep_customer
+    from streamcrm.models import ModelBundle
+
+    config, models = ScoringConfig(alert_control_share=0.0), ModelBundle()
+    first = PurchaseEvent(
+        event_id="p0",
+        customer_id="c1",
+        order_id="o0",
+        amount=20.0,
+        items=1,
+        channel="web",
+        occurred_at=T0,
+    )
+    state = score_event(None, first, models, config).state
+    cancel = CancellationEvent(event_id="x1", customer_id="c1", occurred_at=T0 + DAY)
+    cancelled = score_event(state, cancel, models, config)
+    (alert,) = [a for a in cancelled.alerts if a.kind == "churn_risk"]
+    assert cancelled.score is not None
+
+    assert cancelled.due_at == alert.raised_at + config.churn_window
+    early = sweep_customer(cancelled.state, alert.raised_at + DAY, models, config)
+    assert early.retention == RetentionTally()
+    assert early.due_at == cancelled.due_at
+
+    swept = sweep_customer(cancelled.state, cancelled.due_at, models, config)
+
+    key = RetentionKey("churn_risk", cancelled.score.segment_name, "acted")
+    assert swept.retention == RetentionTally({key: RetentionFigures(1, 0)})
+    assert swept.due_at is None
