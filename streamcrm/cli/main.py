@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamcrm.core.records import Alert
+from streamcrm.core.records import Alert, CampaignMetrics, UpliftMetrics
 from streamcrm.errors import ConfigurationError, StoreUnavailableError, StreamcrmError
 from streamcrm.services.connections import (
     check_connections,
@@ -210,10 +210,14 @@ def _add_evaluate(commands: Commands) -> None:
 def _add_status(commands: Commands) -> None:
     status = commands.add_parser(
         "status",
-        help="rates, lag, model quality, segments and the latest alerts, read from Kafka",
+        help="rates, lag, model quality, segments, campaigns, uplift and the latest alerts,"
+        " read from Kafka",
         description="Read every worker's newest report from the model-metrics topic (rates,"
-        " lag per partition, records out, latency, model quality, segment shares, outcomes)"
-        " and the tail of the alerts topic, and print them once (or every --watch seconds).",
+        " lag per partition, records out, latency, model quality, segment shares, outcomes),"
+        " each campaign's newest report (arms, conversion rates, effect, ROI, P(best), expected"
+        " loss, stopping decision) and the newest uplift of acting on alerts (per alert kind"
+        " and segment) from their compacted topics, and the tail of the alerts topic, and"
+        " print them once (or every --watch seconds).",
     )
     status.add_argument(
         "--alerts", type=int, default=10, metavar="N", help="show the N latest alerts (10)"
@@ -525,10 +529,11 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_status(settings: Settings, args: argparse.Namespace) -> int:
-    """Print the workers' reports and the latest alerts (see :mod:`streamcrm.cli.status`)."""
+    """Print the workers' reports, campaigns, uplift and the latest alerts (see
+    :mod:`streamcrm.cli.status`)."""
     from rich.console import Console
 
-    from streamcrm.cli.status import latest_alerts, latest_reports, status_view
+    from streamcrm.cli.status import latest_alerts, latest_on_topic, latest_reports, status_view
 
     if settings.kafka_bootstrap is None:
         print("streamcrm status: set STREAMCRM_KAFKA_BOOTSTRAP to the broker", file=sys.stderr)
@@ -546,13 +551,28 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
                 args.alerts,
                 client_options=options,
             )
+            # Topics made before issue 18 may lack these two: nothing published yet.
+            campaigns = latest_on_topic(
+                settings.kafka_bootstrap,
+                settings.topics.campaign_metrics,
+                CampaignMetrics,
+                client_options=options,
+                missing_ok=True,
+            )
+            uplift = latest_on_topic(
+                settings.kafka_bootstrap,
+                settings.topics.uplift,
+                UpliftMetrics,
+                client_options=options,
+                missing_ok=True,
+            )
         except (LookupError, TimeoutError) as error:
             print(f"streamcrm status: {error} (has a worker ever run?)", file=sys.stderr)
             return 2
         alerts = _alerts_of_customers_not_erased(settings, alerts)
         if args.watch:
             console.clear()
-        console.print(*status_view(reports, alerts))
+        console.print(*status_view(reports, alerts, campaigns, uplift))
         if not args.watch:
             return 0
         try:

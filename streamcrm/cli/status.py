@@ -3,17 +3,20 @@
 It reads ``crm.model-metrics`` from the beginning with a group-less consumer (nothing is
 committed, nothing else sees it) and keeps each worker's newest report: model quality,
 segment shares, outcomes and, since issue 7, the worker's traffic (rates, lag per partition,
-records out, latency; :class:`~streamcrm.core.records.TopicMetrics`). The latest alerts come from
-the tail of ``crm.alerts``. :func:`status_view` lays all of it out with rich;
-:func:`format_status` renders that to plain text.
+records out, latency; :class:`~streamcrm.core.records.TopicMetrics`). Since issue 18 it also
+reads the compacted ``crm.campaign-metrics`` and ``crm.uplift`` to their ends and keeps each
+key's newest record (:func:`latest_by_key`): each campaign's arms and A/B test, and the uplift
+of acting on alerts per kind and segment. The latest alerts come from the tail of
+``crm.alerts``. :func:`status_view` lays all of it out with rich; :func:`format_status`
+renders that to plain text.
 """
 
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from kafka import TopicPartition
 from pydantic import ValidationError
@@ -22,9 +25,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from streamcrm.core.records import Alert, ModelMetrics
-from streamcrm.services.kafka import read_to_end, read_topic
+from streamcrm.core.events import WireRecord
+from streamcrm.core.records import Alert, CampaignMetrics, ModelMetrics, UpliftMetrics
+from streamcrm.services.kafka import Record, read_to_end, read_topic
 from streamcrm.store import StateStore
+
+R = TypeVar("R", bound=WireRecord)
 
 
 def latest_reports(
@@ -41,6 +47,55 @@ def latest_reports(
             report = ModelMetrics.model_validate_json(record.value)
             reports[report.worker] = report
     return reports
+
+
+def latest_by_key(records: Iterable[Record], model: type[R]) -> dict[str, R]:
+    """The newest record of each key of a compacted topic, read in offset order (a key's
+    records all sit in one partition): a later record replaces an earlier one and a
+    tombstone (a null value) deletes its key. A record without a key or with an unreadable
+    value is skipped, leaving what its key had.
+
+    >>> from streamcrm.core.records import UpliftMetrics as U
+    >>> def rec(key, value):
+    ...     return Record("crm.uplift", 0, 0, key, value)
+    >>> latest_by_key([rec(b"churn_risk|", b"not json"), rec(b"gone|", None)], U)
+    {}
+    """
+    latest: dict[str, R] = {}
+    for record in records:
+        if record.key is None:
+            continue
+        key = record.key.decode("utf-8", errors="replace")
+        if record.value is None:
+            latest.pop(key, None)
+            continue
+        try:
+            latest[key] = model.model_validate_json(record.value)
+        except ValidationError:
+            continue
+    return latest
+
+
+def latest_on_topic(
+    bootstrap: str,
+    topic: str,
+    model: type[R],
+    timeout_s: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
+    missing_ok: bool = False,
+) -> dict[str, R]:
+    """:func:`latest_by_key` of a compacted topic read up to its end at call time: what
+    ``crm.campaign-metrics`` (:class:`CampaignMetrics`) and ``crm.uplift``
+    (:class:`UpliftMetrics`) say now. Raises ``TimeoutError``, as
+    :func:`~streamcrm.services.kafka.read_to_end`, and ``LookupError`` for a topic with no
+    partitions unless ``missing_ok`` (then: nothing published yet)."""
+    try:
+        records = read_to_end(bootstrap, topic, timeout_s, client_options)
+    except LookupError:
+        if not missing_ok:
+            raise
+        return {}
+    return latest_by_key(records, model)
 
 
 async def without_erased(alerts: Sequence[Alert], store: StateStore) -> list[Alert]:
@@ -186,21 +241,133 @@ def _alerts_view(alerts: Sequence[Alert]) -> RenderableType:
     return table
 
 
+def _percent(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _points(difference: float) -> str:
+    """A difference of two rates in percentage points, signed."""
+    return f"{difference * 100:+.1f}"
+
+
+def _interval(low: float, high: float, fmt: Callable[[float], str] = _percent) -> str:
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def _campaign_view(report: CampaignMetrics) -> RenderableType:
+    """One campaign's arms: touches and conversions, the conversion rate (posterior mean) and
+    its 95 % interval, effect and ROI, P(best) and expected loss; the arm the stopping rule
+    chose (or the leader) marked, and the decision beneath."""
+    table = Table(
+        title=f"campaign {report.campaign_id} (reported {report.published_at:%Y-%m-%d %H:%M:%S}Z)",
+        title_justify="left",
+        caption=report.decision,
+        caption_justify="left",
+        caption_style="bold green" if report.stop else "dim",
+        header_style="bold",
+        expand=True,
+    )
+    table.add_column("arm")
+    for column in (
+        "touches",
+        "converted",
+        "rate",
+        "95 % interval",
+        "effect",
+        "ROI",
+        "P(best)",
+        "exp. loss",
+    ):
+        table.add_column(column, justify="right")
+    for arm in report.arms:
+        name = Text(arm.arm)
+        if arm.arm == report.leader:
+            name.append(" (chosen)" if report.stop else " (leader)", style="bold")
+        table.add_row(
+            name,
+            f"{arm.touches:,}",
+            f"{arm.conversions:,}",
+            _percent(arm.conversion_rate),
+            _interval(*arm.conversion_interval),
+            f"{arm.effect:,.2f}",
+            _figure(arm.roi, "{:+,.0%}"),
+            _percent(arm.probability_best),
+            f"{arm.expected_loss:.4f}",
+        )
+    return table
+
+
+def _campaigns_view(campaigns: Mapping[str, CampaignMetrics]) -> list[RenderableType]:
+    if not campaigns:
+        return [Text("campaigns: no campaign reports published yet (no marketing touch counted)")]
+    return [_campaign_view(report) for _, report in sorted(campaigns.items())]
+
+
+def _uplift_order(report: UpliftMetrics) -> tuple[str, bool, str]:
+    """Per alert kind, its segments by name, then all segments together."""
+    return report.kind, report.segment == "", report.segment
+
+
+def _uplift_view(uplift: Mapping[str, UpliftMetrics]) -> RenderableType:
+    if not uplift:
+        return Text(
+            "uplift of acting on alerts: none published yet"
+            " (an alert counts once its churn window has closed)"
+        )
+    table = Table(
+        title="uplift of acting on alerts: retention (retained / alerts) of alerts acted on"
+        " against control; retained: a purchase within the churn window",
+        title_justify="left",
+        header_style="bold",
+        expand=True,
+    )
+    table.add_column("alert kind")
+    table.add_column("segment")
+    for column in ("acted on", "control", "uplift", "95 % interval", "P(uplift > 0)"):
+        table.add_column(column, justify="right")
+    for r in sorted(uplift.values(), key=_uplift_order):
+        table.add_row(
+            r.kind,
+            r.segment or "(all)",
+            f"{_percent(r.acted_rate)} ({r.acted_retained:,} / {r.acted_alerts:,})",
+            f"{_percent(r.control_rate)} ({r.control_retained:,} / {r.control_alerts:,})",
+            f"{_points(r.uplift)} pp",
+            _interval(*r.uplift_interval, fmt=_points),
+            _percent(r.probability_positive),
+        )
+    return table
+
+
 def status_view(
-    reports: Mapping[str, ModelMetrics], alerts: Iterable[Alert] = ()
+    reports: Mapping[str, ModelMetrics],
+    alerts: Iterable[Alert] = (),
+    campaigns: Mapping[str, CampaignMetrics] | None = None,
+    uplift: Mapping[str, UpliftMetrics] | None = None,
 ) -> list[RenderableType]:
-    """What ``streamcrm status`` shows: a panel per worker, then the latest alerts."""
+    """What ``streamcrm status`` shows: a panel per worker, each campaign's A/B test, the
+    uplift of acting on alerts, then the latest alerts. ``campaigns`` and ``uplift`` (by
+    topic key, as :func:`latest_by_key` gives them): None leaves their section out, empty
+    says nothing has been published yet."""
+    marketing: list[RenderableType] = []
+    if campaigns is not None:
+        marketing.extend(_campaigns_view(campaigns))
+    if uplift is not None:
+        marketing.append(_uplift_view(uplift))
     if not reports:
-        return [Text("no model-metrics reports yet: is a worker running?")]
+        return [Text("no model-metrics reports yet: is a worker running?"), *marketing]
     views = [_worker_view(report) for _, report in sorted(reports.items())]
-    return [*views, _alerts_view(list(alerts))]
+    return [*views, *marketing, _alerts_view(list(alerts))]
 
 
 def format_status(
-    reports: Mapping[str, ModelMetrics], alerts: Iterable[Alert] = (), width: int = 120
+    reports: Mapping[str, ModelMetrics],
+    alerts: Iterable[Alert] = (),
+    width: int = 120,
+    campaigns: Mapping[str, CampaignMetrics] | None = None,
+    uplift: Mapping[str, UpliftMetrics] | None = None,
 ) -> str:
     """:func:`status_view` as plain text, ``width`` columns wide."""
     console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
-    for renderable in status_view(reports, alerts):
+    for renderable in status_view(reports, alerts, campaigns, uplift):
         console.print(renderable)
     return console.export_text()

@@ -163,7 +163,12 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         output_reader.close()
 
     register_web_views(
-        app, pipeline, metrics, (*input_topics, topics.model_updates), worker.recent_alerts
+        app,
+        pipeline,
+        metrics,
+        (*input_topics, topics.model_updates),
+        worker.recent_alerts,
+        lambda: worker.marketing_reports,
     )
     register_dashboard(app)
     return app

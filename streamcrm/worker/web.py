@@ -10,6 +10,8 @@ Routes (served on ``settings.web_port``; the contract is in docs/metrics.md):
 ``GET /customers/{id}``        the customer's state, latest score and score history; 404 unknown
 ``GET /api/overview``          throughput and lag over time, partitions, outcomes, churn risk,
                                segments, latest alerts, model quality (the dashboard's source)
+``GET /api/marketing``         the newest campaign reports (A/B tests) and uplift of acting on
+                               alerts this worker computed (:class:`MarketingReports`)
 =============================  ==================================================================
 
 A Faust sensor counts messages in (per topic and partition) and records out (per topic) as
@@ -23,7 +25,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +35,7 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streamcrm.core.records import Alert, CustomerScore
+from streamcrm.core.records import Alert, CampaignMetrics, CustomerScore, UpliftMetrics
 from streamcrm.core.scoring import ScoredEvent
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.store import StateStore
@@ -108,12 +111,51 @@ async def partition_positions(consumer: Any, topics: Iterable[str]) -> list[Part
     return positions
 
 
+@dataclass(frozen=True)
+class MarketingReports:
+    """The newest campaign and uplift reports a worker computed, for ``GET /api/marketing``.
+
+    Every worker computes them at each metrics tick, from the campaign and retention figures
+    of every input partition summed in Redis (the store all workers share), though only the
+    owner of partition 0 of the marketing topic publishes them: so every worker's dashboard
+    shows the same figures as ``crm.campaign-metrics`` and ``crm.uplift``, give or take one
+    metrics interval, whichever worker a browser reaches. They are sums: no customer id.
+    """
+
+    computed_at: datetime | None = None
+    """When they were computed (None: not yet, the first metrics tick has not come)."""
+    campaigns: tuple[CampaignMetrics, ...] = ()
+    """One report per campaign with a touch, by campaign id."""
+    uplift: tuple[UpliftMetrics, ...] = ()
+    """Per alert kind, each segment's uplift then all segments' (``segment`` ``""``)."""
+    publisher: bool = False
+    """Whether this worker is the one publishing them (it owns marketing partition 0)."""
+
+    def document(self, worker: str, now: datetime) -> dict[str, Any]:
+        """The ``GET /api/marketing`` document (docs/metrics.md).
+
+        >>> MarketingReports().document("w1", datetime(2026, 3, 1, tzinfo=UTC))["campaigns"]
+        []
+        """
+        return {
+            "worker": worker,
+            "generated_at": now.astimezone(UTC).isoformat(),
+            "computed_at": None
+            if self.computed_at is None
+            else self.computed_at.astimezone(UTC).isoformat(),
+            "publisher": self.publisher,
+            "campaigns": [report.model_dump(mode="json") for report in self.campaigns],
+            "uplift": [report.model_dump(mode="json") for report in self.uplift],
+        }
+
+
 def register_web_views(
     app: faust.App,
     pipeline: ScoringPipeline,
     metrics: WorkerMetrics,
     watched_topics: Iterable[str],
     recent_alerts: deque[Alert] | None = None,
+    marketing_reports: Callable[[], MarketingReports] = MarketingReports,
 ) -> None:
     """Add the traffic sensor, the sampling timer and the HTTP routes to ``app``.
 
@@ -122,6 +164,8 @@ def register_web_views(
     (``/api/overview`` shows them). Before each overview, the customers it would show are
     checked against the erasure block list and the erased ones forgotten
     (:func:`forget_erased`), so no worker serves a customer erased by another.
+    ``marketing_reports``: the worker's newest campaign and uplift reports, asked at each
+    request (``/api/marketing``; none by default).
     """
     alerts_shown: deque[Alert] = deque() if recent_alerts is None else recent_alerts
     watched = tuple(watched_topics)
@@ -202,11 +246,21 @@ def register_web_views(
                 metrics.overview(datetime.now(UTC), list(alerts_shown), pipeline.models.version)
             )
 
+    class Marketing(View):
+        async def get(self, request: Request) -> Response:
+            """The newest campaign and uplift reports this worker computed: every worker
+            computes them from the figures all share in Redis, so any worker answers with
+            what ``crm.campaign-metrics`` and ``crm.uplift`` carry (see
+            :class:`MarketingReports`). They hold no customer id: nothing to check against
+            the erasure block list."""
+            return self.json(marketing_reports().document(metrics.worker, datetime.now(UTC)))
+
     app.page("/metrics", name="streamcrm-metrics")(Metrics)
     app.page("/healthz", name="streamcrm-healthz")(Health)
     app.page("/readyz", name="streamcrm-readyz")(Ready)
     app.page("/customers/{customer_id}", name="streamcrm-customer")(Customer)
     app.page("/api/overview", name="streamcrm-overview")(Overview)
+    app.page("/api/marketing", name="streamcrm-marketing")(Marketing)
 
 
 def forget_customers(

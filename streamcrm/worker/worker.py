@@ -40,7 +40,12 @@ from streamcrm.worker.metrics import WorkerMetrics
 from streamcrm.worker.outbox import OutboxPublisher
 from streamcrm.worker.pipeline import InputMessage, ScoringPipeline
 from streamcrm.worker.sweeps import SweepReport
-from streamcrm.worker.web import forget_customers, message_timestamp, scored_in
+from streamcrm.worker.web import (
+    MarketingReports,
+    forget_customers,
+    message_timestamp,
+    scored_in,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +132,7 @@ class Worker:
         self.settings = settings
         self.topics = settings.topics
         self.pipeline = pipeline
+        pipeline.holding_back = self._holding_back
         self.learner = learner
         self.metrics = metrics
         self.outbox = outbox
@@ -135,6 +141,8 @@ class Worker:
         """The outbox's kinds (``scores``, ``alerts``) → their topics."""
         self.recent_alerts: deque[Alert] = deque(maxlen=RECENT_ALERTS)
         """The alerts this worker sent, newest last (read by the web views)."""
+        self.marketing_reports = MarketingReports()
+        """The newest campaign and uplift reports computed (read by ``/api/marketing``)."""
         self._unsent: list[ModelUpdate] = []
         self._partition_locks: dict[tuple[str, int], asyncio.Lock] = {}
         """One lock per input partition: a timer's catch-up, a sweep and the agent never
@@ -318,8 +326,9 @@ class Worker:
         """The metrics timer: read the campaign and retention figures, summed over every
         input partition's partials; refresh the retention arms churn alerts recommend; and
         publish the uplift of acting on alerts (per kind and segment) and each campaign's
-        figures and A/B test. Only the worker that owns partition 0 of the marketing topic
-        publishes, so each report goes out once per interval."""
+        figures and A/B test. Every worker computes the reports and keeps the newest for its
+        web views (:attr:`marketing_reports`); only the worker that owns partition 0 of the
+        marketing topic publishes them, so each report goes out once per interval."""
         try:
             partials = [
                 await self.pipeline.store.campaign_fields(partition)
@@ -336,17 +345,21 @@ class Worker:
             self.settings.alert_control_share,
             rules.prior,
         )
-        if 0 not in self.broker.owned_partitions(self.topics.marketing):
-            return
         now = datetime.now(UTC)
         retention = summed_retention(RetentionTally.from_fields(fields) for fields in partials)
-        for uplift in uplift_metrics(retention, now, rules.prior):
+        uplifts = uplift_metrics(retention, now, rules.prior)
+        campaigns = campaign_metrics(total, now, rules)
+        publisher = 0 in self.broker.owned_partitions(self.topics.marketing)
+        self.marketing_reports = MarketingReports(now, tuple(campaigns), tuple(uplifts), publisher)
+        if not publisher:
+            return
+        for uplift in uplifts:
             await self.broker.send(
                 self.topics.uplift,
                 f"{uplift.kind}|{uplift.segment}".encode(),
                 uplift.model_dump_json().encode(),
             )
-        for report in campaign_metrics(total, now, rules):
+        for report in campaigns:
             await self.broker.send(
                 self.topics.campaign_metrics,
                 report.campaign_id.encode(),
@@ -384,10 +397,11 @@ class Worker:
             self._next_to_apply[where] = max(self._next_to_apply.get(where, 0), message.offset + 1)
 
     def _holding_back(self, partition: int) -> list[str]:
-        """The input topics whose partition ``partition`` still has messages to apply here."""
+        """The input topics (the scored ones and marketing) whose partition ``partition``
+        still has messages to apply here."""
         return [
             topic
-            for topic in self.topics.inputs
+            for topic in (*self.topics.inputs, self.topics.marketing)
             if self.broker.has_unhandled(
                 topic, partition, self._next_to_apply.get((topic, partition), 0)
             )

@@ -27,7 +27,7 @@ from tests.integration.worker_harness import (
 
 pytestmark = pytest.mark.integration
 
-ENDPOINTS = ("/api/overview", "/metrics", "/readyz", "/healthz")
+ENDPOINTS = ("/api/overview", "/api/marketing", "/metrics", "/readyz", "/healthz")
 
 
 def overview(base: str) -> dict[str, Any] | None:

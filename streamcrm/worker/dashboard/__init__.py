@@ -10,7 +10,9 @@ route                                  serves
 ``/dashboard``                         throughput and lag over time, churn-risk
                                        distribution, segment map and shares, model quality,
                                        latest alerts, a box to open a customer (polls
-                                       ``GET /api/overview`` every few seconds)
+                                       ``GET /api/overview`` every few seconds); campaigns'
+                                       A/B tests and the uplift of acting on alerts
+                                       (``GET /api/marketing``)
 ``/dashboard/customer?id=ID``          one customer: state, scores, churn drivers, score
 ``/dashboard/customers/{customer_id}`` history (``GET /customers/{id}``)
 ``/dashboard/static/...``              the pages' scripts, stylesheet and Chart.js

@@ -1,4 +1,5 @@
-// The live dashboard: polls GET /api/overview and redraws its charts in place.
+// The live dashboard: polls GET /api/overview (and GET /api/marketing for the campaign and
+// uplift tables) and redraws its charts in place.
 "use strict";
 
 (() => {
@@ -185,6 +186,94 @@
     );
   }
 
+  const money = new Intl.NumberFormat("en-GB", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+
+  // A signed difference of two rates in percentage points ("+4.2").
+  function fmtPoints(value) {
+    if (value === null || value === undefined) return "–";
+    const points = (Number(value) * 100).toFixed(1);
+    return value > 0 ? `+${points}` : points;
+  }
+
+  // Right-align the given columns of a table body (fillTable only aligns plain numbers).
+  function alignColumns(tbody, columns) {
+    for (const row of tbody.rows) {
+      if (row.cells.length === 1) continue; // the "nothing yet" row
+      for (const index of columns) row.cells[index].classList.add("num");
+    }
+  }
+
+  function renderMarketing(marketing) {
+    S.setText("marketing-computed-at", S.fmtDateTime(marketing.computed_at));
+    const notYet = marketing.computed_at ? null : "not computed yet: waiting for the first metrics tick";
+
+    // One row per arm; the campaign and its decision on its first arm's row.
+    const arms = [];
+    for (const campaign of marketing.campaigns || []) {
+      campaign.arms.forEach((arm, index) => arms.push({ campaign, arm, first: index === 0 }));
+    }
+    const campaigns = document.getElementById("campaigns");
+    S.fillTable(
+      campaigns,
+      arms,
+      ({ campaign, arm, first }) => {
+        const name = document.createElement("span");
+        name.textContent = arm.arm;
+        if (arm.arm === campaign.leader) {
+          const mark = document.createElement("strong");
+          mark.textContent = campaign.stop ? " (chosen)" : " (leader)";
+          name.append(mark);
+        }
+        let decision = "";
+        if (first) {
+          decision = document.createElement("span");
+          decision.className = campaign.stop ? "decision stop" : "decision";
+          decision.textContent = campaign.decision;
+        }
+        const [low, high] = arm.conversion_interval;
+        return [
+          first ? campaign.campaign_id : "",
+          name,
+          S.fmtInt(arm.touches),
+          S.fmtInt(arm.conversions),
+          S.fmtPercent(arm.conversion_rate),
+          `${S.fmtPercent(low)} – ${S.fmtPercent(high)}`,
+          money.format(arm.effect),
+          arm.roi === null ? "–" : `${arm.roi > 0 ? "+" : ""}${S.fmtInt(arm.roi * 100)}%`,
+          S.fmtPercent(arm.probability_best),
+          S.fmtNumber(arm.expected_loss, 4),
+          decision,
+        ];
+      },
+      notYet || "no campaign has a touch yet",
+      11,
+    );
+    alignColumns(campaigns, [2, 3, 4, 5, 6, 7, 8, 9]);
+
+    const uplift = document.getElementById("uplift");
+    S.fillTable(
+      uplift,
+      marketing.uplift || [],
+      (u) => {
+        const [low, high] = u.uplift_interval;
+        return [
+          u.kind.replace(/_/g, " "),
+          u.segment ? S.segmentLabel(u.segment) : "all segments",
+          `${S.fmtInt(u.acted_retained)} of ${S.fmtInt(u.acted_alerts)}`,
+          S.fmtPercent(u.acted_rate),
+          `${S.fmtInt(u.control_retained)} of ${S.fmtInt(u.control_alerts)}`,
+          S.fmtPercent(u.control_rate),
+          `${fmtPoints(u.uplift)} pp`,
+          `${fmtPoints(low)} – ${fmtPoints(high)} pp`,
+          S.fmtPercent(u.probability_positive),
+        ];
+      },
+      notYet || "no alert's churn window has closed yet",
+      9,
+    );
+    alignColumns(uplift, [2, 3, 4, 5, 6, 7, 8]);
+  }
+
   function renderCharts(charts, overview) {
     for (const [chart, points, field] of [
       [charts.throughput, overview.throughput, "events_per_s"],
@@ -252,9 +341,13 @@
         document.body.dataset.refreshed = String(Date.now());
       } catch (error) {
         S.setConnection(false, `cannot reach the worker (${error.message}); retrying`);
-      } finally {
-        window.setTimeout(poll, POLL_MS);
       }
+      try {
+        renderMarketing(await S.fetchJson("/api/marketing"));
+      } catch (error) {
+        S.setText("marketing-computed-at", `unreadable (${error.message})`);
+      }
+      window.setTimeout(poll, POLL_MS);
     }
     poll();
   }
