@@ -352,17 +352,20 @@ MarketingEvent = Annotated[
 MARKETING_EVENT_ADAPTER: TypeAdapter[MarketingEvent] = TypeAdapter(MarketingEvent)
 
 
-def decode_marketing_event(raw: bytes) -> MarketingEvent:
-    """Validate a message of the marketing topic, or raise an ``InvalidEventError``.
+def decode_marketing_event(raw: bytes, not_after: datetime | None = None) -> MarketingEvent:
+    """Validate a message of the marketing topic, or raise an ``InvalidEventError``;
+    ``not_after`` rejects events dated later than it, as :func:`decode_event` does (a touch
+    dated years ahead would make every later touch of its customer late).
 
     >>> decode_marketing_event(b'{"type": "open", "event_id": "m1", "customer_id": "c1",'
     ...     b' "occurred_at": "2026-03-01T00:00:00Z", "touch_id": "t1"}').touch_id
     't1'
     """
-    return _validated(MARKETING_EVENT_ADAPTER, raw)
+    return _dated_no_later_than(_validated(MARKETING_EVENT_ADAPTER, raw), not_after)
 
 
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=BaseEvent)
 
 
 def _validated(adapter: TypeAdapter[_T], raw: bytes) -> _T:
@@ -447,6 +450,12 @@ def decode_event(
         allowed = TOPIC_EVENT_TYPES.get(topic.rsplit(".", 1)[-1])
         if allowed is not None and event.type not in allowed:
             raise WrongTopicError(f"event type {event.type!r} does not belong on topic {topic!r}")
+    return _dated_no_later_than(event, not_after)
+
+
+def _dated_no_later_than(event: _E, not_after: datetime | None) -> _E:
+    """``event``, unless it is dated later than ``not_after`` (None: any time is accepted):
+    then raise ``FutureEventError``."""
     if not_after is not None and event.occurred_at > not_after:
         raise FutureEventError(
             f"occurred_at {event.occurred_at.isoformat()} is later than the latest accepted"

@@ -61,8 +61,9 @@ class Admission:
         return self.admitted(decode_privacy_event(raw), key)
 
     def marketing_event(self, raw: bytes, key: bytes | None) -> MarketingEvent:
-        """The admitted marketing event of a message; raises ``InvalidEventError``."""
-        return self.admitted(decode_marketing_event(raw), key)
+        """The admitted marketing event of a message (refused, as any event, when dated too
+        far ahead of the clock); raises ``InvalidEventError``."""
+        return self.admitted(decode_marketing_event(raw, self.not_after()), key)
 
     def admitted(self, event: _E, key: bytes | None) -> _E:
         """A decoded event as the core sees it: its message key checked (``require_keys``;

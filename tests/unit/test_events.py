@@ -16,6 +16,7 @@ from streamcrm.core.events import (
     RefundEvent,
     SupportEvent,
     decode_event,
+    decode_marketing_event,
     decode_privacy_event,
 )
 from streamcrm.errors import (
@@ -503,3 +504,16 @@ def test_an_event_dated_beyond_the_allowed_clock_skew_is_rejected_as_future() ->
         decode_event(raw, "crm.support", not_after=datetime(2026, 11, 30, tzinfo=UTC))
     assert caught.value.code == "future_event_time"
     assert decode_event(raw, "crm.support", not_after=None).customer_id == "c1"
+
+
+def test_a_marketing_event_dated_beyond_the_allowed_clock_skew_is_rejected_as_future() -> None:
+    from streamcrm.errors import FutureEventError
+
+    raw = (
+        b'{"type": "open", "event_id": "m1", "customer_id": "c1",'
+        b' "occurred_at": "2099-01-01T00:00:00Z", "touch_id": "t1"}'
+    )
+    with pytest.raises(FutureEventError) as caught:
+        decode_marketing_event(raw, not_after=datetime(2026, 11, 30, tzinfo=UTC))
+    assert caught.value.code == "future_event_time"
+    assert decode_marketing_event(raw, not_after=None).customer_id == "c1"

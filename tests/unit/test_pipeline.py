@@ -557,6 +557,45 @@ async def test_an_event_dated_too_far_ahead_of_the_clock_is_rejected_and_saves_n
     assert guarded.outcomes["invalid"] == 1
 
 
+def touch(customer_id: str, day: float) -> bytes:
+    return json.dumps(
+        {
+            "type": "touch",
+            "event_id": f"m{next(_ids)}",
+            "customer_id": customer_id,
+            "occurred_at": (T0 + timedelta(days=day)).isoformat(),
+            "touch_id": f"t{next(_ids)}",
+            "campaign_id": "spring",
+            "arm": "A",
+            "channel": "email",
+        }
+    ).encode()
+
+
+async def test_a_marketing_event_dated_too_far_ahead_of_the_clock_is_rejected_and_saves_nothing(
+    store: InMemoryStateStore,
+) -> None:
+    """As any other event: a touch dated years ahead, once applied, would make every later
+    touch of its customer late (their attribution horizon would be in the future)."""
+    from streamcrm.errors import FutureEventError
+
+    now = T0 + timedelta(days=10)
+    guarded = ScoringPipeline(
+        store, ScoringConfig(), max_event_time_skew=timedelta(hours=24), clock=lambda: now
+    )
+    await guarded.handle_marketing(touch("c1", day=10.9), "crm.marketing", 0, 0)
+    with pytest.raises(FutureEventError):
+        await guarded.handle_marketing(touch("c1", day=11.5), "crm.marketing", 0, 1)
+    with pytest.raises(FutureEventError):
+        await guarded.handle_marketing(touch("c2", day=365 * 70), "crm.marketing", 0, 2)
+    await guarded.handle_marketing(touch("c1", day=10.5), "crm.marketing", 0, 3)
+
+    c1 = await store.load("c1")
+    assert c1 is not None and len(c1.marketing.touches) == 2 and c1.late_events == 0
+    assert await store.load("c2") is None
+    assert guarded.outcomes["invalid"] == 2
+
+
 def privacy(kind: str, customer_id: str = "c1", day: float = 0.0) -> bytes:
     return json.dumps(
         {
