@@ -1,10 +1,12 @@
-"""Malformed messages on crm.feedback, crm.support and crm.privacy, against a real worker,
-Tansu broker and redis-server, tested as those on crm.purchases are (test_fault_inputs.py).
+"""Malformed messages on crm.feedback, crm.support, crm.privacy and crm.marketing, against a
+real worker, Tansu broker and redis-server, tested as those on crm.purchases are
+(test_fault_inputs.py).
 
 Every malformed message reaches the dead-letter topic exactly once, with its reason code and
 the topic, partition and offset it was read from; every valid event among them is applied
-(an erasure erases, a consent lifts the block) and none is dead-lettered; a malformed or
-wrongly keyed erasure erases no one; the worker keeps running throughout.
+(an erasure erases, a consent lifts the block, a touch reaches the campaign figures) and none
+is dead-lettered; a malformed or wrongly keyed erasure erases no one; the worker keeps running
+throughout.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ from streamcrm.core.events import (
     CancellationEvent,
     Event,
     FeedbackEvent,
+    MarketingEvent,
     SupportEvent,
+    decode_marketing_event,
 )
+from streamcrm.core.marketing import Tally, summed
 from streamcrm.core.records import Alert
+from streamcrm.core.scoring import apply_marketing
 from streamcrm.core.state import CustomerState
 from streamcrm.services.kafka import ensure_topics, make_producer
 from streamcrm.settings import Settings
 from streamcrm.store import audit_key, erased_key
+from streamcrm.store.base import campaigns_key
 from tests.conftest import record_fault
 from tests.integration.exactness import (
     comparable,
@@ -51,6 +58,10 @@ dead-lettered exactly once, whatever the code. An expected code ending in ``*`` 
 BAD_TIME = "schema:datetime*"
 """Unparseable times: ``schema:datetime_parsing`` in strict mode, ``..._from_date_parsing``
 in lax mode (the coercion change settles which)."""
+FUTURE = "2099-01-01T00:00:00Z"
+LONG_AGO = "2025-02-01T00:00:00Z"
+T_MARKETING = T0 + timedelta(days=61)
+"""Marketing events come after every other event of the test (f-2's comeback is at day 60)."""
 WAIT_S = 45.0
 
 
@@ -85,7 +96,7 @@ def as_bytes(fields: dict[str, object]) -> bytes:
     return json.dumps(fields).encode()
 
 
-def valid(event: Event) -> Message:
+def valid(event: Event | MarketingEvent) -> Message:
     value = event.model_dump_json().encode()
     return Message(f"valid {event.event_id}", event.customer_id.encode(), value)
 
@@ -192,6 +203,21 @@ def privacy_record(customer: str, kind: str = "erasure") -> dict[str, object]:
     }
 
 
+def marketing_record(customer: str, kind: str = "touch") -> dict[str, object]:
+    record: dict[str, object] = {
+        "type": kind,
+        "event_id": f"{kind}-{customer}-bad",
+        "customer_id": customer,
+        "occurred_at": "2025-05-02T10:00:00Z",
+        "touch_id": f"{customer}-t-bad",
+    }
+    if kind in {"touch", "offer"}:
+        record |= {"campaign_id": "spring", "arm": "A", "channel": "email", "cost": 0.25}
+    if kind == "offer":
+        record["alert_id"] = f"{customer}-e:churn_risk"
+    return record
+
+
 _SUPPORT_ONLY = ("ticket_id", "action", "channel", "category")
 
 
@@ -251,6 +277,103 @@ def privacy_malformed() -> list[Message]:
         bad("support-here", "unknown_event_type", support_record("s-3")),
         bad("erasure-of-s-3-keyed-f-3", "key_mismatch", privacy_record("s-3"), key=b"f-3"),
     ]
+
+
+def marketing_malformed() -> list[Message]:
+    # m-3 and m-4 have touches by the time these arrive (the first half of the valid ones).
+    # Those that decode have event ids of their own: a repeated id would hide the reason.
+    record = marketing_record("m-3")
+    offer = marketing_record("m-3", "offer")
+    opened = marketing_record("m-3", "open")
+    clicked = marketing_record("m-3", "click")
+
+    def fresh(label: str, fields: dict[str, object]) -> dict[str, object]:
+        return {**fields, "event_id": f"marketing-{label}"}
+
+    nan_cost = as_bytes({**record, "event_id": "marketing-nan"}).replace(b"0.25", b"NaN")
+    return [
+        *common_malformed("marketing", record, neighbour="m-4"),
+        bad("type-capital", "unknown_event_type", {**record, "type": "Touch"}),
+        bad("type-number", "unknown_event_type", {**record, "type": 1}),
+        bad("cost-negative", "schema:greater_than_equal", {**record, "cost": -0.25}),
+        bad("cost-text", "schema:float_type", {**record, "cost": "0.25"}),
+        bad("cost-bool", "schema:float_type", {**record, "cost": True}),
+        bad("cost-null", "schema:float_type", {**record, "cost": None}),
+        bad("cost-1e10", "schema:less_than_equal", {**record, "cost": 1e10}),
+        bad("cost-nan", "schema:finite_number", nan_cost, key=b"m-3"),
+        bad("offer-cost-negative", "schema:greater_than_equal", {**offer, "cost": -1}),
+        bad("channel-fax", "schema:literal_error", {**record, "channel": "fax"}),
+        bad("channel-chat", "schema:literal_error", {**record, "channel": "chat"}),
+        bad("offer-channel-none", "schema:literal_error", {**offer, "channel": None}),
+        bad("currency-lower", "schema:string_pattern_mismatch", {**record, "currency": "eur"}),
+        bad("currency-xyz", "unknown_currency", {**fresh("xyz", record), "currency": "XYZ"}),
+        bad("touch-no-touch-id", "schema:missing", without(record, "touch_id")),
+        bad("touch-no-campaign", "schema:missing", without(record, "campaign_id")),
+        bad("touch-no-arm", "schema:missing", without(record, "arm")),
+        bad("touch-no-channel", "schema:missing", without(record, "channel")),
+        bad("touch-id-number", "schema:string_type", {**record, "touch_id": 7}),
+        bad("touch-id-slash", "schema:string_pattern_mismatch", {**record, "touch_id": "t/1"}),
+        bad("arm-empty", "schema:string_too_short", {**record, "arm": ""}),
+        bad("touch-alert-id", "schema:extra_forbidden", {**record, "alert_id": "e:churn_risk"}),
+        bad("offer-no-alert", "schema:missing", without(offer, "alert_id")),
+        bad("offer-alert-empty", "schema:string_too_short", {**offer, "alert_id": ""}),
+        bad("offer-alert-257", "schema:string_too_long", {**offer, "alert_id": "a" * 257}),
+        bad("offer-alert-space", "schema:string_pattern_mismatch", {**offer, "alert_id": "a b"}),
+        bad("offer-other-key", "key_mismatch", fresh("offer-key", offer), key=b"m-4"),
+        bad("open-no-touch-id", "schema:missing", without(opened, "touch_id")),
+        bad("open-campaign", "schema:extra_forbidden", {**opened, "campaign_id": "spring"}),
+        bad("open-no-key", "missing_key", fresh("open-no-key", opened), key=None),
+        bad("click-no-touch-id", "schema:missing", without(clicked, "touch_id")),
+        bad("click-cost", "schema:extra_forbidden", {**clicked, "cost": 0.25}),
+        bad("click-no-ts", "schema:missing", without(clicked, "occurred_at")),
+        bad("purchase-here", "unknown_event_type", {**support_record("m-3"), "type": "purchase"}),
+        bad("feedback-here", "unknown_event_type", feedback_record("m-3")),
+        bad("erasure-here", "unknown_event_type", privacy_record("m-3")),
+        # A touch dated ahead of the clock would make every later touch of m-3 late.
+        bad("future", "future_event_time", {**fresh("future", record), "occurred_at": FUTURE}),
+        # Valid, but older than m-3's attribution horizon: counted in the state, not applied.
+        bad("late", "late_event", {**fresh("late", record), "occurred_at": LONG_AGO}),
+    ]
+
+
+def valid_marketing(customers: Sequence[str]) -> list[MarketingEvent]:
+    """Touches and retention offers first, then opens, clicks and second touches: every
+    customer has a touch before the malformed messages (which name them) arrive. Dated after
+    every other event of the test, and all within hours of each other: none is late, however
+    far the other topics have moved the partitions' event time."""
+    events: list[MarketingEvent] = []
+    for n in range(5):
+        for i, customer in enumerate(customers):
+            occurred_at = T_MARKETING + timedelta(hours=3 * n, minutes=i)
+            common = {
+                "event_id": f"{customer}-mk-{n}",
+                "customer_id": customer,
+                "occurred_at": occurred_at.isoformat(),
+            }
+            sent = {"campaign_id": "spring", "arm": "AB"[i % 2], "channel": "email"}
+            fields: dict[str, object]
+            match n:
+                case 0 | 4:
+                    fields = {**common, "type": "touch", "touch_id": f"{customer}-t-{n}", **sent}
+                    fields["cost"] = 0.25 if n == 0 else 0
+                case 1:
+                    fields = {
+                        **common,
+                        "type": "offer",
+                        "touch_id": f"{customer}-t-1",
+                        "campaign_id": "winback",
+                        "arm": "offer",
+                        "channel": ("sms", "push", "in_app", "mail", "phone")[i % 5],
+                        "alert_id": f"{customer}-e:churn_risk",
+                        "cost": 1.5,
+                        "currency": "EUR",
+                    }
+                case 2:
+                    fields = {**common, "type": "open", "touch_id": f"{customer}-t-0"}
+                case _:
+                    fields = {**common, "type": "click", "touch_id": f"{customer}-t-{i % 2}"}
+            events.append(decode_marketing_event(as_bytes(fields)))
+    return events
 
 
 def valid_feedback(customers: Sequence[str]) -> list[FeedbackEvent]:
@@ -413,11 +536,32 @@ def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_one
                 "f-2's event after consent applied",
             )
 
+            # 4. Marketing: touches, offers, opens and clicks among the malformed ones.
+            marketing_customers = [f"m-{i}" for i in range(1, 6)]
+            marketing_events = valid_marketing(marketing_customers)
+            marketing_sent = produce(
+                settings,
+                topics.marketing,
+                interleaved([valid(e) for e in marketing_events], marketing_malformed()),
+            )
+            sent += marketing_sent
+            marketing_expected, campaigns_expected = expected_marketing(settings, marketing_sent)
+            try:
+                wait_until(
+                    lambda: _campaigns(settings) == campaigns_expected,
+                    WAIT_S,
+                    "every valid marketing event in the campaign figures",
+                )
+            except AssertionError:  # show how they differ
+                figures = _campaigns(settings).by_campaign_arm()
+                assert figures == campaigns_expected.by_campaign_arm()
+                raise
+
             malformed = [s for s in sent if s.message.expected is not None]
             letters.wait_for(lambda records: len(records) >= len(malformed), timeout_s=WAIT_S)
             found = dead_letters(letters.drain(2.0))  # anything sent twice would show by now
 
-            # 4. Still up and applying: the process may linger for seconds after its app
+            # 5. Still up and applying: the process may linger for seconds after its app
             # crashed, so the log must show no crash and a last event must go through.
             crashes = [
                 line
@@ -499,6 +643,13 @@ def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_one
         client.close()
     assert blocked == 2  # f-1 and s-1; f-2 consented again
 
+    # Every valid marketing event applied (the late one counted), none of the malformed ones.
+    marketing_stored = stored_states(settings, marketing_customers)
+    assert {c: comparable(s) for c, s in marketing_stored.items()} == {
+        c: comparable(s) for c, s in marketing_expected.items()
+    }
+    assert _campaigns(settings) == campaigns_expected
+
     per_topic = Counter(s.topic for s in malformed)
     lettered = Counter(letter.source_topic for letter in found)
     for topic, prefix in ((topics.feedback, "f-"), (topics.support, "s-")):
@@ -524,6 +675,62 @@ def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_one
         note=f"{per_topic[topics.privacy]} kinds of bad input among"
         f" {len(valid_privacy_messages)} erasures and consents; none erased anyone",
     )
+    marketing_lost = sum(
+        e.event_id not in marketing_stored[e.customer_id].recent_event_ids
+        if e.customer_id in marketing_stored
+        else 1
+        for e in marketing_events
+    )
+    record_fault(
+        "malformed messages on marketing",
+        events_in=len(marketing_events) + per_topic[topics.marketing],
+        reflected=len(marketing_events) - marketing_lost,
+        lost=marketing_lost,
+        dead_lettered=lettered[topics.marketing],
+        note=f"{per_topic[topics.marketing]} kinds of bad input among {len(marketing_events)}"
+        " touches, offers, opens and clicks; the campaign figures exact",
+    )
+
+
+def expected_marketing(
+    settings: Settings, sent: Sequence[Sent]
+) -> tuple[dict[str, CustomerState], Tally]:
+    """The marketing customers' states and the campaign figures, from the pure core applied
+    to the messages the worker applies, in the order each customer's partition holds them:
+    the valid ones and the late one (counted, not applied)."""
+    config = settings.scoring
+    states: dict[str, CustomerState] = {}
+    tallies: list[Tally] = []
+    for s in sent:
+        if s.message.expected not in (None, "late_event"):
+            continue
+        event = decode_marketing_event(s.message.value)
+        step = apply_marketing(states.get(event.customer_id), event, config)
+        states[event.customer_id] = step.state
+        tallies.append(step.campaigns)
+    return states, summed(tallies)
+
+
+def _campaigns(settings: Settings) -> Tally:
+    """Every partition's campaign figures in Redis, summed."""
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        parts = [
+            Tally.from_fields(
+                {
+                    name: int(value)
+                    for name, value in cast(
+                        dict[str, str],
+                        client.hgetall(campaigns_key(settings.redis_namespace, partition)),
+                    ).items()
+                }
+            )
+            for partition in range(settings.partitions)
+        ]
+    finally:
+        client.close()
+    return summed(parts)
 
 
 def _matches(code: str, expected: str | None) -> bool:
