@@ -175,12 +175,13 @@ def score_event(
     """Apply ``event``, score the customer, and hand what the models should learn to
     ``learner`` (the models themselves by default: they learn at once).
 
-    ``watermark`` (event time up to which all events are in) closes churn windows. Settled
+    ``watermark`` (event time up to which every event of the customer's input partition is
+    in, on every topic) closes churn windows and settles attribution. Settled
     labels are learned before the churn prediction; the scored customer is learned by the
     segments and population after they placed it (predict, then learn).
     """
     learner = models if learner is None else learner
-    transition = apply(state, event, config.rules)
+    transition = apply(state, event, config.rules, watermark)
     if not transition.applied:
         return ScoredEvent(
             state=transition.state,
@@ -301,7 +302,8 @@ def track_alert_outcomes(
             outcomes = record_alert(outcomes, sent)
     if watermark is None or not outcomes.pending:
         return outcomes, RetentionTally()
-    settled_before = attribution_settled_before(state, config.rules) or watermark
+    settled_before = attribution_settled_before(state, config.rules, watermark)
+    assert settled_before is not None  # the watermark bounds it
     return settle(outcomes, watermark, config.churn_window, settled_before)
 
 
@@ -317,12 +319,17 @@ class MarketingStep:
 
 
 def apply_marketing(
-    state: CustomerState | None, event: MarketingEvent, config: ScoringConfig
+    state: CustomerState | None,
+    event: MarketingEvent,
+    config: ScoringConfig,
+    watermark: datetime | None = None,
 ) -> MarketingStep:
     """Record a touch, retention offer, open or click in the customer's marketing memory.
 
-    A repeated ``event_id`` changes nothing. An event older than
-    :func:`attribution_settled_before` is late: counted (``late_events``), not applied. A
+    A repeated ``event_id`` changes nothing. An event older than the customer's newest
+    marketing event less the allowed lateness (the rule of every topic), or than
+    :func:`attribution_settled_before` (``watermark``: as there), is late: counted
+    (``late_events``), not applied. A
     touch to a customer not seen yet makes a state for them (a prospect: their first event
     sets when they were first seen). The touch is filed under the customer's segment of their
     newest score ("" before any). Marketing events do not move the customer's last event
@@ -332,9 +339,17 @@ def apply_marketing(
         return MarketingStep(state=state, duplicate=True)
     state = state_for(state, event)
     recent_ids = with_event_id(state, event.event_id)
-    settled_before = attribution_settled_before(state, config.rules)
-    if settled_before is not None and event.occurred_at < settled_before:
-        late_by = settled_before - event.occurred_at
+    newest = state.newest_by_topic.get("marketing")
+    horizons = [
+        horizon
+        for horizon in (
+            None if newest is None else newest - config.rules.allowed_lateness,
+            attribution_settled_before(state, config.rules, watermark),
+        )
+        if horizon is not None
+    ]
+    if horizons and event.occurred_at < max(horizons):
+        late_by = max(horizons) - event.occurred_at
         return MarketingStep(state=counted_late(state, recent_ids), late_by=late_by)
     window = config.rules.attribution_window
     memory = state.marketing
@@ -350,7 +365,6 @@ def apply_marketing(
             memory, campaigns = record_open(memory, event.touch_id, event.occurred_at, window)
         case TouchClicked():
             memory, campaigns = record_click(memory, event.touch_id, event.occurred_at, window)
-    newest = state.newest_by_topic.get("marketing")
     moved = state.model_copy(
         update={
             "recent_event_ids": recent_ids,
@@ -362,9 +376,9 @@ def apply_marketing(
             },
         }
     )
-    settled = attribution_settled_before(moved, config.rules)
-    assert settled is not None
-    memory = forget_before(memory, settled, window)
+    settled = attribution_settled_before(moved, config.rules, watermark)
+    if settled is not None:
+        memory = forget_before(memory, settled, window)
     return MarketingStep(state=moved.model_copy(update={"marketing": memory}), campaigns=campaigns)
 
 

@@ -484,11 +484,16 @@ def counted_late(state: CustomerState, recent_ids: tuple[str, ...]) -> CustomerS
 
 
 def apply(
-    state: CustomerState | None, event: Event, rules: StateRules = DEFAULT_RULES
+    state: CustomerState | None,
+    event: Event,
+    rules: StateRules = DEFAULT_RULES,
+    watermark: datetime | None = None,
 ) -> Transition:
     """Apply one event to a customer's state.
 
     A repeated ``event_id`` changes nothing; a late event only counts as late.
+    ``watermark``: event time up to which every event of the customer's input partition is
+    in, on every topic, if the caller knows it (see :func:`attribution_settled_before`).
     """
     if state is not None and event.event_id in state.recent_event_ids:
         return Transition(state=state, duplicate=True)
@@ -518,7 +523,7 @@ def apply(
         recent_event_ids=recent_ids,
     )
     moved = state.model_copy(update=changes)
-    marketing, campaigns = _attributed(moved, event, rules)
+    marketing, campaigns = _attributed(moved, event, rules, watermark)
     return Transition(state=moved.model_copy(update={"marketing": marketing}), campaigns=campaigns)
 
 
@@ -526,25 +531,51 @@ ATTRIBUTION_TOPICS = ("purchases", "marketing")
 """The input topics whose events attribution pairs up."""
 
 
-def attribution_settled_before(state: CustomerState, rules: StateRules) -> datetime | None:
-    """The earliest event time attribution still takes from the customer: their newest
-    purchase or marketing event less the allowed lateness (None before either). Older
-    purchases are applied to the state but not attributed; older marketing events are late.
+def attribution_settled_before(
+    state: CustomerState, rules: StateRules, watermark: datetime | None = None
+) -> datetime | None:
+    """The earliest event time a purchase or marketing event of the customer still to come
+    may have: attribution takes nothing older (such purchases are applied to the state but
+    not attributed, such marketing events are late), and the marketing memory forgets what
+    lies before it (:func:`streamcrm.core.marketing.forget_before`).
+
+    Each topic is in order within the allowed lateness, but the two topics are consumed
+    independently, so one may run far ahead of the other (a worker catching up a backlog).
+    What the customer's own events bound is therefore the *older* of the two::
+
+        own = min(newest purchase, newest marketing event) − allowed lateness
+
+    (None until both topics had an event of the customer). ``watermark``, when the caller
+    knows it (the event time up to which every event of the customer's input partition is in,
+    on both topics: :meth:`streamcrm.worker.watermarks.EventTime.for_partition`), bounds it
+    too; the later of the two bounds holds. With neither, nothing is settled yet.
+
+    >>> from datetime import UTC
+    >>> t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    >>> state = CustomerState(customer_id="c", first_seen_at=t0, last_event_at=t0,
+    ...                       newest_by_topic={"purchases": t0 + timedelta(days=30)})
+    >>> attribution_settled_before(state, StateRules()) is None  # no marketing event yet
+    True
+    >>> both = state.model_copy(update={"newest_by_topic": {**state.newest_by_topic,
+    ...                                                   "marketing": t0}})
+    >>> attribution_settled_before(both, StateRules()) == t0 - timedelta(days=2)
+    True
     """
-    newest = [
-        state.newest_by_topic[kind] for kind in ATTRIBUTION_TOPICS if kind in state.newest_by_topic
-    ]
-    return max(newest) - rules.allowed_lateness if newest else None
+    newest = [state.newest_by_topic.get(kind) for kind in ATTRIBUTION_TOPICS]
+    known = [at for at in newest if at is not None]
+    own = min(known) - rules.allowed_lateness if len(known) == len(newest) else None
+    bounds = [bound for bound in (own, watermark) if bound is not None]
+    return max(bounds) if bounds else None
 
 
 def _attributed(
-    state: CustomerState, event: Event, rules: StateRules
+    state: CustomerState, event: Event, rules: StateRules, watermark: datetime | None
 ) -> tuple[MarketingMemory, Tally]:
     """A purchase joins the customer's marketing memory (a touch may have won it: see
     :mod:`streamcrm.core.marketing`); any applied event may let the memory forget what is
     settled."""
     memory, campaigns = state.marketing, Tally()
-    settled_before = attribution_settled_before(state, rules)
+    settled_before = attribution_settled_before(state, rules, watermark)
     window = rules.attribution_window
     if isinstance(event, PurchaseEvent) and (
         settled_before is None or event.occurred_at >= settled_before

@@ -10,7 +10,7 @@ step, so the figures are exact across crashes and redeliveries (docs/marketing.m
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from streamcrm.core.events import MarketingEvent
 from streamcrm.core.scoring import MarketingStep, ScoringConfig, apply_marketing
@@ -35,18 +35,29 @@ class MarketingEvents:
         self.config = config
         self.outcomes = outcomes
 
-    async def apply(self, event: MarketingEvent, position: InputPosition | None) -> MarketingStep:
-        """Apply one event (``position``: its message, None for one handed in bare).
+    async def apply(
+        self,
+        event: MarketingEvent,
+        position: InputPosition | None,
+        watermark: datetime | None = None,
+    ) -> MarketingStep:
+        """Apply one event (``position``: its message, None for one handed in bare;
+        ``watermark``: the partition's, see :func:`streamcrm.core.scoring.apply_marketing`).
 
         Raises ``LateEventError`` (after saving the late count) for an event older than the
         customer's attribution horizon, ``StateBehindError`` when the store lost writes.
         """
         state = await self.store.load(event.customer_id)
-        step = apply_marketing(state, event, self.config)
+        step = apply_marketing(state, event, self.config, watermark)
         if step.duplicate:
             self.outcomes["duplicate"] += 1
             return step
-        write = PendingWrite(position, step.state, campaign_increments=step.campaigns.increments())
+        write = PendingWrite(
+            position,
+            step.state,
+            event_time=None if step.late_by is not None else event.occurred_at,
+            campaign_increments=step.campaigns.increments(),
+        )
         (saved,) = await self.store.save_batch([write])
         self.marks.after_write(position, saved)
         if saved == SaveResult.STATE_BEHIND:
@@ -62,7 +73,8 @@ class MarketingEvents:
             raise LateEventError(
                 f"marketing event at {event.occurred_at.isoformat()} is "
                 f"{_hours(step.late_by)} older than the customer's attribution horizon "
-                "(their newest purchase or marketing event less the allowed lateness): "
+                "(their newest marketing event less the allowed lateness, or the event time "
+                "up to which every event of their partition is in): "
                 "counted as late, not applied"
             )
         self.outcomes["marketing"] += 1

@@ -138,6 +138,10 @@ class ScoringPipeline:
         """Messages dead-lettered since start, by reason code (counted by the adapter)."""
         self.marks = OffsetMarks(store, self._retrying, self.outcomes)
         """This worker's knowledge of each input partition's offset mark."""
+        self.holding_back: HoldingBack | None = None
+        """The input topics whose partition still has messages to apply here (set by the
+        worker, which sees the consumer); they hold the watermark back (:meth:`watermark_for`).
+        None: no topic is behind (tests handing in bare messages)."""
         self._locks = KeyedLocks()
         self.privacy = PrivacyRequests(self._retrying, self.marks, self.live, self.outcomes)
         self.marketing = MarketingEvents(self._retrying, self.marks, config, self.outcomes)
@@ -175,6 +179,17 @@ class ScoringPipeline:
     def partition_watermark(self, partition: int, holding_back: Iterable[str]) -> datetime | None:
         """See :meth:`streamcrm.worker.watermarks.EventTime.for_partition`."""
         return self.time.for_partition(partition, holding_back)
+
+    def watermark_for(
+        self, partition: int, occurred_at: datetime, newest: datetime | None
+    ) -> datetime | None:
+        """The event time up to which every event of ``partition``'s customers is in, on every
+        input topic, once an event of ``occurred_at`` is in on top of ``newest``: the
+        watermark, held back by the topics still behind (:attr:`holding_back`). It closes
+        churn windows and settles attribution and alert outcomes; a topic that runs ahead of
+        another (a worker catching up) cannot settle them early."""
+        held = () if self.holding_back is None else self.holding_back(partition)
+        return self.time.for_partition(partition, held, max(newest or occurred_at, occurred_at))
 
     @property
     def topic_ids(self) -> dict[str, str | None]:
@@ -338,7 +353,7 @@ class ScoringPipeline:
                 event,
                 self.live.bundle,
                 self.config,
-                self.time.watermark_with(event.occurred_at, newest),
+                self.watermark_for(partition, event.occurred_at, newest),
                 learner=self.live.updates,
             )
         except Exception as error:  # noqa: BLE001 - dead-lettered with its mark moved
@@ -444,7 +459,11 @@ class ScoringPipeline:
             self.outcomes["invalid"] += 1
             raise
         async with self._locks.hold(event.customer_id):
-            return await self.marketing.apply(event, position)
+            watermark = self.watermark_for(partition, event.occurred_at, self.time.newest)
+            step = await self.marketing.apply(event, position, watermark)
+        if not step.duplicate:
+            self.time.note(event.occurred_at, None if topic is None else (topic, partition))
+        return step
 
     # --- privacy and dead letters -----------------------------------------------------------------
 

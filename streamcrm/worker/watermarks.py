@@ -59,14 +59,9 @@ class EventTime:
             return None
         return self.newest - self.lateness
 
-    def watermark_with(self, occurred_at: datetime, newest: datetime | None) -> datetime:
-        """The watermark once an event of ``occurred_at`` is in, on top of ``newest`` (the
-        newest event time so far, which a batch moves on before its events are applied):
-        ``max(newest, occurred_at) − lateness``. An event may move the watermark before it
-        is scored."""
-        return max(newest or occurred_at, occurred_at) - self.lateness
-
-    def for_partition(self, partition: int, holding_back: Iterable[str]) -> datetime | None:
+    def for_partition(
+        self, partition: int, holding_back: Iterable[str], newest: datetime | None = None
+    ) -> datetime | None:
         """Event time up to which every event of one input partition's customers is taken
         to be in, so their quiet spells can be scored: the watermark, held back by each input
         topic whose partition still has messages to apply, to that topic partition's newest
@@ -76,11 +71,14 @@ class EventTime:
         A topic partition with nothing more to deliver does not hold the watermark back, so a
         quiet partition's customers are still re-scored; one that is behind does, so a
         customer is never re-scored as of a moment their unread events come before. That is
-        what makes re-scores the same in a replay as live (docs/scores.md).
+        what makes re-scores the same in a replay as live (docs/scores.md), and what lets
+        attribution and alert outcomes settle exactly while one topic runs ahead of another
+        (docs/marketing.md). ``newest``: the newest event time to start from, if not
+        :attr:`newest` (a batch moves it on before its events are applied).
         """
-        if self.newest is None:
+        bound = self.newest if newest is None else newest
+        if bound is None:
             return None
-        bound = self.newest
         for topic in holding_back:
             newest = self._by_source.get((topic, partition))
             if newest is None:

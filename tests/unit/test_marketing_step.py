@@ -121,13 +121,44 @@ def test_a_repeated_marketing_event_changes_nothing() -> None:
     assert again.duplicate and again.campaigns.is_zero and again.state == state
 
 
-def test_a_marketing_event_older_than_the_allowed_lateness_is_late() -> None:
-    state = score_event(None, purchase(0, 10), ModelBundle(), CONFIG).state
+def test_a_marketing_event_older_than_the_customers_newest_one_by_the_lateness_is_late() -> None:
+    state = apply_marketing(None, touch(0, 10), CONFIG).state
 
     late = apply_marketing(state, touch(1, 5), CONFIG)
 
-    assert late.late_by == 3 * DAY  # newest purchase (day 10) less 2 days' lateness, minus day 5
+    assert late.late_by == 3 * DAY  # newest touch (day 10) less 2 days' lateness, minus day 5
     assert late.campaigns.is_zero and late.state.late_events == 1
+
+
+def test_a_touch_consumed_after_purchases_far_ahead_on_their_topic_still_wins_its_purchase() -> (
+    None
+):
+    """The purchases and marketing topics are consumed independently: a worker catching up
+    may apply a customer's purchases weeks ahead of their touches. A touch is late only
+    against its own topic, and what the purchase topic ran ahead with is kept for it."""
+    models, state = ModelBundle(), None
+    for n, day in enumerate((2.0, 20.0, 40.0)):
+        state = score_event(state, purchase(n, day), models, CONFIG).state
+
+    touched = apply_marketing(state, touch(9, 1), CONFIG)
+
+    assert touched.late_by is None
+    figures = touched.campaigns.by_campaign_arm()[("spring", "A")]
+    assert (figures.conversions, figures.revenue_cents) == (1, 4000)
+
+
+def test_past_the_partitions_watermark_a_marketing_event_is_late_and_memory_forgets() -> None:
+    """The watermark (every event of the customer's partition is in up to it, on every
+    topic) settles attribution for a customer with events on one topic only."""
+    models = ModelBundle()
+    bought = score_event(None, purchase(0, 1), models, CONFIG).state
+    assert bought.marketing.purchases  # a touch may still come for it
+
+    later = score_event(bought, purchase(1, 30), models, CONFIG, watermark=T0 + 28 * DAY)
+
+    assert [p.purchase_id for p in later.state.marketing.purchases] == ["p1"]
+    late = apply_marketing(later.state, touch(9, 1), CONFIG, watermark=T0 + 28 * DAY)
+    assert late.late_by == 27 * DAY and late.campaigns.is_zero
 
 
 def test_a_touch_makes_a_prospect_whose_first_purchase_sets_when_they_were_first_seen() -> None:
@@ -192,16 +223,17 @@ async def test_a_marketing_message_is_applied_once_with_its_offset_mark() -> Non
 async def test_a_late_marketing_message_is_counted_and_raised_for_the_dead_letters() -> None:
     store = InMemoryStateStore()
     pipeline = ScoringPipeline(store, CONFIG)
-    await pipeline.handle(purchase(0, 10).model_dump_json().encode(), "crm.purchases", 0, 0)
+    await pipeline.handle_marketing(touch(0, 10).model_dump_json().encode(), "crm.marketing", 0, 0)
 
     with pytest.raises(LateEventError, match="attribution horizon"):
         await pipeline.handle_marketing(
-            touch(1, 5).model_dump_json().encode(), "crm.marketing", 0, 0
+            touch(1, 5).model_dump_json().encode(), "crm.marketing", 0, 1
         )
 
     state = await store.load("c1")
     assert state is not None and state.late_events == 1
-    assert await store.campaign_fields(0) == {}
+    # the first touch only
+    assert await store.campaign_fields(0) == {"spring|A||cost_cents": 25, "spring|A||touches": 1}
 
 
 async def test_a_malformed_marketing_message_is_invalid() -> None:
