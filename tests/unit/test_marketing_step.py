@@ -232,8 +232,8 @@ async def test_a_late_marketing_message_is_counted_and_raised_for_the_dead_lette
 
     state = await store.load("c1")
     assert state is not None and state.late_events == 1
-    # the first touch only
-    assert await store.campaign_fields(0) == {"spring|A||cost_cents": 25, "spring|A||touches": 1}
+    figures = Tally.from_fields(await store.campaign_fields(0)).by_campaign_arm()
+    assert figures == {("spring", "A"): ArmFigures(touches=1, cost_cents=25)}  # the first only
 
 
 async def test_a_malformed_marketing_message_is_invalid() -> None:
