@@ -27,6 +27,14 @@ purchase it wins moves the conversion from the earlier touch (a −1 there, a +1
 running sums of the deltas always equal the figures of every event seen, whatever the order.
 Money is counted in integer cents, so sums are exact in any order.
 
+**By touch time and by delay.** Beside each arm's totals the tally keeps, per arm, the
+touches and the conversions of the touches sent in each touch-time bucket (``window / 8``
+wide, counted from 1970-01-01 UTC: figures ``touches@{bucket}`` and ``conversions@{bucket}``)
+and the conversions by delay from touch to first attributed purchase (``window / 16`` wide
+bins: ``delay@{bin}``). They are deltas like the rest, so exact in any order; a reader that
+knows how far event time has got (a watermark) can tell from them which touches may still
+convert (:mod:`streamcrm.core.delayed`).
+
 Old entries are dropped (:func:`forget_before`) once no event still to come can change
 their attribution; dropping makes no delta.
 
@@ -45,12 +53,42 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 WEEK = timedelta(days=7)
 DEFAULT_ATTRIBUTION_WINDOW = WEEK
 """How long after a touch a purchase is still attributed to it, by default."""
+
+TOUCH_BUCKETS_PER_WINDOW = 8
+"""Touch-time buckets per attribution window (``touches@{bucket}``, ``conversions@{bucket}``)."""
+DELAY_BINS = 16
+"""Bins of the delay from a touch to its first attributed purchase, over the window."""
+TIME_ORIGIN = datetime(1970, 1, 1, tzinfo=UTC)
+"""Touch-time bucket 0 starts here."""
+
+
+def touch_bucket(at: datetime, window: timedelta) -> int:
+    """The touch-time bucket of ``at``: ``floor((at − 1970-01-01) / (window / 8))``.
+
+    >>> touch_bucket(datetime(1970, 1, 2, tzinfo=UTC), timedelta(days=8))
+    1
+    """
+    return (at - TIME_ORIGIN) // (window / TOUCH_BUCKETS_PER_WINDOW)
+
+
+def bucket_start(bucket: int, window: timedelta) -> datetime:
+    """When touch-time bucket ``bucket`` starts (the inverse of :func:`touch_bucket`)."""
+    return TIME_ORIGIN + bucket * (window / TOUCH_BUCKETS_PER_WINDOW)
+
+
+def delay_bin(delay: timedelta, window: timedelta) -> int:
+    """The bin, 0 to ``DELAY_BINS − 1``, of a conversion ``delay`` after its touch.
+
+    >>> delay_bin(timedelta(hours=1), WEEK), delay_bin(WEEK, WEEK)
+    (0, 15)
+    """
+    return min(DELAY_BINS - 1, max(0, delay // (window / DELAY_BINS)))
 
 
 @dataclass(frozen=True, order=True)
@@ -159,39 +197,62 @@ class Tally:
     """
 
     arms: Mapping[ArmKey, ArmFigures] = field(default_factory=lambda: MappingProxyType({}))
+    timing: Mapping[tuple[ArmKey, str], int] = field(default_factory=lambda: MappingProxyType({}))
+    """(arm, ``touches@{bucket}`` / ``conversions@{bucket}`` / ``delay@{bin}``) → count: the
+    arm's touches and conversions by touch-time bucket and its conversions by delay (see the
+    module docstring); zeros left out."""
 
     def __add__(self, other: Tally) -> Tally:
         summed = dict(self.arms)
         for key, figures in other.arms.items():
             summed[key] = summed.get(key, ArmFigures()) + figures
-        return Tally(MappingProxyType({k: v for k, v in summed.items() if not v.is_zero}))
+        timing = dict(self.timing)
+        for where, count in other.timing.items():
+            timing[where] = timing.get(where, 0) + count
+        return Tally(
+            MappingProxyType({k: v for k, v in summed.items() if not v.is_zero}),
+            MappingProxyType({k: v for k, v in timing.items() if v}),
+        )
 
     def __sub__(self, other: Tally) -> Tally:
-        return self + Tally(MappingProxyType({k: -v for k, v in other.arms.items()}))
+        return self + Tally(
+            MappingProxyType({k: -v for k, v in other.arms.items()}),
+            MappingProxyType({k: -v for k, v in other.timing.items()}),
+        )
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Tally) and dict(self.arms) == dict(other.arms)
+        return (
+            isinstance(other, Tally)
+            and dict(self.arms) == dict(other.arms)
+            and dict(self.timing) == dict(other.timing)
+        )
 
     def __hash__(self) -> int:
-        return hash(frozenset(self.arms.items()))
+        return hash((frozenset(self.arms.items()), frozenset(self.timing.items())))
 
     @property
     def is_zero(self) -> bool:
-        return not self.arms
+        return not self.arms and not self.timing
 
     def increments(self) -> tuple[tuple[str, int], ...]:
         """The tally as store increments: ``("{campaign}|{arm}|{segment}|{figure}", amount)``
-        for every figure that is not zero (see :meth:`from_fields`).
+        for every figure that is not zero, then the timing figures (see :meth:`from_fields`).
 
-        >>> Tally({ArmKey("c", "A", "new"): ArmFigures(touches=1, cost_cents=25)}).increments()
-        (('c|A|new|touches', 1), ('c|A|new|cost_cents', 25))
+        >>> Tally({ArmKey("c", "A", "new"): ArmFigures(touches=1, cost_cents=25)},
+        ...       {(ArmKey("c", "A", "new"), "touches@9"): 1}).increments()
+        (('c|A|new|touches', 1), ('c|A|new|cost_cents', 25), ('c|A|new|touches@9', 1))
         """
-        return tuple(
+        totals = tuple(
             (f"{key.campaign_id}|{key.arm}|{key.segment}|{name}", amount)
             for key, figures in sorted(self.arms.items())
             for name in FIGURE_NAMES
             if (amount := getattr(figures, name))
         )
+        timing = tuple(
+            (f"{key.campaign_id}|{key.arm}|{key.segment}|{name}", amount)
+            for (key, name), amount in sorted(self.timing.items())
+        )
+        return totals + timing
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, int]) -> Tally:
@@ -202,12 +263,18 @@ class Tally:
         50
         """
         arms: dict[ArmKey, dict[str, int]] = {}
+        timing: dict[tuple[ArmKey, str], int] = {}
         for name, amount in fields.items():
             if name.startswith("~"):  # other figures kept beside (alert retention)
                 continue
             campaign, arm, rest = name.split("|", 2)
             segment, _, figure = rest.rpartition("|")
-            arms.setdefault(ArmKey(campaign, arm, segment), {})[figure] = amount
+            key = ArmKey(campaign, arm, segment)
+            if "@" in figure:
+                if amount:
+                    timing[(key, figure)] = amount
+            else:
+                arms.setdefault(key, {})[figure] = amount
         return Tally(
             MappingProxyType(
                 {
@@ -215,7 +282,8 @@ class Tally:
                     for key, figures in arms.items()
                     if any(figures.values())
                 }
-            )
+            ),
+            MappingProxyType(timing),
         )
 
     def by_campaign_arm(self) -> dict[tuple[str, str], ArmFigures]:
@@ -268,6 +336,11 @@ def tally(memory: MarketingMemory, window: timedelta) -> Tally:
     for purchase_id, touch_id in attribution(memory, window).items():
         won.setdefault(touch_id, []).append(by_id[purchase_id])
     arms: dict[ArmKey, ArmFigures] = {}
+    timing: dict[tuple[ArmKey, str], int] = {}
+
+    def count(where: tuple[ArmKey, str]) -> None:
+        timing[where] = timing.get(where, 0) + 1
+
     for touch in memory.touches:
         purchases = won.get(touch.touch_id, [])
         figures = ArmFigures(
@@ -279,7 +352,16 @@ def tally(memory: MarketingMemory, window: timedelta) -> Tally:
             cost_cents=touch.cost_cents,
         )
         arms[touch.key] = arms.get(touch.key, ArmFigures()) + figures
-    return Tally(MappingProxyType({k: v for k, v in arms.items() if not v.is_zero}))
+        bucket = touch_bucket(touch.at, window)
+        count((touch.key, f"touches@{bucket}"))
+        if purchases:
+            count((touch.key, f"conversions@{bucket}"))
+            first = min(p.at for p in purchases)
+            count((touch.key, f"delay@{delay_bin(first - touch.at, window)}"))
+    return Tally(
+        MappingProxyType({k: v for k, v in arms.items() if not v.is_zero}),
+        MappingProxyType(timing),
+    )
 
 
 def _within(seen: Mapping[str, tuple[datetime, ...]], touch: Touch, window: timedelta) -> bool:

@@ -18,6 +18,7 @@ from streamcrm.core.marketing import (
     Tally,
     Touch,
     attribution,
+    delay_bin,
     forget_before,
     record_click,
     record_open,
@@ -25,6 +26,7 @@ from streamcrm.core.marketing import (
     record_touch,
     summed,
     tally,
+    touch_bucket,
 )
 
 DAY = timedelta(days=1)
@@ -140,6 +142,47 @@ def test_campaign_figures_sum_over_segments_and_partitions() -> None:
     assert summed([east, west]).by_campaign_arm() == {
         ("c", "A"): ArmFigures(touches=3, conversions=1, cost_cents=10)
     }
+
+
+def test_each_arm_keeps_its_touches_and_conversions_by_touch_time_and_its_delays() -> None:
+    """Beside the totals: the touches and conversions of the touches sent in each bucket of
+    an eighth of the window, and the delay bin (a sixteenth of the window) from each
+    converted touch to its first purchase; a touch that wins a purchase later moves them
+    too (what streamcrm.core.delayed reads to count touches whose window is still open)."""
+    key = ArmKey("spring", "A")
+    first, late = touch("t1", 0), touch("t2", 2.5)
+    _, before = run(
+        [
+            lambda m: record_touch(m, first, WEEK),
+            lambda m: record_purchase(m, purchase("o1", 3), WEEK),
+            lambda m: record_purchase(m, purchase("o2", 4), WEEK),
+        ]
+    )
+    early, later = touch_bucket(first.at, WEEK), touch_bucket(late.at, WEEK)
+    assert early != later
+    assert dict(before.timing) == {
+        (key, f"touches@{early}"): 1,
+        (key, f"conversions@{early}"): 1,
+        (key, f"delay@{delay_bin(3 * DAY, WEEK)}"): 1,  # the first purchase's delay
+    }
+    assert delay_bin(3 * DAY, WEEK) == 6
+
+    _, total = run(
+        [
+            lambda m: record_touch(m, first, WEEK),
+            lambda m: record_purchase(m, purchase("o1", 3), WEEK),
+            lambda m: record_purchase(m, purchase("o2", 4), WEEK),
+            lambda m: record_touch(m, late, WEEK),
+        ]
+    )
+    assert dict(total.timing) == {
+        (key, f"touches@{early}"): 1,
+        (key, f"touches@{later}"): 1,
+        (key, f"conversions@{later}"): 1,
+        (key, f"delay@{delay_bin(DAY / 2, WEEK)}"): 1,
+    }
+    assert ("spring|A||touches@" + str(later), 1) in total.increments()
+    assert Tally.from_fields(dict(total.increments())) == total
 
 
 # --- any order, with forgetting -----------------------------------------------------------------
