@@ -20,7 +20,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streamcrm.core.events import Event
+from streamcrm.core.events import Event, MarketingEvent
 from streamcrm.services.connections import kafka_client_options
 from streamcrm.settings import Settings
 from streamcrm.store import output_fingerprint
@@ -91,7 +91,7 @@ def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
         admin.close()
 
 
-def event_topic(settings: Settings, event: Event) -> str:
+def event_topic(settings: Settings, event: Event | MarketingEvent) -> str:
     """The input topic that carries ``event``'s type."""
     topics = settings.topics
     match event.type:
@@ -99,6 +99,8 @@ def event_topic(settings: Settings, event: Event) -> str:
             return topics.purchases
         case "feedback":
             return topics.feedback
+        case "touch" | "offer" | "open" | "click":
+            return topics.marketing
         case _:
             return topics.support
 
@@ -113,7 +115,9 @@ def make_producer(bootstrap: str, client_options: Mapping[str, Any] | None = Non
     )
 
 
-def produce_events(producer: KafkaProducer, settings: Settings, events: Iterable[Event]) -> int:
+def produce_events(
+    producer: KafkaProducer, settings: Settings, events: Iterable[Event | MarketingEvent]
+) -> int:
     """Send events keyed by customer id to their topics; return how many were sent."""
     sent = 0
     for event in events:

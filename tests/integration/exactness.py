@@ -12,16 +12,31 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import redis
 
 from streamcrm.core.alerts import AlertMemory, AlertRules, evaluate_alerts
-from streamcrm.core.events import Event
+from streamcrm.core.events import (
+    CampaignTouch,
+    Event,
+    MarketingEvent,
+    RetentionOffer,
+    TouchClicked,
+    TouchOpened,
+)
+from streamcrm.core.interventions import RetentionTally
+from streamcrm.core.interventions import summed as summed_retention
+from streamcrm.core.marketing import ArmFigures, Tally
+from streamcrm.core.marketing import summed as summed_campaigns
 from streamcrm.core.records import Alert, CustomerScore, ModelMetrics
+from streamcrm.core.scoring import ScoringConfig, apply_marketing
 from streamcrm.core.state import CustomerState, apply
 from streamcrm.services.kafka import Record, poll_records, read_topic
 from streamcrm.settings import Settings
+from streamcrm.sim.campaigns import CampaignTruth, simulate_campaign
 from streamcrm.store import customer_key
+from streamcrm.store.base import campaigns_key
 from streamcrm.store.codec import unpack
 
 ARRIVAL_ORDER_FIELDS = {
@@ -32,20 +47,145 @@ ARRIVAL_ORDER_FIELDS = {
     "score_history",
     "last_scored_at",
     "alert_outcomes",
+    "marketing",
 }
 """State fields that depend on when the worker's sweeps ran (label ledgers, re-scores of quiet
 customers), on the interleaving of topics, or on the scores (which depend on the shared
 models' checkpoint timing), not on the events themselves: everything else must match
 exactly. (``alert_outcomes`` holds the churn alerts raised, which follow the scores, until a
-sweep settles them.)"""
+sweep settles them. ``marketing`` holds what attribution may still need, which each step
+forgets up to a bound that depends on what the other topic had delivered; the campaign
+figures it yields do not depend on it: :func:`check_campaigns` compares those.)"""
 
 
-def expected_states(events: Iterable[Event]) -> dict[str, CustomerState]:
-    """Every customer's state computed straight from the events, in one process, no broker."""
+def expected_states(
+    events: Iterable[Event | MarketingEvent], config: ScoringConfig | None = None
+) -> dict[str, CustomerState]:
+    """Every customer's state computed straight from the events, in one process, no broker
+    (marketing events with ``config``'s rules, the worker's)."""
+    return _in_event_time(events, config or ScoringConfig())[0]
+
+
+def expected_campaigns(
+    events: Iterable[Event | MarketingEvent], config: ScoringConfig
+) -> dict[tuple[str, str], ArmFigures]:
+    """The campaign figures per (campaign, arm) the events call for: the pure core's deltas
+    summed in event-time order (summed over segments: the segment a touch is filed under is
+    the customer's newest score's, which depends on the models at the time)."""
+    return _in_event_time(events, config)[1].by_campaign_arm()
+
+
+def _in_event_time(
+    events: Iterable[Event | MarketingEvent], config: ScoringConfig
+) -> tuple[dict[str, CustomerState], Tally]:
     states: dict[str, CustomerState | None] = {}
+    figures = Tally()
     for event in sorted(events, key=lambda e: (e.occurred_at, e.event_id)):
-        states[event.customer_id] = apply(states.get(event.customer_id), event).state
-    return {cid: state for cid, state in states.items() if state is not None}
+        state = states.get(event.customer_id)
+        if isinstance(event, MARKETING_TYPES):
+            step = apply_marketing(state, event, config)
+            states[event.customer_id], change = step.state, step.campaigns
+        else:
+            transition = apply(state, event, config.rules)
+            states[event.customer_id], change = transition.state, transition.campaigns
+        figures = figures + change
+    return {cid: state for cid, state in states.items() if state is not None}, figures
+
+
+def stored_figures(settings: Settings) -> tuple[dict[tuple[str, str], ArmFigures], RetentionTally]:
+    """The campaign figures per (campaign, arm) and the retention figures Redis holds, summed
+    over every input partition's partial figures."""
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        partials = [
+            {
+                str(k): int(v)
+                for k, v in client.hgetall(
+                    campaigns_key(settings.redis_namespace, partition)
+                ).items()
+            }
+            for partition in range(settings.partitions)
+        ]
+    finally:
+        client.close()
+    campaigns = summed_campaigns(Tally.from_fields(fields) for fields in partials)
+    retention = summed_retention(RetentionTally.from_fields(fields) for fields in partials)
+    return campaigns.by_campaign_arm(), retention
+
+
+@dataclass(frozen=True)
+class CampaignCheck:
+    """Campaign figures expected against Redis's, and churn alerts against their outcomes."""
+
+    touches_expected: int
+    arms_differing: int
+    touches_lost: int
+    touches_doubled: int
+    conversions_expected: int
+    conversions_off: int
+    alerts_published: int
+    alerts_settled: int
+    alerts_pending: int
+
+    @property
+    def alerts_unaccounted(self) -> int:
+        """Published churn alerts neither settled in the figures nor pending in a state,
+        less those counted twice (0: each counted once)."""
+        return self.alerts_published - self.alerts_settled - self.alerts_pending
+
+    def __str__(self) -> str:
+        return (
+            f"campaigns: {self.touches_expected} touches expected, {self.touches_lost} lost,"
+            f" {self.touches_doubled} counted twice, {self.conversions_off} of"
+            f" {self.conversions_expected} conversions off, {self.arms_differing} arms"
+            f" differing; churn alerts: {self.alerts_published} published ="
+            f" {self.alerts_settled} settled + {self.alerts_pending} pending"
+            f" ({self.alerts_unaccounted} unaccounted)"
+        )
+
+
+def check_campaigns(
+    settings: Settings, events: Sequence[Event | MarketingEvent], alerts: bool = True
+) -> CampaignCheck:
+    """Compare Redis's campaign figures with the pure core's, and (``alerts``) count each
+    churn alert published on the alerts topic once: settled into the retention figures or
+    still pending in its customer's state, both saved in the step that raised it."""
+    stored = stored_states(settings, sorted({e.customer_id for e in events}))
+    alert_records = records_on(settings, settings.topics.alerts) if alerts else None
+    expected = expected_campaigns(events, settings.scoring)
+    found, retention = stored_figures(settings)
+    arms = set(expected) | set(found)
+    touches = {
+        arm: (expected.get(arm, ArmFigures()).touches, found.get(arm, ArmFigures()).touches)
+        for arm in arms
+    }
+    published = 0
+    if alert_records is not None:
+        published = len(
+            {
+                alert.alert_id
+                for alert in (Alert.model_validate_json(r.value) for r in alert_records if r.value)
+                if alert.kind == "churn_risk" and alert.customer_id in stored
+            }
+        )
+    return CampaignCheck(
+        touches_expected=sum(e for e, _ in touches.values()),
+        arms_differing=sum(expected.get(arm) != found.get(arm) for arm in arms),
+        touches_lost=sum(max(e - f, 0) for e, f in touches.values()),
+        touches_doubled=sum(max(f - e, 0) for e, f in touches.values()),
+        conversions_expected=sum(f.conversions for f in expected.values()),
+        conversions_off=sum(
+            abs(
+                expected.get(arm, ArmFigures()).conversions
+                - found.get(arm, ArmFigures()).conversions
+            )
+            for arm in arms
+        ),
+        alerts_published=published,
+        alerts_settled=sum(f.alerts for f in retention.groups.values()),
+        alerts_pending=sum(len(state.alert_outcomes.pending) for state in stored.values()),
+    )
 
 
 def stored_states(settings: Settings, customer_ids: list[str]) -> dict[str, CustomerState]:
@@ -69,6 +209,34 @@ def stored_states(settings: Settings, customer_ids: list[str]) -> dict[str, Cust
 def applied_events(settings: Settings, customer_ids: list[str]) -> int:
     """Events applied to these customers' stored states, in all."""
     return sum(s.events_applied for s in stored_states(settings, customer_ids).values())
+
+
+MARKETING_TYPES = (CampaignTouch, RetentionOffer, TouchOpened, TouchClicked)
+
+
+def with_campaign(
+    history: Sequence[Event], seed: int, share: float = 0.3, days: int = 90
+) -> list[Event | MarketingEvent]:
+    """``history`` with a simulated two-arm campaign (touches, opens, clicks and the
+    purchases they cause) on a ``share`` of its customers for ``days`` days from its 90th
+    day, merged in event-time order (each topic is sent in order)."""
+    customers = sorted({event.customer_id for event in history})
+    touched = customers[: max(1, int(len(customers) * share))]
+    start = min(event.occurred_at for event in history) + timedelta(days=90)
+    truth = CampaignTruth.with_rates("fault-campaign", {"A": 0.05, "B": 0.12})
+    campaign = simulate_campaign(truth, touched, start, days, seed)
+    merged: list[Event | MarketingEvent] = [*history, *campaign]
+    return sorted(merged, key=lambda event: (event.occurred_at, event.event_id))
+
+
+def scored_events(events: Iterable[Event | MarketingEvent]) -> list[Event]:
+    """The events that are scored (all but marketing events)."""
+    return [event for event in events if not isinstance(event, MARKETING_TYPES)]
+
+
+def touches_applied(settings: Settings) -> int:
+    """Campaign touches counted in Redis's figures, in all."""
+    return sum(figures.touches for figures in stored_figures(settings)[0].values())
 
 
 def lost_and_doubled(
@@ -225,27 +393,32 @@ def alerts_raised(scores: Sequence[CustomerScore], rules: AlertRules) -> set[str
     return raised
 
 
-def outputs_on_topics(settings: Settings, events: Sequence[Event]) -> OutputCheck:
+def outputs_on_topics(settings: Settings, events: Sequence[Event | MarketingEvent]) -> OutputCheck:
     """Read the scores and alerts topics from the beginning and check them against
-    ``events`` (:func:`check_outputs`)."""
+    ``events`` (:func:`check_outputs`; marketing events are not scored)."""
+    scored = scored_events(events)
+    stored = stored_states(settings, sorted({e.customer_id for e in scored}))
+    return check_outputs(
+        scored,
+        stored,
+        records_on(settings, settings.topics.scores),
+        records_on(settings, settings.topics.alerts),
+        settings.scoring.alerts,
+    )
+
+
+def records_on(settings: Settings, topic: str, quiet_s: float = 3.0) -> list[Record]:
+    """Every record of ``topic`` from the beginning, until none came for ``quiet_s``."""
     assert settings.kafka_bootstrap is not None
-    found: dict[str, list[Record]] = {}
-    for topic in (settings.topics.scores, settings.topics.alerts):
-        consumer = read_topic(settings.kafka_bootstrap, topic)
-        records: list[Record] = []
+    consumer = read_topic(settings.kafka_bootstrap, topic)
+    records: list[Record] = []
+    try:
         quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < 3.0:
+        while time.monotonic() - quiet_since < quiet_s:
             polled = list(poll_records(consumer, timeout_ms=300))
             if polled:
                 records.extend(polled)
                 quiet_since = time.monotonic()
+    finally:
         consumer.close()
-        found[topic] = records
-    stored = stored_states(settings, sorted({e.customer_id for e in events}))
-    return check_outputs(
-        events,
-        stored,
-        found[settings.topics.scores],
-        found[settings.topics.alerts],
-        settings.scoring.alerts,
-    )
+    return records

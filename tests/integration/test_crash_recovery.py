@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.core.events import Event, PurchaseEvent
+from streamcrm.core.events import CampaignTouch, Event, MarketingEvent, PurchaseEvent
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import ensure_topics
 from streamcrm.settings import Settings
@@ -22,12 +22,16 @@ from streamcrm.sim.simulator import simulate
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import (
     applied_events,
+    check_campaigns,
     comparable,
     expected_states,
     lost_and_doubled,
     outputs_on_topics,
+    scored_events,
     stored_states,
+    touches_applied,
     wait_until,
+    with_campaign,
     worker_report,
 )
 from tests.integration.worker_harness import TopicReader, running_worker, send
@@ -41,15 +45,18 @@ WITHOUT_OFFSET_GUARD = SMALL_EVENT_ID_WINDOW | {"STREAMCRM_PROBE_NO_OFFSET_GUARD
 
 def kill_and_restart(
     settings: Settings,
-    history: list[Event],
+    history: list[Event | MarketingEvent],
     logs: Path,
     probes: dict[str, str],
     applied_at_least: int,
 ) -> tuple[int, int]:
     """Run a worker on ``history``, ``kill -9`` it once ``applied_at_least`` events are in
-    Redis, restart it, and wait until every event is applied (or counted twice). Returns the
-    events applied at the kill and the restarted worker's count of duplicates met."""
+    Redis, restart it, and wait until every event is applied (or counted twice) and every
+    campaign touch counted. Returns the events applied at the kill and the restarted worker's
+    count of duplicates met."""
     customers = sorted({e.customer_id for e in history})
+    scored = len(scored_events(history))
+    touches = sum(isinstance(e, CampaignTouch) for e in history)
     assert settings.kafka_bootstrap is not None
     ensure_topics(settings, settings.kafka_bootstrap)
     metrics = TopicReader(settings.kafka_bootstrap, settings.topics.model_metrics)
@@ -63,12 +70,15 @@ def kill_and_restart(
         first.kill()  # SIGKILL: no shutdown, no final commit
         first.wait()
     applied_at_kill = applied_events(settings, customers)
-    assert applied_at_kill < len(history), "the kill came too late to interrupt the stream"
+    assert applied_at_kill < scored, "the kill came too late to interrupt the stream"
     with running_worker(settings, logs / "second.log", probes) as second:
         wait_until(
-            lambda: applied_events(settings, customers) >= len(history),
+            lambda: (
+                applied_events(settings, customers) >= scored
+                and touches_applied(settings) >= touches
+            ),
             240,
-            "every event to be applied",
+            "every event to be applied and every touch counted",
         )
         time.sleep(2 * settings.metrics_interval_s + 1)  # anything still being redelivered
         metrics.wait_for(lambda records: worker_report(records, second.pid) is not None)
@@ -82,7 +92,7 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
     services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     settings = isolated_settings(services, "crash-recovery", tmp_path_factory)
-    history = list(simulate(customers=620, days=365, seed=23).events)
+    history = with_campaign(list(simulate(customers=620, days=365, seed=23).events), seed=23)
     assert len(history) >= EVENTS_AT_LEAST
     customers = sorted({e.customer_id for e in history})
 
@@ -91,7 +101,7 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
     )
 
     stored = stored_states(settings, customers)
-    expected = expected_states(history)
+    expected = expected_states(history, settings.scoring)
     assert set(stored) == set(expected)
     lost, doubled = lost_and_doubled(expected, stored)
     assert (lost, doubled) == (0, 0)
@@ -103,6 +113,10 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
     assert redelivered > 0
     outputs = outputs_on_topics(settings, history)
     assert (outputs.lost, outputs.duplicated, outputs.alerts_unexpected) == (0, 0, 0), outputs
+    # Campaign figures and churn-alert outcomes: exact, each counted once.
+    campaigns = check_campaigns(settings, history)
+    assert campaigns.touches_expected > 0 and campaigns.alerts_published > 0, campaigns
+    assert (campaigns.arms_differing, campaigns.alerts_unaccounted) == (0, 0), campaigns
     record_fault(
         "worker kill -9 mid-stream, restart",
         events_in=len(history),
@@ -111,7 +125,7 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
         duplicated=doubled,
         note=f"killed after {applied_at_kill} applied; {redelivered} redelivered and"
         " recognised as already applied by the offset guard (event-id window 1);"
-        f" {outputs}",
+        f" {outputs}; {campaigns}",
         outputs=outputs.row,
     )
 
@@ -122,13 +136,15 @@ def test_control_without_the_offset_guard_the_same_crash_double_counts(
     """The control of the test above: the same crash, the guard switched off by the probe,
     must show events counted twice; otherwise the test above proves nothing."""
     settings = isolated_settings(services, "crash-control", tmp_path_factory)
-    history = list(simulate(customers=620, days=365, seed=23).events)
+    history = with_campaign(list(simulate(customers=620, days=365, seed=23).events), seed=23)
     customers = sorted({e.customer_id for e in history})
 
     kill_and_restart(settings, history, tmp_path, WITHOUT_OFFSET_GUARD, len(history) // 3)
 
-    lost, doubled = lost_and_doubled(expected_states(history), stored_states(settings, customers))
+    expected = expected_states(history, settings.scoring)
+    lost, doubled = lost_and_doubled(expected, stored_states(settings, customers))
     assert doubled > 0
+    campaigns = check_campaigns(settings, history, alerts=False)
     record_fault(
         "control: the same crash without the offset guard",
         events_in=len(history),
@@ -136,5 +152,5 @@ def test_control_without_the_offset_guard_the_same_crash_double_counts(
         lost=lost,
         duplicated=doubled,
         note="must double-count (probe: guard off, event-id window 1); else the row above"
-        " proves nothing",
+        f" proves nothing; {campaigns}",
     )

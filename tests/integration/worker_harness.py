@@ -16,7 +16,7 @@ from typing import TypeVar
 import redis
 from kafka import KafkaConsumer
 
-from streamcrm.core.events import Event
+from streamcrm.core.events import Event, MarketingEvent
 from streamcrm.core.records import CustomerScore, DeadLetter
 from streamcrm.core.state import CustomerState
 from streamcrm.services.kafka import (
@@ -78,7 +78,7 @@ def running_worker(
         stop_worker_process(process)
 
 
-def send(settings: Settings, events: Iterable[Event]) -> int:
+def send(settings: Settings, events: Iterable[Event | MarketingEvent]) -> int:
     """Produce events with kafka-python, keyed by customer, to their topics."""
     assert settings.kafka_bootstrap is not None
     producer = make_producer(settings.kafka_bootstrap)
