@@ -159,7 +159,7 @@ def redis_model_version(settings: Settings) -> str | None:
         raw = client.get(model_key(settings.redis_namespace, MODEL_CHECKPOINT) + ":version")
     finally:
         client.close()
-    return raw.decode() if raw else None
+    return raw.decode() if isinstance(raw, bytes) and raw else None
 
 
 def settled_model_version(settings: Settings) -> str | None:
