@@ -505,6 +505,7 @@ class Settings(BaseSettings):
             prior=JEFFREYS_PRIOR if self.ab_prior == "jeffreys" else UNIFORM_PRIOR,
             min_touches_per_arm=self.ab_min_touches_per_arm,
             loss_threshold=self.ab_loss_threshold,
+            attribution_window=timedelta(days=self.attribution_window_days),
         )
 
     def for_local_broker(self, kafka_bootstrap: str, redis_url: str) -> Settings:

@@ -5,7 +5,9 @@ Pure: the summed :class:`~streamcrm.core.marketing.Tally` in, one
 segments; money converted from integer cents of the reporting currency).
 
 Per arm, with ``c`` conversions in ``n`` touches: the Beta-Binomial posterior of its
-conversion rate (:class:`~streamcrm.core.experiments.ArmPosterior`), its mean and 95 %
+conversion rate (:class:`~streamcrm.core.experiments.ArmPosterior`) over the trials its
+touches are worth at the watermark (a touch whose attribution window is still open counts
+for the share of its conversions already due: :mod:`streamcrm.core.delayed`), its mean and 95 %
 interval, P(best) and expected loss (:func:`~streamcrm.core.experiments.compare_arms`); per
 campaign, the expected-loss stopping rule
 (:func:`~streamcrm.core.experiments.stopping_decision`). A touch converts at most once, so
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from streamcrm.core.delayed import Counting, effective_touches
 from streamcrm.core.experiments import (
     UNIFORM_PRIOR,
     ArmPosterior,
@@ -30,7 +33,7 @@ from streamcrm.core.experiments import (
     thompson_choice,
 )
 from streamcrm.core.interventions import RetentionTally
-from streamcrm.core.marketing import ArmFigures, Tally
+from streamcrm.core.marketing import DEFAULT_ATTRIBUTION_WINDOW, ArmFigures, ArmKey, Tally
 from streamcrm.core.records import (
     Alert,
     ArmReport,
@@ -43,16 +46,42 @@ from streamcrm.core.scoring import ScoredEvent
 
 @dataclass(frozen=True)
 class ABTestRules:
-    """The A/B test's prior and stopping rule (settings ``ab_*``)."""
+    """The A/B test's prior and stopping rule (settings ``ab_*``), and how touches whose
+    attribution window is still open count (:mod:`streamcrm.core.delayed`)."""
 
     prior: Prior = UNIFORM_PRIOR
     min_touches_per_arm: int = 500
     loss_threshold: float = 0.001
     """Stop when the leader's expected loss is below this (an absolute conversion rate)."""
+    attribution_window: timedelta = DEFAULT_ATTRIBUTION_WINDOW
+    counting: Counting = "exposure"
+
+    def posteriors(self, tally: Tally, watermark: datetime | None) -> dict[ArmKey, ArmPosterior]:
+        """Each arm's (and segment's) posterior at ``watermark`` (None: every touch counts
+        as a trial).
+
+        >>> from datetime import UTC
+        >>> tally = Tally({ArmKey("c", "A"): ArmFigures(touches=10, conversions=3)})
+        >>> ABTestRules().posteriors(tally, None)[ArmKey("c", "A")].beta
+        8.0
+        """
+        trials = effective_touches(tally, watermark, self.attribution_window, self.counting)
+        return {
+            key: ArmPosterior(
+                successes=max(0, min(figures.conversions, figures.touches)),
+                trials=max(0.0, trials[key]),
+                alpha0=self.prior[0],
+                beta0=self.prior[1],
+            )
+            for key, figures in tally.arms.items()
+        }
 
 
-def campaign_metrics(tally: Tally, now: datetime, rules: ABTestRules) -> list[CampaignMetrics]:
-    """One report per campaign with at least one touch, sorted by campaign id.
+def campaign_metrics(
+    tally: Tally, now: datetime, rules: ABTestRules, watermark: datetime | None = None
+) -> list[CampaignMetrics]:
+    """One report per campaign with at least one touch, sorted by campaign id; posteriors
+    at ``watermark`` (:meth:`ABTestRules.posteriors`).
 
     >>> from datetime import UTC
     >>> from streamcrm.core.marketing import ArmKey
@@ -66,18 +95,13 @@ def campaign_metrics(tally: Tally, now: datetime, rules: ABTestRules) -> list[Ca
     by_campaign: dict[str, dict[str, ArmFigures]] = {}
     for (campaign, arm), figures in sorted(tally.by_campaign_arm().items()):
         by_campaign.setdefault(campaign, {})[arm] = figures
+    by_arm = _summed_over_segments(rules.posteriors(tally, watermark))
     reports = []
     for campaign, arms in by_campaign.items():
         if sum(figures.touches for figures in arms.values()) <= 0:
             continue
         posteriors = {
-            arm: ArmPosterior(
-                successes=max(0, min(figures.conversions, figures.touches)),
-                trials=max(0, figures.touches),
-                alpha0=rules.prior[0],
-                beta0=rules.prior[1],
-            )
-            for arm, figures in arms.items()
+            arm: by_arm.get((campaign, arm), ArmPosterior(0, 0, *rules.prior)) for arm in arms
         }
         comparison = compare_arms(posteriors)
         decision = stopping_decision(comparison, rules.min_touches_per_arm, rules.loss_threshold)
@@ -95,6 +119,19 @@ def campaign_metrics(tally: Tally, now: datetime, rules: ABTestRules) -> list[Ca
             )
         )
     return reports
+
+
+def _summed_over_segments(
+    posteriors: Mapping[ArmKey, ArmPosterior],
+) -> dict[tuple[str, str], ArmPosterior]:
+    summed: dict[tuple[str, str], ArmPosterior] = {}
+    for key, posterior in sorted(posteriors.items()):
+        where = (key.campaign_id, key.arm)
+        known = summed.get(where)
+        summed[where] = (
+            posterior if known is None else known.updated(posterior.successes, posterior.trials)
+        )
+    return summed
 
 
 def _arm_report(
@@ -131,19 +168,22 @@ class RetentionPlan:
 
     @classmethod
     def from_tally(
-        cls, tally: Tally, campaign_id: str, control_share: float, prior: Prior = UNIFORM_PRIOR
+        cls,
+        tally: Tally,
+        campaign_id: str,
+        control_share: float,
+        rules: ABTestRules | None = None,
+        watermark: datetime | None = None,
     ) -> RetentionPlan:
-        """The posteriors of ``campaign_id``'s arms in each segment of ``tally``."""
+        """The posteriors of ``campaign_id``'s arms in each segment of ``tally`` at
+        ``watermark`` (:meth:`ABTestRules.posteriors`)."""
+        rules = ABTestRules() if rules is None else rules
         arms: dict[str, dict[str, ArmPosterior]] = {}
+        posteriors = rules.posteriors(tally, watermark)
         for key, figures in sorted(tally.arms.items()):
             if key.campaign_id != campaign_id or figures.touches <= 0:
                 continue
-            arms.setdefault(key.segment, {})[key.arm] = ArmPosterior(
-                successes=max(0, min(figures.conversions, figures.touches)),
-                trials=figures.touches,
-                alpha0=prior[0],
-                beta0=prior[1],
-            )
+            arms.setdefault(key.segment, {})[key.arm] = posteriors[key]
         return cls(control_share, campaign_id, arms)
 
     def annotate(self, alert: Alert, segment: str) -> Alert:

@@ -72,6 +72,9 @@ FloatArray = NDArray[np.float64]
 class ArmPosterior:
     """The posterior of an arm's conversion rate ``p`` after ``successes`` in ``trials``.
 
+    ``trials`` may be fractional: touches whose outcome is still partly unknown count for the
+    share of it already shown (:mod:`streamcrm.core.delayed`).
+
     With the prior ``p ~ Beta(alpha0, beta0)`` and ``successes ~ Binomial(trials, p)`` the
     posterior is again a Beta (conjugacy)::
 
@@ -90,7 +93,7 @@ class ArmPosterior:
     """
 
     successes: int
-    trials: int
+    trials: float
     alpha0: float = UNIFORM_PRIOR[0]
     beta0: float = UNIFORM_PRIOR[1]
 
@@ -134,7 +137,7 @@ class ArmPosterior:
         low, high = special.betaincinv(self.alpha, self.beta, [tail, 1.0 - tail])
         return float(low), float(high)
 
-    def updated(self, successes: int, trials: int) -> ArmPosterior:
+    def updated(self, successes: int, trials: float) -> ArmPosterior:
         """This posterior after ``successes`` more in ``trials`` more (the prior is kept).
 
         >>> ArmPosterior(1, 4).updated(successes=1, trials=1)
@@ -166,7 +169,7 @@ class ArmStanding:
     by choosing this arm.
     """
 
-    trials: int
+    trials: float
     mean: float
     probability_best: float
     expected_loss: float
@@ -490,7 +493,7 @@ def _cell_masses(arm: ArmPosterior, step: float) -> tuple[int, FloatArray]:
 # --- validation ------------------------------------------------------------------------------
 
 
-def _check_counts(successes_name: str, successes: int, trials_name: str, trials: int) -> None:
+def _check_counts(successes_name: str, successes: int, trials_name: str, trials: float) -> None:
     if trials < 0:
         raise ValueError(f"{trials_name} must be ≥ 0, got {trials}")
     if not 0 <= successes <= trials:

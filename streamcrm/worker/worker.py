@@ -339,16 +339,20 @@ class Worker:
             return
         total = summed(Tally.from_fields(fields) for fields in partials)
         rules = self.settings.ab_test_rules
+        # Touches whose attribution window is still open at the watermark count for the
+        # share of their conversions already due (streamcrm.core.delayed).
+        watermark = self.pipeline.watermark
         self.pipeline.retention = RetentionPlan.from_tally(
             total,
             self.settings.retention_campaign_id,
             self.settings.alert_control_share,
-            rules.prior,
+            rules,
+            watermark,
         )
         now = datetime.now(UTC)
         retention = summed_retention(RetentionTally.from_fields(fields) for fields in partials)
         uplifts = uplift_metrics(retention, now, rules.prior)
-        campaigns = campaign_metrics(total, now, rules)
+        campaigns = campaign_metrics(total, now, rules, watermark)
         publisher = 0 in self.broker.owned_partitions(self.topics.marketing)
         self.marketing_reports = MarketingReports(now, tuple(campaigns), tuple(uplifts), publisher)
         if not publisher:

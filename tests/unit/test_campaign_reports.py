@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from streamcrm.core.campaigns import ABTestRules, campaign_metrics
+import pytest
+
+from streamcrm.core.campaigns import ABTestRules, RetentionPlan, campaign_metrics
 from streamcrm.core.experiments import JEFFREYS_PRIOR
-from streamcrm.core.marketing import ArmFigures, ArmKey, Tally
+from streamcrm.core.marketing import (
+    WEEK,
+    ArmFigures,
+    ArmKey,
+    Tally,
+    bucket_start,
+    delay_bin,
+    touch_bucket,
+)
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -57,6 +67,44 @@ def test_the_prior_is_a_rule() -> None:
 
     assert uniform.arms[0].conversion_rate == jeffreys.arms[0].conversion_rate == 0.5
     assert uniform.arms[0].conversion_interval != jeffreys.arms[0].conversion_interval
+
+
+def fresh_touches(arm: str, touches: int, conversions: int, sent_at: datetime) -> Tally:
+    """``touches`` of ``arm`` sent in one touch-time bucket, ``conversions`` of them converted
+    half a day later."""
+    key, bucket = ArmKey("c", arm), touch_bucket(sent_at, WEEK)
+    return Tally(
+        {key: ArmFigures(touches=touches, conversions=conversions)},
+        {
+            (key, f"touches@{bucket}"): touches,
+            (key, f"conversions@{bucket}"): conversions,
+            (key, f"delay@{delay_bin(timedelta(hours=12), WEEK)}"): conversions,
+        },
+    )
+
+
+def test_touches_whose_window_is_still_open_count_for_the_conversions_already_due() -> None:
+    """Arm A's 1,000 touches have all settled (30 conversions); arm B's 700 were sent in the
+    last day, 10 converted so far. Counted as received, B looks far worse; at the watermark
+    each open touch counts for the share of its conversions already due (delays pooled over
+    the campaign: all in the first 12 hours here), so B's rate is estimated from what is
+    known. The figures themselves are reported as counted."""
+    start = bucket_start(touch_bucket(NOW, WEEK), WEEK)
+    settled = Tally({ArmKey("c", "A"): ArmFigures(touches=1_000, conversions=30)})
+    tally = settled + fresh_touches("B", 700, 10, start)
+    watermark = start + timedelta(days=1)
+
+    (received,) = campaign_metrics(tally, NOW, ABTestRules(counting="received"), watermark)
+    (as_of_now,) = campaign_metrics(tally, NOW, ABTestRules(), watermark)
+    (no_watermark,) = campaign_metrics(tally, NOW, ABTestRules())
+
+    assert received.leader == no_watermark.leader == "A"
+    rates = {arm.arm: arm.conversion_rate for arm in as_of_now.arms}
+    assert rates["A"] == pytest.approx(31 / 1_002)
+    assert rates["B"] > 2 * next(a.conversion_rate for a in received.arms if a.arm == "B")
+    assert next(arm for arm in as_of_now.arms if arm.arm == "B").touches == 700
+    plan = RetentionPlan.from_tally(tally, "c", 0.0, ABTestRules(), watermark)
+    assert plan.arms_by_segment[""]["B"].trials < 700
 
 
 def test_the_uplift_of_acting_is_reported_per_segment_and_over_all_of_them() -> None:

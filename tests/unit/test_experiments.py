@@ -74,6 +74,17 @@ def test_updated_adds_the_new_counts_and_keeps_the_prior() -> None:
     assert arm == ArmPosterior(5, 15, *JEFFREYS_PRIOR)
 
 
+def test_trials_may_be_fractional_for_touches_whose_outcome_is_partly_known() -> None:
+    """A touch whose attribution window is still open counts for the share of its
+    conversions already due (streamcrm.core.delayed): ``beta`` takes the fraction."""
+    arm = ArmPosterior(successes=3, trials=10.5)
+
+    assert (arm.alpha, arm.beta) == (4.0, 8.5)
+    assert arm.updated(1, 2.25).trials == 12.75
+    with pytest.raises(ValueError, match="between 0 and trials"):
+        ArmPosterior(successes=3, trials=2.5)
+
+
 @pytest.mark.parametrize(
     ("successes", "trials", "message"),
     [
