@@ -76,7 +76,10 @@ class Core:
         self.models = ModelBundle()
         self.config = config or ScoringConfig()
         self.states: dict[str, CustomerState] = {}
-        self.figures = Tally()
+        self.fields: dict[str, int] = {}
+        """The summed increments, as the store keeps them."""
+        self.watermark: datetime | None = None
+        """The newest event time folded (events come in time order)."""
 
     def step(self, event: MarketingOrPurchase) -> None:
         state = self.states.get(event.customer_id)
@@ -86,7 +89,13 @@ class Core:
         else:
             stepped = apply_marketing(state, event, self.config)
             self.states[event.customer_id], change = stepped.state, stepped.campaigns
-        self.figures = self.figures + change
+        for name, amount in change.increments():
+            self.fields[name] = self.fields.get(name, 0) + amount
+        self.watermark = max(self.watermark or event.occurred_at, event.occurred_at)
+
+    @property
+    def figures(self) -> Tally:
+        return Tally.from_fields(self.fields)
 
     def fold(self, events: Iterable[MarketingOrPurchase]) -> Core:
         for event in events:
@@ -361,55 +370,93 @@ def test_the_conversion_intervals_of_campaign_reports_cover_the_true_rates_95_pe
 THOMPSON_RATES = {"A": 0.05, "B": 0.07, "C": 0.10}
 WARM_UP = 500
 """Touches each arm gets (in turn) before Thompson sampling takes over."""
+REFRESH = timedelta(hours=1)
+"""How often (in event time) the chooser reads the figures again, as the live metrics timer."""
 
 
 class OnlineThompson:
     """A chooser that gives each arm ``WARM_UP`` touches in turn, then picks by Thompson
-    sampling (seeded by the touch id) over the posteriors of streamcrm's figures so far."""
+    sampling (seeded by the touch id) over the posteriors of streamcrm's figures so far, read
+    again every ``REFRESH`` of event time at the newest event time as the watermark, with
+    touches whose window is still open counted as ``rules`` say."""
 
-    def __init__(self, campaign_id: str, arms: Sequence[str]) -> None:
+    def __init__(self, campaign_id: str, arms: Sequence[str], rules: ABTestRules) -> None:
         self.campaign_id = campaign_id
         self.arms = list(arms)
+        self.rules = rules
         self.core = Core()
         self.chosen: list[str] = []
+        self.posteriors: dict[str, ArmPosterior] = {}
+        self.read_at: datetime | None = None
 
     def __call__(self, touch_id: str) -> str:
         if len(self.chosen) < WARM_UP * len(self.arms):
             arm = self.arms[len(self.chosen) % len(self.arms)]
         else:
-            posteriors = {
-                name: ArmPosterior(figures.conversions, figures.touches)
-                for name, figures in self.core.by_arm(self.campaign_id).items()
-            }
-            arm = thompson_choice(posteriors, touch_id)
+            now = self.core.watermark
+            assert now is not None
+            if self.read_at is None or now - self.read_at >= REFRESH:
+                self.posteriors = self.read(now)
+                self.read_at = now
+            arm = thompson_choice(self.posteriors, touch_id)
         self.chosen.append(arm)
         return arm
 
+    def read(self, watermark: datetime) -> dict[str, ArmPosterior]:
+        """The campaign's posteriors at ``watermark``, per arm summed over segments."""
+        arms: dict[str, ArmPosterior] = {}
+        for key, posterior in self.rules.posteriors(self.core.figures, watermark).items():
+            if key.campaign_id == self.campaign_id:
+                known = arms.get(key.arm)
+                arms[key.arm] = (
+                    posterior
+                    if known is None
+                    else known.updated(posterior.successes, posterior.trials)
+                )
+        return arms
+
+
+def online_thompson(
+    rates: dict[str, float], seed: int, rules: ABTestRules, days: int = 8 * PERIOD_DAYS
+) -> list[str]:
+    """The arms chosen for the touches of 1,500 customers touched every 8 days."""
+    truth = CampaignTruth.with_rates("ts", rates)
+    chooser = OnlineThompson(truth.campaign_id, sorted(rates), rules)
+    for event in iter_campaign(truth, customers(1500), START, days, seed, chooser):
+        chooser.core.step(event)
+    return chooser.chosen
+
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_thompson_sampling_online_gives_the_best_arm_most_later_touches(seed: int) -> None:
+def test_thompson_sampling_online_gives_the_best_arm_most_later_touches_from_the_start(
+    seed: int,
+) -> None:
     """1,500 customers, each touched every 8 days for 64 days (12,000 touches flowing evenly
     over time): the first 1,500 give each arm its 500 touches in turn, the next 10,500 are
     chosen by Thompson sampling from the posteriors of the figures streamcrm has attributed
-    so far (every event folded through the core as it happens, so a touch whose purchase is
-    still to come counts as not converted yet).
+    so far (every event folded through the core as it happens, read every hour of event
+    time). A touch whose attribution window is still open counts for the share of its
+    conversions already due (streamcrm.core.delayed), not as a failure.
 
-    Measured share of the best arm (0.10) in those 10,500 touches: seed 1 90.2 %, seed 2
-    90.3 %, seed 3 96.1 %: the target is met, narrowly. Conversions come up to a week after
-    their touch, so the posteriors lag: in the first 1,500 touches after the warm-up the
-    best arm gets only 56-81 %, then 81-94 %, 95-99 % and at least 98.7 % in every later block of
-    1,500. Over only the first 4,500 later touches (a shorter run) the share was 78-91 %,
-    under the target on two of the three seeds.
+    Measured share of the best arm (0.10), first 1,500 later touches / all 10,500, seeds
+    1, 2, 3: counted this way 77.6 / 96.2 %, 74.0 / 95.8 %, 96.5 / 99.4 %; with every touch
+    counted as a trial at once (as before) 58.1 / 90.0 %, 54.1 / 88.9 %, 80.7 / 95.2 %
+    (docs/marketing.md has seeds 4-5, the close pair 0.10 / 0.12 and 0.20 / 0.25).
     """
-    truth = CampaignTruth.with_rates("ts", THOMPSON_RATES)
-    chooser = OnlineThompson(truth.campaign_id, sorted(THOMPSON_RATES))
-    people = customers(1500)
+    chosen = online_thompson(THOMPSON_RATES, seed, ABTestRules())
 
-    for event in iter_campaign(truth, people, START, 8 * PERIOD_DAYS, seed, chooser):
-        chooser.core.step(event)
-
-    warm_up, later = chooser.chosen[: 3 * WARM_UP], chooser.chosen[3 * WARM_UP :]
+    warm_up, later = chosen[: 3 * WARM_UP], chosen[3 * WARM_UP :]
     assert all(warm_up.count(arm) == WARM_UP for arm in "ABC")
     assert len(later) == 10_500
     share = later.count("C") / len(later)
-    assert share >= 0.90, share
+    assert share >= 0.95, share
+    assert later[:1500].count("C") / 1500 >= 0.7
+
+
+def test_counting_open_touches_as_failures_is_slower_to_find_the_best_arm() -> None:
+    """Control, on the same seed: the figures as received (a touch not converted yet counts
+    as a failure) give the best arm fewer of the first touches after the warm-up."""
+    chosen = online_thompson(THOMPSON_RATES, 1, ABTestRules(counting="received"), days=32)
+
+    later = chosen[3 * WARM_UP :]
+    assert later[:1500].count("C") / 1500 < 0.65
