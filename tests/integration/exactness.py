@@ -124,14 +124,17 @@ class CampaignCheck:
     touches_doubled: int
     conversions_expected: int
     conversions_off: int
-    alerts_published: int
+    alerts_published: int | None
+    """Distinct churn alerts on the alerts topic (None: not checked)."""
     alerts_settled: int
     alerts_pending: int
 
     @property
-    def alerts_unaccounted(self) -> int:
+    def alerts_unaccounted(self) -> int | None:
         """Published churn alerts neither settled in the figures nor pending in a state,
-        less those counted twice (0: each counted once)."""
+        less those counted twice (0: each counted once; None: not checked)."""
+        if self.alerts_published is None:
+            return None
         return self.alerts_published - self.alerts_settled - self.alerts_pending
 
     def __str__(self) -> str:
@@ -139,9 +142,14 @@ class CampaignCheck:
             f"campaigns: {self.touches_expected} touches expected, {self.touches_lost} lost,"
             f" {self.touches_doubled} counted twice, {self.conversions_off} of"
             f" {self.conversions_expected} conversions off, {self.arms_differing} arms"
-            f" differing; churn alerts: {self.alerts_published} published ="
-            f" {self.alerts_settled} settled + {self.alerts_pending} pending"
-            f" ({self.alerts_unaccounted} unaccounted)"
+            f" differing; churn alerts: "
+            + (
+                f"{self.alerts_settled} settled, {self.alerts_pending} pending (not checked"
+                " against the alerts topic)"
+                if self.alerts_published is None
+                else f"{self.alerts_published} published = {self.alerts_settled} settled +"
+                f" {self.alerts_pending} pending ({self.alerts_unaccounted} unaccounted)"
+            )
         )
 
 
@@ -160,7 +168,7 @@ def check_campaigns(
         arm: (expected.get(arm, ArmFigures()).touches, found.get(arm, ArmFigures()).touches)
         for arm in arms
     }
-    published = 0
+    published = None
     if alert_records is not None:
         published = len(
             {

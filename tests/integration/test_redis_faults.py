@@ -185,7 +185,9 @@ def test_redis_restarting_mid_stream_loses_and_double_counts_nothing(
     assert campaigns.touches_expected > 0, campaigns
     assert campaigns.arms_differing == 0, campaigns
     if not outputs.customers_rewritten:
-        assert campaigns.alerts_published > 0 and campaigns.alerts_unaccounted == 0, campaigns
+        assert (campaigns.alerts_published or 0) > 0 and campaigns.alerts_unaccounted == 0, (
+            campaigns
+        )
     record_fault(
         f"Redis {fault}",
         events_in=len(history),
