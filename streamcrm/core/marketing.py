@@ -82,6 +82,31 @@ def bucket_start(bucket: int, window: timedelta) -> datetime:
     return TIME_ORIGIN + bucket * (window / TOUCH_BUCKETS_PER_WINDOW)
 
 
+def closed_bucket_fields(fields: Iterable[str], before: datetime, window: timedelta) -> list[str]:
+    """The ``touches@{bucket}`` and ``conversions@{bucket}`` fields (of any arm) of the
+    buckets that ended a whole window before ``before``: every touch in them has its window
+    closed, so they count fully and the arm's totals carry them
+    (:mod:`streamcrm.core.delayed`). Dropping them from the store changes no report; that is
+    what bounds the stored fields. Should a late increment make one again, it is read the
+    same and dropped again.
+
+    >>> week = timedelta(days=7)
+    >>> old = touch_bucket(datetime(2026, 3, 1, tzinfo=UTC), week)
+    >>> names = [f"c|A||touches@{old}", f"c|A||touches@{old + 8}", "c|A||touches", "c|A||delay@3"]
+    >>> closed_bucket_fields(names, datetime(2026, 3, 10, tzinfo=UTC), week) == [names[0]]
+    True
+    """
+    closed = []
+    for name in fields:
+        figure = name.rpartition("|")[2]
+        kind, at, bucket = figure.partition("@")
+        if not at or kind not in ("touches", "conversions") or name.startswith("~"):
+            continue
+        if bucket_start(int(bucket) + 1, window) + window <= before:
+            closed.append(name)
+    return closed
+
+
 def delay_bin(delay: timedelta, window: timedelta) -> int:
     """The bin, 0 to ``DELAY_BINS − 1``, of a conversion ``delay`` after its touch.
 

@@ -261,6 +261,11 @@ class StateStore(Protocol):
         """``partition``'s partial campaign figures, as the writes' increments summed."""
         ...
 
+    async def forget_campaign_fields(self, partition: int, names: Sequence[str]) -> None:
+        """Delete these fields of ``partition``'s campaign figures (those no report needs any
+        more: :func:`streamcrm.core.marketing.closed_bucket_fields`)."""
+        ...
+
     async def set_outbox_from(self, partition: int, offsets: Mapping[str, int]) -> None:
         """Save the output topics' end offsets before ``partition``'s outbox is published."""
         ...

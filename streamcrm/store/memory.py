@@ -124,6 +124,11 @@ class InMemoryStateStore:
     async def campaign_fields(self, partition: int) -> dict[str, int]:
         return dict(self._campaigns.get(partition, {}))
 
+    async def forget_campaign_fields(self, partition: int, names: Sequence[str]) -> None:
+        fields = self._campaigns.get(partition, {})
+        for name in names:
+            fields.pop(name, None)
+
     async def outbox(self, partition: int, count: int) -> list[OutboxRecord]:
         return list(self._outbox.get(partition, [])[:count])
 

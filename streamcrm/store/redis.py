@@ -310,6 +310,12 @@ class RedisStateStore:
             raw = await self._redis.hgetall(campaigns_key(self._namespace, partition))
         return {_text(name): int(value) for name, value in (raw or {}).items()}
 
+    async def forget_campaign_fields(self, partition: int, names: Sequence[str]) -> None:
+        if not names:
+            return
+        with _unavailable_as_store_error():
+            await self._redis.hdel(campaigns_key(self._namespace, partition), *names)
+
     async def outbox_from(self, partition: int) -> dict[str, int]:
         with _unavailable_as_store_error():
             raw = await self._redis.hgetall(outbox_from_key(self._namespace, partition))

@@ -98,6 +98,12 @@ class RetryingStore:
             lambda: self.inner.campaign_fields(partition), f"read campaign figures {partition}"
         )
 
+    async def forget_campaign_fields(self, partition: int, names: Sequence[str]) -> None:
+        await until_available(
+            lambda: self.inner.forget_campaign_fields(partition, names),
+            f"forget campaign figures {partition}",
+        )
+
     async def outbox_from(self, partition: int) -> dict[str, int]:
         return await until_available(
             lambda: self.inner.outbox_from(partition), f"read outbox offsets {partition}"

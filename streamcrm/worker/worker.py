@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Protocol
@@ -28,7 +28,7 @@ from streamcrm.core.alerts import drift_alert, privacy_failure_alert
 from streamcrm.core.campaigns import RetentionPlan, campaign_metrics, uplift_metrics
 from streamcrm.core.interventions import RetentionTally
 from streamcrm.core.interventions import summed as summed_retention
-from streamcrm.core.marketing import Tally, summed
+from streamcrm.core.marketing import Tally, closed_bucket_fields, summed
 from streamcrm.core.records import RESCORE_ID_PREFIX, Alert, CustomerScore, DeadLetter
 from streamcrm.errors import InvalidEventError, StateBehindError, StoreUnavailableError
 from streamcrm.models import ModelUpdate, ModelUpdateBatch
@@ -369,6 +369,25 @@ class Worker:
                 report.campaign_id.encode(),
                 report.model_dump_json().encode(),
             )
+        if watermark is not None:
+            await self._forget_closed_buckets(
+                partials, watermark - self.pipeline.config.rules.allowed_lateness
+            )
+
+    async def _forget_closed_buckets(
+        self, partials: Sequence[Mapping[str, int]], before: datetime
+    ) -> None:
+        """Drop the touch-time bucket figures no report needs any more (their windows
+        closed before ``before``), which bounds the campaign hashes; done by the publisher
+        only."""
+        window = self.settings.ab_test_rules.attribution_window
+        try:
+            for partition, fields in enumerate(partials):
+                closed = closed_bucket_fields(fields, before, window)
+                if closed:
+                    await self.pipeline.store.forget_campaign_fields(partition, closed)
+        except Exception as error:  # noqa: BLE001 - a timer that raises stops the whole app
+            logger.warning("closed campaign buckets not dropped (%r); will retry", error)
 
     async def publish_model_metrics(self) -> None:
         """This worker's model-quality and traffic report, and a drift alert if it flags one."""

@@ -490,3 +490,20 @@ async def test_campaign_increments_are_summed_per_partition_with_the_write_and_o
         "s|B||conversions": 1,
     }
     assert await store.campaign_fields(4) == {}
+
+
+async def test_forgotten_campaign_fields_go_and_the_others_stay(store: StateStore) -> None:
+    state = CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0)
+    increments = (("s|A||touches", 2), ("s|A||touches@100", 2), ("s|A||conversions@100", 1))
+    await store.save_batch(
+        [
+            PendingWrite(
+                InputPosition("crm.marketing", "t", 5, 0), state, campaign_increments=increments
+            )
+        ]
+    )
+
+    await store.forget_campaign_fields(5, ["s|A||touches@100", "s|A||conversions@100", "absent"])
+    await store.forget_campaign_fields(5, [])
+
+    assert await store.campaign_fields(5) == {"s|A||touches": 2}

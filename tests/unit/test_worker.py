@@ -169,3 +169,52 @@ async def test_the_campaign_metrics_timer_publishes_campaigns_and_refreshes_the_
     assert report.arms[0].cost == 2.0
     assert set(pipeline.retention.arms_by_segment[""]) == {"call"}
     assert broker.on(TOPICS.uplift) == []  # no churn alert has settled
+
+
+async def test_the_publisher_drops_bucket_figures_whose_windows_closed_and_reports_the_same() -> (
+    None
+):
+    """What bounds the campaign hashes: once a touch-time bucket's windows have all closed
+    (less the allowed lateness) under the watermark, its figures go; the arm's totals carry
+    them, so the next report is the one before."""
+    from datetime import timedelta
+
+    from streamcrm.core.events import CampaignTouch
+    from streamcrm.core.marketing import Tally
+    from streamcrm.core.records import CampaignMetrics
+
+    worker, broker, _ = a_worker()
+    store = worker.pipeline.store
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    messages = [
+        CampaignTouch(
+            event_id=f"m{n}",
+            customer_id=f"c{n}",
+            occurred_at=day + timedelta(days=10 * n),
+            touch_id=f"t{n}",
+            campaign_id="spring",
+            arm="A",
+            channel="email",
+        )
+        for n in range(3)
+    ]
+    for offset, touch in enumerate(messages):
+        await worker.handle_message(
+            Message(touch.model_dump_json().encode(), offset, topic=TOPICS.marketing)
+        )
+    # A purchase on day 21 moves the watermark to day 19: the bucket of day 0 has closed.
+    await worker.handle_message(Message(purchase("c2", 21.0), 0, topic=TOPICS.purchases))
+    before = await store.campaign_fields(0)
+
+    await worker.publish_campaign_metrics()
+    await worker.publish_campaign_metrics()
+
+    after = await store.campaign_fields(0)
+    dropped = set(before) - set(after)
+    assert dropped and all("@" in name for name in dropped)
+    assert Tally.from_fields(after).arms == Tally.from_fields(before).arms  # the totals stay
+    first, second = [
+        CampaignMetrics.model_validate_json(v or b"").model_dump(exclude={"published_at"})
+        for v in broker.on(TOPICS.campaign_metrics)
+    ]
+    assert first == second
