@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 
 from streamcrm.core.events import (
     CampaignTouch,
@@ -19,13 +18,13 @@ from streamcrm.core.events import (
     TouchOpened,
 )
 from streamcrm.core.experiments import is_control
-from streamcrm.core.marketing import ArmFigures, Tally, summed
-from streamcrm.core.records import CampaignMetrics, UpliftMetrics
+from streamcrm.core.marketing import ArmFigures
+from streamcrm.core.records import Alert, CampaignMetrics, UpliftMetrics
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
-from streamcrm.store.base import campaigns_key
 from tests.conftest import isolated_settings
+from tests.integration.exactness import stored_figures
 from tests.integration.worker_harness import (
     TopicReader,
     dead_letters,
@@ -50,13 +49,15 @@ def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield
 
 
-def touch(customer: str, n: int, arm: str, day: float, cost: float) -> CampaignTouch:
+def touch(
+    customer: str, n: int, arm: str, day: float, cost: float, campaign: str = "spring"
+) -> CampaignTouch:
     return CampaignTouch(
         event_id=f"{customer}-m{n}",
         customer_id=customer,
         occurred_at=T0 + timedelta(days=day),
         touch_id=f"{customer}-t{n}",
-        campaign_id="spring",
+        campaign_id=campaign,
         arm=arm,
         channel="email",
         cost=cost,
@@ -87,23 +88,7 @@ def send_marketing(settings: Settings, *events: CampaignTouch | TouchOpened | To
 
 def campaign_figures(settings: Settings) -> dict[tuple[str, str], ArmFigures]:
     """Every partition's partial figures from Redis, summed (as a reader of them would)."""
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    try:
-        parts = [
-            Tally.from_fields(
-                {
-                    name: int(value)
-                    for name, value in client.hgetall(
-                        campaigns_key(settings.redis_namespace, partition)
-                    ).items()
-                }
-            )
-            for partition in range(settings.partitions)
-        ]
-    finally:
-        client.close()
-    return summed(parts).by_campaign_arm()
+    return stored_figures(settings)[0]
 
 
 def test_touches_opens_clicks_and_attributed_purchases_reach_the_campaign_figures(
@@ -163,6 +148,67 @@ def test_touches_opens_clicks_and_attributed_purchases_reach_the_campaign_figure
     # share F of its window's conversions already due: (1 + 1) / (1 + F + 1 + 1), F in [0, 1].
     assert 0.5 <= by_arm["A"].conversion_rate <= 2 / 3
     assert not report.stop  # 500 touches per arm at least
+
+
+def test_an_acted_churn_alert_carries_the_retention_arm_thompson_sampling_recommends(
+    settings: Settings, worker: None
+) -> None:
+    """Once the retention campaign has figures (here two arms' touches), the next metrics
+    tick refreshes the plan, and a churn alert not held out names the campaign and one of
+    its arms (docs/marketing.md, *What to do next*)."""
+    assert settings.kafka_bootstrap is not None
+    send_marketing(
+        settings,
+        *(
+            touch(
+                f"rec-{n}",
+                0,
+                "call" if n % 2 else "voucher",
+                0,
+                3.0,
+                settings.retention_campaign_id,
+            )
+            for n in range(4)
+        ),
+    )
+    reports = TopicReader(settings.kafka_bootstrap, settings.topics.campaign_metrics)
+    try:
+        reports.wait_for(
+            lambda records: any(
+                r.value and r.key == settings.retention_campaign_id.encode() for r in records
+            ),
+            timeout_s=60,
+        )
+    finally:
+        reports.close()
+    customer = next(
+        f"rec-x{n}"
+        for n in range(100)
+        if not is_control(f"rec-x{n}", f"rec-x{n}-x:churn_risk", settings.alert_control_share)
+    )
+    cancel = CancellationEvent(
+        event_id=f"{customer}-x", customer_id=customer, occurred_at=T0 + timedelta(days=1)
+    )
+    send(settings, [purchase(customer, 20.0, 0), cancel])
+
+    alerts = TopicReader(settings.kafka_bootstrap, settings.topics.alerts)
+    try:
+        alerts.wait_for(
+            lambda records: any(
+                f"{customer}-x:churn_risk".encode() in (r.value or b"") for r in records
+            ),
+            timeout_s=60,
+        )
+        [alert] = [
+            Alert.model_validate_json(r.value)
+            for r in alerts.records
+            if r.value and f"{customer}-x:churn_risk".encode() in r.value
+        ]
+    finally:
+        alerts.close()
+    assert alert.control is False
+    assert alert.recommended_campaign == settings.retention_campaign_id
+    assert alert.recommended_arm in {"call", "voucher"}
 
 
 def test_a_malformed_marketing_message_is_dead_lettered_with_its_reason(
