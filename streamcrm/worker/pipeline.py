@@ -176,6 +176,17 @@ class ScoringPipeline:
         time it has applied, less the allowed lateness. It closes churn windows."""
         return self.time.watermark
 
+    async def rewind_partition(self, partition: int, topics: Iterable[str]) -> dict[str, int]:
+        """After Redis lost writes: take the store's event times, and give, for each of
+        ``topics``, the next offset of ``partition`` whose effect the store does not have
+        (what is to be applied again, so the partition's watermark waits for it)."""
+        self.time.rewind(await self._retrying.newest_event_times())
+        next_offsets = {}
+        for topic in topics:
+            stored = await self._retrying.applied_offset(self.marks.positioned(topic, partition, 0))
+            next_offsets[topic] = 0 if stored is None else stored + 1
+        return next_offsets
+
     def partition_watermark(self, partition: int, holding_back: Iterable[str]) -> datetime | None:
         """See :meth:`streamcrm.worker.watermarks.EventTime.for_partition`."""
         return self.time.for_partition(partition, holding_back)

@@ -52,6 +52,16 @@ class EventTime:
             topic, _, partition = field.rsplit("|", 2)
             self.note(newest, (topic, int(partition)))
 
+    def rewind(self, stored: Mapping[str, datetime]) -> None:
+        """Take the store's newest event times (as :meth:`resume`), lower ones included:
+        after Redis lost writes, the times of the lost events must not bound what is settled
+        until those events are applied again."""
+        for field, newest in stored.items():
+            topic, _, partition = field.rsplit("|", 2)
+            self._by_source[(topic, int(partition))] = newest
+        if self._by_source:
+            self.newest = max(self._by_source.values())
+
     @property
     def watermark(self) -> datetime | None:
         """``newest − lateness``; None before any event was applied."""

@@ -419,6 +419,16 @@ class Worker:
             where = (message.topic, message.partition)
             self._next_to_apply[where] = max(self._next_to_apply.get(where, 0), message.offset + 1)
 
+    async def _rewind_event_time(self, partition: int) -> None:
+        """Redis lost writes: every input topic of the partition whose lost range is still
+        to be applied again holds the partition's watermark back (at the store's newest event
+        time of it), so nothing (attribution, alert outcomes, churn windows, re-scores) is
+        settled past events about to be applied again."""
+        topics = (*self.topics.inputs, self.topics.marketing)
+        for topic, next_offset in (await self.pipeline.rewind_partition(partition, topics)).items():
+            where = (topic, partition)
+            self._next_to_apply[where] = min(self._next_to_apply.get(where, 0), next_offset)
+
     def _holding_back(self, partition: int) -> list[str]:
         """The input topics (the scored ones and marketing) whose partition ``partition``
         still has messages to apply here."""
@@ -510,6 +520,7 @@ class Worker:
         consumer is needed (a seek races with batches Faust has already fetched)."""
         logger.warning("%s", behind)
         self.outbox.recheck()
+        await self._rewind_event_time(behind.partition)
         outcomes = self.pipeline.outcomes
         before = dict(outcomes)
         start = behind.resume_at

@@ -36,7 +36,7 @@ from streamcrm.services.kafka import Record, poll_records, read_topic
 from streamcrm.settings import Settings
 from streamcrm.sim.campaigns import CampaignTruth, simulate_campaign
 from streamcrm.store import customer_key
-from streamcrm.store.base import campaigns_key
+from streamcrm.store.base import OutboxRecord, campaigns_key, outbox_key
 from streamcrm.store.codec import unpack
 
 ARRIVAL_ORDER_FIELDS = {
@@ -114,6 +114,22 @@ def stored_figures(settings: Settings) -> tuple[dict[tuple[str, str], ArmFigures
     return campaigns.by_campaign_arm(), retention
 
 
+def alerts_in_outboxes(settings: Settings) -> list[Alert]:
+    """The alerts saved in the partitions' outboxes and not published yet."""
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        raws = [
+            raw
+            for partition in range(settings.partitions)
+            for raw in client.lrange(outbox_key(settings.redis_namespace, partition), 0, -1)
+        ]
+    finally:
+        client.close()
+    records = [OutboxRecord.from_json(raw) for raw in raws]
+    return [Alert.model_validate_json(r.value) for r in records if r.kind == "alerts"]
+
+
 @dataclass(frozen=True)
 class CampaignCheck:
     """Campaign figures expected against Redis's, and churn alerts against their outcomes."""
@@ -170,10 +186,13 @@ def check_campaigns(
     }
     published = None
     if alert_records is not None:
+        # The outboxes too: a worker stopped right after a sweep leaves its outputs there,
+        # for the next worker to publish (docs/reliability.md).
+        on_topic = [Alert.model_validate_json(r.value) for r in alert_records if r.value]
         published = len(
             {
                 alert.alert_id
-                for alert in (Alert.model_validate_json(r.value) for r in alert_records if r.value)
+                for alert in [*on_topic, *alerts_in_outboxes(settings)]
                 if alert.kind == "churn_risk" and alert.customer_id in stored
             }
         )

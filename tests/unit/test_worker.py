@@ -218,3 +218,73 @@ async def test_the_publisher_drops_bucket_figures_whose_windows_closed_and_repor
         for v in broker.on(TOPICS.campaign_metrics)
     ]
     assert first == second
+
+
+class LoggedBroker(FakeBroker):
+    """A broker that keeps each input partition's log: what is unhandled, and re-reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: dict[tuple[str, int], list[Record]] = {}
+
+    def append(self, topic: str, value: bytes) -> Message:
+        records = self.log.setdefault((topic, 0), [])
+        records.append(Record(topic, 0, len(records), None, value))
+        return Message(value, len(records) - 1, topic=topic)
+
+    def has_unhandled(self, topic: str, partition: int, handled_up_to: int) -> bool:
+        return handled_up_to < len(self.log.get((topic, partition), []))
+
+    async def read_range(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+        return self.log.get((topic, partition), [])[start:end]
+
+
+async def test_after_redis_lost_writes_a_purchase_applied_again_still_converts_its_touch() -> None:
+    """Redis lost the writes of a touch's converting purchase and of a purchase a month later.
+    This worker's event time had moved on a month; the partition's watermark must wait for
+    the lost range, or the purchase, applied again, would be taken as older than what is
+    settled and not attributed (seen in the Redis power-loss fault scenario)."""
+    import copy
+
+    from streamcrm.core.events import CampaignTouch
+    from streamcrm.core.marketing import Tally
+
+    store = InMemoryStateStore()
+    pipeline = ScoringPipeline(store, ScoringConfig(), shared_models=True)
+    metrics = WorkerMetrics("w1", TOPICS.inputs, pipeline.outcomes, pipeline.dead_letters)
+    broker = LoggedBroker()
+    names = {"scores": TOPICS.scores, "alerts": TOPICS.alerts}
+    worker = Worker(
+        SETTINGS,
+        pipeline,
+        SharedLearner(store),
+        metrics,
+        OutboxPublisher(store, FakeOutputs()),
+        broker,
+        names,
+    )
+    touch = CampaignTouch(
+        event_id="m1",
+        customer_id="c1",
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        touch_id="t1",
+        campaign_id="spring",
+        arm="A",
+        channel="email",
+    )
+
+    async def deliver(topic: str, value: bytes) -> None:
+        await worker.handle_message(broker.append(topic, value))
+
+    await deliver(TOPICS.marketing, touch.model_dump_json().encode())
+    await deliver(TOPICS.purchases, purchase("c2", 0.0))
+    before_the_loss = copy.deepcopy(store.__dict__)
+    await deliver(TOPICS.purchases, purchase("c1", 2.0))  # converts the touch
+    await deliver(TOPICS.purchases, purchase("c3", 30.0))
+    store.__dict__.update(before_the_loss)  # Redis lost the last two writes
+
+    await deliver(TOPICS.purchases, purchase("c4", 31.0))  # finds the store behind
+
+    (figures,) = Tally.from_fields(await store.campaign_fields(0)).by_campaign_arm().values()
+    assert (figures.touches, figures.conversions) == (1, 1)
+    assert pipeline.outcomes["rewinds"] == 1 and pipeline.outcomes["re-applied"] == 2
