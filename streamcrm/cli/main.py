@@ -305,6 +305,12 @@ def _add_topics(commands: Commands) -> None:
     topics.set_defaults(run=run_topics)
 
 
+def announce_service(line: str) -> None:
+    """Say where an embedded service listens, before anything else (standard error, so that
+    standard output stays the command's own): a producer can be pointed at it."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run one Faust worker until it is stopped (embedded services if none configured).
 
@@ -313,7 +319,7 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     the command at once, a service that does not answer after ``STREAMCRM_STARTUP_WAIT_S``;
     either way with one line on standard error and exit code 2.
     """
-    with embedded_settings(settings) as settings:
+    with embedded_settings(settings, announce_service) as settings:
         check_connections(settings)
 
         import faust
@@ -338,7 +344,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.cli.demo import run_live_demo
     from streamcrm.services.embedded import free_port
 
-    with embedded_settings(settings) as local:
+    with embedded_settings(settings, announce_service) as local:
         if local.web_port is None:
             local = local.model_copy(update={"web_port": free_port()})
         return run_live_demo(
@@ -684,7 +690,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.bench.pipeline import format_report, run_bench, write_json
 
     logging.getLogger().setLevel(logging.WARNING)
-    with embedded_settings(settings) as settings:
+    with embedded_settings(settings, announce_service) as settings:
         report = run_bench(
             settings,
             customers=args.customers,
