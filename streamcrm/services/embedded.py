@@ -106,27 +106,34 @@ def start_redis(
     return service
 
 
+BROKER_NAMES: dict[EmbeddedBroker, str] = {
+    "tansu": "Tansu",
+    "kafka": f"Apache Kafka {KAFKA_VERSION}",
+}
+"""What each embedded broker is called in what a person reads."""
+
+
 @dataclass(frozen=True)
 class EmbeddedServices:
     """Addresses of the broker and Redis in use (embedded or configured)."""
 
     kafka_bootstrap: str
     redis_url: str
-    embedded_broker: str | None = None
-    """The broker started here ("Tansu", "Apache Kafka 3.9.1"); ``None``: a configured one."""
+    embedded_broker: EmbeddedBroker | None = None
+    """The kind of broker started here; ``None``: a configured one."""
     embedded_redis: bool = False
     """Whether the redis-server was started here."""
 
     def addresses(self) -> list[str]:
         """One line per service started here, with the setting that points a client at it.
 
-        >>> EmbeddedServices("127.0.0.1:9092", "redis://h:1/0", "Tansu").addresses()
+        >>> EmbeddedServices("127.0.0.1:9092", "redis://h:1/0", "tansu").addresses()
         ['embedded Tansu broker: 127.0.0.1:9092 (STREAMCRM_KAFKA_BOOTSTRAP=127.0.0.1:9092)']
         """
         lines = []
         if self.embedded_broker is not None:
             lines.append(
-                f"embedded {self.embedded_broker} broker: {self.kafka_bootstrap}"
+                f"embedded {BROKER_NAMES[self.embedded_broker]} broker: {self.kafka_bootstrap}"
                 f" (STREAMCRM_KAFKA_BOOTSTRAP={self.kafka_bootstrap})"
             )
         if self.embedded_redis:
@@ -136,11 +143,9 @@ class EmbeddedServices:
         return lines
 
 
-def start_broker(broker: EmbeddedBroker, log_dir: Path) -> tuple[str, RunningService]:
-    """Start the embedded ``broker`` of that kind; its name and the running process."""
-    if broker == "kafka":
-        return f"Apache Kafka {KAFKA_VERSION}", start_kafka(log_dir)
-    return "Tansu", start_tansu(log_dir)
+def start_broker(broker: EmbeddedBroker, log_dir: Path) -> RunningService:
+    """Start an embedded broker of the kind ``broker``."""
+    return start_kafka(log_dir) if broker == "kafka" else start_tansu(log_dir)
 
 
 @contextlib.contextmanager
@@ -153,10 +158,11 @@ def embedded_services(
     ``broker`` says which broker (Tansu or Apache Kafka)."""
     started: list[RunningService] = []
     log_dir = Path(tempfile.mkdtemp(prefix="streamcrm-services-"))
-    broker_name = None
+    embedded_broker: EmbeddedBroker | None = None
     try:
         if kafka_bootstrap is None:
-            broker_name, broker_service = start_broker(broker, log_dir)
+            embedded_broker = broker
+            broker_service = start_broker(broker, log_dir)
             started.append(broker_service)
             kafka_bootstrap = broker_service.address
         embedded_redis = redis_url is None
@@ -164,7 +170,7 @@ def embedded_services(
             redis_service = start_redis(log_dir)
             started.append(redis_service)
             redis_url = redis_service.address
-        yield EmbeddedServices(kafka_bootstrap, redis_url, broker_name, embedded_redis)
+        yield EmbeddedServices(kafka_bootstrap, redis_url, embedded_broker, embedded_redis)
     finally:
         for service in reversed(started):
             service.stop()

@@ -50,7 +50,7 @@ def fake_services(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, str
         yield EmbeddedServices(
             kafka_bootstrap=kafka_bootstrap or "127.0.0.1:19092",
             redis_url=redis_url or "redis://127.0.0.1:16379/0",
-            embedded_broker=None if kafka_bootstrap else f"{broker} (fake)",
+            embedded_broker=None if kafka_bootstrap else broker,  # type: ignore[arg-type]
             embedded_redis=redis_url is None,
         )
 
@@ -101,7 +101,7 @@ def test_the_services_started_are_announced_with_their_addresses(
         pass
 
     assert announced == [
-        "embedded tansu (fake) broker: 127.0.0.1:19092 (STREAMCRM_KAFKA_BOOTSTRAP=127.0.0.1:19092)",
+        "embedded Tansu broker: 127.0.0.1:19092 (STREAMCRM_KAFKA_BOOTSTRAP=127.0.0.1:19092)",
         "embedded redis-server: redis://127.0.0.1:16379/0"
         " (STREAMCRM_REDIS_URL=redis://127.0.0.1:16379/0)",
     ]
