@@ -27,6 +27,7 @@ from streamcrm.core.records import Alert, CampaignMetrics, UpliftMetrics
 from streamcrm.errors import ConfigurationError, StoreUnavailableError, StreamcrmError
 from streamcrm.services.connections import (
     check_connections,
+    check_kafka,
     kafka_client_options,
     redis_client_options,
 )
@@ -544,6 +545,9 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
     if settings.kafka_bootstrap is None:
         print("streamcrm status: set STREAMCRM_KAFKA_BOOTSTRAP to the broker", file=sys.stderr)
         return 2
+    # One attempt, as the worker's start-up check: a refused TLS or SASL login is named at
+    # once, instead of the clients' "Unable to bootstrap" after their 30 s.
+    check_kafka(settings)
     console = Console()
     options = kafka_client_options(settings)
     while True:

@@ -116,12 +116,33 @@ def new_cluster_id() -> str:
 
 
 @dataclass(frozen=True)
+class Listener:
+    """A client listener beside the node's PLAINTEXT one: its name (which the
+    ``listener.name.<name>.*`` properties use, in lower case), security protocol and port."""
+
+    name: str
+    protocol: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
 class KafkaNode:
-    """Where one embedded KRaft node listens and keeps its data."""
+    """Where one embedded KRaft node listens and keeps its data.
+
+    The PLAINTEXT listener on ``broker_port`` is always there: brokers talk to each other
+    on it and :func:`start_kafka` asks it whether the node is up. ``listeners`` add client
+    listeners with security (``SASL_PLAINTEXT``, ``SSL``, ``SASL_SSL``); a client that
+    bootstraps on one of them is sent that listener's address in every Metadata answer.
+    """
 
     data_dir: Path
     broker_port: int
     controller_port: int
+    listeners: tuple[Listener, ...] = ()
 
     @property
     def bootstrap(self) -> str:
@@ -130,17 +151,20 @@ class KafkaNode:
     def server_properties(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """``server.properties`` of a combined broker and controller (node 1, its own single
         voter), with :data:`TEST_BROKER_PROPERTIES` and then ``extra`` over them."""
+        clients = [f"PLAINTEXT://{self.bootstrap}"] + [
+            f"{listener.name}://{listener.address}" for listener in self.listeners
+        ]
+        protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"] + [
+            f"{listener.name}:{listener.protocol}" for listener in self.listeners
+        ]
         return {
             "node.id": "1",
             "process.roles": "broker,controller",
-            "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.broker_port},"
-                f"CONTROLLER://127.0.0.1:{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://{self.bootstrap}",
+            "listeners": ",".join([*clients, f"CONTROLLER://127.0.0.1:{self.controller_port}"]),
+            "advertised.listeners": ",".join(clients),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocols),
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
             "log.dirs": str(self.data_dir / "logs"),
             **TEST_BROKER_PROPERTIES,
@@ -193,18 +217,22 @@ def start_kafka(
     broker_port: int | None = None,
     controller_port: int | None = None,
     properties: Mapping[str, str] | None = None,
+    listeners: tuple[Listener, ...] = (),
 ) -> RunningService:
     """Start an Apache Kafka node on loopback; its address is the bootstrap ``host:port``.
 
     ``log_dir`` receives ``kafka.log`` and the configuration. The data live in ``data_dir``
     (default: ``log_dir / "kafka-data"``), formatted on first use and reused afterwards: to
     restart a node after a stop or a ``kill -9``, pass the same ``data_dir`` and ports.
-    ``properties`` are added to (or override) the broker's ``server.properties``.
+    ``properties`` are added to (or override) the broker's ``server.properties``;
+    ``listeners`` are client listeners beside the PLAINTEXT one (:class:`KafkaNode`), which
+    ``properties`` configure (``listener.name.<name>.*``).
     """
     node = KafkaNode(
         data_dir=data_dir or log_dir / "kafka-data",
         broker_port=broker_port or free_port(),
         controller_port=controller_port or free_port(),
+        listeners=listeners,
     )
     node.data_dir.mkdir(parents=True, exist_ok=True)
     config_dir = log_dir / "kafka-config"

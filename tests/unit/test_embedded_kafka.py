@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streamcrm.services.apache_kafka import KAFKA_VERSION, KafkaNode, kafka_lib_dir
+from streamcrm.services.apache_kafka import KAFKA_VERSION, KafkaNode, Listener, kafka_lib_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,3 +54,21 @@ def test_extra_properties_override_the_test_node_defaults() -> None:
 
     assert properties["log.cleaner.backoff.ms"] == "500"
     assert properties["num.io.threads"] == "2"
+
+
+def test_a_secure_client_listener_is_added_beside_the_plaintext_one() -> None:
+    sasl = Listener("SASL", "SASL_PLAINTEXT", 9003)
+    node = KafkaNode(Path("/data"), broker_port=9001, controller_port=9002, listeners=(sasl,))
+
+    properties = node.server_properties()
+
+    assert properties["listeners"] == (
+        "PLAINTEXT://127.0.0.1:9001,SASL://127.0.0.1:9003,CONTROLLER://127.0.0.1:9002"
+    )
+    assert properties["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:9001,SASL://127.0.0.1:9003"
+    )
+    assert properties["listener.security.protocol.map"] == (
+        "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL:SASL_PLAINTEXT"
+    )
+    assert properties["inter.broker.listener.name"] == "PLAINTEXT"
