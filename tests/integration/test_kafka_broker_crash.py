@@ -59,7 +59,7 @@ def test_a_broker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
                 120,
                 "a third of the events to be applied",
             )
-            broker.kill()  # SIGKILL: no clean shutdown, nothing flushed beyond what was
+            broker.kill()  # SIGKILL: no clean shutdown
             applied_at_kill = applied_events(settings, customers)
             assert applied_at_kill < scored, "the kill came too late to interrupt the stream"
             down_at = time.monotonic()

@@ -4,10 +4,10 @@ cannot connect (wrong Redis password, a broker certificate from another CA or fo
 name, no client certificate, no broker at all) and exit with code 2 and one line saying why.
 
 Each server is started here on free loopback ports and stopped at the end of the module
-(``tests/integration/secure_services.py``). Kafka SASL is not exercised end to end: the
-embedded Tansu cannot hold a SCRAM user with memory storage (``docs/tansu.md``); the SASL
-option mapping is covered in ``tests/unit/test_connections.py``, and a refused worker run is
-configured with a SASL password to check that it shows nowhere.
+(``tests/integration/secure_services.py``). Kafka SASL is not exercised here: the embedded
+Tansu cannot hold a SCRAM user with memory storage (``docs/tansu.md``); SASL/SCRAM end to
+end, and TLS on the broker itself, run on Apache Kafka in ``test_kafka_security.py``. A
+refused worker run here is configured with a SASL password to check that it shows nowhere.
 """
 
 from __future__ import annotations
