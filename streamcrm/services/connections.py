@@ -649,8 +649,9 @@ def check_connections(
     """A worker's start-up check: Kafka, then Redis, connected to as the worker will be.
 
     A refusal (a certificate that does not verify or names another host, a client certificate
-    missing or not trusted, a wrong Redis password) raises :class:`ConnectionRejectedError` at
-    once. A service that does not answer is tried again after each of
+    missing or not trusted, a Kafka SASL login or a Redis password refused) raises
+    :class:`ConnectionRejectedError` at once. A service that does not answer is tried again
+    after each of
     :data:`STARTUP_RETRY_DELAYS_S` until ``settings.startup_wait_s`` has passed, then
     :class:`ServiceUnreachableError` is raised. Either way the message names what to check.
     """
