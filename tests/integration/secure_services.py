@@ -1,6 +1,8 @@
 """Servers for the secure-connection tests, each on free loopback ports, stopped by the test.
 
 - :func:`start_secure_redis`: redis-server with an ACL user (default user off) and/or TLS.
+- :func:`start_secure_kafka`: Apache Kafka with its own SASL/SCRAM-SHA-512 and mutual-TLS
+  listeners (no proxy: the broker's own security).
 - :func:`tansu_behind_tls`: a Tansu broker reached only through a TLS-terminating proxy.
   Tansu 0.6 serves no TLS itself (``docs/tansu.md``); the proxy does what a TLS-terminating
   load balancer in front of a broker does, so the clients' TLS (CA check, host name check,
@@ -18,8 +20,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from kafka.admin import KafkaAdminClient, UserScramCredentialUpsertion
+
+from streamcrm.services.apache_kafka import Listener, start_kafka
 from streamcrm.services.embedded import RunningService, free_port, redis_server_binary, tansu_binary
 from tests.tls import Pki
 
@@ -227,3 +233,55 @@ def tansu_behind_tls(log_dir: Path, pki: Pki) -> Iterator[TlsTerminatingProxy]:
     finally:
         proxy.stop()
         broker.stop()
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """An Apache Kafka node with a SASL and a TLS client listener beside its PLAINTEXT one."""
+
+    service: RunningService
+    sasl: Listener
+    """SASL_PLAINTEXT, SCRAM-SHA-512 only."""
+    tls: Listener
+    """SSL, client certificates required (``ssl.client.auth=required``)."""
+
+    def add_scram_user(self, name: str, password: str) -> None:
+        """Create (or update) a SCRAM-SHA-512 user through the Admin API
+        (AlterUserScramCredentials), on the PLAINTEXT listener: the broker keeps SCRAM
+        credentials in its KRaft metadata, so no user needs to exist at format time."""
+        admin = KafkaAdminClient(bootstrap_servers=self.service.address)
+        try:
+            errors = admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", password)]
+            )
+        finally:
+            admin.close()
+        if errors.get(name) is not None:
+            raise RuntimeError(f"creating the SCRAM user {name} failed: {errors[name]}")
+
+
+def start_secure_kafka(log_dir: Path, pki: Pki) -> SecureKafka:
+    """Apache Kafka whose client listeners are PLAINTEXT (for the test's own admin work and
+    the broker's inter-broker traffic), SASL_PLAINTEXT with SCRAM-SHA-512, and SSL with the
+    server certificate of ``pki`` (PEM files: no keytool, no JKS) trusting only its CA for
+    the client certificates it requires."""
+    server_pem = log_dir / "kafka-server.pem"  # the key (PKCS#8) and its certificate
+    server_pem.write_text(pki.server_key.read_text() + pki.server_cert.read_text())
+    sasl = Listener("SASL", "SASL_PLAINTEXT", free_port())
+    tls = Listener("TLS", "SSL", free_port())
+    service = start_kafka(
+        log_dir,
+        listeners=(sasl, tls),
+        properties={
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "listener.name.tls.ssl.keystore.type": "PEM",
+            "listener.name.tls.ssl.keystore.location": str(server_pem),
+            "listener.name.tls.ssl.truststore.type": "PEM",
+            "listener.name.tls.ssl.truststore.location": str(pki.ca_cert),
+            "listener.name.tls.ssl.client.auth": "required",
+        },
+    )
+    return SecureKafka(service, sasl, tls)

@@ -19,7 +19,7 @@ from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import ensure_topics
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import simulate
-from tests.conftest import isolated_settings, record_fault
+from tests.conftest import BROKERS, isolated_settings, record_fault, services_on
 from tests.integration.exactness import (
     applied_events,
     check_campaigns,
@@ -39,6 +39,8 @@ from tests.integration.worker_harness import TopicReader, running_worker, send
 pytestmark = pytest.mark.integration
 
 EVENTS_AT_LEAST = 20_000
+BROKER_IN_ROW = {"tansu": "", "kafka": " (Apache Kafka)"}
+"""What a fault row adds to its scenario's name: the Tansu rows keep their names."""
 SMALL_EVENT_ID_WINDOW = {"STREAMCRM_PROBE_EVENT_ID_WINDOW": "1"}
 WITHOUT_OFFSET_GUARD = SMALL_EVENT_ID_WINDOW | {"STREAMCRM_PROBE_NO_OFFSET_GUARD": "1"}
 
@@ -88,10 +90,16 @@ def kill_and_restart(
     return applied_at_kill, report.events.get("duplicate", 0)
 
 
+@pytest.mark.parametrize("broker", BROKERS)
 def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothing(
-    services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    broker: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    settings = isolated_settings(services, "crash-recovery", tmp_path_factory)
+    settings = isolated_settings(
+        services_on(request, broker), f"crash-recovery-{broker}", tmp_path_factory
+    )
     history = with_campaign(list(simulate(customers=620, days=365, seed=23).events), seed=23)
     assert len(history) >= EVENTS_AT_LEAST
     customers = sorted({e.customer_id for e in history})
@@ -118,7 +126,7 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
     assert campaigns.touches_expected > 0 and (campaigns.alerts_published or 0) > 0, campaigns
     assert (campaigns.arms_differing, campaigns.alerts_unaccounted) == (0, 0), campaigns
     record_fault(
-        "worker kill -9 mid-stream, restart",
+        "worker kill -9 mid-stream, restart" + BROKER_IN_ROW[broker],
         events_in=len(history),
         reflected=len(history) - lost,
         lost=lost,

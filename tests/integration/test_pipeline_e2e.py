@@ -1,6 +1,8 @@
-"""The whole pipeline on real services: kafka-python → Tansu → Faust worker → Redis → scores.
+"""The whole pipeline on real services: kafka-python → broker → Faust worker → Redis → scores.
 
-Each expectation is computed here, independently, from the raw events the test produced.
+The tests sharing one worker run twice, on Tansu (the embedded default) and on Apache Kafka
+(the broker production runs). Each expectation is computed here, independently, from the raw
+events the test produced.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from streamcrm.services.kafka import Record
 from streamcrm.services.processes import worker_environment
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import simulate
-from tests.conftest import isolated_settings
+from tests.conftest import BROKERS, isolated_settings, services_on
 from tests.integration.worker_harness import (
     TopicReader,
     dead_letters,
@@ -48,11 +50,12 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BROKERS)
 def shared_settings(
-    services: EmbeddedServices, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    return isolated_settings(services, "e2e-shared", tmp_path_factory)
+    services = services_on(request, request.param)
+    return isolated_settings(services, f"e2e-shared-{request.param}", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -4,32 +4,24 @@ cannot connect (wrong Redis password, a broker certificate from another CA or fo
 name, no client certificate, no broker at all) and exit with code 2 and one line saying why.
 
 Each server is started here on free loopback ports and stopped at the end of the module
-(``tests/integration/secure_services.py``). Kafka SASL is not exercised end to end: the
-embedded Tansu cannot hold a SCRAM user with memory storage (``docs/tansu.md``); the SASL
-option mapping is covered in ``tests/unit/test_connections.py``, and a refused worker run is
-configured with a SASL password to check that it shows nowhere.
+(``tests/integration/secure_services.py``). Kafka SASL is not exercised here: the embedded
+Tansu cannot hold a SCRAM user with memory storage (``docs/tansu.md``); SASL/SCRAM end to
+end, and TLS on the broker itself, run on Apache Kafka in ``test_kafka_security.py``. A
+refused worker run here is configured with a SASL password to check that it shows nowhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
-from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streamcrm.core.events import PurchaseEvent
-from streamcrm.core.records import CustomerScore
 from streamcrm.core.state import CustomerState, apply
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.services.connections import (
@@ -40,7 +32,6 @@ from streamcrm.services.connections import (
 from streamcrm.services.embedded import EmbeddedServices, RunningService, free_port
 from streamcrm.services.kafka import (
     make_producer,
-    poll_records,
     produce_events,
     read_to_end,
     read_topic,
@@ -54,7 +45,14 @@ from tests.integration.secure_services import (
     start_secure_redis,
     tansu_behind_tls,
 )
-from tests.integration.worker_harness import running_worker
+from tests.integration.worker_harness import (
+    REFUSED_WITHIN_S,
+    Exited,
+    one_purchase,
+    running_worker,
+    wait_for_score,
+    worker_until_it_exits,
+)
 from tests.tls import Pki, encrypted_key, make_pki
 
 pytestmark = pytest.mark.integration
@@ -87,18 +85,6 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Ru
 def tls_kafka(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[TlsTerminatingProxy]:
     with tansu_behind_tls(tmp_path_factory.mktemp("tls-kafka"), pki) as proxy:
         yield proxy
-
-
-def one_purchase(customer_id: str, days_ago: float = 1.0) -> PurchaseEvent:
-    return PurchaseEvent(
-        event_id=f"{customer_id}-{uuid.uuid4().hex[:8]}",
-        customer_id=customer_id,
-        order_id=f"{customer_id}-o1",
-        amount=42.5,
-        items=1,
-        channel="web",
-        occurred_at=datetime.now(UTC) - timedelta(days=days_ago),
-    )
 
 
 def customer_state(customer_id: str) -> CustomerState:
@@ -375,50 +361,7 @@ async def load_state(settings: Settings, namespace: str, customer_id: str) -> Cu
         await store.close()
 
 
-def wait_for_score(reader: KafkaConsumer, customer_id: str, timeout_s: float) -> CustomerScore:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for record in poll_records(reader, timeout_ms=500):
-            if record.value is not None:
-                score = CustomerScore.model_validate_json(record.value)
-                if score.customer_id == customer_id:
-                    return score
-    raise AssertionError(f"no score for {customer_id} within {timeout_s:g} s")
-
-
 # --- a worker that cannot connect ----------------------------------------------------------------
-
-REFUSED_WITHIN_S = 20.0
-"""A refused worker exits well within this (measured: 4-6 s, most of it Python starting);
-without the start-up check a wrong Redis password never ended and a TLS refusal took 32-35 s."""
-
-
-@dataclass(frozen=True)
-class Exited:
-    returncode: int
-    output: str
-    last_error_line: str
-    seconds: float
-
-
-def worker_until_it_exits(settings: Settings, timeout_s: float = 60.0) -> Exited:
-    """Run ``streamcrm worker`` configured by ``settings``; killed if it outlives ``timeout_s``."""
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "streamcrm", "worker"],
-        env=worker_environment(settings),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        stdin=subprocess.DEVNULL,
-    )
-    errors = done.stderr.strip().splitlines()
-    return Exited(
-        done.returncode,
-        done.stdout + done.stderr,
-        errors[-1] if errors else "",
-        time.monotonic() - started,
-    )
 
 
 def assert_refused(exited: Exited, *expected: str, within_s: float = REFUSED_WITHIN_S) -> None:

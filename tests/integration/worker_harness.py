@@ -8,15 +8,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 import redis
 from kafka import KafkaConsumer
 
-from streamcrm.core.events import Event, MarketingEvent
+from streamcrm.core.events import Event, MarketingEvent, PurchaseEvent
 from streamcrm.core.records import CustomerScore, DeadLetter
 from streamcrm.core.state import CustomerState
 from streamcrm.services.kafka import (
@@ -76,6 +79,65 @@ def running_worker(
         raise
     finally:
         stop_worker_process(process)
+
+
+REFUSED_WITHIN_S = 20.0
+"""A refused worker exits well within this (measured: 4-6 s, most of it Python starting);
+without the start-up check a wrong Redis password never ended and a TLS refusal took 32-35 s."""
+
+
+@dataclass(frozen=True)
+class Exited:
+    returncode: int
+    output: str
+    last_error_line: str
+    seconds: float
+
+
+def worker_until_it_exits(
+    settings: Settings, timeout_s: float = 60.0, command: str = "worker"
+) -> Exited:
+    """Run ``streamcrm worker`` (or another ``command``) configured by ``settings``; killed
+    if it outlives ``timeout_s``."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "streamcrm", command],
+        env=worker_environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+    errors = done.stderr.strip().splitlines()
+    return Exited(
+        done.returncode,
+        done.stdout + done.stderr,
+        errors[-1] if errors else "",
+        time.monotonic() - started,
+    )
+
+
+def one_purchase(customer_id: str, days_ago: float = 1.0) -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=f"{customer_id}-{uuid.uuid4().hex[:8]}",
+        customer_id=customer_id,
+        order_id=f"{customer_id}-o1",
+        amount=42.5,
+        items=1,
+        channel="web",
+        occurred_at=datetime.now(UTC) - timedelta(days=days_ago),
+    )
+
+
+def wait_for_score(reader: KafkaConsumer, customer_id: str, timeout_s: float) -> CustomerScore:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in poll_records(reader, timeout_ms=500):
+            if record.value is not None:
+                score = CustomerScore.model_validate_json(record.value)
+                if score.customer_id == customer_id:
+                    return score
+    raise AssertionError(f"no score for {customer_id} within {timeout_s:g} s")
 
 
 def send(settings: Settings, events: Iterable[Event | MarketingEvent]) -> int:

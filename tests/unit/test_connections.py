@@ -724,6 +724,63 @@ def test_a_tls_broker_that_closes_after_the_handshake_suggests_the_client_certif
     assert "set STREAMCRM_KAFKA_SSL_CERTFILE" in str(unreachable.value)
 
 
+def answers(connection: socket.socket, body: bytes) -> None:
+    """Read one request; answer it with ``body`` after its correlation id."""
+    size = struct.unpack(">i", connection.recv(4))[0]
+    request = connection.recv(size)
+    answer = request[4:8] + body
+    connection.sendall(struct.pack(">i", len(answer)) + answer)
+
+
+def kafka_string(text: str) -> bytes:
+    return struct.pack(">h", len(text)) + text.encode()
+
+
+def refuses_the_scram_login(connection: socket.socket) -> None:
+    answers(connection, struct.pack(">hi", 0, 0))  # ApiVersions
+    answers(connection, struct.pack(">hi", 0, 1) + kafka_string("SCRAM-SHA-512"))  # handshake
+    said = "Authentication failed during authentication due to invalid credentials"
+    answers(connection, struct.pack(">h", 58) + kafka_string(said) + struct.pack(">i", 0))
+
+
+def offers_another_mechanism(connection: socket.socket) -> None:
+    answers(connection, struct.pack(">hi", 0, 0))
+    answers(connection, struct.pack(">hi", 33, 1) + kafka_string("SCRAM-SHA-512"))
+
+
+def sasl_settings(bootstrap: str, mechanism: str = "SCRAM-SHA-512") -> Settings:
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism=mechanism,
+        kafka_sasl_username="scorer",
+        kafka_sasl_password=KAFKA_SECRET,
+    )
+
+
+def test_a_refused_sasl_login_is_a_refusal_naming_the_user_and_the_settings() -> None:
+    with (
+        fake_broker(refuses_the_scram_login) as bootstrap,
+        pytest.raises(ConnectionRejectedError) as refused,
+    ):
+        check_kafka(sasl_settings(bootstrap))
+
+    assert str(refused.value) == (
+        f"Kafka at {bootstrap} refused SASL authentication as scorer with SCRAM-SHA-512"
+        " (Authentication failed during authentication due to invalid credentials): check"
+        " STREAMCRM_KAFKA_SASL_USERNAME and STREAMCRM_KAFKA_SASL_PASSWORD"
+    )
+    assert KAFKA_SECRET not in str(refused.value)
+
+
+def test_a_sasl_mechanism_the_broker_does_not_offer_is_refused_naming_those_it_does() -> None:
+    with (
+        fake_broker(offers_another_mechanism) as bootstrap,
+        pytest.raises(ConnectionRejectedError, match=r"it offers SCRAM-SHA-512\): check STREAMCRM"),
+    ):
+        check_kafka(sasl_settings(bootstrap, "SCRAM-SHA-256"))
+
+
 def test_a_redis_that_does_not_listen_is_unreachable() -> None:
     settings = Settings(redis_url=f"redis://:{REDIS_SECRET}@127.0.0.1:{closed_port()}/0")
 

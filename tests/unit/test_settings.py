@@ -92,3 +92,14 @@ def test_the_start_up_wait_is_read_from_the_environment_and_must_be_positive(
     assert Settings.from_env().startup_wait_s == 90.0
     with pytest.raises(ValidationError, match="greater than 0"):
         Settings(startup_wait_s=0)
+
+
+def test_local_tansu_consumers_wait_briefly_for_fetches_and_kafka_ones_keep_faust_s_wait() -> None:
+    tansu = Settings().for_local_broker("127.0.0.1:9092", "redis://127.0.0.1:6379/0")
+    kafka = Settings(embedded_broker="kafka").for_local_broker(
+        "127.0.0.1:9092", "redis://127.0.0.1:6379/0"
+    )
+
+    assert tansu.kafka_fetch_max_wait_ms == 10  # Tansu waits out a fetch even when data come
+    assert kafka.kafka_fetch_max_wait_ms is None  # Apache Kafka answers when data arrive
+    assert kafka.broker_rebalance_timeout_s == tansu.broker_rebalance_timeout_s
