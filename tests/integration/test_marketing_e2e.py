@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 
 from streamcrm.core.events import (
     CampaignTouch,
@@ -29,6 +28,7 @@ from tests.conftest import isolated_settings
 from tests.integration.worker_harness import (
     TopicReader,
     dead_letters,
+    redis_client,
     running_worker,
     send,
     send_raw,
@@ -88,7 +88,7 @@ def send_marketing(settings: Settings, *events: CampaignTouch | TouchOpened | To
 def campaign_figures(settings: Settings) -> dict[tuple[str, str], ArmFigures]:
     """Every partition's partial figures from Redis, summed (as a reader of them would)."""
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings, decode_responses=True)
     try:
         parts = [
             Tally.from_fields(
