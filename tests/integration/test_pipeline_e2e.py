@@ -42,17 +42,26 @@ from tests.integration.worker_harness import (
     send,
     send_raw,
 )
+from tests.redis_cluster import LocalRedisCluster
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["redis", "redis_cluster"])
 def shared_settings(
-    services: EmbeddedServices, tmp_path_factory: pytest.TempPathFactory
+    services: EmbeddedServices,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Settings:
-    return isolated_settings(services, "e2e-shared", tmp_path_factory)
+    """The module's settings: every test runs on one Redis, then on a Redis Cluster (three
+    masters, a replica each) with the same expectations."""
+    if request.param == "redis":
+        return isolated_settings(services, "e2e-shared", tmp_path_factory)
+    cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+    settings = isolated_settings(services, "e2e-cluster", tmp_path_factory)
+    return settings.model_copy(update={"redis_url": cluster.url, "redis_cluster": True})
 
 
 @pytest.fixture(scope="module")
