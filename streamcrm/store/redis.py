@@ -630,6 +630,15 @@ def _previous(position: InputPosition | None) -> int | str:
     return "" if position is None or position.previous is None else position.previous
 
 
+_CLUSTER_PASSING_FAULTS = (
+    redis.exceptions.ClusterDownError,  # a master failed and no replica took over yet
+    redis.exceptions.TryAgainError,  # a slot being moved, mid-way
+    redis.exceptions.SlotNotCoveredError,  # the client's slot map has a hole, for now
+)
+"""What a Redis Cluster answers while it fails over or moves slots: waited out like a
+connection error (a cross-slot script is a bug, not one of these)."""
+
+
 @contextmanager
 def _unavailable_as_store_error() -> Iterator[None]:
     try:
@@ -642,3 +651,5 @@ def _unavailable_as_store_error() -> Iterator[None]:
         ) from error
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
         raise StoreUnavailableError(f"Redis unavailable: {error}") from error
+    except _CLUSTER_PASSING_FAULTS as error:
+        raise StoreUnavailableError(f"Redis Cluster unavailable: {error!r}") from error
