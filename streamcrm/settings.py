@@ -152,6 +152,11 @@ class Settings(BaseSettings):
         description="redis://host:port/db (rediss:// for TLS); unset = start an embedded "
         "redis-server. A password written in the URL is moved to redis_password.",
     )
+    redis_cluster: bool = Field(
+        False,
+        description="redis_url names a node of a Redis Cluster: state is kept across its "
+        "masters, one hash slot per input partition (docs/operations.md, Redis Cluster).",
+    )
     # Secure connections (docs/security.md). Passwords are SecretStr: repr, str and dumps show
     # '**********'; streamcrm.services.connections unwraps them only to hand them to a client.
     kafka_security_protocol: KafkaSecurityProtocol = Field(
@@ -191,8 +196,13 @@ class Settings(BaseSettings):
         "answer before it exits with code 2; a refusal (certificate, password) exits at once.",
     )
     topic_prefix: str = Field("crm", description="Topics are <prefix>.purchases, ... .scores.")
-    redis_namespace: str = Field("streamcrm", description="Redis keys start <namespace>:v1:.")
-    partitions: int = Field(4, ge=1, description="Partitions per topic when streamcrm creates it.")
+    redis_namespace: str = Field("streamcrm", description="Redis keys start <namespace>:v2:.")
+    partitions: int = Field(
+        4,
+        ge=1,
+        description="Partitions per topic when streamcrm creates it; must be the input topics' "
+        "count (Redis files each customer under the partition their events arrive on).",
+    )
     replication_factor: int = Field(1, ge=1)
     churn_window_days: float = Field(90.0, gt=0, description="Churn window W for labels.")
     attribution_window_days: float = Field(
@@ -624,4 +634,14 @@ def _check_redis_tls(settings: Settings) -> None:
         raise ConfigurationError("redis_ssl_keyfile needs redis_ssl_certfile")
     if settings.redis_ssl_password is not None and settings.redis_ssl_certfile is None:
         raise ConfigurationError("redis_ssl_password needs redis_ssl_certfile (and its key)")
+    if settings.redis_cluster and settings.redis_ssl_password is not None:
+        raise ConfigurationError(
+            "redis_ssl_password is not supported with redis_cluster (redis-py's cluster client "
+            "takes no key password): give an unencrypted redis_ssl_keyfile"
+        )
+    if settings.redis_cluster and settings.redis_url is None:
+        raise ConfigurationError(
+            "redis_cluster needs redis_url (a node of the cluster): the embedded "
+            "redis-server is a single Redis"
+        )
     _files_exist(tls_files)

@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 
 from streamcrm.services.embedded import EmbeddedServices, embedded_services
 from streamcrm.settings import Settings
-from streamcrm.store import RedisStateStore
+from streamcrm.store import RedisClusterStateStore, RedisStateStore
+from tests.redis_cluster import LocalRedisCluster, local_redis_cluster
 from tests.tls import Pki, make_pki
 
 
@@ -88,6 +89,23 @@ async def redis_store(
 ) -> AsyncIterator[RedisStateStore]:
     """A RedisStateStore on the session's real redis-server, under a fresh namespace."""
     store = RedisStateStore(aioredis.Redis.from_url(services.redis_url), unique_name)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster (three masters, a replica each) started for this test session."""
+    with local_redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def redis_cluster_store(
+    redis_cluster: LocalRedisCluster, unique_name: str
+) -> AsyncIterator[RedisClusterStateStore]:
+    """A RedisClusterStateStore on the session's Redis Cluster, under a fresh namespace."""
+    store = RedisClusterStateStore.from_url(redis_cluster.url, unique_name)
     yield store
     await store.close()
 

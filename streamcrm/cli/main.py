@@ -29,7 +29,7 @@ from streamcrm.services.connections import (
     check_connections,
     check_kafka,
     kafka_client_options,
-    redis_client_options,
+    redis_state_store,
 )
 from streamcrm.services.embedded import embedded_settings
 from streamcrm.settings import Settings
@@ -593,14 +593,7 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def _redis_store(settings: Settings) -> RedisStateStore:
     """The workers' Redis store, as the commands that read it open it."""
-    from streamcrm.store import RedisStateStore
-
-    return RedisStateStore.from_url(
-        settings.redis_url or "",
-        settings.redis_namespace,
-        privacy_key=settings.privacy_key_bytes,
-        client_options=redis_client_options(settings),
-    )
+    return redis_state_store(settings)
 
 
 def _alerts_of_customers_not_erased(settings: Settings, alerts: list[Alert]) -> list[Alert]:

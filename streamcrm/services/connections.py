@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
 
     from streamcrm.settings import Settings
+    from streamcrm.store import RedisStateStore
 
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
@@ -179,9 +180,31 @@ def redis_client_options(settings: Settings) -> dict[str, Any]:
     ):
         if path is not None:
             options[option] = str(path)
-    if settings.redis_ssl_certfile is not None:
+    if settings.redis_ssl_certfile is not None and not settings.redis_cluster:
+        # redis-py's cluster client takes no key password (the settings refuse one there).
         options["ssl_password"] = _key_password(settings.redis_ssl_password)
     return options
+
+
+def redis_state_store(settings: Settings) -> RedisStateStore:
+    """The workers' Redis store for ``settings`` (``redis_url`` set): on a Redis Cluster when
+    ``redis_cluster`` is set, else on one Redis; the same layout and guarantees either way."""
+    # Imported here, as redis is below: most commands never touch Redis.
+    from streamcrm.store import RedisClusterStateStore, RedisStateStore
+
+    if settings.redis_url is None:
+        raise ValueError("redis_state_store needs redis_url; see streamcrm.cli.main")
+    kind: type[RedisStateStore] = (
+        RedisClusterStateStore if settings.redis_cluster else RedisStateStore
+    )
+    return kind.from_url(
+        settings.redis_url,
+        settings.redis_namespace,
+        settings.customer_retention,
+        privacy_key=settings.privacy_key_bytes,
+        client_options=redis_client_options(settings),
+        partitions=settings.partitions,
+    )
 
 
 # --- the worker's start-up check ---------------------------------------------------------------
@@ -548,6 +571,21 @@ def _ssl_error_in(error: BaseException) -> ssl.SSLError | None:
     return None
 
 
+def _refuse_the_v1_layout(client: Any, settings: Settings) -> None:
+    """Refuse a namespace still in the v1 key layout: a worker would start from empty state
+    while Kafka's committed offsets skip the history that built the old one. (A Redis
+    Cluster never held v1 data: its scripts were refused there.)"""
+    from streamcrm.store import v1_offsets_key
+
+    old = v1_offsets_key(settings.redis_namespace)
+    if not settings.redis_cluster and client.exists(old):
+        raise ConfigurationError(
+            f"Redis holds namespace {settings.redis_namespace!r} in streamcrm's v1 key layout "
+            f"({old} exists), which this version does not read: rebuild the state by replay "
+            "into a new namespace (docs/operations.md, 'Moving to the v2 key layout')"
+        )
+
+
 def check_redis(settings: Settings, timeout_s: float = ATTEMPT_TIMEOUT_S) -> None:
     """One attempt at Redis: connect as the worker does (AUTH, TLS) and ``PING``.
 
@@ -577,6 +615,7 @@ def check_redis(settings: Settings, timeout_s: float = ATTEMPT_TIMEOUT_S) -> Non
     )
     try:
         client.ping()
+        _refuse_the_v1_layout(client, settings)
     except redis.exceptions.AuthenticationError as error:
         raise ConnectionRejectedError(
             f"Redis at {shown} refused the credentials ({error}): check "

@@ -1,7 +1,7 @@
 """Where customer state, latest scores and model checkpoints live: Redis
-(:mod:`streamcrm.store.redis`), or an in-memory twin (:mod:`streamcrm.store.memory`), behind
-one protocol (:mod:`streamcrm.store.base`); stored JSON is deflated by
-:mod:`streamcrm.store.codec`.
+(:mod:`streamcrm.store.redis`; on a Redis Cluster, :mod:`streamcrm.store.redis_cluster`), or
+an in-memory twin (:mod:`streamcrm.store.memory`), behind one protocol
+(:mod:`streamcrm.store.base`); stored JSON is deflated by :mod:`streamcrm.store.codec`.
 
 May import: the core and :mod:`streamcrm.errors`.
 """
@@ -24,9 +24,13 @@ from streamcrm.store.base import (
     outbox_from_key,
     outbox_key,
     output_fingerprint,
+    partition_of,
+    partition_tag,
+    v1_offsets_key,
 )
 from streamcrm.store.memory import InMemoryStateStore
 from streamcrm.store.redis import RedisStateStore
+from streamcrm.store.redis_cluster import RedisClusterStateStore
 
 __all__ = [
     "AUDIT_MAX_LENGTH",
@@ -36,6 +40,7 @@ __all__ = [
     "LedgerDue",
     "OutboxRecord",
     "PendingWrite",
+    "RedisClusterStateStore",
     "RedisStateStore",
     "SaveResult",
     "StateStore",
@@ -48,4 +53,7 @@ __all__ = [
     "outbox_from_key",
     "outbox_key",
     "output_fingerprint",
+    "partition_of",
+    "partition_tag",
+    "v1_offsets_key",
 ]

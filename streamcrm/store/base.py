@@ -18,36 +18,135 @@ from streamcrm.core.privacy import ErasureReport
 from streamcrm.core.records import Alert, CustomerScore
 from streamcrm.core.state import CustomerState
 
-KEY_VERSION = "v1"
+KEY_VERSION = "v2"
+"""v2 put every key of an input partition under that partition's hash tag (v1 had none): see
+docs/operations.md, "Redis Cluster", for how v1 data is rebuilt."""
 
 
-def customer_key(namespace: str, customer_id: str) -> str:
-    """The Redis hash of one customer.
+def v1_offsets_key(namespace: str) -> str:
+    """The offsets hash of the v1 layout (one Redis, no hash tags): its presence says a
+    namespace still holds v1 data, which this version does not read (see ``KEY_VERSION``).
 
-    >>> customer_key("streamcrm", "c1")
-    'streamcrm:v1:customer:c1'
+    >>> v1_offsets_key("streamcrm")
+    'streamcrm:v1:offsets'
     """
-    return f"{namespace}:{KEY_VERSION}:customer:{customer_id}"
+    return f"{namespace}:v1:offsets"
+
+
+def partition_tag(partition: int) -> str:
+    """The hash tag of one input partition: Redis Cluster hashes only the text between the
+    first braces, so every key carrying it lives in one slot and one Lua step may touch them.
+
+    >>> partition_tag(3)
+    '{p3}'
+    """
+    return f"{{p{partition}}}"
+
+
+def _partition_prefix(namespace: str, partition: int) -> str:
+    return f"{namespace}:{KEY_VERSION}:{partition_tag(partition)}"
+
+
+def customer_key(namespace: str, partition: int, customer_id: str) -> str:
+    """The Redis hash of one customer, under the tag of the input partition their events
+    arrive on.
+
+    >>> customer_key("streamcrm", 3, "c1")
+    'streamcrm:v2:{p3}:customer:c1'
+    """
+    return f"{_partition_prefix(namespace, partition)}:customer:{customer_id}"
 
 
 def due_key(namespace: str, partition: int) -> str:
     """The sorted set of customers whose label ledger falls due, for one input partition."""
-    return f"{namespace}:{KEY_VERSION}:due:{partition}"
+    return f"{_partition_prefix(namespace, partition)}:due"
 
 
 def outbox_key(namespace: str, partition: int) -> str:
     """The Redis list of one input partition's outputs not yet acknowledged by the broker."""
-    return f"{namespace}:{KEY_VERSION}:outbox:{partition}"
+    return f"{_partition_prefix(namespace, partition)}:outbox"
 
 
 def campaigns_key(namespace: str, partition: int) -> str:
     """The Redis hash of one input partition's partial campaign figures (field → count)."""
-    return f"{namespace}:{KEY_VERSION}:campaigns:{partition}"
+    return f"{_partition_prefix(namespace, partition)}:campaigns"
 
 
 def outbox_from_key(namespace: str, partition: int) -> str:
     """The Redis hash of output end offsets saved before an outbox was published."""
-    return f"{namespace}:{KEY_VERSION}:outbox-from:{partition}"
+    return f"{_partition_prefix(namespace, partition)}:outbox-from"
+
+
+def offsets_key(namespace: str, partition: int) -> str:
+    """The Redis hash of one input partition's applied-offset marks, one field per input
+    topic (the topics are co-partitioned: partition 3 of each marks here).
+
+    >>> offsets_key("streamcrm", 3)
+    'streamcrm:v2:{p3}:offsets'
+    """
+    return f"{_partition_prefix(namespace, partition)}:offsets"
+
+
+def erased_key(namespace: str, partition: int) -> str:
+    """The Redis hash of the erased customers of one input partition: subject hash → erasure
+    time (the block list; no customer ids). Per partition, so a save checks it in its step."""
+    return f"{_partition_prefix(namespace, partition)}:erased"
+
+
+def audit_key(namespace: str, partition: int) -> str:
+    """The Redis stream of one input partition's privacy audit records."""
+    return f"{_partition_prefix(namespace, partition)}:audit"
+
+
+def model_key(namespace: str, name: str) -> str:
+    """The Redis string holding a model checkpoint; its version is this key + ``:version``,
+    in the same slot (the name is their hash tag), so both are set in one transaction.
+
+    >>> model_key("streamcrm", "bundle")
+    'streamcrm:v2:model:{bundle}'
+    """
+    return f"{namespace}:{KEY_VERSION}:model:{{{name}}}"
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (the Java client's and the default partitioners'), as an
+    unsigned 32-bit value.
+
+    >>> murmur2(b"c1")
+    2069367011
+    """
+    length, seed, m, r = len(data), 0x9747B28C, 0x5BD1E995, 24
+    h = (seed ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = length % 4
+    if tail:
+        rest = data[length - tail :]
+        if tail == 3:
+            h ^= rest[2] << 16
+        if tail >= 2:
+            h ^= rest[1] << 8
+        h ^= rest[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The input partition of a message keyed by ``key`` under the producers' default
+    partitioner (murmur2, positive part, modulo the partition count): where a customer's
+    events, and so their state, are found from the id alone.
+
+    >>> partition_of("c1", 4)
+    3
+    """
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def output_fingerprint(record_id: str, value: bytes) -> str:
@@ -172,21 +271,6 @@ class PendingWrite:
         )
 
 
-def offsets_key(namespace: str) -> str:
-    """The Redis hash of applied-offset marks, one field per input topic partition."""
-    return f"{namespace}:{KEY_VERSION}:offsets"
-
-
-def erased_key(namespace: str) -> str:
-    """The Redis hash of erased customers' subject hashes (the block list)."""
-    return f"{namespace}:{KEY_VERSION}:erased"
-
-
-def audit_key(namespace: str) -> str:
-    """The Redis stream of privacy audit records."""
-    return f"{namespace}:{KEY_VERSION}:audit"
-
-
 AUDIT_MAX_LENGTH = 1_000_000
 """Audit records kept (approximately) before the oldest are trimmed."""
 
@@ -204,21 +288,23 @@ class SaveResult(IntEnum):
     rewind to the stored mark and apply those messages again."""
 
 
-def model_key(namespace: str, name: str) -> str:
-    """The Redis string holding a model checkpoint."""
-    return f"{namespace}:{KEY_VERSION}:model:{name}"
-
-
 class StateStore(Protocol):
     """The small interface the pipeline needs from a state store.
 
     An implementation raises ``StoreUnavailableError`` when its service cannot be reached.
     """
 
-    async def load(self, customer_id: str) -> CustomerState | None: ...
+    async def load(self, customer_id: str, partition: int | None = None) -> CustomerState | None:
+        """The customer's state. ``partition``: the input partition their events arrive on,
+        where a partitioned store keeps it; None: found from the id alone (slower: see
+        :class:`streamcrm.store.redis.RedisStateStore`)."""
+        ...
 
-    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
-        """The states of several customers, in one round trip."""
+    async def load_many(
+        self, customer_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, CustomerState | None]:
+        """The states of several customers, in one round trip (``partitions``: each one's
+        input partition, as for :meth:`load`)."""
         ...
 
     async def save(
@@ -279,9 +365,15 @@ class StateStore(Protocol):
         ...
 
     async def record_consent(
-        self, customer_id: str, position: InputPosition | None, at: datetime
+        self,
+        customer_id: str,
+        position: InputPosition | None,
+        at: datetime,
+        partition: int | None = None,
     ) -> bool:
-        """Lift an erasure's block and audit it; False when ``position`` was applied."""
+        """Lift an erasure's block and audit it; False when ``position`` was applied.
+        ``partition``: the input partition of the customer's events (None: ``position``'s,
+        else found from the id as for :meth:`load`)."""
         ...
 
     async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
@@ -315,7 +407,9 @@ class StateStore(Protocol):
         """Drop a customer from the due index (their state is gone)."""
         ...
 
-    async def load_score(self, customer_id: str) -> CustomerScore | None: ...
+    async def load_score(
+        self, customer_id: str, partition: int | None = None
+    ) -> CustomerScore | None: ...
 
     def iter_scores(self) -> AsyncIterator[CustomerScore]:
         """Every stored customer's latest score (a full scan: for reports, not the hot path)."""

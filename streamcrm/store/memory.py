@@ -51,12 +51,15 @@ class InMemoryStateStore:
             for table in (self._states, self._scores, self._expires_at):
                 table.pop(customer_id, None)
 
-    async def load(self, customer_id: str) -> CustomerState | None:
+    async def load(self, customer_id: str, partition: int | None = None) -> CustomerState | None:
+        # One process, no slots: the partition only places keys in Redis.
         self._expire(customer_id)
         raw = self._states.get(customer_id)
         return CustomerState.model_validate_json(raw) if raw is not None else None
 
-    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
+    async def load_many(
+        self, customer_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, CustomerState | None]:
         return {customer_id: await self.load(customer_id) for customer_id in customer_ids}
 
     async def applied_offset(self, position: InputPosition) -> int | None:
@@ -189,7 +192,11 @@ class InMemoryStateStore:
         return ErasureReport(subject, state_deleted=existed)
 
     async def record_consent(
-        self, customer_id: str, position: InputPosition | None, at: datetime
+        self,
+        customer_id: str,
+        position: InputPosition | None,
+        at: datetime,
+        partition: int | None = None,
     ) -> bool:
         if not self._advance_mark(position):
             return False
@@ -212,7 +219,9 @@ class InMemoryStateStore:
     async def forget_due(self, partition: int, customer_id: str) -> None:
         self._due.get(partition, {}).pop(customer_id, None)
 
-    async def load_score(self, customer_id: str) -> CustomerScore | None:
+    async def load_score(
+        self, customer_id: str, partition: int | None = None
+    ) -> CustomerScore | None:
         self._expire(customer_id)
         raw = self._scores.get(customer_id)
         return CustomerScore.model_validate_json(raw) if raw is not None else None

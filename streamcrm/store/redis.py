@@ -1,30 +1,43 @@
 """Where customer state, latest scores and model checkpoints live: Redis, or an in-memory twin.
 
-Redis layout (versioned prefix, one hash per customer, JSON for state):
+Redis layout (versioned prefix, one hash per customer, JSON for state). Every key of one input
+partition carries that partition's hash tag ``{pN}``, so each Lua step below touches one
+Redis Cluster slot; the same layout serves a single Redis. A customer's keys are under the
+partition their events arrive on (the message key's murmur2 modulo ``partitions``: the
+producers' key, which is the raw id even when the worker stores a pseudonym).
 
-====================================  =====================================================
-key                                   value
-====================================  =====================================================
-``{ns}:v1:customer:{customer_id}``    hash: ``state`` (CustomerState JSON), ``score``
-                                      (CustomerScore JSON), both deflated (see
-                                      streamcrm.store.codec); ``as_of`` (ISO event time)
-``{ns}:v1:due:{partition}``          sorted set: customer ids of one input partition, scored
-                                      by when their label ledger next needs the watermark
-``{ns}:v1:outbox:{partition}``       list: outputs of one input partition's sweeps (re-scores
-                                      and their alerts), written with the state, removed once
-                                      the broker acknowledged them (see :class:`OutboxRecord`)
-``{ns}:v1:outbox-from:{partition}``  hash: output topic partition → its end offset when the
-                                      outbox was last being published (for recovery)
-``{ns}:v1:campaigns:{partition}``    hash: ``{campaign}|{arm}|{segment}|{figure}`` → the sum
-                                      of one input partition's increments (no customer ids)
-``{ns}:v1:model:{name}``              string: pickled ModelBundle checkpoint
-``{ns}:v1:model:{name}:version``      string: the checkpoint's model version
-``{ns}:v1:offsets``                   hash: ``{topic}|{topic id}|{partition}`` → the offset
-                                      of the newest input message whose state change is saved
-``{ns}:v1:erased``                    hash: subject hash → erasure time, for every erased
-                                      customer not yet re-consented (no customer ids)
-``{ns}:v1:audit``                     stream: erasure / consent records (subject hashes only)
-====================================  =====================================================
+=========================================  ================================================
+key                                        value
+=========================================  ================================================
+``{ns}:v2:{pN}:customer:{customer_id}``    hash: ``state`` (CustomerState JSON), ``score``
+                                           (CustomerScore JSON), both deflated (see
+                                           streamcrm.store.codec); ``as_of`` (ISO event time)
+``{ns}:v2:{pN}:offsets``                   hash: ``{topic}|{topic id}|{N}`` → the offset of
+                                           the newest input message of partition N whose
+                                           change is saved (``…|newest``: its event time)
+``{ns}:v2:{pN}:due``                       sorted set: customer ids of partition N, scored
+                                           by when their label ledger next needs the
+                                           watermark
+``{ns}:v2:{pN}:outbox``                    list: outputs of partition N not yet
+                                           acknowledged by the broker (see OutboxRecord)
+``{ns}:v2:{pN}:outbox-from``               hash: output topic partition → its end offset
+                                           when the outbox was last being published
+``{ns}:v2:{pN}:campaigns``                 hash: ``{campaign}|{arm}|{segment}|{figure}`` →
+                                           the sum of partition N's increments
+``{ns}:v2:{pN}:erased``                    hash: subject hash → erasure time, for every
+                                           erased customer of partition N not yet
+                                           re-consented (no customer ids)
+``{ns}:v2:{pN}:audit``                     stream: partition N's erasure / consent records
+                                           (subject hashes only)
+``{ns}:v2:model:{name}``                   string: pickled ModelBundle checkpoint
+``{ns}:v2:model:{name}:version``           string: the checkpoint's model version
+=========================================  ================================================
+
+A reader with the customer id alone (``streamcrm score``, ``GET /customers/{id}``) looks
+under the id's own partition first, then under every partition (one round trip): with
+pseudonymised ids the state is filed under the partition of the producers' raw id, which
+the pseudonym does not tell. The partition count is the input topics' (``partitions``);
+changing it files customers elsewhere, which is a rebuild (docs/operations.md).
 
 **Exactly-once effects.** A save writes the state (with its recent event ids), the score, the
 due-index entry and the input message's offset mark in one Lua script, which first refuses the
@@ -61,6 +74,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from streamcrm.core.privacy import ErasureReport, default_privacy_key, subject_hash
 from streamcrm.core.records import CustomerScore
@@ -68,6 +82,7 @@ from streamcrm.core.state import CustomerState
 from streamcrm.errors import StoreUnavailableError
 from streamcrm.store.base import (
     AUDIT_MAX_LENGTH,
+    KEY_VERSION,
     InputPosition,
     LedgerDue,
     OutboxRecord,
@@ -82,46 +97,52 @@ from streamcrm.store.base import (
     offsets_key,
     outbox_from_key,
     outbox_key,
+    partition_of,
 )
 from streamcrm.store.codec import pack, unpack
 
+DEFAULT_PARTITIONS = 4
+"""The partition count a store assumes when none is given: ``Settings.partitions``' default."""
+
 WRITE_SCRIPT = """
--- KEYS: offsets hash, erased hash, then four per write: its customer hash, due index,
--- outbox list and campaign figures hash.  ARGV: retention ms ('' = none), then thirteen per
--- write: mark field ('' = none), offset, previous mark ('' = unknown), state JSON ('' = move
--- the mark only), score JSON ('' = none), as_of, due op ('' / add / rem), customer id, due
--- score, subject hash, outbox records (a JSON array of strings; '' = none), event time
--- (epoch s; '' = none), kept as the newest of the mark's partition in field
--- '{mark field}|newest', campaign increments (a JSON array [field, amount, ...]; '' = none).
+-- KEYS: six per write, all under its input partition's hash tag: offsets hash, erased hash,
+-- customer hash, due index, outbox list and campaign figures hash.  ARGV: retention ms
+-- ('' = none), then thirteen per write: mark field ('' = none), offset, previous mark
+-- ('' = unknown), state JSON ('' = move the mark only), score JSON ('' = none), as_of, due
+-- op ('' / add / rem), customer id, due score, subject hash, outbox records (a JSON array of
+-- strings; '' = none), event time (epoch s; '' = none), kept as the newest of the mark's
+-- partition in field '{mark field}|newest', campaign increments (a JSON array
+-- [field, amount, ...]; '' = none).
 -- Applies the writes in order and stops after the first one not applied.  Returns one
 -- result per write tried: 3 (nothing written) if the stored mark is below the previous one,
 -- 0 (nothing written) if the offset was applied, 2 (nothing written but the mark) if the
 -- customer is erased, else 1.
 local results = {}
-for w = 0, (#KEYS - 2) / 4 - 1 do
+for w = 0, #KEYS / 6 - 1 do
   local a = 1 + w * 13
-  local customer, due, outbox = KEYS[3 + 4 * w], KEYS[4 + 4 * w], KEYS[5 + 4 * w]
-  local campaigns = KEYS[6 + 4 * w]
+  local offsets, erased = KEYS[1 + 6 * w], KEYS[2 + 6 * w]
+  local customer, due, outbox = KEYS[3 + 6 * w], KEYS[4 + 6 * w], KEYS[5 + 6 * w]
+  local campaigns = KEYS[6 + 6 * w]
   local result = 1
   if ARGV[a + 1] ~= '' then
-    local mark = redis.call('HGET', KEYS[1], ARGV[a + 1])
+    local mark = redis.call('HGET', offsets, ARGV[a + 1])
     if ARGV[a + 3] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[a + 3])) then
       result = 3
     elseif mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then
       result = 0
     else
-      redis.call('HSET', KEYS[1], ARGV[a + 1], ARGV[a + 2])
+      redis.call('HSET', offsets, ARGV[a + 1], ARGV[a + 2])
       if ARGV[a + 12] ~= '' then
         local field = ARGV[a + 1] .. '|newest'
-        local newest = redis.call('HGET', KEYS[1], field)
+        local newest = redis.call('HGET', offsets, field)
         if not newest or tonumber(newest) < tonumber(ARGV[a + 12]) then
-          redis.call('HSET', KEYS[1], field, ARGV[a + 12])
+          redis.call('HSET', offsets, field, ARGV[a + 12])
         end
       end
     end
   end
   if result == 1 and ARGV[a + 4] ~= '' then
-    if redis.call('HEXISTS', KEYS[2], ARGV[a + 10]) == 1 then
+    if redis.call('HEXISTS', erased, ARGV[a + 10]) == 1 then
       result = 2
     else
       redis.call('HSET', customer, 'state', ARGV[a + 4])
@@ -157,7 +178,8 @@ offset mark, or nothing at all; a batch stops at the first write refused, so no 
 on one that was not made."""
 
 ERASE_SCRIPT = """
--- KEYS: customer hash, offsets hash, due index, erased hash, audit stream, outbox.  ARGV:
+-- KEYS (one partition's): customer hash, offsets hash, due index, erased hash, audit
+-- stream, outbox.  ARGV:
 -- mark field ('' = none), offset, customer id, subject hash, time, audit max length.
 -- Returns -1 if the offset was applied, else 1 if state was deleted, 0 if there was none.
 if ARGV[1] ~= '' then
@@ -193,8 +215,8 @@ return removed
 that is not was cleared by another drain already), so outputs appended since stay."""
 
 CONSENT_SCRIPT = """
--- KEYS: offsets hash, erased hash, audit stream.  ARGV: mark field, offset, subject hash,
--- time, audit max length.  Returns 0 if the offset was applied, else 1.
+-- KEYS (one partition's): offsets hash, erased hash, audit stream.  ARGV: mark field,
+-- offset, subject hash, time, audit max length.  Returns 0 if the offset was applied, else 1.
 if ARGV[1] ~= '' then
   local mark = redis.call('HGET', KEYS[1], ARGV[1])
   if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
@@ -208,19 +230,24 @@ return 1
 
 
 class RedisStateStore:
-    """Customer state in Redis hashes, under a versioned key prefix."""
+    """Customer state in Redis hashes, under a versioned key prefix and one hash tag per input
+    partition (see the module docstring)."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         namespace: str = "streamcrm",
         retention: timedelta | None = None,
         privacy_key: bytes | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
     ) -> None:
         self._redis = client
         self._namespace = namespace
         self._retention_ms = int(retention.total_seconds() * 1000) if retention else None
         self._privacy_key = privacy_key or default_privacy_key(namespace)
+        self.partitions = partitions
+        """The input topics' partition count: how a customer's partition is found from an
+        id, and which partitions a reader of every partition reads."""
         self._write_script = client.register_script(WRITE_SCRIPT)
         self._erase_script = client.register_script(ERASE_SCRIPT)
         self._consent_script = client.register_script(CONSENT_SCRIPT)
@@ -234,39 +261,81 @@ class RedisStateStore:
         retention: timedelta | None = None,
         privacy_key: bytes | None = None,
         client_options: Mapping[str, Any] | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
     ) -> RedisStateStore:
         """A store on a new client for ``url``; ``client_options`` are redis-py keyword
         arguments such as :func:`streamcrm.services.connections.redis_client_options` (ACL user,
         password, TLS files)."""
         client = aioredis.Redis.from_url(url, **(client_options or {}))
-        return cls(client, namespace, retention, privacy_key)
+        return cls(client, namespace, retention, privacy_key, partitions)
 
-    def customer_key(self, customer_id: str) -> str:
-        return customer_key(self._namespace, customer_id)
+    def partition_of(self, customer_id: str) -> int:
+        """The partition a producer keying by ``customer_id`` sends to (see
+        :func:`streamcrm.store.base.partition_of`)."""
+        return partition_of(customer_id, self.partitions)
+
+    def customer_key(self, customer_id: str, partition: int | None = None) -> str:
+        """The customer's hash under ``partition`` (None: the id's own partition)."""
+        where = self.partition_of(customer_id) if partition is None else partition
+        return customer_key(self._namespace, where, customer_id)
 
     def model_key(self, name: str) -> str:
         return model_key(self._namespace, name)
 
-    async def load(self, customer_id: str) -> CustomerState | None:
-        with _unavailable_as_store_error():
-            raw = await self._redis.hget(self.customer_key(customer_id), "state")
-        return CustomerState.model_validate_json(unpack(raw)) if raw is not None else None
+    async def load(self, customer_id: str, partition: int | None = None) -> CustomerState | None:
+        states = await self.load_many(
+            [customer_id], None if partition is None else {customer_id: partition}
+        )
+        return states[customer_id]
 
-    async def applied_offset(self, position: InputPosition) -> int | None:
-        with _unavailable_as_store_error():
-            raw = await self._redis.hget(offsets_key(self._namespace), position.mark_field)
-        return int(raw) if raw is not None else None
+    async def load_many(
+        self, customer_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, CustomerState | None]:
+        raws = await self._customer_field(customer_ids, partitions or {}, "state")
+        return {
+            customer_id: CustomerState.model_validate_json(unpack(raw)) if raw is not None else None
+            for customer_id, raw in raws.items()
+        }
 
-    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
+    async def load_score(
+        self, customer_id: str, partition: int | None = None
+    ) -> CustomerScore | None:
+        partitions = None if partition is None else {customer_id: partition}
+        raw = (await self._customer_field([customer_id], partitions or {}, "score"))[customer_id]
+        return CustomerScore.model_validate_json(unpack(raw)) if raw is not None else None
+
+    async def _customer_field(
+        self, customer_ids: Sequence[str], partitions: Mapping[str, int], field: str
+    ) -> dict[str, bytes | None]:
+        """``field`` of each customer's hash: under their given partition, else under their
+        id's own partition and, failing that, under every other partition (a customer known
+        by a pseudonym is filed under the partition of the raw id)."""
         with _unavailable_as_store_error():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for customer_id in customer_ids:
-                    pipe.hget(self.customer_key(customer_id), "state")
-                raws = await pipe.execute()
-        return {
-            customer_id: CustomerState.model_validate_json(unpack(raw)) if raw is not None else None
-            for customer_id, raw in zip(customer_ids, raws, strict=True)
-        }
+                    pipe.hget(self.customer_key(customer_id, partitions.get(customer_id)), field)
+                found = dict(zip(customer_ids, await pipe.execute(), strict=True))
+            lost = [c for c in customer_ids if found[c] is None and c not in partitions]
+            if lost and self.partitions > 1:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    tried = [
+                        (c, p)
+                        for c in lost
+                        for p in range(self.partitions)
+                        if p != self.partition_of(c)
+                    ]
+                    for customer_id, partition in tried:
+                        pipe.hget(self.customer_key(customer_id, partition), field)
+                    for (customer_id, _), raw in zip(tried, await pipe.execute(), strict=True):
+                        if raw is not None:
+                            found[customer_id] = raw
+        return found
+
+    async def applied_offset(self, position: InputPosition) -> int | None:
+        offsets = offsets_key(self._namespace, position.partition)
+        with _unavailable_as_store_error():
+            raw = await self._redis.hget(offsets, position.mark_field)
+        return int(raw) if raw is not None else None
 
     async def save(
         self,
@@ -283,9 +352,13 @@ class RedisStateStore:
 
     async def newest_event_times(self) -> dict[str, datetime]:
         with _unavailable_as_store_error():
-            raw = await self._redis.hgetall(offsets_key(self._namespace))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for partition in range(self.partitions):
+                    pipe.hgetall(offsets_key(self._namespace, partition))
+                marks = await pipe.execute()
         return {
             _text(name).removesuffix("|newest"): datetime.fromtimestamp(float(value), UTC)
+            for raw in marks
             for name, value in (raw or {}).items()
             if _text(name).endswith("|newest")
         }
@@ -335,29 +408,48 @@ class RedisStateStore:
         return result
 
     async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
-        if not writes:
-            return []
-        offsets = offsets_key(self._namespace)
-        keys = [offsets, erased_key(self._namespace)]
-        args: list[str | bytes | int | float] = [
-            self._retention_ms if self._retention_ms is not None else ""
-        ]
-        for write in writes:
-            keys.extend(self._write_keys(write, offsets))
-            args.extend(self._write_args(write))
-        with _unavailable_as_store_error():
-            results = await self._write_script(keys=keys, args=args)
-        return [SaveResult(int(result)) for result in results]
+        results: list[SaveResult] = []
+        for step in self._steps(writes):
+            keys: list[str] = []
+            args: list[str | bytes | int | float] = [
+                self._retention_ms if self._retention_ms is not None else ""
+            ]
+            for write in step:
+                keys.extend(self._write_keys(write))
+                args.extend(self._write_args(write))
+            with _unavailable_as_store_error():
+                made = await self._write_script(keys=keys, args=args)
+            results.extend(SaveResult(int(result)) for result in made)
+            if results[-1] != SaveResult.APPLIED:
+                break
+        return results
 
-    def _write_keys(self, write: PendingWrite, offsets: str) -> tuple[str, str, str, str]:
+    def _steps(self, writes: Sequence[PendingWrite]) -> list[Sequence[PendingWrite]]:
+        """The atomic steps a batch is written in: one here (one Redis holds every slot)."""
+        return [writes] if writes else []
+
+    def _partition_of_write(self, write: PendingWrite) -> int:
+        """Where a write's customer lives: its due entry's or message's partition, else (a
+        bare save: tests, tools) the id's own."""
+        if write.due is None and write.position is None and write.state is not None:
+            return self.partition_of(write.state.customer_id)
+        return write.partition
+
+    def _write_keys(self, write: PendingWrite) -> tuple[str, ...]:
+        partition = self._partition_of_write(write)
+        # The mark is the message's partition's; the topics are co-partitioned, so it is the
+        # customer's too (a Redis Cluster refuses a write where it is not: CROSSSLOT).
+        marked = write.position.partition if write.position is not None else partition
+        ns = self._namespace
+        head = (offsets_key(ns, marked), erased_key(ns, partition))
         if write.state is None:  # a mark-only write touches no customer: any key will do
-            return offsets, offsets, offsets, offsets
-        partition = write.partition
+            return (*head, *head, *head)
         return (
-            self.customer_key(write.state.customer_id),
-            due_key(self._namespace, partition),
-            outbox_key(self._namespace, partition),
-            campaigns_key(self._namespace, partition),
+            *head,
+            customer_key(ns, partition, write.state.customer_id),
+            due_key(ns, partition),
+            outbox_key(ns, partition),
+            campaigns_key(ns, partition),
         )
 
     def _write_args(self, write: PendingWrite) -> list[str | bytes | int | float]:
@@ -390,13 +482,14 @@ class RedisStateStore:
         self, customer_id: str, partition: int, position: InputPosition | None, at: datetime
     ) -> ErasureReport:
         subject = subject_hash(self._privacy_key, customer_id)
+        ns = self._namespace
         keys = [
-            self.customer_key(customer_id),
-            offsets_key(self._namespace),
-            due_key(self._namespace, partition),
-            erased_key(self._namespace),
-            audit_key(self._namespace),
-            outbox_key(self._namespace, partition),
+            customer_key(ns, partition, customer_id),
+            offsets_key(ns, position.partition if position is not None else partition),
+            due_key(ns, partition),
+            erased_key(ns, partition),
+            audit_key(ns, partition),
+            outbox_key(ns, partition),
         ]
         args: list[str | int] = [
             position.mark_field if position is not None else "",
@@ -413,12 +506,21 @@ class RedisStateStore:
         return ErasureReport(subject, state_deleted=deleted == 1)
 
     async def record_consent(
-        self, customer_id: str, position: InputPosition | None, at: datetime
+        self,
+        customer_id: str,
+        position: InputPosition | None,
+        at: datetime,
+        partition: int | None = None,
     ) -> bool:
+        if partition is None:
+            partition = (
+                position.partition if position is not None else self.partition_of(customer_id)
+            )
+        ns = self._namespace
         keys = [
-            offsets_key(self._namespace),
-            erased_key(self._namespace),
-            audit_key(self._namespace),
+            offsets_key(ns, position.partition if position is not None else partition),
+            erased_key(ns, partition),
+            audit_key(ns, partition),
         ]
         args: list[str | int] = [
             position.mark_field if position is not None else "",
@@ -431,21 +533,39 @@ class RedisStateStore:
             return bool(await self._consent_script(keys=keys, args=args))
 
     async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
-        """The newest privacy audit records, oldest first."""
+        """The newest privacy audit records of all partitions, oldest first (ordered by
+        their stream ids: the time each was added, then its sequence)."""
         with _unavailable_as_store_error():
-            entries = await self._redis.xrevrange(audit_key(self._namespace), count=count)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for partition in range(self.partitions):
+                    pipe.xrevrange(audit_key(self._namespace, partition), count=count)
+                streams = await pipe.execute()
+        entries = sorted(
+            (entry for stream in streams for entry in (stream or [])),
+            key=lambda entry: tuple(int(part) for part in _text(entry[0]).split("-")),
+        )
         return [
             {_text(name): _text(value) for name, value in (fields or {}).items()}
-            for _, fields in reversed(entries or [])
+            for _, fields in entries[-count:]
         ]
 
     async def erased_among(self, customer_ids: Sequence[str]) -> set[str]:
+        """One HMGET per partition's block list: the reader knows the ids, not necessarily
+        the partitions their events arrived on."""
         if not customer_ids:
             return set()
         subjects = [subject_hash(self._privacy_key, c) for c in customer_ids]
         with _unavailable_as_store_error():
-            marks = await self._redis.hmget(erased_key(self._namespace), subjects)
-        return {c for c, mark in zip(customer_ids, marks, strict=True) if mark is not None}
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for partition in range(self.partitions):
+                    pipe.hmget(erased_key(self._namespace, partition), subjects)
+                blocks = await pipe.execute()
+        return {
+            customer_id
+            for marks in blocks
+            for customer_id, mark in zip(customer_ids, marks, strict=True)
+            if mark is not None
+        }
 
     async def due_customers(self, partition: int, until: datetime, limit: int) -> list[str]:
         index = due_key(self._namespace, partition)
@@ -459,13 +579,9 @@ class RedisStateStore:
         with _unavailable_as_store_error():
             await self._redis.zrem(due_key(self._namespace, partition), customer_id)
 
-    async def load_score(self, customer_id: str) -> CustomerScore | None:
-        with _unavailable_as_store_error():
-            raw = await self._redis.hget(self.customer_key(customer_id), "score")
-        return CustomerScore.model_validate_json(unpack(raw)) if raw is not None else None
-
     async def iter_scores(self, batch: int = 500) -> AsyncIterator[CustomerScore]:
-        pattern = customer_key(self._namespace, "*")
+        # Every partition's customers: Redis globs read the tag's braces literally.
+        pattern = f"{self._namespace}:{KEY_VERSION}:{{p*}}:customer:*"
         with _unavailable_as_store_error():
             keys: list[bytes] = []
             async for key in self._redis.scan_iter(match=pattern, count=batch):
@@ -514,6 +630,15 @@ def _previous(position: InputPosition | None) -> int | str:
     return "" if position is None or position.previous is None else position.previous
 
 
+_CLUSTER_PASSING_FAULTS = (
+    redis.exceptions.ClusterDownError,  # a master failed and no replica took over yet
+    redis.exceptions.TryAgainError,  # a slot being moved, mid-way
+    redis.exceptions.SlotNotCoveredError,  # the client's slot map has a hole, for now
+)
+"""What a Redis Cluster answers while it fails over or moves slots: waited out like a
+connection error (a cross-slot script is a bug, not one of these)."""
+
+
 @contextmanager
 def _unavailable_as_store_error() -> Iterator[None]:
     try:
@@ -526,3 +651,5 @@ def _unavailable_as_store_error() -> Iterator[None]:
         ) from error
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
         raise StoreUnavailableError(f"Redis unavailable: {error}") from error
+    except _CLUSTER_PASSING_FAULTS as error:
+        raise StoreUnavailableError(f"Redis Cluster unavailable: {error!r}") from error

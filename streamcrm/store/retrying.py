@@ -57,12 +57,16 @@ class RetryingStore:
     def __init__(self, store: StateStore) -> None:
         self.inner = store
 
-    async def load(self, customer_id: str) -> CustomerState | None:
-        return await until_available(lambda: self.inner.load(customer_id), f"load {customer_id}")
-
-    async def load_many(self, customer_ids: Sequence[str]) -> dict[str, CustomerState | None]:
+    async def load(self, customer_id: str, partition: int | None = None) -> CustomerState | None:
         return await until_available(
-            lambda: self.inner.load_many(customer_ids), "load a batch of customers"
+            lambda: self.inner.load(customer_id, partition), f"load {customer_id}"
+        )
+
+    async def load_many(
+        self, customer_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, CustomerState | None]:
+        return await until_available(
+            lambda: self.inner.load_many(customer_ids, partitions), "load a batch of customers"
         )
 
     async def save(
@@ -126,10 +130,15 @@ class RetryingStore:
         )
 
     async def record_consent(
-        self, customer_id: str, position: InputPosition | None, at: datetime
+        self,
+        customer_id: str,
+        position: InputPosition | None,
+        at: datetime,
+        partition: int | None = None,
     ) -> bool:
         return await until_available(
-            lambda: self.inner.record_consent(customer_id, position, at), "record consent"
+            lambda: self.inner.record_consent(customer_id, position, at, partition),
+            "record consent",
         )
 
     async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
@@ -161,9 +170,12 @@ class RetryingStore:
             lambda: self.inner.forget_due(partition, customer_id), f"unfile {customer_id}"
         )
 
-    async def load_score(self, customer_id: str) -> CustomerScore | None:
+    async def load_score(
+        self, customer_id: str, partition: int | None = None
+    ) -> CustomerScore | None:
         return await until_available(
-            lambda: self.inner.load_score(customer_id), f"load the score of {customer_id}"
+            lambda: self.inner.load_score(customer_id, partition),
+            f"load the score of {customer_id}",
         )
 
     def iter_scores(self) -> AsyncIterator[CustomerScore]:

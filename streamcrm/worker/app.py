@@ -30,11 +30,11 @@ from faust.types import TP
 from streamcrm.services.connections import (
     faust_broker_credentials,
     kafka_client_options,
-    redis_client_options,
+    redis_state_store,
 )
 from streamcrm.services.kafka import OutputReader, Record, read_range, topic_ids
 from streamcrm.settings import Settings
-from streamcrm.store import OutboxRecord, RedisStateStore
+from streamcrm.store import OutboxRecord
 from streamcrm.worker.dashboard import register_dashboard
 from streamcrm.worker.learning import SharedLearner
 from streamcrm.worker.metrics import WorkerMetrics
@@ -55,13 +55,7 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
     and shared-learner agents, the timers and the web views."""
     if settings.kafka_bootstrap is None or settings.redis_url is None:
         raise ValueError("create_app needs kafka_bootstrap and redis_url; see streamcrm.cli.main")
-    store = RedisStateStore.from_url(
-        settings.redis_url,
-        settings.redis_namespace,
-        settings.customer_retention,
-        privacy_key=settings.privacy_key_bytes,
-        client_options=redis_client_options(settings),
-    )
+    store = redis_state_store(settings)
     if settings.privacy_key is None:
         logger.warning(
             "STREAMCRM_PRIVACY_KEY is not set: erased customers are named by an unkeyed hash"

@@ -47,7 +47,8 @@ class MarketingEvents:
         Raises ``LateEventError`` (after saving the late count) for an event older than the
         customer's attribution horizon, ``StateBehindError`` when the store lost writes.
         """
-        state = await self.store.load(event.customer_id)
+        partition = position.partition if position is not None else None
+        state = await self.store.load(event.customer_id, partition)
         step = apply_marketing(state, event, self.config, watermark)
         if step.duplicate:
             self.outcomes["duplicate"] += 1

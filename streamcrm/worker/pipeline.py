@@ -278,7 +278,9 @@ class ScoringPipeline:
             raise event
         await self.load_models()
         async with self._locks.hold(event.customer_id):
-            states = await self._retrying.load_many([event.customer_id])
+            states = await self._retrying.load_many(
+                [event.customer_id], {event.customer_id: partition}
+            )
             stored = states[event.customer_id]
             plan = self._plan_event(event, position, partition, states, self.time.newest)
             results = await self._retrying.save_batch([plan.write] if plan.write else [])
@@ -310,9 +312,14 @@ class ScoringPipeline:
         not_after = self.admission.not_after()
         events = [self.admission.event(m.value or b"", m.topic, not_after, m.key) for m in messages]
         await self.load_models()
-        customers = {event.customer_id for event in events if isinstance(event, BaseEvent)}
+        # Where each customer's state lives: the partition their events arrive on.
+        customers = {
+            event.customer_id: message.partition
+            for message, event in zip(messages, events, strict=True)
+            if isinstance(event, BaseEvent)
+        }
         async with self._locks.hold_all(customers):
-            states = await self._retrying.load_many(sorted(customers))
+            states = await self._retrying.load_many(sorted(customers), customers)
             queued = self.live.queued()
             try:
                 planned = self._plan(messages, events, states)

@@ -75,7 +75,9 @@ class PrivacyRequests:
                 "erased subject %s (state deleted: %s)", report.subject, report.state_deleted
             )
             return PrivacyOutcome(event.customer_id, "erasure", report)
-        recorded = await self.store.record_consent(event.customer_id, position, event.occurred_at)
+        recorded = await self.store.record_consent(
+            event.customer_id, position, event.occurred_at, partition
+        )
         if recorded:
             self.marks.marked(position)
         self.outcomes["consent recorded" if recorded else "duplicate"] += 1

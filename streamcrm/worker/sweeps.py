@@ -104,7 +104,7 @@ class QuietCustomerSweeper:
     async def _sweep_one(
         self, partition: int, customer_id: str, watermark: datetime
     ) -> SweepReport:
-        state = await self.store.load(customer_id)
+        state = await self.store.load(customer_id, partition)
         if state is None:  # expired (retention): nothing left to label
             await self.store.forget_due(partition, customer_id)
             return SweepReport(customers=1)

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-import redis
-
 from streamcrm.core.alerts import AlertMemory, AlertRules, evaluate_alerts
 from streamcrm.core.events import (
     CampaignTouch,
@@ -35,9 +33,9 @@ from streamcrm.core.state import CustomerState, apply
 from streamcrm.services.kafka import Record, poll_records, read_topic
 from streamcrm.settings import Settings
 from streamcrm.sim.campaigns import CampaignTruth, simulate_campaign
-from streamcrm.store import customer_key
 from streamcrm.store.base import OutboxRecord, campaigns_key, outbox_key
 from streamcrm.store.codec import unpack
+from tests.integration.worker_harness import redis_client, stored_customer_key
 
 ARRIVAL_ORDER_FIELDS = {
     "pending_snapshots",
@@ -95,8 +93,7 @@ def _in_event_time(
 def stored_figures(settings: Settings) -> tuple[dict[tuple[str, str], ArmFigures], RetentionTally]:
     """The campaign figures per (campaign, arm) and the retention figures Redis holds, summed
     over every input partition's partial figures."""
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings, decode_responses=True)
     try:
         partials = [
             {
@@ -116,8 +113,7 @@ def stored_figures(settings: Settings) -> tuple[dict[tuple[str, str], ArmFigures
 
 def alerts_in_outboxes(settings: Settings) -> list[Alert]:
     """The alerts saved in the partitions' outboxes and not published yet."""
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         raws = [
             raw
@@ -217,12 +213,11 @@ def check_campaigns(
 
 def stored_states(settings: Settings, customer_ids: list[str]) -> dict[str, CustomerState]:
     """What Redis holds for these customers (those it has a state for)."""
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         pipe = client.pipeline()
         for cid in customer_ids:
-            pipe.hget(customer_key(settings.redis_namespace, cid), "state")
+            pipe.hget(stored_customer_key(settings, cid), "state")
         raws = pipe.execute()
     finally:
         client.close()

@@ -25,17 +25,19 @@ from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import Record, ensure_topics
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import simulate
-from streamcrm.store import audit_key, customer_key
 from tests.conftest import isolated_settings, record_fault
 from tests.integration.exactness import expected_states, outputs_on_topics
 from tests.integration.worker_harness import (
     TopicReader,
+    audit_entries,
     dead_letters,
+    redis_client,
     redis_state,
     running_worker,
     scores,
     send,
     send_raw,
+    stored_customer_key,
 )
 
 pytestmark = pytest.mark.integration
@@ -222,10 +224,10 @@ def test_an_erased_customer_is_deleted_tombstoned_audited_and_their_late_events_
         send(settings, [late])
         time.sleep(3)
         assert redis_state(settings, customer) == (None, None)
-        client = redis.Redis.from_url(settings.redis_url)
+        audit = audit_entries(settings)
+        client = redis_client(settings)
         try:
-            audit = client.xrange(audit_key(settings.redis_namespace))
-            assert not client.exists(customer_key(settings.redis_namespace, customer))
+            assert not client.exists(stored_customer_key(settings, customer))
         finally:
             client.close()
         assert [fields[b"action"] for _, fields in audit] == [b"erasure"]

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-import redis
 
 from streamcrm.core.events import (
     MAX_KEY_BYTES,
@@ -37,7 +36,6 @@ from streamcrm.core.scoring import apply_marketing
 from streamcrm.core.state import CustomerState
 from streamcrm.services.kafka import ensure_topics, make_producer
 from streamcrm.settings import Settings
-from streamcrm.store import audit_key, erased_key
 from streamcrm.store.base import campaigns_key
 from tests.conftest import record_fault
 from tests.integration.exactness import (
@@ -47,7 +45,14 @@ from tests.integration.exactness import (
     stored_states,
     wait_until,
 )
-from tests.integration.worker_harness import TopicReader, dead_letters, running_worker
+from tests.integration.worker_harness import (
+    TopicReader,
+    audit_entries,
+    dead_letters,
+    erased_count,
+    redis_client,
+    running_worker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -636,11 +641,7 @@ def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_one
     }
     audit = _audit(settings)
     assert Counter(audit) == {"erasure": 3, "consent": 1}
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        blocked = client.hlen(erased_key(settings.redis_namespace))
-    finally:
-        client.close()
+    blocked = erased_count(settings)
     assert blocked == 2  # f-1 and s-1; f-2 consented again
 
     # Every valid marketing event applied (the late one counted), none of the malformed ones.
@@ -714,7 +715,7 @@ def expected_marketing(
 def _campaigns(settings: Settings) -> Tally:
     """Every partition's campaign figures in Redis, summed."""
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings, decode_responses=True)
     try:
         parts = [
             Tally.from_fields(
@@ -750,12 +751,5 @@ def _applied(settings: Settings, customers: list[str]) -> int:
 def _audit(settings: Settings) -> list[str]:
     """The actions of the privacy audit records, oldest first."""
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        records = cast(
-            list[tuple[bytes, dict[bytes, bytes]]],
-            client.xrange(audit_key(settings.redis_namespace)),
-        )
-    finally:
-        client.close()
+    records = audit_entries(settings)
     return [fields[b"action"].decode() for _, fields in records]

@@ -33,7 +33,7 @@ from streamcrm.services.kafka import Record
 from streamcrm.services.processes import worker_environment
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import simulate
-from tests.conftest import BROKERS, isolated_settings, services_on
+from tests.conftest import isolated_settings, services_on
 from tests.integration.worker_harness import (
     TopicReader,
     dead_letters,
@@ -44,18 +44,30 @@ from tests.integration.worker_harness import (
     send,
     send_raw,
 )
+from tests.redis_cluster import LocalRedisCluster
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module", params=BROKERS)
+STACKS = [("tansu", "redis"), ("kafka", "redis"), ("tansu", "redis_cluster")]
+"""Broker and store of each run of the module: Tansu (the embedded default) and Apache Kafka
+on one Redis, and Tansu on a Redis Cluster (three masters, a replica each); the same
+expectations on each."""
+
+
+@pytest.fixture(scope="module", params=STACKS, ids=["-".join(stack) for stack in STACKS])
 def shared_settings(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    services = services_on(request, request.param)
-    return isolated_settings(services, f"e2e-shared-{request.param}", tmp_path_factory)
+    broker, store = request.param
+    services = services_on(request, broker)
+    settings = isolated_settings(services, f"e2e-shared-{broker}-{store}", tmp_path_factory)
+    if store == "redis":
+        return settings
+    cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+    return settings.model_copy(update={"redis_url": cluster.url, "redis_cluster": True})
 
 
 @pytest.fixture(scope="module")

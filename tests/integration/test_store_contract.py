@@ -12,37 +12,56 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
+from aiokafka.partitioner import DefaultPartitioner
+from redis.crc import key_slot
 
 from streamcrm.core.events import FeedbackEvent, PurchaseEvent
 from streamcrm.core.records import CustomerScore
 from streamcrm.core.scoring import ScoringConfig, score_event
 from streamcrm.core.state import CustomerState
-from streamcrm.errors import StoreUnavailableError
+from streamcrm.errors import ConfigurationError, StoreUnavailableError
 from streamcrm.models import ModelBundle
+from streamcrm.services.connections import check_redis
 from streamcrm.services.embedded import EmbeddedServices, free_port
+from streamcrm.settings import Settings
 from streamcrm.store import (
     InMemoryStateStore,
     InputPosition,
     LedgerDue,
     OutboxRecord,
     PendingWrite,
+    RedisClusterStateStore,
     RedisStateStore,
     SaveResult,
     StateStore,
 )
+from streamcrm.store.base import (
+    audit_key,
+    campaigns_key,
+    customer_key,
+    due_key,
+    erased_key,
+    model_key,
+    offsets_key,
+    outbox_from_key,
+    outbox_key,
+    partition_of,
+)
 from streamcrm.store.codec import VERSION_2, unpack
+from tests.redis_cluster import LocalRedisCluster
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["in_memory", "redis"])
+@pytest.fixture(params=["in_memory", "redis", "redis_cluster"])
 def store(request: pytest.FixtureRequest) -> StateStore:
-    """Each contract test runs once per implementation."""
+    """Each contract test runs once per implementation: the twin, one Redis, a Redis Cluster
+    (three masters, a replica each)."""
     if request.param == "in_memory":
         return InMemoryStateStore()
-    redis_store: RedisStateStore = request.getfixturevalue("redis_store")
+    redis_store: RedisStateStore = request.getfixturevalue(f"{request.param}_store")
     return redis_store
 
 
@@ -54,8 +73,14 @@ async def neighbour(
     if isinstance(store, InMemoryStateStore):
         yield InMemoryStateStore()
         return
-    services: EmbeddedServices = request.getfixturevalue("services")
-    other = RedisStateStore(aioredis.Redis.from_url(services.redis_url), f"{unique_name}-other")
+    if isinstance(store, RedisClusterStateStore):
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        other: RedisStateStore = RedisClusterStateStore.from_url(
+            cluster.url, f"{unique_name}-other"
+        )
+    else:
+        services: EmbeddedServices = request.getfixturevalue("services")
+        other = RedisStateStore(aioredis.Redis.from_url(services.redis_url), f"{unique_name}-other")
     yield other
     await other.close()
 
@@ -242,13 +267,14 @@ async def test_redis_key_layout_matches_the_documented_one(
     redis_store: RedisStateStore, services: EmbeddedServices, unique_name: str
 ) -> None:
     state, score = scored("c-42")
-    await redis_store.save(state, score)
+    at = InputPosition("crm.purchases", "t", 2, 7)
+    await redis_store.save(state, score, LedgerDue(2, T0), at)
     await redis_store.save_model("bundle", b"blob", "churn-3.segments-4.clv-0")
 
     raw = aioredis.Redis.from_url(services.redis_url, decode_responses=True)
     binary = aioredis.Redis.from_url(services.redis_url)
     try:
-        customer_key = f"{unique_name}:v1:customer:c-42"
+        customer_key = f"{unique_name}:v2:{{p2}}:customer:c-42"
         assert await raw.type(customer_key) == "hash"
         assert set(await raw.hkeys(customer_key)) == {"state", "score", "as_of"}
         as_of = await raw.hget(customer_key, "as_of")
@@ -259,16 +285,82 @@ async def test_redis_key_layout_matches_the_documented_one(
         assert len(stored[b"state"]) < len(state.model_dump_json()) / 2
         assert CustomerState.model_validate_json(unpack(stored[b"state"])) == state
         assert CustomerScore.model_validate_json(unpack(stored[b"score"])) == score
-        assert await raw.get(f"{unique_name}:v1:model:bundle") == "blob"
-        assert await raw.get(f"{unique_name}:v1:model:bundle:version") == "churn-3.segments-4.clv-0"
+        assert await raw.hget(f"{unique_name}:v2:{{p2}}:offsets", "crm.purchases|t|2") == "7"
+        assert await raw.zscore(f"{unique_name}:v2:{{p2}}:due", "c-42") == T0.timestamp()
+        assert await raw.get(f"{unique_name}:v2:model:{{bundle}}") == "blob"
+        version_key = f"{unique_name}:v2:model:{{bundle}}:version"
+        assert await raw.get(version_key) == "churn-3.segments-4.clv-0"
         assert sorted(await raw.keys(f"{unique_name}:*")) == [
+            f"{unique_name}:v2:model:{{bundle}}",
+            version_key,
             customer_key,
-            f"{unique_name}:v1:model:bundle",
-            f"{unique_name}:v1:model:bundle:version",
+            f"{unique_name}:v2:{{p2}}:due",
+            f"{unique_name}:v2:{{p2}}:offsets",
         ]
     finally:
         await raw.aclose()
         await binary.aclose()
+
+
+async def test_a_namespace_still_in_the_v1_layout_is_refused_at_start_up(
+    services: EmbeddedServices, unique_name: str
+) -> None:
+    """A worker would start from empty state while Kafka's committed offsets skip the history
+    that built the v1 state: the start-up check says to rebuild it instead."""
+    settings = Settings(redis_url=services.redis_url, redis_namespace=unique_name)
+    check_redis(settings)  # an empty namespace is fine
+    client = aioredis.Redis.from_url(services.redis_url)
+    try:
+        await client.hset(f"{unique_name}:v1:offsets", "crm.purchases|t|0", 41)
+
+        with pytest.raises(
+            ConfigurationError, match="v1 key layout .* rebuild the state by replay"
+        ):
+            check_redis(settings)
+    finally:
+        await client.aclose()
+
+
+def test_every_key_of_one_partition_hashes_to_one_cluster_slot() -> None:
+    """What lets each Lua step run on a Redis Cluster: the keys one step touches (customer,
+    offsets, due index, outbox, campaign figures, block list, audit) share a slot, while
+    partitions spread over slots; a checkpoint and its version share theirs."""
+    ns = "streamcrm"
+
+    def slots_of_partition(p: int) -> set[int]:
+        keys = [key(ns, p) for key in (offsets_key, due_key, outbox_key, outbox_from_key)]
+        keys += [campaigns_key(ns, p), erased_key(ns, p), audit_key(ns, p)]
+        keys += [customer_key(ns, p, c) for c in ("c1", "alice", "p-0123abcd")]
+        return {key_slot(key.encode()) for key in keys}
+
+    assert all(len(slots_of_partition(p)) == 1 for p in range(64))
+    assert len(set().union(*(slots_of_partition(p) for p in range(64)))) == 64
+    model = model_key(ns, "bundle")
+    assert key_slot(model.encode()) == key_slot(f"{model}:version".encode())
+
+
+def test_a_customer_is_found_where_a_producer_keying_by_their_id_sends_them() -> None:
+    """The partition of an id is the Kafka clients' default partitioner's: murmur2."""
+    partitions = list(range(12))
+    for customer_id in ("c1", "alice", "cust-000042", "p-5f2d"):
+        expected = DefaultPartitioner()(customer_id.encode(), partitions, partitions)
+        assert partition_of(customer_id, 12) == expected
+
+
+async def test_a_pseudonymised_customer_is_found_by_the_stored_id_alone(store: StateStore) -> None:
+    """With pseudonymised ids a customer is filed under the partition of the producers' raw
+    id, which the pseudonym does not tell: readers with the stored id alone still find
+    them (the web view, ``streamcrm score``), and erased_among finds their block."""
+    state, score = scored("p-0123abcd")
+    elsewhere = next(p for p in range(4) if p != partition_of("p-0123abcd", 4))
+    await store.save(state, score, LedgerDue(elsewhere, None))
+
+    assert await store.load("p-0123abcd") == state
+    assert await store.load_score("p-0123abcd") == score
+    assert await store.load_many(["p-0123abcd"]) == {"p-0123abcd": state}
+    assert await store.load("p-0123abcd", elsewhere) == state
+    await store.erase("p-0123abcd", elsewhere, None, T0)
+    assert await store.erased_among(["p-0123abcd", "c1"]) == {"p-0123abcd"}
 
 
 async def test_an_unreachable_redis_raises_store_unavailable() -> None:
@@ -286,7 +378,7 @@ async def test_an_unreachable_redis_raises_store_unavailable() -> None:
 RETENTION = timedelta(milliseconds=400)
 
 
-@pytest.fixture(params=["in_memory", "redis"])
+@pytest.fixture(params=["in_memory", "redis", "redis_cluster"])
 async def retaining_store(
     request: pytest.FixtureRequest, unique_name: str
 ) -> AsyncIterator[StateStore]:
@@ -294,8 +386,14 @@ async def retaining_store(
     if request.param == "in_memory":
         yield InMemoryStateStore(retention=RETENTION)
         return
-    services: EmbeddedServices = request.getfixturevalue("services")
-    store = RedisStateStore(aioredis.Redis.from_url(services.redis_url), unique_name, RETENTION)
+    if request.param == "redis_cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        store: RedisStateStore = RedisClusterStateStore.from_url(
+            cluster.url, unique_name, RETENTION
+        )
+    else:
+        services: EmbeddedServices = request.getfixturevalue("services")
+        store = RedisStateStore(aioredis.Redis.from_url(services.redis_url), unique_name, RETENTION)
     yield store
     await store.close()
 
@@ -382,14 +480,15 @@ async def test_an_erasure_deletes_state_score_and_due_entry_and_blocks_later_sav
     assert await store.load("alice") is None and await store.load_score("alice") is None
     assert await store.due_customers(2, T0 + timedelta(days=365), 10) == []
     assert await store.load("bob") is not None  # nobody else is touched
-    assert await store.save(state, score) == SaveResult.CUSTOMER_ERASED
+    later = await store.save(state, score, LedgerDue(2, None))  # her events come on 2
+    assert later == SaveResult.CUSTOMER_ERASED
     assert await store.load("alice") is None
 
 
 async def test_an_erasure_is_applied_once_per_message_and_audited_without_the_customer_id(
     store: StateStore,
 ) -> None:
-    await store.save(*scored("alice"))
+    await store.save(*scored("alice"), LedgerDue(0, None))
     at = InputPosition("crm.privacy", "p", 0, 3)
 
     first = await store.erase("alice", 0, at, T0)
@@ -405,10 +504,11 @@ async def test_an_erasure_is_applied_once_per_message_and_audited_without_the_cu
 async def test_recorded_consent_lifts_the_block_and_is_audited(store: StateStore) -> None:
     state, score = scored("alice")
     await store.erase("alice", 0, None, T0)
+    assert await store.save(state, score, LedgerDue(0, None)) == SaveResult.CUSTOMER_ERASED
 
-    assert await store.record_consent("alice", None, T0 + timedelta(days=1))
+    assert await store.record_consent("alice", None, T0 + timedelta(days=1), partition=0)
 
-    assert await store.save(state, score) == SaveResult.APPLIED
+    assert await store.save(state, score, LedgerDue(0, None)) == SaveResult.APPLIED
     assert [r["action"] for r in await store.audit_records()] == ["erasure", "consent"]
 
 
@@ -442,10 +542,10 @@ async def test_clearing_an_outbox_removes_the_records_named_at_its_head_and_noth
     state = CustomerState(customer_id="c", first_seen_at=T0, last_event_at=T0)
     first = tuple(OutboxRecord("scores", "c", f'{{"n": {n}}}', f"id{n}") for n in range(3))
     appended = OutboxRecord("alerts", "c", '{"n": 9}', "id9")
-    await store.save(state, None, None, None, first)
+    await store.save(state, None, LedgerDue(0, None), None, first)
 
     assert await store.clear_outbox(0, first[:2]) == 2
-    await store.save(state, None, None, None, (appended,))
+    await store.save(state, None, LedgerDue(0, None), None, (appended,))
     assert await store.clear_outbox(0, first) == 1  # id0 and id1 were gone already
     assert await store.outbox(0, 10) == [appended]
     assert await store.clear_outbox(0, first) == 0

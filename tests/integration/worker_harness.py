@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from kafka import KafkaConsumer
@@ -36,7 +36,7 @@ from streamcrm.services.processes import (
     worker_environment,
 )
 from streamcrm.settings import Settings
-from streamcrm.store import customer_key, model_key
+from streamcrm.store import audit_key, customer_key, erased_key, model_key, partition_of
 from streamcrm.store.codec import unpack
 from streamcrm.worker.learning import MODEL_CHECKPOINT
 
@@ -199,13 +199,53 @@ def dead_letters(records: Iterable[Record]) -> list[DeadLetter]:
     return [DeadLetter.model_validate_json(r.value) for r in records if r.value is not None]
 
 
+def redis_client(settings: Settings, **options: Any) -> redis.Redis | redis.RedisCluster:
+    """A sync client on the workers' Redis: a cluster client when they use a Redis Cluster."""
+    assert settings.redis_url is not None
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(settings.redis_url, **options)
+    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def stored_customer_key(settings: Settings, customer_id: str) -> str:
+    """The key of a customer whose events are keyed by their stored id (ids not
+    pseudonymised): under the partition a producer keying by that id sends to."""
+    partition = partition_of(customer_id, settings.partitions)
+    return customer_key(settings.redis_namespace, partition, customer_id)
+
+
+def audit_entries(settings: Settings) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Every partition's privacy audit records, oldest first (by stream id)."""
+    client = redis_client(settings)
+    try:
+        entries = [
+            entry
+            for partition in range(settings.partitions)
+            for entry in client.xrange(audit_key(settings.redis_namespace, partition))
+        ]
+    finally:
+        client.close()
+    return sorted(entries, key=lambda e: tuple(int(p) for p in e[0].decode().split("-")))
+
+
+def erased_count(settings: Settings) -> int:
+    """How many customers the block lists of all partitions hold."""
+    client = redis_client(settings)
+    try:
+        return sum(
+            int(client.hlen(erased_key(settings.redis_namespace, partition)))
+            for partition in range(settings.partitions)
+        )
+    finally:
+        client.close()
+
+
 def redis_state(settings: Settings, customer_id: str) -> tuple[CustomerState | None, bytes | None]:
     """A customer's state and stored score JSON straight from Redis (sync client)."""
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         raw_state, raw_score = client.hmget(
-            customer_key(settings.redis_namespace, customer_id), ["state", "score"]
+            stored_customer_key(settings, customer_id), ["state", "score"]
         )
     finally:
         client.close()
@@ -215,8 +255,7 @@ def redis_state(settings: Settings, customer_id: str) -> tuple[CustomerState | N
 
 def redis_model_version(settings: Settings) -> str | None:
     """The version of the newest model checkpoint in Redis."""
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         raw = client.get(model_key(settings.redis_namespace, MODEL_CHECKPOINT) + ":version")
     finally:

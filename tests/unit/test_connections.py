@@ -44,9 +44,11 @@ from streamcrm.services.connections import (
     kafka_client_options,
     kafka_ssl_context,
     redis_client_options,
+    redis_state_store,
 )
 from streamcrm.services.processes import worker_environment
 from streamcrm.settings import Settings
+from streamcrm.store import RedisClusterStateStore, RedisStateStore
 from tests.tls import Pki, encrypted_key
 
 KAFKA_SECRET = "kafka-pa55word"
@@ -162,6 +164,42 @@ def test_a_client_key_needs_its_certificate(pki: Pki) -> None:
 def test_redis_tls_files_need_a_rediss_url(redis_url: str | None, pki: Pki) -> None:
     with pytest.raises(ConfigurationError, match="redis_ssl_ca_certs set, but .* not a rediss://"):
         Settings(redis_url=redis_url, redis_ssl_ca_certs=pki.ca_cert)
+
+
+async def test_redis_cluster_setting_chooses_the_cluster_store_with_the_same_options(
+    pki: Pki,
+) -> None:
+    """One flag: the URL names any node; ACL user, password and TLS files are passed as for a
+    single Redis; the store knows the topics' partition count to find customers by id."""
+    common = {
+        "redis_url": "rediss://scorer:s3cret@127.0.0.1:7000/0",
+        "redis_ssl_ca_certs": pki.ca_cert,
+        "partitions": 12,
+    }
+    single = redis_state_store(Settings(**common))  # type: ignore[arg-type]
+    clustered = redis_state_store(Settings(**common, redis_cluster=True))  # type: ignore[arg-type]
+    try:
+        assert type(single) is RedisStateStore and type(clustered) is RedisClusterStateStore
+        assert single.partitions == clustered.partitions == 12
+        options = clustered._redis.get_connection_kwargs()  # type: ignore[union-attr]
+        assert (options["username"], options["password"]) == ("scorer", "s3cret")
+        assert options["ssl_ca_certs"] == str(pki.ca_cert)
+    finally:
+        await single.close()
+        await clustered.close()
+
+
+def test_a_redis_cluster_needs_its_url_and_an_unencrypted_client_key(pki: Pki) -> None:
+    with pytest.raises(ConfigurationError, match="redis_cluster needs redis_url"):
+        Settings(redis_cluster=True)
+    with pytest.raises(ConfigurationError, match="redis_ssl_password is not supported"):
+        Settings(
+            redis_url="rediss://127.0.0.1:7000/0",
+            redis_cluster=True,
+            redis_ssl_certfile=pki.client_cert,
+            redis_ssl_keyfile=pki.client_key,
+            redis_ssl_password="k",  # type: ignore[arg-type]
+        )
 
 
 def test_unknown_protocols_and_mechanisms_are_refused() -> None:

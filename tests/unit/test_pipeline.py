@@ -66,9 +66,9 @@ class YieldingStore(InMemoryStateStore):
     concurrency test would pass whether or not the pipeline locks.
     """
 
-    async def load(self, customer_id: str) -> CustomerState | None:
+    async def load(self, customer_id: str, partition: int | None = None) -> CustomerState | None:
         await asyncio.sleep(0)
-        return await super().load(customer_id)
+        return await super().load(customer_id, partition)
 
     async def save(
         self,
@@ -379,11 +379,11 @@ class FlakyStore(InMemoryStateStore):
         self.load_failures = failures
         self.save_failures = failures
 
-    async def load(self, customer_id: str) -> CustomerState | None:
+    async def load(self, customer_id: str, partition: int | None = None) -> CustomerState | None:
         if self.load_failures:
             self.load_failures -= 1
             raise StoreUnavailableError("down")
-        return await super().load(customer_id)
+        return await super().load(customer_id, partition)
 
     async def save(
         self,

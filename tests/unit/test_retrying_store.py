@@ -22,11 +22,11 @@ class FlakyStore(InMemoryStateStore):
         self.failures = failures
         self.calls = 0
 
-    async def load(self, customer_id: str) -> CustomerState | None:
+    async def load(self, customer_id: str, partition: int | None = None) -> CustomerState | None:
         self.calls += 1
         if self.calls <= self.failures:
             raise StoreUnavailableError("Redis unavailable: connection refused")
-        return await super().load(customer_id)
+        return await super().load(customer_id, partition)
 
 
 async def test_a_call_is_retried_until_the_store_answers(monkeypatch: pytest.MonkeyPatch) -> None:
