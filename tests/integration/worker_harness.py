@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from kafka import KafkaConsumer
@@ -218,10 +218,13 @@ def audit_entries(settings: Settings) -> list[tuple[bytes, dict[bytes, bytes]]]:
     """Every partition's privacy audit records, oldest first (by stream id)."""
     client = redis_client(settings)
     try:
-        entries = [
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = [
             entry
             for partition in range(settings.partitions)
-            for entry in client.xrange(audit_key(settings.redis_namespace, partition))
+            for entry in cast(
+                "list[tuple[bytes, dict[bytes, bytes]]]",
+                client.xrange(audit_key(settings.redis_namespace, partition)),
+            )
         ]
     finally:
         client.close()
