@@ -142,16 +142,21 @@ def test_control_without_the_offset_guard_the_same_crash_double_counts(
     services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The control of the test above: the same crash, the guard switched off by the probe,
-    must show events counted twice; otherwise the test above proves nothing."""
-    settings = isolated_settings(services, "crash-control", tmp_path_factory)
+    must show events counted twice; otherwise the test above proves nothing. A killed worker
+    that had just committed all it applied redelivers nothing (seen once in CI), so the crash
+    is made again, on fresh topics and keys, up to twice more until it redelivers."""
     history = with_campaign(list(simulate(customers=620, days=365, seed=23).events), seed=23)
     customers = sorted({e.customer_id for e in history})
-
-    kill_and_restart(settings, history, tmp_path, WITHOUT_OFFSET_GUARD, len(history) // 3)
-
-    expected = expected_states(history, settings.scoring)
-    lost, doubled = lost_and_doubled(expected, stored_states(settings, customers))
-    assert doubled > 0
+    for attempt in range(1, 4):
+        settings = isolated_settings(services, f"crash-control-{attempt}", tmp_path_factory)
+        logs = tmp_path / f"attempt-{attempt}"
+        logs.mkdir()
+        kill_and_restart(settings, history, logs, WITHOUT_OFFSET_GUARD, len(history) // 3)
+        expected = expected_states(history, settings.scoring)
+        lost, doubled = lost_and_doubled(expected, stored_states(settings, customers))
+        if doubled > 0:
+            break
+    assert doubled > 0, f"{attempt} crashes without the guard counted nothing twice"
     campaigns = check_campaigns(settings, history, alerts=False)
     record_fault(
         "control: the same crash without the offset guard",
@@ -160,5 +165,5 @@ def test_control_without_the_offset_guard_the_same_crash_double_counts(
         lost=lost,
         duplicated=doubled,
         note="must double-count (probe: guard off, event-id window 1); else the row above"
-        f" proves nothing; {campaigns}",
+        f" proves nothing; crash {attempt} of at most 3; {campaigns}",
     )
