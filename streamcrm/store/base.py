@@ -247,6 +247,28 @@ class PendingWrite:
     campaign_increments: tuple[tuple[str, int], ...] = ()
     """Increments of :attr:`partition`'s partial campaign figures (field, amount; see
     :meth:`streamcrm.core.marketing.Tally.increments`), made in the same step."""
+    guard: tuple[tuple[str, int], ...] = ()
+    """The offset marks of the customer's partition (mark field, offset) this worker had
+    written when it loaded the state the write builds on. A stored mark below any of them
+    means Redis lost writes since (a failover to a replica that lagged, a lost AOF tail):
+    the loaded state may carry events the store no longer has, while their own effects
+    beyond the state (campaign figures, outputs, due entries) are gone, so nothing is
+    written (``SaveResult.STATE_BEHIND``), whichever topic the write comes from."""
+
+    def marks_to_hold(self) -> dict[str, int]:
+        """Every mark the store must hold for the write to be made: :attr:`guard` and the
+        message's own partition's previous mark.
+
+        >>> position = InputPosition("crm.purchases", None, 0, 8, previous=7)
+        >>> PendingWrite(position, guard=(("crm.feedback|-|0", 3),)).marks_to_hold()
+        {'crm.feedback|-|0': 3, 'crm.purchases|-|0': 7}
+        """
+        marks = dict(self.guard)
+        position = self.position
+        if position is not None and position.previous is not None:
+            field = position.mark_field
+            marks[field] = max(marks.get(field, position.previous), position.previous)
+        return marks
 
     @property
     def partition(self) -> int:
@@ -283,9 +305,10 @@ class SaveResult(IntEnum):
     CUSTOMER_ERASED = 2
     """Nothing written: the customer was erased and has not consented again."""
     STATE_BEHIND = 3
-    """Nothing written: the partition's stored mark is below the one this worker wrote last,
-    so Redis lost writes (restored from an older snapshot, AOF tail lost): the consumer must
-    rewind to the stored mark and apply those messages again."""
+    """Nothing written: one of the partition's stored marks is below the one this worker
+    wrote last (:meth:`PendingWrite.marks_to_hold`), so Redis lost writes (restored from an
+    older snapshot, AOF tail lost, a failover to a lagging replica): the consumer must
+    rewind to the stored marks and apply those messages again."""
 
 
 class StateStore(Protocol):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -70,7 +71,11 @@ class InMemoryStateStore:
         for write in writes:
             if write.state is None:
                 assert write.position is not None, "a mark-only write needs a position"
-                result = await self.mark_applied(write.position)
+                result = (
+                    SaveResult.STATE_BEHIND
+                    if self._behind(write)
+                    else await self.mark_applied(write.position)
+                )
             else:
                 result = await self._save(write)
             results.append(result)
@@ -98,7 +103,7 @@ class InMemoryStateStore:
     async def _save(self, write: PendingWrite) -> SaveResult:
         state, score, due, position = write.state, write.score, write.due, write.position
         assert state is not None, "a save writes a state"
-        if self._behind(position):
+        if self._behind(write):
             return SaveResult.STATE_BEHIND
         if not self._advance_mark(position):
             return SaveResult.ALREADY_APPLIED
@@ -159,16 +164,26 @@ class InMemoryStateStore:
         self._offsets[position.mark_field] = position.offset
         return True
 
-    def _behind(self, position: InputPosition | None) -> bool:
-        if position is None or position.previous is None:
-            return False
-        mark = self._offsets.get(position.mark_field)
-        return mark is None or mark < position.previous
+    def _behind(self, write: PendingWrite) -> bool:
+        for field, offset in write.marks_to_hold().items():
+            mark = self._offsets.get(field)
+            if mark is None or mark < offset:
+                return True
+        return False
 
     async def mark_applied(self, position: InputPosition) -> SaveResult:
-        if self._behind(position):
+        if self._behind(PendingWrite(position)):
             return SaveResult.STATE_BEHIND
         return SaveResult.APPLIED if self._advance_mark(position) else SaveResult.ALREADY_APPLIED
+
+    def replica(self) -> InMemoryStateStore:
+        """Test hook: a copy of everything stored now, as a replica holds it."""
+        return copy.deepcopy(self)
+
+    def fail_over_to(self, replica: InMemoryStateStore) -> None:
+        """Test hook: hold ``replica``'s contents from now on, as a Redis whose replica took
+        over without the writes made after it stopped following."""
+        self.__dict__.update(copy.deepcopy(replica.__dict__))
 
     def lose_writes_since(self, marks: dict[str, int]) -> None:
         """Test hook: set the offset marks back, as a Redis that lost its last writes would."""

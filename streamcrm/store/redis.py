@@ -107,14 +107,15 @@ DEFAULT_PARTITIONS = 4
 WRITE_SCRIPT = """
 -- KEYS: six per write, all under its input partition's hash tag: offsets hash, erased hash,
 -- customer hash, due index, outbox list and campaign figures hash.  ARGV: retention ms
--- ('' = none), then thirteen per write: mark field ('' = none), offset, previous mark
--- ('' = unknown), state JSON ('' = move the mark only), score JSON ('' = none), as_of, due
+-- ('' = none), then thirteen per write: mark field ('' = none), offset, marks to hold
+-- (a JSON array [mark field, offset, ...] of the partition's marks the writer wrote last;
+-- '' = none), state JSON ('' = move the mark only), score JSON ('' = none), as_of, due
 -- op ('' / add / rem), customer id, due score, subject hash, outbox records (a JSON array of
 -- strings; '' = none), event time (epoch s; '' = none), kept as the newest of the mark's
 -- partition in field '{mark field}|newest', campaign increments (a JSON array
 -- [field, amount, ...]; '' = none).
 -- Applies the writes in order and stops after the first one not applied.  Returns one
--- result per write tried: 3 (nothing written) if the stored mark is below the previous one,
+-- result per write tried: 3 (nothing written) if a stored mark is below one to hold,
 -- 0 (nothing written) if the offset was applied, 2 (nothing written but the mark) if the
 -- customer is erased, else 1.
 local results = {}
@@ -124,11 +125,19 @@ for w = 0, #KEYS / 6 - 1 do
   local customer, due, outbox = KEYS[3 + 6 * w], KEYS[4 + 6 * w], KEYS[5 + 6 * w]
   local campaigns = KEYS[6 + 6 * w]
   local result = 1
-  if ARGV[a + 1] ~= '' then
+  if ARGV[a + 3] ~= '' then
+    local hold = cjson.decode(ARGV[a + 3])
+    for i = 1, #hold, 2 do
+      local held = redis.call('HGET', offsets, hold[i])
+      if not held or tonumber(held) < tonumber(hold[i + 1]) then
+        result = 3
+        break
+      end
+    end
+  end
+  if result == 1 and ARGV[a + 1] ~= '' then
     local mark = redis.call('HGET', offsets, ARGV[a + 1])
-    if ARGV[a + 3] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[a + 3])) then
-      result = 3
-    elseif mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then
+    if mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then
       result = 0
     else
       redis.call('HSET', offsets, ARGV[a + 1], ARGV[a + 2])
@@ -457,7 +466,7 @@ class RedisStateStore:
         mark: list[str | bytes | int | float] = [
             position.mark_field if position is not None else "",
             position.offset if position is not None else 0,
-            _previous(position),
+            _marks_to_hold(write),
         ]
         event_time = write.event_time.timestamp() if write.event_time is not None else ""
         if state is None:
@@ -626,8 +635,9 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _previous(position: InputPosition | None) -> int | str:
-    return "" if position is None or position.previous is None else position.previous
+def _marks_to_hold(write: PendingWrite) -> str:
+    marks = write.marks_to_hold()
+    return json.dumps([item for pair in sorted(marks.items()) for item in pair]) if marks else ""
 
 
 _CLUSTER_PASSING_FAULTS = (

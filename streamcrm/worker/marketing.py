@@ -48,6 +48,7 @@ class MarketingEvents:
         customer's attribution horizon, ``StateBehindError`` when the store lost writes.
         """
         partition = position.partition if position is not None else None
+        guard = () if partition is None else self.marks.guard(partition)
         state = await self.store.load(event.customer_id, partition)
         step = apply_marketing(state, event, self.config, watermark)
         if step.duplicate:
@@ -58,6 +59,7 @@ class MarketingEvents:
             step.state,
             event_time=None if step.late_by is not None else event.occurred_at,
             campaign_increments=step.campaigns.increments(),
+            guard=guard,
         )
         (saved,) = await self.store.save_batch([write])
         self.marks.after_write(position, saved)

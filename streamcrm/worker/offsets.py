@@ -5,6 +5,13 @@ partition whose effect is in Redis, moved in the same atomic step as that effect
 remembers, per partition, the mark it last wrote (or the stored one it started from) and hands
 it to every save as ``InputPosition.previous``: a stored mark below it means Redis lost writes
 (``SaveResult.STATE_BEHIND``), and the partition must be re-read from the stored mark.
+
+A customer's state is written by every input topic of its partition, so a write also holds
+the marks of the partition's other topics (``PendingWrite.guard``, taken before the state is
+loaded): a state loaded before Redis lost writes may carry lost events of another topic, and
+must not be written back over the store's older one. When a write finds the store behind, every
+topic of the partition is set back to its stored mark at once; the topics other than the one
+written are re-read before their next message (or by the mark check, for a quiet one).
 """
 
 from __future__ import annotations
@@ -36,14 +43,30 @@ class OffsetMarks:
         Checked on every save: Redis losing writes shows as a stored mark below it."""
         self._partitions: dict[str, tuple[str, int]] = {}
         """Topic and partition of each mark field seen."""
+        self._lost: dict[str, int] = {}
+        """Per mark field set back to the store's by a write of another topic of its
+        partition: the newest offset this worker had applied of it, to apply again before
+        the topic's next message."""
 
     def field(self, topic: str, partition: int) -> str:
         """The offsets-hash field of a topic partition."""
         return InputPosition(topic, self.topic_ids.get(topic), partition, 0).mark_field
 
     def knows(self, topic: str, partition: int) -> bool:
-        """Whether this worker has read (or written) the partition's mark already."""
-        return self.field(topic, partition) in self._last
+        """Whether this worker has read (or written) the partition's mark already and has
+        nothing of it to apply again: its messages may be batched."""
+        field = self.field(topic, partition)
+        return field in self._last and field not in self._lost
+
+    def guard(self, partition: int) -> tuple[tuple[str, int], ...]:
+        """The marks this worker wrote last (or started from) of every input topic of
+        ``partition``: a write holds them (``PendingWrite.guard``). Take it before loading
+        the state the write builds on."""
+        return tuple(
+            (field, applied)
+            for field, applied in self._last.items()
+            if applied is not None and self._partitions.get(field, ("", -1))[1] == partition
+        )
 
     async def position(
         self, topic: str | None, partition: int, offset: int | None
@@ -57,6 +80,19 @@ class OffsetMarks:
         if topic is None or offset is None:
             return None
         field = self.field(topic, partition)
+        if field in self._lost:
+            self._lost.pop(field)
+            applied = self._last.get(field)
+            resume_at = 0 if applied is None else applied + 1
+            if offset > resume_at:
+                self.outcomes["rewinds"] += 1
+                raise StateBehindError(
+                    topic,
+                    partition,
+                    resume_at,
+                    "Redis lost writes of this partition (found by a write of another topic"
+                    f"): the store has applied up to {'nothing' if applied is None else applied}",
+                )
         if field not in self._last:
             position = InputPosition(topic, self.topic_ids.get(topic), partition, offset)
             self._partitions[field] = (topic, partition)
@@ -83,6 +119,7 @@ class OffsetMarks:
         """Remember that this worker moved the partition's mark to ``position``."""
         if position is not None:
             self._last[position.mark_field] = position.offset
+            self._partitions[position.mark_field] = (position.topic, position.partition)
 
     def after_write(self, position: InputPosition | None, result: SaveResult) -> None:
         """Remember the mark a save moved (an applied write, or an erased customer's)."""
@@ -90,9 +127,11 @@ class OffsetMarks:
             self.marked(position)
 
     def partitions_applied(self) -> list[tuple[str, int]]:
-        """The input partitions this worker has applied messages of."""
+        """The input partitions this worker has applied messages of (or has to apply again)."""
         return [
-            self._partitions[field] for field, applied in self._last.items() if applied is not None
+            self._partitions[field]
+            for field, applied in self._last.items()
+            if applied is not None or field in self._lost
         ]
 
     async def check_partition(
@@ -106,7 +145,19 @@ class OffsetMarks:
         (the app's partition lock): it resets the partition's mark to the stored one.
         Raises StoreUnavailableError.
         """
-        applied = self._last.get(self.field(topic, partition))
+        field = self.field(topic, partition)
+        if field in self._lost:
+            upto = self._lost.pop(field)
+            applied = self._last.get(field)
+            self.outcomes["rewinds"] += 1
+            behind = StateBehindError(
+                topic,
+                partition,
+                0 if applied is None else applied + 1,
+                "Redis lost writes of this partition (found by a write of another topic)",
+            )
+            return behind, upto + 1
+        applied = self._last.get(field)
         if applied is None:
             return None
         position = self.positioned(topic, partition, applied)
@@ -116,16 +167,35 @@ class OffsetMarks:
         return await self.state_behind(position), applied + 1
 
     async def state_behind(self, position: InputPosition | None) -> StateBehindError:
-        """The error that sends the partition back to its stored mark (Redis lost writes),
-        that mark now remembered as this worker's."""
+        """The error that sends ``position``'s topic partition back to its stored mark
+        (Redis lost writes), after :meth:`found_behind` set every topic of the partition back
+        to the store's mark."""
         assert position is not None, "only a positioned write can find the store behind"
-        stored = await self.retrying.applied_offset(position)
-        self._last[position.mark_field] = stored
+        field = position.mark_field
+        applied = self._last.get(field)
+        await self.found_behind(position.partition)
+        self._lost.pop(field, None)  # re-applied by the caller, up to this message
+        stored = self._last.get(field)
         self.outcomes["rewinds"] += 1
         return StateBehindError(
             position.topic,
             position.partition,
             0 if stored is None else stored + 1,
             f"the store's mark is {stored} but this worker had applied up to "
-            f"{position.previous}: Redis lost writes",
+            f"{applied}: Redis lost writes",
         )
+
+    async def found_behind(self, partition: int) -> None:
+        """A write of ``partition`` was refused as behind (``SaveResult.STATE_BEHIND``): set
+        every input topic of it back to the store's mark, and remember those that lost
+        writes, to apply again (:meth:`position`, :meth:`check_partition`)."""
+        fields = [field for field, (_, number) in self._partitions.items() if number == partition]
+        stored = {
+            field: await self.retrying.applied_offset(self.positioned(*self._partitions[field], 0))
+            for field in fields
+        }
+        for field, mark in stored.items():  # no await from here: one consistent reset
+            applied = self._last.get(field)
+            if applied is not None and (mark is None or mark < applied):
+                self._lost[field] = max(self._lost.get(field, applied), applied)
+                self._last[field] = mark

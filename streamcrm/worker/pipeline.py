@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -153,6 +153,7 @@ class ScoringPipeline:
             config,
             self._locks.hold,
             self.outcomes,
+            self.marks,
             annotate=lambda outputs: self.retention.annotate_outputs(outputs),
         )
         self._started = False
@@ -278,11 +279,12 @@ class ScoringPipeline:
             raise event
         await self.load_models()
         async with self._locks.hold(event.customer_id):
+            guard = self.marks.guard(partition)
             states = await self._retrying.load_many(
                 [event.customer_id], {event.customer_id: partition}
             )
             stored = states[event.customer_id]
-            plan = self._plan_event(event, position, partition, states, self.time.newest)
+            plan = self._plan_event(event, position, partition, states, self.time.newest, guard)
             results = await self._retrying.save_batch([plan.write] if plan.write else [])
             outcome = self._settle(plan, results[0] if results else None)
         if outcome == SaveResult.STATE_BEHIND:
@@ -319,10 +321,11 @@ class ScoringPipeline:
             if isinstance(event, BaseEvent)
         }
         async with self._locks.hold_all(customers):
+            guards = {m.partition: self.marks.guard(m.partition) for m in messages}
             states = await self._retrying.load_many(sorted(customers), customers)
             queued = self.live.queued()
             try:
-                planned = self._plan(messages, events, states)
+                planned = self._plan(messages, events, states, guards)
                 writes = [plan.write for plan in planned if plan.write is not None]
                 results = await self._retrying.save_batch(writes)
             except BaseException:
@@ -335,9 +338,11 @@ class ScoringPipeline:
         messages: Sequence[InputMessage],
         events: Sequence[Event | InvalidEventError],
         states: dict[str, CustomerState | None],
+        guards: Mapping[int, tuple[tuple[str, int], ...]],
     ) -> list[_Planned]:
         """Score the batch in memory, in order, each customer's events on top of each other;
-        every message but a duplicate gets its write (a save, or a bare mark move)."""
+        every message but a duplicate gets its write (a save, or a bare mark move), holding
+        its partition's marks from before the states were loaded (``guards``)."""
         planned: list[_Planned] = []
         newest = self.time.newest
         for message, event in zip(messages, events, strict=True):
@@ -347,7 +352,9 @@ class ScoringPipeline:
             if isinstance(event, InvalidEventError):
                 plan = _Planned(event, PendingWrite(position), self.live.queued())
             else:
-                plan = self._plan_event(event, position, message.partition, states, newest)
+                plan = self._plan_event(
+                    event, position, message.partition, states, newest, guards[message.partition]
+                )
                 if isinstance(plan.outcome, ScoredEvent) and plan.outcome.score is not None:
                     newest = max(newest or event.occurred_at, event.occurred_at)
             planned.append(plan)
@@ -360,10 +367,12 @@ class ScoringPipeline:
         partition: int,
         states: dict[str, CustomerState | None],
         newest: datetime | None,
+        guard: tuple[tuple[str, int], ...] = (),
     ) -> _Planned:
         """Score one event on its customer's state so far (``states``, updated in place),
         with the watermark the event itself may move; its write (None: a duplicate, or a
-        failure with no mark to move). ``partition`` files the customer in the due index."""
+        failure with no mark to move). ``partition`` files the customer in the due index;
+        a write carrying the state holds ``guard`` (the partition's marks before the load)."""
         queued = self.live.queued()
         try:
             scored = score_event(
@@ -385,7 +394,9 @@ class ScoringPipeline:
         if scored.late_by is not None:
             late = late_error(event, scored.late_by, self.config.rules.allowed_lateness)
             return _Planned(
-                late, PendingWrite(position, scored.state, scored.score, outbox=outbox), queued
+                late,
+                PendingWrite(position, scored.state, scored.score, outbox=outbox, guard=guard),
+                queued,
             )
         write = PendingWrite(
             position,
@@ -395,6 +406,7 @@ class ScoringPipeline:
             outbox,
             event_time=event.occurred_at,
             campaign_increments=scored.campaigns.increments() + scored.retention.increments(),
+            guard=guard,
         )
         return _Planned(scored, write, queued, event.occurred_at)
 

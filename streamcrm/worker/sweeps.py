@@ -18,6 +18,7 @@ from streamcrm.core.scoring import ScoringConfig, sweep_customer
 from streamcrm.store import LedgerDue, PendingWrite, SaveResult
 from streamcrm.store.retrying import RetryingStore
 from streamcrm.worker.learning import LiveModels
+from streamcrm.worker.offsets import OffsetMarks
 from streamcrm.worker.watermarks import EventTime
 
 Outputs = Sequence[tuple[CustomerScore, Sequence[Alert]]]
@@ -61,17 +62,21 @@ class QuietCustomerSweeper:
         config: ScoringConfig,
         hold: Callable[[str], AbstractAsyncContextManager[None]],
         outcomes: Counter[str],
+        marks: OffsetMarks,
         annotate: Callable[[Outputs], Outputs] | None = None,
     ) -> None:
         """``hold``: the customer's lock, shared with event scoring (one step per customer at
         a time); ``outcomes``: the worker's message counters, to count labels and re-scores;
-        ``annotate``: what alerts carry beyond the core's (the retention plan's marks)."""
+        ``marks``: the partitions' offset marks, which a sweep's save holds (a state loaded
+        before Redis lost writes is not written back); ``annotate``: what alerts carry beyond
+        the core's (the retention plan's marks)."""
         self.store = store
         self.models = models
         self.time = time
         self.config = config
         self.hold = hold
         self.outcomes = outcomes
+        self.marks = marks
         self.annotate: Callable[[Outputs], Outputs] = annotate or (lambda outputs: outputs)
 
     async def sweep(
@@ -104,6 +109,7 @@ class QuietCustomerSweeper:
     async def _sweep_one(
         self, partition: int, customer_id: str, watermark: datetime
     ) -> SweepReport:
+        guard = self.marks.guard(partition)
         state = await self.store.load(customer_id, partition)
         if state is None:  # expired (retention): nothing left to label
             await self.store.forget_due(partition, customer_id)
@@ -120,10 +126,15 @@ class QuietCustomerSweeper:
             LedgerDue(partition, swept.due_at),
             PendingWrite.outputs_of(self.annotate(outputs)),
             campaign_increments=swept.retention.increments(),
+            guard=guard,
         )
         (saved,) = await self.store.save_batch([write])
-        if saved != SaveResult.APPLIED:  # erased meanwhile: nothing of it may be learned
+        if saved != SaveResult.APPLIED:  # nothing of it may be learned
             self.models.drop_from(queued)
+            if saved == SaveResult.STATE_BEHIND:
+                # Redis lost writes: the partition is applied again first; the customer
+                # stays due and is swept at a later sweep.
+                await self.marks.found_behind(partition)
             return SweepReport(customers=1)
         self.outcomes["labelled by sweep"] += swept.examples_learned
         rescored = swept.score is not None

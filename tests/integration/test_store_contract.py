@@ -526,6 +526,29 @@ async def test_a_stored_mark_below_the_writers_previous_one_is_reported_as_state
     assert await store.applied_offset(later) == 5  # nothing was written
 
 
+async def test_a_write_holding_another_topics_mark_the_store_lost_writes_nothing(
+    store: StateStore,
+) -> None:
+    """A state read while the partition's feedback mark stood at 7: the store now has only up
+    to 5 of it (lost writes), so the state may carry lost feedback and is not written."""
+    state, score = scored()
+    feedback = InputPosition("crm.feedback", "t", 0, 5)
+    assert await store.save(state, score, LedgerDue(0, None), feedback)
+    purchase = InputPosition("crm.purchases", "t", 0, 3)
+    held = ((feedback.mark_field, 7),)
+
+    refused = PendingWrite(purchase, state, score, LedgerDue(0, None), guard=held)
+    sweep = PendingWrite(None, state, score, LedgerDue(0, None), guard=held)
+
+    assert await store.save_batch([refused]) == [SaveResult.STATE_BEHIND]
+    assert await store.save_batch([sweep]) == [SaveResult.STATE_BEHIND]
+    assert await store.applied_offset(purchase) is None  # nothing was written
+    held_now = ((feedback.mark_field, 5),)
+    assert await store.save_batch(
+        [PendingWrite(purchase, state, score, LedgerDue(0, None), guard=held_now)]
+    ) == [SaveResult.APPLIED]
+
+
 async def test_marking_a_dead_lettered_message_moves_the_mark_once(store: StateStore) -> None:
     at = InputPosition("crm.purchases", "t", 1, 3)
 

@@ -19,10 +19,10 @@ import pytest
 from streamcrm.core.records import CustomerScore
 from streamcrm.core.scoring import ScoredEvent, ScoringConfig
 from streamcrm.errors import InvalidEventError, LateEventError, StateBehindError
-from streamcrm.store import InMemoryStateStore, InputPosition
+from streamcrm.store import InMemoryStateStore, InputPosition, PendingWrite, SaveResult
 from streamcrm.worker.outbox import OutboxPublisher
 from streamcrm.worker.pipeline import BatchOutcome, ScoringPipeline
-from tests.outputs import FakeOutputs
+from tests.outputs import FakeOutputs, outbox_outputs
 from tests.unit.test_pipeline import T0, privacy, purchase
 
 TOPIC = "crm.purchases"
@@ -189,6 +189,82 @@ async def test_a_batch_on_a_store_that_lost_writes_stops_there_and_the_rewind_fo
     with pytest.raises(StateBehindError) as behind:
         await pipeline.handle(stream[3].value, TOPIC, 0, 3)
     assert behind.value.resume_at == 1
+
+
+class FailsOverOnNextSave(InMemoryStateStore):
+    """A store whose replica takes over between a load and the save that follows it: the
+    save lands on the replica, which lacks the writes made since it was copied."""
+
+    taking_over: InMemoryStateStore | None = None
+
+    async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
+        if self.taking_over is not None:
+            self.fail_over_to(self.taking_over)
+            self.taking_over = None
+        return await super().save_batch(writes)
+
+
+def hours(n: float) -> float:
+    return n / 24
+
+
+async def test_a_state_read_before_a_failover_dropped_writes_of_another_topic_is_not_saved() -> (
+    None
+):
+    store = FailsOverOnNextSave()
+    pipeline = shared_pipeline(store)
+    purchases = [purchase("c1", day=hours(i)) for i in range(5)]
+    for offset in range(2):
+        await pipeline.handle(purchases[offset], "crm.purchases", 0, offset)
+    await pipeline.handle(feedback("c1", hours(2)), "crm.feedback", 0, 0)
+    replica = store.replica()
+    for offset in (2, 3):  # made on the master only: the failover drops them
+        await pipeline.handle(purchases[offset], "crm.purchases", 0, offset)
+    store.taking_over = replica
+
+    # The feedback is scored on the state read before the failover (with purchases 2 and 3),
+    # but that state must not land on the replica: their scores would never be made again.
+    with pytest.raises(StateBehindError) as behind:
+        await pipeline.handle(feedback("c1", hours(4)), "crm.feedback", 0, 1)
+    assert (behind.value.topic, behind.value.resume_at) == ("crm.feedback", 1)
+    assert (await store.load("c1")).events_applied == 3  # type: ignore[union-attr]
+    await pipeline.handle(feedback("c1", hours(4)), "crm.feedback", 0, 1)
+    # The purchases the failover dropped are applied again before the topic's next message.
+    with pytest.raises(StateBehindError) as behind:
+        await pipeline.handle(purchases[4], "crm.purchases", 0, 4)
+    assert (behind.value.topic, behind.value.resume_at) == ("crm.purchases", 2)
+    for offset in (2, 3, 4):
+        await pipeline.handle(purchases[offset], "crm.purchases", 0, offset)
+
+    state = await store.load("c1")
+    assert state is not None and (state.events_applied, state.order_count) == (7, 5)
+    scored = [score.event_id for score, _ in await outbox_outputs(store)]
+    assert sorted(scored) == sorted(
+        [json.loads(raw)["event_id"] for raw in purchases]
+        + [f"f-c1-{hours(2)}", f"f-c1-{hours(4)}"]
+    )
+
+
+async def test_a_sweep_that_read_a_state_before_a_failover_saves_nothing_and_is_reread() -> None:
+    store = FailsOverOnNextSave()
+    pipeline = shared_pipeline(store)
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases", 0, 0)
+    await pipeline.handle(feedback("c2", 0), "crm.feedback", 0, 0)
+    replica = store.replica()
+    await pipeline.handle(purchase("c1", day=1), "crm.purchases", 0, 1)  # dropped
+    await pipeline.handle(purchase("c2", day=400), "crm.purchases", 0, 2)  # dropped
+    store.taking_over = replica
+
+    report = await pipeline.sweep([0])
+
+    assert report.rescores == 0
+    assert (await store.load("c1")).events_applied == 1  # type: ignore[union-attr]
+    # The purchases topic is quiet: the mark check finds what it has to apply again.
+    lost = await pipeline.check_partition("crm.purchases", 0)
+    assert lost is not None
+    behind, upto = lost
+    assert (behind.resume_at, upto) == (1, 3)
+    assert await pipeline.check_partition("crm.feedback", 0) is None
 
 
 async def test_an_erased_customers_event_ends_the_batch_after_it_and_is_not_learned(
