@@ -379,6 +379,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     if settings.kafka_bootstrap is None:
         raise ConfigurationError("set STREAMCRM_KAFKA_BOOTSTRAP (or use --out FILE)")
+    check_kafka(settings)  # a refused TLS or SASL login named at once, as for the worker
     ensure_topics(settings, settings.kafka_bootstrap)
     producer = make_producer(settings.kafka_bootstrap, kafka_client_options(settings))
     started = time.perf_counter()
@@ -420,6 +421,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     if args.dry_run or bootstrap is None:
         summary = plan_replay(history.events, settings)
     else:
+        check_kafka(settings)  # a refused TLS or SASL login named at once, as for the worker
         ensure_topics(settings, bootstrap)
         producer = make_producer(bootstrap, kafka_client_options(settings))
         try:
@@ -647,6 +649,7 @@ def run_deadletter(settings: Settings, args: argparse.Namespace) -> int:
         )
     except ValueError:
         raise ConfigurationError("--at takes TOPIC:PARTITION:OFFSET") from None
+    check_kafka(settings)  # a refused TLS or SASL login named at once, as for the worker
     try:
         records = read_to_end(
             settings.kafka_bootstrap,
@@ -712,6 +715,7 @@ def run_topics(settings: Settings, args: argparse.Namespace) -> int:
 
     if settings.kafka_bootstrap is None:
         raise ConfigurationError("set STREAMCRM_KAFKA_BOOTSTRAP")
+    check_kafka(settings)  # a refused TLS or SASL login named at once, as for the worker
     for name in ensure_topics(settings, settings.kafka_bootstrap):
         print(f"created {name}")
     return 0

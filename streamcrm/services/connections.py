@@ -385,9 +385,10 @@ def _request(api_key: int, version: int, body: bytes = b"") -> bytes:
     return struct.pack(">i", len(header) + len(_CLIENT_ID) + len(body)) + header + _CLIENT_ID + body
 
 
-API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
+API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE, METADATA = 18, 17, 36, 3
 """Kafka's API keys of the requests the check sends: ApiVersions (version 0: every broker
-answers it, before any SASL), SaslHandshake (version 1) and SaslAuthenticate (version 0)."""
+answers it, before any SASL), SaslHandshake (version 1), SaslAuthenticate (version 0) and
+Metadata (version 1, for no topic: what a listener that wants a SASL login refuses)."""
 
 
 def _receive(sock: socket.socket, size: int) -> bytes:
@@ -428,7 +429,8 @@ def _ask_api_versions(
     settings: Settings,
 ) -> None:
     """Connect to one broker (over TLS with ``context``), have it answer ApiVersions and,
-    with a SASL protocol, log in (:func:`_log_in`)."""
+    with a SASL protocol, log in (:func:`_log_in`); without one, check that it answers
+    without a login (:func:`_ask_metadata`)."""
     address = _address(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
@@ -451,12 +453,33 @@ def _ask_api_versions(
         _answer_body(sock, header, address, "ApiVersions")
         if settings.kafka_security_protocol in SASL_PROTOCOLS:
             _log_in(sock, settings, address)
+        else:
+            _ask_metadata(sock, settings, address)
     except ssl.SSLError as error:
         raise describe_tls_failure(error, address, side) from None
     except OSError as error:
         raise ServiceUnreachableError(f"Kafka unavailable at {address}: {error}") from None
     finally:
         sock.close()
+
+
+def _ask_metadata(sock: socket.socket, settings: Settings, address: str) -> None:
+    """Ask for the metadata of no topic without a login: a listener that wants a SASL login
+    answers ApiVersions (clients ask it before the SASL handshake) but closes the connection
+    at any other request, which the clients only report as a broker they cannot bootstrap
+    from."""
+    sock.sendall(_request(METADATA, 1, struct.pack(">i", 0)))
+    header = _receive(sock, 8)
+    if len(header) < 8:
+        secure = "SASL_SSL" if settings.kafka_security_protocol == "SSL" else "SASL_PLAINTEXT"
+        raise ConnectionRejectedError(
+            f"Kafka at {address} answered ApiVersions but closed the connection at the first"
+            " other request, as a listener that wants a SASL login does: set"
+            f" STREAMCRM_KAFKA_SECURITY_PROTOCOL={secure} with STREAMCRM_KAFKA_SASL_MECHANISM,"
+            " STREAMCRM_KAFKA_SASL_USERNAME and STREAMCRM_KAFKA_SASL_PASSWORD (or point"
+            f" STREAMCRM_KAFKA_BOOTSTRAP at a {settings.kafka_security_protocol} listener)"
+        )
+    _answer_body(sock, header, address, "Metadata")
 
 
 def _check_api_versions_header(header: bytes, address: str, tls: bool) -> None:

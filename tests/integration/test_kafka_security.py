@@ -5,9 +5,9 @@ One broker for the module (:func:`~tests.integration.secure_services.start_secur
 a SASL_PLAINTEXT listener taking SCRAM-SHA-512 logins, an SSL listener that requires client
 certificates from the test CA, and a PLAINTEXT one for the test's own admin work. The SCRAM
 user is created through the Admin API. A worker logs in and scores events end to end on each
-secure listener; a wrong password, a broker certificate from another CA and a missing client
-certificate each end ``streamcrm worker`` at once with exit code 2 and one line naming the
-cause and the settings to check.
+secure listener; a wrong password, a plain client at the SASL listener, a broker certificate
+from another CA and a missing client certificate each end ``streamcrm worker`` at once with
+exit code 2 and one line naming the cause and the settings to check.
 """
 
 from __future__ import annotations
@@ -183,6 +183,30 @@ def test_status_with_a_wrong_scram_password_says_so_at_once(
     exited = worker_until_it_exits(settings, command="status")
 
     assert_refused(exited, "refused SASL authentication as scorer", "STREAMCRM_KAFKA_SASL_PASSWORD")
+
+
+@pytest.mark.parametrize("command", ["worker", "topics"])
+def test_a_plain_client_at_a_sasl_listener_is_told_to_log_in(
+    command: str,
+    secure_kafka: SecureKafka,
+    services: EmbeddedServices,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The listener answers ApiVersions, then closes the connection at the first other
+    request: the clients would only say they cannot bootstrap, after their timeouts."""
+    settings = on_listener(
+        services, secure_kafka.sasl.address, f"kafka-sasl-plain-{command}", tmp_path_factory
+    )
+    assert settings.kafka_security_protocol == "PLAINTEXT"
+
+    exited = worker_until_it_exits(settings, command=command)
+
+    assert_refused(
+        exited,
+        f"Kafka at {secure_kafka.sasl.address} answered ApiVersions but closed the connection",
+        "a listener that wants a SASL login",
+        "STREAMCRM_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT",
+    )
 
 
 # --- TLS on the broker ---------------------------------------------------------------------------

@@ -681,12 +681,28 @@ def fake_broker(answer: Callable[[socket.socket], None]) -> Iterator[str]:
         listener.close()
 
 
-def answers_api_versions(connection: socket.socket) -> None:
-    size = struct.unpack(">i", connection.recv(4))[0]
-    request = connection.recv(size)
+def answer_one_request(connection: socket.socket) -> bool:
+    """Answer the next request with its correlation id and an empty body that begins with
+    "no error"; False when the client closed the connection."""
+    head = connection.recv(4)
+    if len(head) < 4:
+        return False
+    request = connection.recv(struct.unpack(">i", head)[0])
     correlation_id = request[4:8]
-    body = correlation_id + struct.pack(">hi", 0, 0)  # no error, no APIs listed
+    body = correlation_id + struct.pack(">hi", 0, 0)  # no error, nothing listed
     connection.sendall(struct.pack(">i", len(body)) + body)
+    return True
+
+
+def answers_requests(connection: socket.socket) -> None:
+    while answer_one_request(connection):
+        pass
+
+
+def answers_api_versions_only(connection: socket.socket) -> None:
+    """A listener that wants a SASL login: ApiVersions, then a hang-up at any other request."""
+    answer_one_request(connection)
+    connection.recv(100)
 
 
 def hangs_up(connection: socket.socket) -> None:
@@ -708,13 +724,21 @@ def plaintext(bootstrap: str) -> Settings:
 
 
 def test_a_broker_that_answers_passes_the_check() -> None:
-    with fake_broker(answers_api_versions) as bootstrap:
+    with fake_broker(answers_requests) as bootstrap:
         check_kafka(plaintext(bootstrap))
 
 
 def test_the_first_broker_of_the_list_that_answers_is_enough() -> None:
-    with fake_broker(answers_api_versions) as bootstrap:
+    with fake_broker(answers_requests) as bootstrap:
         check_kafka(plaintext(f"127.0.0.1:{closed_port()},{bootstrap}"))
+
+
+def test_a_plain_client_at_a_listener_that_wants_a_sasl_login_is_told_to_log_in() -> None:
+    with (
+        fake_broker(answers_api_versions_only) as bootstrap,
+        pytest.raises(ConnectionRejectedError, match="a listener that wants a SASL login does"),
+    ):
+        check_kafka(plaintext(bootstrap))
 
 
 def test_a_broker_that_hangs_up_is_unreachable_not_refused() -> None:
