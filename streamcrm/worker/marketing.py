@@ -48,6 +48,8 @@ class MarketingEvents:
         customer's attribution horizon, ``StateBehindError`` when the store lost writes.
         """
         partition = position.partition if position is not None else None
+        if position is not None:  # set back meanwhile by another topic's write?
+            self.marks.raise_if_lost(position.topic, position.partition, position.offset)
         guard = () if partition is None else self.marks.guard(partition)
         state = await self.store.load(event.customer_id, partition)
         step = apply_marketing(state, event, self.config, watermark)

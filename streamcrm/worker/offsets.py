@@ -58,6 +58,30 @@ class OffsetMarks:
         field = self.field(topic, partition)
         return field in self._last and field not in self._lost
 
+    def raise_if_lost(self, topic: str, partition: int, offset: int) -> None:
+        """Raise ``StateBehindError`` when the topic partition was set back to the store's
+        mark (:meth:`found_behind`) and the message at ``offset`` lies beyond it: the range
+        between is to be applied again first (by the caller, which this forgets it to).
+
+        Call it in the same step (no await between) as taking the write's marks
+        (:meth:`positioned`, :meth:`guard`): a reset after that makes the write hold marks
+        above the store's, so it is refused; one before it is seen here."""
+        field = self.field(topic, partition)
+        if field not in self._lost:
+            return
+        self._lost.pop(field)
+        applied = self._last.get(field)
+        resume_at = 0 if applied is None else applied + 1
+        if offset > resume_at:
+            self.outcomes["rewinds"] += 1
+            raise StateBehindError(
+                topic,
+                partition,
+                resume_at,
+                "Redis lost writes of this partition (found by a write of another topic"
+                f"): the store has applied up to {'nothing' if applied is None else applied}",
+            )
+
     def guard(self, partition: int) -> tuple[tuple[str, int], ...]:
         """The marks this worker wrote last (or started from) of every input topic of
         ``partition``: a write holds them (``PendingWrite.guard``). Take it before loading
@@ -80,19 +104,7 @@ class OffsetMarks:
         if topic is None or offset is None:
             return None
         field = self.field(topic, partition)
-        if field in self._lost:
-            self._lost.pop(field)
-            applied = self._last.get(field)
-            resume_at = 0 if applied is None else applied + 1
-            if offset > resume_at:
-                self.outcomes["rewinds"] += 1
-                raise StateBehindError(
-                    topic,
-                    partition,
-                    resume_at,
-                    "Redis lost writes of this partition (found by a write of another topic"
-                    f"): the store has applied up to {'nothing' if applied is None else applied}",
-                )
+        self.raise_if_lost(topic, partition, offset)
         if field not in self._last:
             position = InputPosition(topic, self.topic_ids.get(topic), partition, offset)
             self._partitions[field] = (topic, partition)

@@ -279,6 +279,8 @@ class ScoringPipeline:
             raise event
         await self.load_models()
         async with self._locks.hold(event.customer_id):
+            if position is not None:  # set back meanwhile by another topic's write?
+                self.marks.raise_if_lost(position.topic, partition, position.offset)
             guard = self.marks.guard(partition)
             states = await self._retrying.load_many(
                 [event.customer_id], {event.customer_id: partition}
@@ -321,6 +323,8 @@ class ScoringPipeline:
             if isinstance(event, BaseEvent)
         }
         async with self._locks.hold_all(customers):
+            if not all(self.marks.knows(m.topic, m.partition) for m in messages):
+                return []  # set back meanwhile by another topic's write: one by one
             guards = {m.partition: self.marks.guard(m.partition) for m in messages}
             states = await self._retrying.load_many(sorted(customers), customers)
             queued = self.live.queued()
@@ -540,6 +544,7 @@ class ScoringPipeline:
         offset is marked (what lets a restarted worker tell a gap from lost writes)."""
         if topic is None or offset is None:
             return
+        self.marks.raise_if_lost(topic, partition, offset)
         position = self.marks.positioned(topic, partition, offset)
         result = await self._retrying.mark_applied(position)
         self.marks.after_write(position, result)

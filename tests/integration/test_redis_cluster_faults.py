@@ -10,6 +10,7 @@ them again (outputs at least once, as after a Redis power loss).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -17,10 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from streamcrm.core.events import CampaignTouch
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import ensure_topics
+from streamcrm.settings import Settings
 from streamcrm.sim.simulator import simulate
 from streamcrm.store import offsets_key
 from tests.conftest import isolated_settings, record_fault
@@ -38,10 +41,38 @@ from tests.integration.exactness import (
     with_campaign,
     worker_report,
 )
-from tests.integration.worker_harness import TopicReader, running_worker, send
+from tests.integration.worker_harness import TopicReader, redis_client, running_worker, send
 from tests.redis_cluster import LocalRedisCluster, local_redis_cluster
 
 pytestmark = pytest.mark.integration
+
+
+def marks_and_ends(settings: Settings) -> str:
+    """Each input topic partition's stored offset mark against its end offset: whether what
+    is missing was never applied or applied and lost."""
+    assert settings.kafka_bootstrap is not None
+    client = redis_client(settings)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        marks: dict[str, str] = {}
+        for partition in range(settings.partitions):
+            for field, mark in client.hgetall(
+                offsets_key(settings.redis_namespace, partition)
+            ).items():
+                name = field.decode() if isinstance(field, bytes) else str(field)
+                if not name.endswith("|newest"):
+                    marks[name.split("|")[0].rsplit(".", 1)[-1] + f"[{name.split('|')[2]}]"] = mark
+        topics = [*settings.topics.inputs, settings.topics.marketing]
+        wanted = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+        ends = {f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}]": end
+                for tp, end in consumer.end_offsets(wanted).items()}  # fmt: skip
+    finally:
+        consumer.close()
+        client.close()
+    return "marks (next offset) / ends: " + ", ".join(
+        f"{name} {int(marks[name]) + 1 if name in marks else '-'}/{end}"
+        for name, end in sorted(ends.items())
+    )
 
 
 @pytest.fixture
@@ -110,7 +141,7 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
                 )
                 stalled = ""
             except AssertionError as timed_out:  # the comparison below says what is missing
-                stalled = str(timed_out)
+                stalled = f"{timed_out}; {marks_and_ends(settings)}"
             # The old master comes back, as its replica's replica (its newer writes dropped).
             own_cluster.restart(index)
             own_cluster.wait_until_ok(replicas=3)
@@ -129,7 +160,10 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
         for c in customers
         if comparable(stored[c]) != comparable(expected[c])
     }  # fmt: skip
-    assert (lost, doubled, differing) == (0, 0, {}), stalled
+    if differing:  # shown with a failure: which customers, which fields (stored, expected)
+        print(f"{len(differing)} customers differ:", json.dumps(differing, default=str)[:20_000])
+    counters = report.events if report is not None else None
+    assert (lost, doubled, differing) == (0, 0, {}), f"{stalled}; worker's counters {counters}"
     assert not stalled, stalled
     assert report is not None
     rewinds = report.events.get("rewinds", 0)

@@ -267,6 +267,34 @@ async def test_a_sweep_that_read_a_state_before_a_failover_saves_nothing_and_is_
     assert await pipeline.check_partition("crm.feedback", 0) is None
 
 
+async def test_a_topic_set_back_while_its_batch_waits_for_a_customer_is_reread_first() -> None:
+    store = FailsOverOnNextSave()
+    pipeline = shared_pipeline(store)
+    await pipeline.handle(purchase("c1", day=0), "crm.purchases", 0, 0)
+    await pipeline.handle(feedback("c1", 0.1), "crm.feedback", 0, 0)
+    replica = store.replica()
+    await pipeline.handle(feedback("c1", 0.2), "crm.feedback", 0, 1)  # dropped
+    store.fail_over_to(replica)
+    batch = [Message(feedback("c1", 0.3), 2, topic="crm.feedback")]
+
+    async with pipeline._locks.hold("c1"):  # another step of c1 is under way
+        waiting = asyncio.create_task(pipeline.handle_batch(batch))
+        await asyncio.sleep(0)
+        # Meanwhile another customer's purchase finds the store behind (its write holds the
+        # feedback mark) and sets the partition back; nothing of purchases was lost.
+        with pytest.raises(StateBehindError) as purchases_behind:
+            await pipeline.handle(purchase("c2", day=0.4), "crm.purchases", 0, 1)
+        assert purchases_behind.value.resume_at == 1
+
+    # The batch must not be written over the lost feedback: it goes one by one, which
+    # re-reads the feedback from offset 1 first.
+    assert await waiting == []
+    assert await store.applied_offset(InputPosition("crm.feedback", None, 0, 0)) == 0
+    with pytest.raises(StateBehindError) as behind:
+        await pipeline.handle(batch[0].value, "crm.feedback", 0, 2)
+    assert behind.value.resume_at == 1
+
+
 async def test_an_erased_customers_event_ends_the_batch_after_it_and_is_not_learned(
     store: InMemoryStateStore,
 ) -> None:
