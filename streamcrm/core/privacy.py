@@ -62,3 +62,6 @@ class ErasureReport:
     subject: str
     state_deleted: bool
     already_applied: bool = False
+    store_behind: bool = False
+    """Nothing done: the store lost writes of the request's topic partition (see
+    ``SaveResult.STATE_BEHIND``), which are to be applied again first."""

@@ -393,8 +393,10 @@ class StateStore(Protocol):
         position: InputPosition | None,
         at: datetime,
         partition: int | None = None,
-    ) -> bool:
-        """Lift an erasure's block and audit it; False when ``position`` was applied.
+    ) -> SaveResult:
+        """Lift an erasure's block and audit it: ``APPLIED``; ``ALREADY_APPLIED`` when
+        ``position`` was applied, ``STATE_BEHIND`` when the store lost writes of its topic
+        partition (its previous mark), and then nothing is done.
         ``partition``: the input partition of the customer's events (None: ``position``'s,
         else found from the id as for :meth:`load`)."""
         ...

@@ -193,6 +193,8 @@ class InMemoryStateStore:
         self, customer_id: str, partition: int, position: InputPosition | None, at: datetime
     ) -> ErasureReport:
         subject = subject_hash(self._privacy_key, customer_id)
+        if position is not None and self._behind(PendingWrite(position)):
+            return ErasureReport(subject, state_deleted=False, store_behind=True)
         if not self._advance_mark(position):
             return ErasureReport(subject, state_deleted=False, already_applied=True)
         existed = self._states.pop(customer_id, None) is not None
@@ -212,13 +214,15 @@ class InMemoryStateStore:
         position: InputPosition | None,
         at: datetime,
         partition: int | None = None,
-    ) -> bool:
+    ) -> SaveResult:
+        if position is not None and self._behind(PendingWrite(position)):
+            return SaveResult.STATE_BEHIND
         if not self._advance_mark(position):
-            return False
+            return SaveResult.ALREADY_APPLIED
         subject = subject_hash(self._privacy_key, customer_id)
         self._erased.pop(subject, None)
         self.audit.append(audit_record("consent", subject, at, False))
-        return True
+        return SaveResult.APPLIED
 
     async def erased_among(self, customer_ids: Sequence[str]) -> set[str]:
         return {c for c in customer_ids if subject_hash(self._privacy_key, c) in self._erased}

@@ -189,8 +189,16 @@ on one that was not made."""
 ERASE_SCRIPT = """
 -- KEYS (one partition's): customer hash, offsets hash, due index, erased hash, audit
 -- stream, outbox.  ARGV:
--- mark field ('' = none), offset, customer id, subject hash, time, audit max length.
--- Returns -1 if the offset was applied, else 1 if state was deleted, 0 if there was none.
+-- mark field ('' = none), offset, customer id, subject hash, time, audit max length, marks
+-- to hold (as for WRITE_SCRIPT).  Returns -2 (nothing done) if a stored mark is below one to
+-- hold, -1 if the offset was applied, else 1 if state was deleted, 0 if there was none.
+if ARGV[7] ~= '' then
+  local hold = cjson.decode(ARGV[7])
+  for i = 1, #hold, 2 do
+    local held = redis.call('HGET', KEYS[2], hold[i])
+    if not held or tonumber(held) < tonumber(hold[i + 1]) then return -2 end
+  end
+end
 if ARGV[1] ~= '' then
   local mark = redis.call('HGET', KEYS[2], ARGV[1])
   if mark and tonumber(mark) >= tonumber(ARGV[2]) then return -1 end
@@ -225,7 +233,16 @@ that is not was cleared by another drain already), so outputs appended since sta
 
 CONSENT_SCRIPT = """
 -- KEYS (one partition's): offsets hash, erased hash, audit stream.  ARGV: mark field,
--- offset, subject hash, time, audit max length.  Returns 0 if the offset was applied, else 1.
+-- offset, subject hash, time, audit max length, marks to hold (as for WRITE_SCRIPT).
+-- Returns 3 (nothing done) if a stored mark is below one to hold, 0 if the offset was
+-- applied, else 1.
+if ARGV[6] ~= '' then
+  local hold = cjson.decode(ARGV[6])
+  for i = 1, #hold, 2 do
+    local held = redis.call('HGET', KEYS[1], hold[i])
+    if not held or tonumber(held) < tonumber(hold[i + 1]) then return 3 end
+  end
+end
 if ARGV[1] ~= '' then
   local mark = redis.call('HGET', KEYS[1], ARGV[1])
   if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
@@ -507,9 +524,12 @@ class RedisStateStore:
             subject,
             at.astimezone(UTC).isoformat(),
             AUDIT_MAX_LENGTH,
+            _marks_to_hold(PendingWrite(position)),
         ]
         with _unavailable_as_store_error():
             deleted = int(await self._erase_script(keys=keys, args=args))
+        if deleted == -2:
+            return ErasureReport(subject, state_deleted=False, store_behind=True)
         if deleted < 0:
             return ErasureReport(subject, state_deleted=False, already_applied=True)
         return ErasureReport(subject, state_deleted=deleted == 1)
@@ -520,7 +540,7 @@ class RedisStateStore:
         position: InputPosition | None,
         at: datetime,
         partition: int | None = None,
-    ) -> bool:
+    ) -> SaveResult:
         if partition is None:
             partition = (
                 position.partition if position is not None else self.partition_of(customer_id)
@@ -537,9 +557,10 @@ class RedisStateStore:
             subject_hash(self._privacy_key, customer_id),
             at.astimezone(UTC).isoformat(),
             AUDIT_MAX_LENGTH,
+            _marks_to_hold(PendingWrite(position)),
         ]
         with _unavailable_as_store_error():
-            return bool(await self._consent_script(keys=keys, args=args))
+            return SaveResult(int(await self._consent_script(keys=keys, args=args)))
 
     async def audit_records(self, count: int = 100) -> list[dict[str, str]]:
         """The newest privacy audit records of all partitions, oldest first (ordered by

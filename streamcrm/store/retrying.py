@@ -135,7 +135,7 @@ class RetryingStore:
         position: InputPosition | None,
         at: datetime,
         partition: int | None = None,
-    ) -> bool:
+    ) -> SaveResult:
         return await until_available(
             lambda: self.inner.record_consent(customer_id, position, at, partition),
             "record consent",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from streamcrm.core.events import ConsentRecorded, ErasureRequested
 from streamcrm.core.privacy import ErasureReport
-from streamcrm.store import InputPosition
+from streamcrm.store import InputPosition, SaveResult
 from streamcrm.store.retrying import RetryingStore
 from streamcrm.worker.learning import LiveModels
 from streamcrm.worker.offsets import OffsetMarks
@@ -62,6 +62,8 @@ class PrivacyRequests:
             report = await self.store.erase(
                 event.customer_id, partition, position, event.occurred_at
             )
+            if report.store_behind:
+                raise await self.marks.state_behind(position)
             if not report.already_applied:
                 self.marks.marked(position)
             # Even for a redelivered request: what followed the first (the learner's
@@ -75,9 +77,12 @@ class PrivacyRequests:
                 "erased subject %s (state deleted: %s)", report.subject, report.state_deleted
             )
             return PrivacyOutcome(event.customer_id, "erasure", report)
-        recorded = await self.store.record_consent(
+        result = await self.store.record_consent(
             event.customer_id, position, event.occurred_at, partition
         )
+        if result == SaveResult.STATE_BEHIND:
+            raise await self.marks.state_behind(position)
+        recorded = result == SaveResult.APPLIED
         if recorded:
             self.marks.marked(position)
         self.outcomes["consent recorded" if recorded else "duplicate"] += 1

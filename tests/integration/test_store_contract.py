@@ -549,6 +549,26 @@ async def test_a_write_holding_another_topics_mark_the_store_lost_writes_nothing
     ) == [SaveResult.APPLIED]
 
 
+async def test_privacy_requests_after_lost_writes_of_their_partition_do_nothing(
+    store: StateStore,
+) -> None:
+    state, score = scored("alice")
+    assert await store.save(state, score, LedgerDue(0, None))
+    applied = InputPosition("crm.privacy", "t", 0, 4)
+    assert await store.erase("bob", 0, applied, T0)
+    # The writer had applied up to offset 6, but the store kept only up to 4 (lost writes):
+    later = InputPosition("crm.privacy", "t", 0, 7, previous=6)
+
+    report = await store.erase("alice", 0, later, T0)
+    consent = await store.record_consent("bob", later, T0, partition=0)
+
+    assert report.store_behind and not report.state_deleted
+    assert consent == SaveResult.STATE_BEHIND
+    assert await store.load("alice", 0) is not None  # nothing was done
+    assert await store.erased_among(["alice", "bob"]) == {"bob"}
+    assert await store.applied_offset(later) == 4
+
+
 async def test_marking_a_dead_lettered_message_moves_the_mark_once(store: StateStore) -> None:
     at = InputPosition("crm.purchases", "t", 1, 3)
 

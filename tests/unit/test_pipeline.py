@@ -735,6 +735,23 @@ async def test_writes_lost_by_the_store_mid_stream_are_detected_and_nothing_is_l
         assert again.score is not None
 
 
+@pytest.mark.parametrize("next_request", ["erasure", "consent"])
+async def test_a_privacy_request_the_store_lost_is_applied_again_before_the_next_one(
+    next_request: str, store: InMemoryStateStore, pipeline: ScoringPipeline
+) -> None:
+    """An erasure lost with Redis's last writes must not be skipped by the next request
+    moving the mark past it: the customer's data would stay."""
+    await pipeline.handle_privacy(privacy("erasure", "c1"), "crm.privacy", 0, 0)
+    await pipeline.handle_privacy(privacy("erasure", "c2"), "crm.privacy", 0, 1)
+    store.lose_writes_since({InputPosition("crm.privacy", None, 0, 0).mark_field: 0})
+
+    with pytest.raises(StateBehindError) as behind:
+        await pipeline.handle_privacy(privacy(next_request, "c1"), "crm.privacy", 0, 2)
+
+    assert behind.value.resume_at == 1
+    assert await store.applied_offset(InputPosition("crm.privacy", None, 0, 0)) == 0
+
+
 async def test_a_dead_lettered_message_moves_the_mark_so_a_restart_does_not_rewind(
     store: InMemoryStateStore, pipeline: ScoringPipeline
 ) -> None:
