@@ -142,6 +142,10 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
                 stalled = ""
             except AssertionError as timed_out:  # the comparison below says what is missing
                 stalled = f"{timed_out}; {marks_and_ends(settings)}"
+                # mode's worker dumps every thread's and task's stack on SIGUSR1: what waits.
+                os.kill(worker.pid, signal.SIGUSR1)
+                time.sleep(3)
+                print("".join((tmp_path / "worker.log").read_text(errors="replace")[-60_000:]))
             # The old master comes back, as its replica's replica (its newer writes dropped).
             own_cluster.restart(index)
             own_cluster.wait_until_ok(replicas=3)

@@ -23,8 +23,11 @@ if _WINDOW or _NO_GUARD:
     if _WINDOW:
         streamcrm.core.state.RECENT_EVENT_IDS = int(_WINDOW)
     if _NO_GUARD:
-        guard = "elseif mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then"
-        assert guard in streamcrm.store.redis.WRITE_SCRIPT, "the probe no longer matches the script"
+        guard = "if mark and tonumber(mark) >= tonumber(ARGV[a + 2]) then"
+        if guard not in streamcrm.store.redis.WRITE_SCRIPT:
+            # SystemExit, not an assertion: site.py reports an exception here and goes on,
+            # and the control would then run with the guard and prove nothing.
+            raise SystemExit("the no-offset-guard probe no longer matches the write script")
         streamcrm.store.redis.WRITE_SCRIPT = streamcrm.store.redis.WRITE_SCRIPT.replace(
-            guard, "elseif false then"
+            guard, "if false then"
         )
