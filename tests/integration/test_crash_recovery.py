@@ -39,8 +39,6 @@ from tests.integration.worker_harness import TopicReader, running_worker, send
 pytestmark = pytest.mark.integration
 
 EVENTS_AT_LEAST = 20_000
-BROKER_IN_ROW = {"tansu": "", "kafka": " (Apache Kafka)"}
-"""What a fault row adds to its scenario's name: the Tansu rows keep their names."""
 SMALL_EVENT_ID_WINDOW = {"STREAMCRM_PROBE_EVENT_ID_WINDOW": "1"}
 WITHOUT_OFFSET_GUARD = SMALL_EVENT_ID_WINDOW | {"STREAMCRM_PROBE_NO_OFFSET_GUARD": "1"}
 
@@ -126,7 +124,8 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
     assert campaigns.touches_expected > 0 and (campaigns.alerts_published or 0) > 0, campaigns
     assert (campaigns.arms_differing, campaigns.alerts_unaccounted) == (0, 0), campaigns
     record_fault(
-        "worker kill -9 mid-stream, restart" + BROKER_IN_ROW[broker],
+        "worker kill -9 mid-stream, restart",
+        settings,
         events_in=len(history),
         reflected=len(history) - lost,
         lost=lost,
@@ -160,6 +159,7 @@ def test_control_without_the_offset_guard_the_same_crash_double_counts(
     campaigns = check_campaigns(settings, history, alerts=False)
     record_fault(
         "control: the same crash without the offset guard",
+        settings,
         events_in=len(history),
         reflected=len(history) - lost,
         lost=lost,

@@ -166,6 +166,7 @@ def test_malformed_messages_are_dead_lettered_with_reasons_and_every_valid_event
         assert (outputs.lost, outputs.duplicated, outputs.alerts_unexpected) == (0, 0, 0), outputs
         record_fault(
             "malformed messages among valid ones",
+            settings,
             events_in=len(valid) + len(MALFORMED),
             reflected=len(valid) - lost,
             lost=lost,

@@ -91,7 +91,8 @@ def test_a_broker_killed_mid_stream_and_restarted_loses_and_double_counts_nothin
         if restarted is not None:
             restarted.stop()
     record_fault(
-        "broker kill -9 mid-stream, restart (Apache Kafka)",
+        "broker kill -9 mid-stream, restart",
+        settings,
         events_in=len(history),
         reflected=len(history) - lost,
         lost=lost,

@@ -37,9 +37,9 @@ ASSIGNED = "Setting newly assigned partitions"
 
 
 def test_a_second_worker_gets_partitions_within_seconds_with_the_production_timeouts(
-    kafka_services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    services: EmbeddedServices, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    base = isolated_settings(kafka_services, "kafka-rebalance", tmp_path_factory).model_copy(
+    base = isolated_settings(services, "kafka-rebalance", tmp_path_factory).model_copy(
         update=PRODUCTION_GROUP_TIMEOUTS
     )
     assert base.broker_rebalance_timeout_s == 60.0 and base.broker_heartbeat_interval_s == 3.0

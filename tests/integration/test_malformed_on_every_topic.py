@@ -660,6 +660,7 @@ def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_one
         valid_in = sum(state.events_applied for state in ours.values()) + extra
         record_fault(
             f"malformed messages on {topic.rsplit('.', 1)[-1]}",
+            settings,
             events_in=valid_in + per_topic[topic],
             reflected=valid_in - lost,
             lost=lost,
@@ -669,6 +670,7 @@ def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_one
         )
     record_fault(
         "malformed messages on privacy",
+        settings,
         events_in=len(valid_privacy_messages) + per_topic[topics.privacy],
         reflected=len(audit),
         lost=len(valid_privacy_messages) - len(audit),
@@ -684,6 +686,7 @@ def test_malformed_messages_on_every_other_topic_are_dead_lettered_and_valid_one
     )
     record_fault(
         "malformed messages on marketing",
+        settings,
         events_in=len(marketing_events) + per_topic[topics.marketing],
         reflected=len(marketing_events) - marketing_lost,
         lost=marketing_lost,

@@ -178,6 +178,7 @@ def test_a_worker_killed_mid_sweep_neither_skips_nor_doubles_a_rescore_or_an_ale
     assert (outputs.lost, outputs.duplicated, outputs.alerts_unexpected) == (0, 0, 0), outputs
     record_fault(
         "worker kill -9 mid-sweep, restart",
+        settings,
         events_in=len(expected),
         reflected=len(expected) - lost,
         lost=lost,

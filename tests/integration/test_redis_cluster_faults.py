@@ -184,6 +184,7 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
     assert campaigns.arms_differing == 0, campaigns
     record_fault(
         f"Redis Cluster master kill -9, replica ({replica}) takes over",
+        settings,
         events_in=len(history),
         reflected=len(history) - lost,
         lost=lost,

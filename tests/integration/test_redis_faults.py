@@ -190,6 +190,7 @@ def test_redis_restarting_mid_stream_loses_and_double_counts_nothing(
         )
     record_fault(
         f"Redis {fault}",
+        settings,
         events_in=len(history),
         reflected=len(history) - lost,
         lost=lost,

@@ -204,6 +204,7 @@ def test_workers_leaving_and_joining_mid_stream_keep_every_customer_exact(
     assert (outputs.lost, outputs.alerts_unexpected) == (0, 0), outputs
     record_fault(
         f"3 workers, {PARTITIONS} partitions: one leaves mid-stream, one joins mid-stream",
+        base,
         events_in=len(everything),
         reflected=len(everything) - lost,
         lost=lost,
