@@ -16,11 +16,14 @@ written are re-read before their next message (or by the mark check, for a quiet
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 from streamcrm.errors import StateBehindError
 from streamcrm.store import InputPosition, SaveResult, StateStore
 from streamcrm.store.retrying import RetryingStore
+
+logger = logging.getLogger(__name__)
 
 
 class OffsetMarks:
@@ -211,3 +214,12 @@ class OffsetMarks:
             if applied is not None and (mark is None or mark < applied):
                 self._lost[field] = max(self._lost.get(field, applied), applied)
                 self._last[field] = mark
+                topic, _ = self._partitions[field]
+                logger.warning(
+                    "%s[%d]: Redis lost writes (its mark is %s, this worker had applied up to"
+                    " %d): set back, to be applied again",
+                    topic,
+                    partition,
+                    mark,
+                    applied,
+                )
