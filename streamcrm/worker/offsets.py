@@ -73,7 +73,19 @@ class OffsetMarks:
         if field not in self._lost:
             return
         self._lost.pop(field)
-        applied = self._last.get(field)
+        self._rewind_if_beyond(
+            topic,
+            partition,
+            offset,
+            self._last.get(field),
+            "Redis lost writes of this partition (found by a write of another topic)",
+        )
+
+    def _rewind_if_beyond(
+        self, topic: str, partition: int, offset: int, applied: int | None, why: str
+    ) -> None:
+        """Raise ``StateBehindError`` when ``offset`` lies beyond the message after the
+        store's mark ``applied``: the messages between are to be applied first."""
         resume_at = 0 if applied is None else applied + 1
         if offset > resume_at:
             self.outcomes["rewinds"] += 1
@@ -81,8 +93,7 @@ class OffsetMarks:
                 topic,
                 partition,
                 resume_at,
-                "Redis lost writes of this partition (found by a write of another topic"
-                f"): the store has applied up to {'nothing' if applied is None else applied}",
+                f"{why}: the store has applied up to {'nothing' if applied is None else applied}",
             )
 
     def guard(self, partition: int) -> tuple[tuple[str, int], ...]:
@@ -113,16 +124,9 @@ class OffsetMarks:
             self._partitions[field] = (topic, partition)
             stored = await self.retrying.applied_offset(position)
             self._last[field] = stored
-            resume_at = 0 if stored is None else stored + 1
-            if offset > resume_at:
-                self.outcomes["rewinds"] += 1
-                raise StateBehindError(
-                    topic,
-                    partition,
-                    resume_at,
-                    f"first message at offset {offset}, but the store has applied up to "
-                    f"{'nothing' if stored is None else stored}",
-                )
+            self._rewind_if_beyond(
+                topic, partition, offset, stored, f"first message at offset {offset}"
+            )
         return self.positioned(topic, partition, offset)
 
     def positioned(self, topic: str, partition: int, offset: int) -> InputPosition:
