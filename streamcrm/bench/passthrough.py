@@ -17,6 +17,8 @@ from tempfile import mkdtemp
 
 import faust
 
+from streamcrm.worker.app import faust_worker
+
 INPUT_KINDS = ("purchases", "feedback", "support")
 
 
@@ -60,7 +62,9 @@ def create_passthrough_app(bootstrap: str, prefix: str) -> faust.App:
 def main(argv: list[str]) -> int:
     bootstrap, prefix = argv
     app = create_passthrough_app(bootstrap, prefix)
-    worker = faust.Worker(app, loglevel="WARNING", redirect_stdouts=False)
+    # At WARNING, as a production worker may run, and without Faust's spinner, which would set
+    # the root logger to DEBUG and make the baseline pay for every debug call.
+    worker = faust_worker(app, "WARNING")
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:

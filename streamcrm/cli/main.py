@@ -323,15 +323,13 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     with embedded_settings(settings, announce_service) as settings:
         check_connections(settings)
 
-        import faust
-
         from streamcrm.services.kafka import ensure_topics
-        from streamcrm.worker.app import create_app
+        from streamcrm.worker.app import create_app, faust_worker
 
         assert settings.kafka_bootstrap is not None, "embedded_settings sets the broker"
         ensure_topics(settings, settings.kafka_bootstrap)
         app = create_app(settings)
-        worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
+        worker = faust_worker(app, settings.log_level)
         try:
             worker.execute_from_commandline()
         except SystemExit as stop:
