@@ -31,7 +31,9 @@ messages for this worker to apply (fetched or not yet): they hold its watermark 
 @dataclass(frozen=True)
 class SweepReport:
     """What one sweep did: customers visited, examples learned, heartbeat snapshots taken,
-    re-scores made (of which the lapsed ones) and the alerts they raised."""
+    re-scores made (of which the lapsed ones) and the alerts they raised; and the partitions
+    whose sweep stopped because Redis lost writes of them (set back to the store's marks: the
+    caller rewinds their event time)."""
 
     customers: int = 0
     examples_learned: int = 0
@@ -39,6 +41,7 @@ class SweepReport:
     rescores: int = 0
     lapsed: int = 0
     alerts: int = 0
+    behind: tuple[int, ...] = ()
 
     def __add__(self, other: SweepReport) -> SweepReport:
         return SweepReport(
@@ -48,6 +51,7 @@ class SweepReport:
             self.rescores + other.rescores,
             self.lapsed + other.lapsed,
             self.alerts + other.alerts,
+            self.behind + other.behind,
         )
 
 
@@ -103,7 +107,10 @@ class QuietCustomerSweeper:
                 continue
             for customer_id in await self.store.due_customers(partition, watermark, limit):
                 async with self.hold(customer_id):
-                    report = report + await self._sweep_one(partition, customer_id, watermark)
+                    swept = await self._sweep_one(partition, customer_id, watermark)
+                report = report + swept
+                if swept.behind:  # nothing more of it is settled before the rewind
+                    break
         return report
 
     async def _sweep_one(
@@ -135,6 +142,7 @@ class QuietCustomerSweeper:
                 # Redis lost writes: the partition is applied again first; the customer
                 # stays due and is swept at a later sweep.
                 await self.marks.found_behind(partition)
+                return SweepReport(customers=1, behind=(partition,))
             return SweepReport(customers=1)
         self.outcomes["labelled by sweep"] += swept.examples_learned
         rescored = swept.score is not None

@@ -53,14 +53,25 @@ class EventTime:
             self.note(newest, (topic, int(partition)))
 
     def rewind(self, stored: Mapping[str, datetime]) -> None:
-        """Take the store's newest event times (as :meth:`resume`), lower ones included:
-        after Redis lost writes, the times of the lost events must not bound what is settled
-        until those events are applied again."""
+        """Take the store's newest event times (as :meth:`resume`), lower ones included, and
+        forget those of input partitions the store has none of: after Redis lost writes, the
+        times of the lost events must not bound what is settled until those events are
+        applied again (a topic partition whose every write was lost has applied nothing, and
+        holds its partition's watermark back entirely until it has).
+
+        >>> from datetime import UTC
+        >>> time = EventTime(timedelta(days=2))
+        >>> time.note(datetime(2026, 3, 1, tzinfo=UTC), ("crm.purchases", 0))
+        >>> time.note(datetime(2026, 3, 9, tzinfo=UTC), ("crm.feedback", 0))
+        >>> time.rewind({"crm.purchases|-|0": datetime(2026, 2, 1, tzinfo=UTC)})
+        >>> time.newest, time.for_partition(0, ["crm.feedback"])
+        (datetime.datetime(2026, 2, 1, 0, 0, tzinfo=datetime.timezone.utc), None)
+        """
+        self._by_source = {}
         for field, newest in stored.items():
             topic, _, partition = field.rsplit("|", 2)
             self._by_source[(topic, int(partition))] = newest
-        if self._by_source:
-            self.newest = max(self._by_source.values())
+        self.newest = max(self._by_source.values()) if self._by_source else None
 
     @property
     def watermark(self) -> datetime | None:

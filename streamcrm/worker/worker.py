@@ -274,9 +274,12 @@ class Worker:
                 async with AsyncExitStack() as held:
                     for topic in sorted(self.topics.inputs):
                         await held.enter_async_context(self._partition_lock(topic, partition))
-                    report = report + await self.pipeline.sweep(
+                    swept = await self.pipeline.sweep(
                         [partition], self.settings.sweep_max_customers, self._holding_back
                     )
+                    if swept.behind:  # its topics were set back: so is its event time
+                        await self._rewind_event_time(partition)
+                    report = report + swept
                     await self._drain_outbox(partition)
         except StoreUnavailableError as error:
             logger.warning("sweep skipped (%s); will retry", error)
