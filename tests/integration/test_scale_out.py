@@ -211,7 +211,8 @@ def test_workers_leaving_and_joining_mid_stream_keep_every_customer_exact(
         duplicated=doubled,
         note=f"stop to reassigned {leave_s[0]:.1f} s (pause {leave_s[1]:.1f} s), start to "
         f"assigned {join_s[0]:.1f} s (pause {join_s[1]:.1f} s) with the embedded "
-        f"timeouts (4 s rebalance, 6 s session, 1 s heartbeat); w2 left after {applied_at_leave} applied; one model version {settled};"
+        f"timeouts (4 s rebalance, 6 s session, 1 s heartbeat); w2 left after"
+        f" {applied_at_leave} applied; one model version {settled};"
         f" {outputs}",
         outputs=outputs.row,
     )
