@@ -2,10 +2,12 @@
 master comes back as a replica, and every customer's state still equals the state computed
 straight from the events.
 
-Two ways: the replica current when its master dies (replication on loopback keeps up), and the
-replica cut off first (frozen, its link closed) while the master takes 150 or more events'
-writes it never receives: the failover drops them, and the worker's lost-write catch-up applies
-them again (outputs at least once, as after a Redis power loss).
+Three ways: the replica current when its master dies (replication on loopback keeps up); the
+replica cut off a third of the way in (frozen, its link closed) while the master takes 150 or
+more events' writes it never receives; and the replica cut off from the start, so that it
+takes over with nothing of the stream (what a replica caught in a full resync holds). The
+failover drops what the replica lacks, and the worker's lost-write catch-up applies it again
+(outputs at least once, as after a Redis power loss).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from streamcrm.core.events import CampaignTouch
-from streamcrm.services.embedded import EmbeddedServices
+from streamcrm.services.embedded import EmbeddedServices, RunningService
 from streamcrm.services.kafka import ensure_topics
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import simulate
@@ -75,6 +77,15 @@ def marks_and_ends(settings: Settings) -> str:
     )
 
 
+def freeze_and_cut_off(
+    cluster: LocalRedisCluster, master: RunningService, replica: RunningService
+) -> None:
+    """Stop ``replica`` following ``master``: frozen (``SIGSTOP``), its link closed, so the
+    master's writes from now on reach no replica."""
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    cluster.cut_replication(master)
+
+
 @pytest.fixture
 def own_cluster() -> Iterator[LocalRedisCluster]:
     """A cluster of this test's own: it kills one of its masters."""
@@ -82,7 +93,7 @@ def own_cluster() -> Iterator[LocalRedisCluster]:
         yield cluster
 
 
-@pytest.mark.parametrize("replica", ["current", "cut off"])
+@pytest.mark.parametrize("replica", ["current", "cut off", "cut off from the start"])
 def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothing(
     replica: str,
     services: EmbeddedServices,
@@ -90,9 +101,13 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    settings = isolated_settings(services, "redis-cluster-kill", tmp_path_factory).model_copy(
-        update={"redis_url": own_cluster.url, "redis_cluster": True}
-    )
+    settings = isolated_settings(
+        # Topics, group and namespace of this variant's own: the session's broker keeps
+        # every variant's topics (sharing them, a variant read its predecessor's stream).
+        services,
+        f"redis-cluster-kill-{replica.replace(' ', '-')}",
+        tmp_path_factory,
+    ).model_copy(update={"redis_url": own_cluster.url, "redis_cluster": True})
     assert settings.kafka_bootstrap is not None
     history = with_campaign(list(simulate(customers=260, days=365, seed=31).events), seed=31)
     customers = sorted({e.customer_id for e in history})
@@ -104,6 +119,11 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
     marks = offsets_key(settings.redis_namespace, 0)
     victim = own_cluster.node_of(marks)
     metrics = TopicReader(settings.kafka_bootstrap, settings.topics.model_metrics)
+    follower = own_cluster.replica_of(victim)
+    cut = 0
+    if replica == "cut off from the start":
+        # The replica holds none of this stream: the failover drops all the master took.
+        freeze_and_cut_off(own_cluster, victim, follower)
     try:
         with running_worker(settings, tmp_path / "worker.log") as worker:
             send(settings, history)
@@ -112,13 +132,10 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
                 120,
                 "a third of the events to be applied",
             )
-            cut = 0
             if replica == "cut off":
                 # The replica stops following: the master takes writes it never receives,
                 # and the failover drops them (the lost-write catch-up must redo them).
-                follower = own_cluster.replica_of(victim)
-                os.kill(follower.process.pid, signal.SIGSTOP)
-                own_cluster.cut_replication(victim)
+                freeze_and_cut_off(own_cluster, victim, follower)
                 before = applied_events(settings, customers)
                 wait_until(
                     lambda: applied_events(settings, customers) >= before + 150,
@@ -126,8 +143,10 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
                     "150 more events applied on the master alone",
                 )
                 cut = applied_events(settings, customers) - before
+            elif replica == "cut off from the start":
+                cut = applied_events(settings, customers)
             index = own_cluster.kill(victim)
-            if replica == "cut off":
+            if replica != "current":
                 os.kill(follower.process.pid, signal.SIGCONT)
             failover_s = own_cluster.wait_for_failover(marks, victim)
             try:
@@ -171,7 +190,7 @@ def test_a_killed_master_whose_replica_takes_over_loses_and_double_counts_nothin
     assert not stalled, stalled
     assert report is not None
     rewinds = report.events.get("rewinds", 0)
-    if replica == "cut off":
+    if replica != "current":
         assert rewinds > 0, "the failover dropped writes but the worker never rewound"
     # At least once: a write the failover lost after its outputs went out is re-applied, and
     # its outputs go out again (same ids); none may be missing.
