@@ -8,6 +8,7 @@ A short node timeout lets a replica take over a killed master within seconds.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -215,4 +216,5 @@ def local_redis_cluster(masters: int = 3, replicas: int = 1) -> Iterator[LocalRe
     finally:
         for node in nodes:
             node.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        if not os.environ.get("STREAMCRM_KEEP_TEST_CLUSTER"):  # kept to read the nodes' logs
+            shutil.rmtree(directory, ignore_errors=True)
