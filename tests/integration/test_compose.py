@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,19 +213,24 @@ def test_topic_init_creates_every_topic_the_workers_expect(
     assert result.returncode == 0, result.stderr
     topics = Topics(unique_name)
     partitions = int(environment["STREAMCRM_PARTITIONS"])
+    expected = {name: 1 if name == topics.model_updates else partitions for name in topics.all}
     admin = KafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    described: dict[str, int] = {}
     try:
-        described = {
-            topic["name"]: len(topic["partitions"])
-            for topic in admin.describe_topics(list(topics.all))
-        }
+        # Apache Kafka answers CreateTopics before every partition is in the metadata it
+        # describes (0 partitions for a moment): read until it settles, 30 s at most.
+        deadline = time.monotonic() + 30
+        while described != expected and time.monotonic() < deadline:
+            described = {
+                topic["name"]: len(topic["partitions"])
+                for topic in admin.describe_topics(list(topics.all))
+            }
+            time.sleep(0.2)
     finally:
         admin.close()
     # Tansu does not report topic configs (docs/tansu.md): that crm.scores is created
     # compacted is checked on the specs (streamcrm.services.kafka.topic_specs doctest).
-    assert described == {
-        name: 1 if name == topics.model_updates else partitions for name in topics.all
-    }
+    assert described == expected
 
 
 def test_the_optional_grafana_dashboard_reads_only_metrics_the_workers_expose(
