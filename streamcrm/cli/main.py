@@ -1,5 +1,5 @@
-"""The ``streamcrm`` command: worker | demo | simulate | replay | score | population | evaluate
-| status | deadletter | bench | schemas | topics.
+"""The ``streamcrm`` command: worker | learner | demo | simulate | replay | score | population
+| evaluate | status | deadletter | bench | schemas | topics.
 
 Every command reads :class:`~streamcrm.settings.Settings` once from ``STREAMCRM_*``
 variables; a broker or Redis left unconfigured is started embedded where that makes sense.
@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (
         _add_worker,
+        _add_learner,
         _add_demo,
         _add_simulate,
         _add_replay,
@@ -99,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
 def _add_worker(commands: Commands) -> None:
     worker = commands.add_parser("worker", help="run a scoring worker (Faust)")
     worker.set_defaults(run=run_worker)
+
+
+def _add_learner(commands: Commands) -> None:
+    learner = commands.add_parser(
+        "learner",
+        help="run the shared learner in its own process (workers with STREAMCRM_LEARNER=process)",
+        description="Learn every scoring worker's model updates from the model-updates topic"
+        " and checkpoint the models to Redis every STREAMCRM_MODEL_CHECKPOINT_INTERVAL_S, with"
+        " the offset read next in the same atomic step: a restart loses no update the"
+        " checkpoint acknowledged and learns none twice. Run one per worker group"
+        " (docs/learner.md).",
+    )
+    learner.set_defaults(run=run_learner)
 
 
 def _add_demo(commands: Commands) -> None:
@@ -334,6 +348,21 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
             worker.execute_from_commandline()
         except SystemExit as stop:
             return int(stop.code or 0)
+    return 0
+
+
+def run_learner(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the shared learner until SIGTERM or SIGINT (embedded services if none configured,
+    as for ``streamcrm worker``), after the same start-up check of Kafka and Redis."""
+    with embedded_settings(settings, announce_service) as settings:
+        check_connections(settings)
+
+        from streamcrm.learner.process import run_learner as learn_until_stopped
+        from streamcrm.services.kafka import ensure_topics
+
+        assert settings.kafka_bootstrap is not None, "embedded_settings sets the broker"
+        ensure_topics(settings, settings.kafka_bootstrap)
+        asyncio.run(learn_until_stopped(settings))
     return 0
 
 
