@@ -16,6 +16,7 @@ import asyncio
 import logging
 import signal
 import time
+from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -106,6 +107,16 @@ class ModelUpdatesConsumer:
         self._consumer.close()
 
 
+def alive_file(settings: Settings) -> Path:
+    """The file the learner touches at every turn of its loop: a health check reads its age
+    (docker-compose.yml), so a learner stuck (Redis away, a hung broker) shows unhealthy.
+
+    >>> alive_file(Settings(data_dir=Path("/data"))).as_posix()
+    '/data/learner-alive'
+    """
+    return settings.data_dir / "learner-alive"
+
+
 async def run_learner(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Learn the model-updates topic until ``stop`` is set (default: SIGTERM or SIGINT),
     checkpointing every ``model_checkpoint_interval_s`` and once more before returning."""
@@ -131,7 +142,10 @@ async def run_learner(settings: Settings, stop: asyncio.Event | None = None) -> 
             point.why,
         )
         due = time.monotonic() + settings.model_checkpoint_interval_s
+        alive = alive_file(settings)
+        alive.parent.mkdir(parents=True, exist_ok=True)
         while not stop.is_set():
+            alive.touch()
             records = await asyncio.to_thread(updates.poll)
             if records:
                 await asyncio.to_thread(learner.learn_records, records)

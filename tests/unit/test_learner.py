@@ -169,9 +169,7 @@ async def test_a_learner_killed_between_checkpoints_learns_every_update_exactly_
     assert restarted.models.version == expected.version
 
 
-async def test_control_resuming_from_a_commit_made_apart_from_the_checkpoint_is_not_exact() -> (
-    None
-):
+async def test_control_resuming_from_a_commit_made_apart_from_the_checkpoint_is_not_exact() -> None:
     """Without the offset in the checkpoint, a consumer-group commit ahead of it loses
     updates and one behind it learns some twice: the test above would catch either."""
     topic = topic_of(10)
