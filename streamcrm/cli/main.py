@@ -308,6 +308,13 @@ def _add_bench(commands: Commands) -> None:
         help="offer this rate in the soak instead of half the pipeline's",
     )
     bench.add_argument(
+        "--learner-only",
+        action="store_true",
+        help="measure only the shared learner: the model updates a worker queues per event,"
+        " the updates per second one `streamcrm learner` absorbs (in process, and from Kafka to"
+        " Redis checkpoints) and so how many workers at 5,000 events/s it serves",
+    )
+    bench.add_argument(
         "--no-rescoring-comparison",
         action="store_true",
         help="skip the second pipeline run with re-scoring of quiet customers off",
@@ -717,6 +724,8 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.bench.pipeline import format_report, run_bench, write_json
 
     logging.getLogger().setLevel(logging.WARNING)
+    if args.learner_only:
+        return _run_learner_bench(settings, args)
     with embedded_settings(settings, announce_service) as settings:
         report = run_bench(
             settings,
@@ -732,6 +741,25 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         )
     print(format_report(report))
     write_json(args.json, report)
+    print(f"\nfigures written to {args.json}")
+    return 0
+
+
+def _run_learner_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """``streamcrm bench --learner-only`` (see :mod:`streamcrm.bench.learner`)."""
+    from dataclasses import asdict
+
+    from streamcrm.bench.learner import format_learner_report, run_learner_bench
+
+    with embedded_settings(settings, announce_service) as settings:
+        figures = run_learner_bench(settings, args.customers, args.days, args.seed)
+    print(format_learner_report(figures))
+    figures_json = asdict(figures) | {
+        "updates_per_event": figures.updates_per_event,
+        "workers_served": figures.workers_served,
+        "workers_served_live": figures.workers_served_live,
+    }
+    args.json.write_text(json.dumps(figures_json, indent=2) + "\n")
     print(f"\nfigures written to {args.json}")
     return 0
 
