@@ -34,6 +34,10 @@ POLL_TIMEOUT_MS = 500
 """How long one poll waits for messages (and so how soon a stop request is noticed)."""
 MAX_MESSAGES_PER_POLL = 20
 """Messages learned between two checks of the checkpoint clock (each up to 500 updates)."""
+MAX_FETCH_BYTES = 16 * 1024 * 1024
+"""What one fetch of the partition may bring (kafka-python's default is 1 MiB)."""
+DEFAULT_FETCH_MAX_WAIT_MS = 500
+"""kafka-python's own fetch wait, kept where ``kafka_fetch_max_wait_ms`` is not set."""
 
 
 def learner_group(settings: Settings) -> str:
@@ -59,6 +63,10 @@ class ModelUpdatesConsumer:
             enable_auto_commit=False,
             # A stored offset retention has already deleted: the oldest update left.
             auto_offset_reset="earliest",
+            # A backlog (after a restart) comes in a few large fetches, not 1 MiB ones.
+            max_partition_fetch_bytes=MAX_FETCH_BYTES,
+            # Tansu waits out the fetch wait even with data there (docs/tansu.md).
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms or DEFAULT_FETCH_MAX_WAIT_MS,
             **kafka_client_options(settings),
         )
         self._consumer.assign([self.partition])
