@@ -252,10 +252,9 @@ def run_learner_bench(
     figures.in_process_updates_per_s = with_refits.updates_per_s
     figures.refits = with_refits.refits
     figures.steady_updates_per_s = steady.updates_per_s
-    if with_refits.refits > steady.refits:
-        figures.seconds_per_refit = (with_refits.seconds - steady.seconds) / (
-            with_refits.refits - steady.refits
-        )
+    extra_seconds = with_refits.seconds - steady.seconds
+    if with_refits.refits > steady.refits and extra_seconds > 0:  # else lost in the noise
+        figures.seconds_per_refit = extra_seconds / (with_refits.refits - steady.refits)
     if end_to_end:
         out("the learner loop, from Kafka to checkpoints in Redis ...")
         figures.end_to_end_updates_per_s = measure_end_to_end(settings, messages)

@@ -65,9 +65,9 @@ class PositionedLearner:
         return point
 
     def started_at(self, offset: int) -> None:
-        """Where a seek to one end of the log (:class:`ResumePoint` ``earliest`` or
-        ``latest``) landed: the next checkpoint stores it even if nothing is learned, so a
-        restart resumes there and not at whatever the end is by then."""
+        """Where a seek to the end of the log (:class:`ResumePoint` ``latest``) landed: the
+        next checkpoint stores it even if nothing is learned, so a restart resumes there and
+        not at whatever the end is by then."""
         if self.next_offset is None:
             self.next_offset = offset
 

@@ -141,12 +141,14 @@ async def run_learner(settings: Settings, stop: asyncio.Event | None = None) -> 
     updates = await asyncio.to_thread(ModelUpdatesConsumer, settings)
     try:
         point = await learner.resume(await asyncio.to_thread(updates.committed_by_workers))
-        learner.started_at(await asyncio.to_thread(updates.seek, point.start))
+        position = await asyncio.to_thread(updates.seek, point.start)
+        if point.start == "latest":  # a later restart must not start at a later end
+            learner.started_at(position)
         logger.info(
-            "learner: models %s; reading %s from offset %s (%s)",
+            "learner: models %s; reading %s from offset %d (%s)",
             learner.models.version,
             topic,
-            learner.next_offset,
+            position,
             point.why,
         )
         due = time.monotonic() + settings.model_checkpoint_interval_s
