@@ -11,7 +11,7 @@ from streamcrm.learner.resume import position_field, resume_point
 from streamcrm.models import ModelBundle, ModelUpdate, ModelUpdateBatch
 from streamcrm.services.kafka import Record
 from streamcrm.store import InMemoryStateStore
-from streamcrm.worker.learning import MODEL_CHECKPOINT
+from streamcrm.worker.learning import MODEL_CHECKPOINT, SharedLearner
 
 TOPIC, TOPIC_ID = "crm.model-updates", "Zq9"
 HERE = position_field(TOPIC, TOPIC_ID)
@@ -214,8 +214,6 @@ async def test_a_learner_started_at_an_end_of_the_log_keeps_that_place_at_its_ch
 
 async def test_a_checkpoint_of_an_in_worker_learner_keeps_no_position_for_the_learner() -> None:
     """The in-worker learner saves without positions, which clears the stored ones."""
-    from streamcrm.worker.learning import SharedLearner
-
     store = InMemoryStateStore()
     process = PositionedLearner(store, TOPIC, TOPIC_ID)
     process.learn_records(topic_of(2))
