@@ -138,6 +138,7 @@ def test_workers_set_to_the_learner_process_learn_nothing_and_the_learner_learns
     settings = settings.model_copy(update={"learner": "process"})
     assert settings.kafka_bootstrap is not None
     history = list(simulate(customers=60, days=200, seed=5).events)
+    ensure_topics(settings, settings.kafka_bootstrap)
     published = TopicReader(settings.kafka_bootstrap, settings.topics.model_updates)
 
     with running_worker(settings, tmp_path / "worker.log"):
