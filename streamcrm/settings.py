@@ -255,6 +255,12 @@ class Settings(BaseSettings):
         20.0, gt=0, description="How long a batch waits to fill before it is scored anyway."
     )
     model_checkpoint_interval_s: float = Field(10.0, gt=0)
+    learner: Literal["in-worker", "process"] = Field(
+        "in-worker",
+        description="Where the shared learner runs: in whichever scoring worker owns the "
+        "model-updates topic (in-worker, one process is enough), or in `streamcrm learner` "
+        "(process: scoring workers only publish updates and load checkpoints).",
+    )
     metrics_interval_s: float = Field(
         10.0, gt=0, description="How often model metrics and campaign metrics go out."
     )

@@ -1,5 +1,5 @@
-"""The ``streamcrm`` command: worker | demo | simulate | replay | score | population | evaluate
-| status | deadletter | bench | schemas | topics.
+"""The ``streamcrm`` command: worker | learner | demo | simulate | replay | score | population
+| evaluate | status | deadletter | bench | schemas | topics.
 
 Every command reads :class:`~streamcrm.settings.Settings` once from ``STREAMCRM_*``
 variables; a broker or Redis left unconfigured is started embedded where that makes sense.
@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (
         _add_worker,
+        _add_learner,
         _add_demo,
         _add_simulate,
         _add_replay,
@@ -99,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
 def _add_worker(commands: Commands) -> None:
     worker = commands.add_parser("worker", help="run a scoring worker (Faust)")
     worker.set_defaults(run=run_worker)
+
+
+def _add_learner(commands: Commands) -> None:
+    learner = commands.add_parser(
+        "learner",
+        help="run the shared learner in its own process (workers with STREAMCRM_LEARNER=process)",
+        description="Learn every scoring worker's model updates from the model-updates topic"
+        " and checkpoint the models to Redis every STREAMCRM_MODEL_CHECKPOINT_INTERVAL_S, with"
+        " the offset read next in the same atomic step: a restart loses no update the"
+        " checkpoint acknowledged and learns none twice. Run one per worker group"
+        " (docs/learner.md).",
+    )
+    learner.set_defaults(run=run_learner)
 
 
 def _add_demo(commands: Commands) -> None:
@@ -294,6 +308,13 @@ def _add_bench(commands: Commands) -> None:
         help="offer this rate in the soak instead of half the pipeline's",
     )
     bench.add_argument(
+        "--learner-only",
+        action="store_true",
+        help="measure only the shared learner: the model updates a worker queues per event,"
+        " the updates per second one `streamcrm learner` absorbs (in process, and from Kafka to"
+        " Redis checkpoints) and so how many workers at 5,000 events/s it serves",
+    )
+    bench.add_argument(
         "--no-rescoring-comparison",
         action="store_true",
         help="skip the second pipeline run with re-scoring of quiet customers off",
@@ -334,6 +355,21 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
             worker.execute_from_commandline()
         except SystemExit as stop:
             return int(stop.code or 0)
+    return 0
+
+
+def run_learner(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the shared learner until SIGTERM or SIGINT (embedded services if none configured,
+    as for ``streamcrm worker``), after the same start-up check of Kafka and Redis."""
+    with embedded_settings(settings, announce_service) as settings:
+        check_connections(settings)
+
+        from streamcrm.learner.process import run_learner as learn_until_stopped
+        from streamcrm.services.kafka import ensure_topics
+
+        assert settings.kafka_bootstrap is not None, "embedded_settings sets the broker"
+        ensure_topics(settings, settings.kafka_bootstrap)
+        asyncio.run(learn_until_stopped(settings))
     return 0
 
 
@@ -688,6 +724,8 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     from streamcrm.bench.pipeline import format_report, run_bench, write_json
 
     logging.getLogger().setLevel(logging.WARNING)
+    if args.learner_only:
+        return _run_learner_bench(settings, args)
     with embedded_settings(settings, announce_service) as settings:
         report = run_bench(
             settings,
@@ -703,6 +741,25 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         )
     print(format_report(report))
     write_json(args.json, report)
+    print(f"\nfigures written to {args.json}")
+    return 0
+
+
+def _run_learner_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """``streamcrm bench --learner-only`` (see :mod:`streamcrm.bench.learner`)."""
+    from dataclasses import asdict
+
+    from streamcrm.bench.learner import format_learner_report, run_learner_bench
+
+    with embedded_settings(settings, announce_service) as settings:
+        figures = run_learner_bench(settings, args.customers, args.days, args.seed)
+    print(format_learner_report(figures))
+    figures_json = asdict(figures) | {
+        "updates_per_event": figures.updates_per_event,
+        "workers_served": figures.workers_served,
+        "workers_served_live": figures.workers_served_live,
+    }
+    args.json.write_text(json.dumps(figures_json, indent=2) + "\n")
     print(f"\nfigures written to {args.json}")
     return 0
 

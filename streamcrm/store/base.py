@@ -446,7 +446,23 @@ class StateStore(Protocol):
         """The version of the stored checkpoint (cheap: for polling)."""
         ...
 
-    async def save_model(self, name: str, blob: bytes, version: str) -> None: ...
+    async def save_model(
+        self,
+        name: str,
+        blob: bytes,
+        version: str,
+        next_offsets: Mapping[str, int] | None = None,
+    ) -> None:
+        """Save a checkpoint: the blob, its version and, in the same atomic step, where its
+        learner reads next (``next_offsets``: source partition field, as
+        :attr:`InputPosition.mark_field`, → the offset of the first message not learned).
+        None (a learner that keeps no positions) clears the stored ones: they would not
+        describe this blob."""
+        ...
+
+    async def load_model_next_offsets(self, name: str) -> dict[str, int]:
+        """Where the learner of the stored checkpoint reads next (empty: none stored)."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -35,6 +35,7 @@ class InMemoryStateStore:
         self._expires_at: dict[str, float] = {}
         self._due: dict[int, dict[str, datetime]] = {}
         self._models: dict[str, tuple[bytes, str]] = {}
+        self._model_next_offsets: dict[str, dict[str, int]] = {}
         self._offsets: dict[str, int] = {}
         self._erased: dict[str, str] = {}
         self._outbox: dict[int, list[OutboxRecord]] = {}
@@ -258,8 +259,18 @@ class InMemoryStateStore:
         stored = self._models.get(name)
         return stored[1] if stored else None
 
-    async def save_model(self, name: str, blob: bytes, version: str) -> None:
+    async def save_model(
+        self,
+        name: str,
+        blob: bytes,
+        version: str,
+        next_offsets: Mapping[str, int] | None = None,
+    ) -> None:
         self._models[name] = (blob, version)
+        self._model_next_offsets[name] = dict(next_offsets or {})
+
+    async def load_model_next_offsets(self, name: str) -> dict[str, int]:
+        return dict(self._model_next_offsets.get(name, {}))
 
     async def close(self) -> None:
         return None

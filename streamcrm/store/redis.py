@@ -31,6 +31,11 @@ key                                        value
                                            (subject hashes only)
 ``{ns}:v2:model:{name}``                   string: pickled ModelBundle checkpoint
 ``{ns}:v2:model:{name}:version``           string: the checkpoint's model version
+``{ns}:v2:model:{name}:next-offsets``      hash: ``{topic}|{topic id}|{N}`` → the offset
+                                           of the first model-updates message the
+                                           checkpoint has not learned (written by
+                                           ``streamcrm learner`` with the blob, in one
+                                           MULTI/EXEC)
 =========================================  ================================================
 
 A reader with the customer id alone (``streamcrm score``, ``GET /customers/{id}``) looks
@@ -640,13 +645,31 @@ class RedisStateStore:
             raw = await self._redis.get(f"{self.model_key(name)}:version")
         return raw.decode() if isinstance(raw, bytes) else raw
 
-    async def save_model(self, name: str, blob: bytes, version: str) -> None:
+    async def save_model(
+        self,
+        name: str,
+        blob: bytes,
+        version: str,
+        next_offsets: Mapping[str, int] | None = None,
+    ) -> None:
         key = self.model_key(name)
+        # One MULTI/EXEC, and one Cluster slot (the three keys share the name's hash tag):
+        # a reader never finds a blob beside positions that are not its own.
         with _unavailable_as_store_error():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(key, blob)
                 pipe.set(f"{key}:version", version)
+                pipe.delete(f"{key}:next-offsets")
+                if next_offsets:
+                    pipe.hset(
+                        f"{key}:next-offsets", mapping={f: str(o) for f, o in next_offsets.items()}
+                    )
                 await pipe.execute()
+
+    async def load_model_next_offsets(self, name: str) -> dict[str, int]:
+        with _unavailable_as_store_error():
+            raw = await self._redis.hgetall(f"{self.model_key(name)}:next-offsets")
+        return {_text(field): int(value) for field, value in raw.items()}
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -190,9 +190,22 @@ class RetryingStore:
             lambda: self.inner.load_model_version(name), f"read the version of model {name}"
         )
 
-    async def save_model(self, name: str, blob: bytes, version: str) -> None:
+    async def save_model(
+        self,
+        name: str,
+        blob: bytes,
+        version: str,
+        next_offsets: Mapping[str, int] | None = None,
+    ) -> None:
         await until_available(
-            lambda: self.inner.save_model(name, blob, version), f"save model {name}"
+            lambda: self.inner.save_model(name, blob, version, next_offsets),
+            f"save model {name}",
+        )
+
+    async def load_model_next_offsets(self, name: str) -> dict[str, int]:
+        return await until_available(
+            lambda: self.inner.load_model_next_offsets(name),
+            f"read where the learner of model {name} reads next",
         )
 
     async def close(self) -> None:

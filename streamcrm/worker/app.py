@@ -4,6 +4,8 @@ One model for the whole group: scoring agents only read the models and publish w
 should learn to the single-partition ``model-updates`` topic; the ``shared-learner`` agent
 (wherever that partition is assigned) learns everything and checkpoints to Redis; every
 worker loads the newest checkpoint on the checkpoint timer, so all score with one version.
+With ``STREAMCRM_LEARNER=process`` there is no ``shared-learner`` agent: ``streamcrm learner``
+(:mod:`streamcrm.learner`) learns and checkpoints in a process of its own.
 
 One agent per input topic, each with ``concurrency=1`` so a partition's events are applied in
 order. Every message ends in exactly one output: a score on ``crm.scores``, a dead letter on
@@ -132,13 +134,16 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         apply_marketing_events
     )
 
-    async def learn_model_updates(stream: faust.StreamT[bytes]) -> None:
-        async for raw in stream:
-            await worker.learn_model_updates(raw)
+    if settings.learner == "in-worker":
+        # Else `streamcrm learner` learns them, in its own process (streamcrm.learner).
 
-    app.agent(_raw_topic(app, topics.model_updates), name="shared-learner", concurrency=1)(
-        learn_model_updates
-    )
+        async def learn_model_updates(stream: faust.StreamT[bytes]) -> None:
+            async for raw in stream:
+                await worker.learn_model_updates(raw)
+
+        app.agent(_raw_topic(app, topics.model_updates), name="shared-learner", concurrency=1)(
+            learn_model_updates
+        )
 
     app.timer(MODEL_UPDATE_FLUSH_S, name="flush-model-updates")(worker.flush_model_updates)
     app.timer(settings.model_checkpoint_interval_s, name="checkpoint-models")(worker.checkpoint)

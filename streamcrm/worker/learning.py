@@ -3,8 +3,9 @@
 - :class:`LiveModels`: the models in use, resumed from the newest checkpoint. Either they
   learn at once (a worker on its own), or they only read, queue what they should learn for
   the shared learner, and follow its checkpoints (``shared``).
-- :class:`SharedLearner`: the one learner of a group; learns every worker's queued updates and
-  checkpoints them.
+- :class:`SharedLearner`: the one learner of a group, inside a scoring worker (``STREAMCRM_LEARNER=
+  in-worker``); learns every worker's queued updates and checkpoints them. Its own process,
+  ``streamcrm learner``, is :mod:`streamcrm.learner`.
 
 Checkpoints are kept in the state store under :data:`MODEL_CHECKPOINT`.
 """
@@ -18,12 +19,28 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from streamcrm.core.records import ModelMetrics
-from streamcrm.models import ModelBundle, ModelUpdate, QueuedUpdates
+from streamcrm.models import ModelBundle, ModelUpdate, ModelUpdateBatch, QueuedUpdates
 from streamcrm.store import StateStore
 from streamcrm.store.retrying import RetryingStore
 
 MODEL_CHECKPOINT = "bundle"
 logger = logging.getLogger(__name__)
+
+
+def model_updates_in(raw: bytes) -> list[ModelUpdate]:
+    """The updates of one model-updates message: a batch, or one update (older workers).
+
+    Raises ValueError (pydantic's ValidationError) for a message that is neither."""
+    try:
+        return ModelUpdateBatch.model_validate_json(raw).updates
+    except ValueError:
+        return [ModelUpdate.model_validate_json(raw)]
+
+
+def learn_each(models: ModelBundle, updates: Sequence[ModelUpdate]) -> None:
+    """Learn ``updates`` in order (CPU-bound: callers run it in a thread)."""
+    for update in updates:
+        models.learn(update)
 
 
 class LiveModels:
@@ -187,7 +204,7 @@ class SharedLearner:
             self._checkpointed = self.models.updates_learned
         models = self.models
         async with self._busy:
-            await asyncio.to_thread(_learn_each, models, updates)
+            await asyncio.to_thread(learn_each, models, updates)
         self._forgotten += sum(1 for update in updates if update.kind == "forget")
 
     async def checkpoint(self) -> bool:
@@ -210,11 +227,6 @@ class SharedLearner:
         self._checkpointed = learned
         self._forgotten -= forgotten
         return True
-
-
-def _learn_each(models: ModelBundle, updates: Sequence[ModelUpdate]) -> None:
-    for update in updates:
-        models.learn(update)
 
 
 def _updates_in(version: str) -> int:

@@ -35,7 +35,7 @@ from streamcrm.models import ModelUpdate, ModelUpdateBatch
 from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
 from streamcrm.store import OutboxRecord
-from streamcrm.worker.learning import SharedLearner
+from streamcrm.worker.learning import SharedLearner, model_updates_in
 from streamcrm.worker.metrics import WorkerMetrics
 from streamcrm.worker.outbox import OutboxPublisher
 from streamcrm.worker.pipeline import InputMessage, ScoringPipeline
@@ -91,14 +91,6 @@ class Broker(Protocol):
     async def read_range(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
         """The records ``[start, end)`` of one partition, read by a side consumer."""
         ...
-
-
-def model_updates_in(raw: bytes) -> list[ModelUpdate]:
-    """The updates of one model-updates message: a batch, or one update (older workers)."""
-    try:
-        return ModelUpdateBatch.model_validate_json(raw).updates
-    except ValueError:
-        return [ModelUpdate.model_validate_json(raw)]
 
 
 def dead_letter_for(message: Incoming, error: Exception) -> DeadLetter:

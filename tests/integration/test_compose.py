@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kafka import KafkaAdminClient
 
+from streamcrm.learner.process import alive_file
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.settings import Settings, Topics
 from streamcrm.worker.metrics import METRIC_NAMES
@@ -94,7 +95,9 @@ def test_compose_has_every_production_service_with_a_health_check(
     resolved: dict[str, Any],
 ) -> None:
     services = resolved["services"]
-    assert {"kafka", "redis", "topics", "worker", "simulator", "prometheus"} <= set(services)
+    assert {"kafka", "redis", "topics", "worker", "learner", "simulator", "prometheus"} <= set(
+        services
+    )
     for name in ("kafka", "redis", "worker", "prometheus"):
         assert services[name]["healthcheck"]["test"], name
     assert services["simulator"]["profiles"] == ["simulator"]
@@ -154,6 +157,31 @@ def test_workers_and_topic_init_share_one_configuration(resolved: dict[str, Any]
     depends = services["worker"]["depends_on"]
     assert depends["topics"]["condition"] == "service_completed_successfully"
     assert depends["redis"]["condition"] == "service_healthy"
+
+
+def test_one_learner_process_learns_for_workers_that_run_no_learner_themselves(
+    resolved: dict[str, Any],
+) -> None:
+    services = resolved["services"]
+    learner_service = services["learner"]
+    assert learner_service["command"] == ["streamcrm", "learner"]
+    assert learner_service["image"] == services["worker"]["image"]
+    assert learner_service["healthcheck"]["test"]
+    assert "deploy" not in learner_service  # exactly one: never replicated
+    depends = learner_service["depends_on"]
+    assert depends["topics"]["condition"] == "service_completed_successfully"
+    assert depends["redis"]["condition"] == "service_healthy"
+    worker = settings_from(streamcrm_environment(services["worker"]))
+    learner = settings_from(streamcrm_environment(learner_service))
+    assert worker.learner == "process"
+    assert learner.topics.model_updates == worker.topics.model_updates
+    assert (learner.redis_url, learner.redis_namespace) == (
+        worker.redis_url,
+        worker.redis_namespace,
+    )
+    assert learner.app_id == worker.app_id  # the workers' group, read once when migrating
+    health = learner_service["healthcheck"]["test"][-1]
+    assert str(alive_file(learner)) in health
 
 
 def test_workers_scale_without_a_fixed_name_and_prometheus_finds_them_all(

@@ -244,6 +244,36 @@ async def test_saving_a_model_again_overwrites_it(store: StateStore) -> None:
     assert await store.load_model("bundle") == b"second"
 
 
+async def test_a_checkpoint_keeps_where_its_learner_reads_next(store: StateStore) -> None:
+    await store.save_model("bundle", b"learned to 41", "v1", {"crm.model-updates|u|0": 42})
+
+    assert await store.load_model("bundle") == b"learned to 41"
+    assert await store.load_model_next_offsets("bundle") == {"crm.model-updates|u|0": 42}
+
+
+async def test_a_newer_checkpoint_replaces_where_its_learner_reads_next(store: StateStore) -> None:
+    await store.save_model("bundle", b"first", "v1", {"updates|u|0": 10, "old|o|0": 3})
+
+    await store.save_model("bundle", b"second", "v2", {"updates|u|0": 25})
+
+    assert await store.load_model_next_offsets("bundle") == {"updates|u|0": 25}
+
+
+async def test_a_checkpoint_saved_without_positions_clears_the_stored_ones(
+    store: StateStore,
+) -> None:
+    """An in-worker learner keeps no positions: the old ones would not describe its blob."""
+    await store.save_model("bundle", b"from the learner process", "v1", {"updates|u|0": 10})
+
+    await store.save_model("bundle", b"from an in-worker learner", "v2")
+
+    assert await store.load_model_next_offsets("bundle") == {}
+
+
+async def test_no_checkpoint_has_no_positions(store: StateStore) -> None:
+    assert await store.load_model_next_offsets("bundle") == {}
+
+
 async def test_models_are_kept_by_name(store: StateStore) -> None:
     await store.save_model("a", b"alpha", "v1")
     await store.save_model("b", b"beta", "v1")
@@ -269,7 +299,9 @@ async def test_redis_key_layout_matches_the_documented_one(
     state, score = scored("c-42")
     at = InputPosition("crm.purchases", "t", 2, 7)
     await redis_store.save(state, score, LedgerDue(2, T0), at)
-    await redis_store.save_model("bundle", b"blob", "churn-3.segments-4.clv-0")
+    await redis_store.save_model(
+        "bundle", b"blob", "churn-3.segments-4.clv-0", {"crm.model-updates|u|0": 12}
+    )
 
     raw = aioredis.Redis.from_url(services.redis_url, decode_responses=True)
     binary = aioredis.Redis.from_url(services.redis_url)
@@ -290,8 +322,11 @@ async def test_redis_key_layout_matches_the_documented_one(
         assert await raw.get(f"{unique_name}:v2:model:{{bundle}}") == "blob"
         version_key = f"{unique_name}:v2:model:{{bundle}}:version"
         assert await raw.get(version_key) == "churn-3.segments-4.clv-0"
+        next_offsets_key = f"{unique_name}:v2:model:{{bundle}}:next-offsets"
+        assert await raw.hgetall(next_offsets_key) == {"crm.model-updates|u|0": "12"}
         assert sorted(await raw.keys(f"{unique_name}:*")) == [
             f"{unique_name}:v2:model:{{bundle}}",
+            next_offsets_key,
             version_key,
             customer_key,
             f"{unique_name}:v2:{{p2}}:due",
@@ -337,6 +372,7 @@ def test_every_key_of_one_partition_hashes_to_one_cluster_slot() -> None:
     assert len(set().union(*(slots_of_partition(p) for p in range(64)))) == 64
     model = model_key(ns, "bundle")
     assert key_slot(model.encode()) == key_slot(f"{model}:version".encode())
+    assert key_slot(model.encode()) == key_slot(f"{model}:next-offsets".encode())
 
 
 def test_a_customer_is_found_where_a_producer_keying_by_their_id_sends_them() -> None:

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("streamcrm.store",),
     ("streamcrm.services",),
     ("streamcrm.worker",),
+    ("streamcrm.learner",),
     ("streamcrm.cli", "streamcrm.bench"),
     ("streamcrm.__main__", "streamcrm"),
 )

@@ -38,6 +38,7 @@ def test_an_unreachable_broker_is_a_one_line_error_and_exit_2(
     assert "Unable to bootstrap" in error and "Traceback" not in error
 
 
+@pytest.mark.parametrize("command", ["worker", "learner"])
 @pytest.mark.parametrize(
     "refusal",
     [
@@ -47,8 +48,11 @@ def test_an_unreachable_broker_is_a_one_line_error_and_exit_2(
         ServiceUnreachableError("Redis unavailable at redis://r:6379/0: refused; gave up after 9"),
     ],
 )
-def test_a_worker_whose_start_up_check_fails_says_so_in_one_line_and_exits_2(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], refusal: Exception
+def test_a_worker_or_learner_whose_start_up_check_fails_says_so_in_one_line_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    refusal: Exception,
+    command: str,
 ) -> None:
     import streamcrm.cli.main
 
@@ -59,5 +63,5 @@ def test_a_worker_whose_start_up_check_fails_says_so_in_one_line_and_exits_2(
     monkeypatch.setenv("STREAMCRM_REDIS_URL", "redis://r:6379/0")
     monkeypatch.setattr(streamcrm.cli.main, "check_connections", fails)
 
-    assert main(["worker"]) == 2
+    assert main([command]) == 2
     assert capsys.readouterr().err == f"streamcrm: {refusal}\n"
