@@ -445,9 +445,16 @@ class RedisStateStore:
             args: list[str | bytes | int | float] = [
                 self._retention_ms if self._retention_ms is not None else ""
             ]
+            held: tuple[str, str] | None = None
             for write in step:
-                keys.extend(self._write_keys(write))
-                args.extend(self._write_args(write))
+                write_keys = self._write_keys(write)
+                hold = _marks_to_hold(write)
+                # Within one atomic step the marks only move up: once a write of a partition
+                # has held them, a later write holding the same marks is checked already.
+                checked = held == (write_keys[0], hold)
+                held = (write_keys[0], hold)
+                keys.extend(write_keys)
+                args.extend(self._write_args(write, "" if checked else hold))
             with _unavailable_as_store_error():
                 made = await self._write_script(keys=keys, args=args)
             results.extend(SaveResult(int(result)) for result in made)
@@ -483,12 +490,14 @@ class RedisStateStore:
             campaigns_key(ns, partition),
         )
 
-    def _write_args(self, write: PendingWrite) -> list[str | bytes | int | float]:
+    def _write_args(self, write: PendingWrite, hold: str) -> list[str | bytes | int | float]:
+        """The script's arguments for ``write``, holding the marks ``hold`` (JSON, ''
+        none: :func:`_marks_to_hold`)."""
         position, state, score, due = write.position, write.state, write.score, write.due
         mark: list[str | bytes | int | float] = [
             position.mark_field if position is not None else "",
             position.offset if position is not None else 0,
-            _marks_to_hold(write),
+            hold,
         ]
         event_time = write.event_time.timestamp() if write.event_time is not None else ""
         if state is None:

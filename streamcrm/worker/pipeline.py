@@ -325,7 +325,7 @@ class ScoringPipeline:
         async with self._locks.hold_all(customers):
             if not all(self.marks.knows(m.topic, m.partition) for m in messages):
                 return []  # set back meanwhile by another topic's write: one by one
-            guards = {m.partition: self.marks.guard(m.partition) for m in messages}
+            guards = {p: self.marks.guard(p) for p in {m.partition for m in messages}}
             states = await self._retrying.load_many(sorted(customers), customers)
             queued = self.live.queued()
             try:
