@@ -217,8 +217,15 @@ def score_event(
     _learn(learner, labelled)
 
     # Scores never go back in event time: an event that arrives behind the customer's newest
-    # re-score (its topic consumed far behind another's) is scored as of that moment.
-    as_of = max(new_state.last_event_at, new_state.newest_score_at or new_state.last_event_at)
+    # re-score (its topic consumed far behind another's) is scored as of that moment. But for
+    # a cancelled customer, who is never re-scored again: their score is as of their newest
+    # event, so their final score does not depend on whether a re-score came in before the
+    # cancellation was read (live with one topic behind) or not (in-order replay).
+    as_of = (
+        new_state.last_event_at
+        if new_state.explicitly_cancelled
+        else max(new_state.last_event_at, new_state.newest_score_at or new_state.last_event_at)
+    )
     lapsed = config.rescore_interval is not None and (
         as_of >= new_state.last_event_at + config.rescore_horizon
     )

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from streamcrm.core.alerts import AlertRules
-from streamcrm.core.events import PurchaseEvent
-from streamcrm.core.records import Alert, CustomerScore
+from streamcrm.core.events import CancellationEvent, PurchaseEvent
+from streamcrm.core.records import MODEL_FIELDS, Alert, CustomerScore
 from streamcrm.core.scoring import ScoringConfig, rescore_due_at, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
@@ -125,6 +125,29 @@ def test_a_cancelled_customer_is_not_rescored() -> None:
     state = state.model_copy(update={"cancelled_at": T0 + timedelta(days=8)})
 
     assert rescore_due_at(state, CONFIG) is None
+
+
+def test_a_cancellation_read_after_a_rescore_past_it_gives_the_in_order_final_score() -> None:
+    # Live with the support topic far behind purchases: the sweep re-scores the customer a
+    # week after their purchase before the cancellation of the next day is read. A cancelled
+    # customer is never re-scored again, so that final score must be the in-order one.
+    models = ModelBundle()
+    bought = weekly_buyer(models, weeks=1)  # one purchase, day 0
+    cancellation = CancellationEvent(
+        event_id="c1", customer_id="steady", occurred_at=T0 + timedelta(days=1)
+    )
+    in_order = score_event(bought, cancellation, models, CONFIG)
+
+    swept = sweep_customer(bought, T0 + timedelta(days=9), models, CONFIG)
+    assert swept.score is not None and swept.score.as_of == T0 + WEEK
+    read_late = score_event(swept.state, cancellation, models, CONFIG)
+
+    assert read_late.score is not None and in_order.score is not None
+    assert read_late.score.cancelled and read_late.score.as_of == T0 + timedelta(days=1)
+    assert read_late.score.model_dump(exclude=set(MODEL_FIELDS)) == in_order.score.model_dump(
+        exclude=set(MODEL_FIELDS)
+    )
+    assert rescore_due_at(read_late.state, CONFIG) is None
 
 
 def test_a_quiet_customers_churn_alert_says_how_quiet_they_are_against_their_usual_gap() -> None:
