@@ -27,6 +27,8 @@ from streamcrm.core.state import (
     SATISFACTION_EWMA_ALPHA,
     CustomerState,
     StateRules,
+    Ticket,
+    TicketTotals,
     apply,
 )
 from streamcrm.errors import EventValidationError
@@ -805,3 +807,45 @@ def test_a_stream_shuffled_within_the_allowed_lateness_gives_the_ordered_state(
 
     assert reordered.late_events == 0
     assert without_arrival_order(reordered) == without_arrival_order(in_order)
+
+
+_moment = st.one_of(  # whole hours: a wait of exactly an SLA's length is common
+    st.none(),
+    st.integers(0, 80).map(lambda h: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=h)),
+)
+_tickets = st.dictionaries(
+    st.text("abc", min_size=1, max_size=3),
+    st.builds(
+        Ticket,
+        opened_at=_moment,
+        priority=st.sampled_from(["low", "normal", "high", "urgent"]),
+        category=st.one_of(st.none(), st.sampled_from(["billing", "inquiry", "complaint"])),
+        first_response_at=_moment,
+        resolved_at=_moment,
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tickets=_tickets, forgotten=_tickets)
+def test_ticket_totals_are_the_forgotten_plus_each_remembered_tickets_totals(
+    tickets: dict[str, Ticket], forgotten: dict[str, Ticket]
+) -> None:
+    forgotten_totals = TicketTotals()
+    for ticket in forgotten.values():
+        forgotten_totals = forgotten_totals + ticket.totals()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    state = CustomerState(
+        customer_id="c",
+        first_seen_at=t0,
+        last_event_at=t0,
+        tickets=tickets,
+        forgotten_tickets=forgotten_totals,
+    )
+
+    expected = forgotten_totals
+    for ticket in tickets.values():
+        expected = expected + ticket.totals()
+    assert state.ticket_totals == expected
+    assert list(state.ticket_totals.by_category) == list(expected.by_category)
