@@ -77,6 +77,11 @@ class _TapeChurn:
     def explain_one(self, features: Mapping[str, float], top: int = 3) -> list[tuple[str, float]]:
         return []
 
+    def predict_and_explain(
+        self, features: Mapping[str, float], top: int = 3
+    ) -> tuple[float, list[tuple[str, float]]]:
+        return self.predict_proba_one(features), self.explain_one(features, top)
+
 
 class _TapeLearner:
     """Notes each label where it is learned; the segments, population and CLV models learn

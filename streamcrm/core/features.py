@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from streamcrm.core.state import CustomerState
+from streamcrm.core.state import CustomerState, TicketTotals
 from streamcrm.models.repeat_buying import RepeatBuying
 
 SECONDS_PER_DAY = 86_400.0
@@ -49,7 +49,9 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-def customer_features(state: CustomerState, as_of: datetime) -> dict[str, float]:
+def customer_features(
+    state: CustomerState, as_of: datetime, tickets: TicketTotals | None = None
+) -> dict[str, float]:
     """Features of ``state`` as of event time ``as_of``.
 
     - ``recency_days``: days since the last purchase (since first seen if none yet),
@@ -60,9 +62,12 @@ def customer_features(state: CustomerState, as_of: datetime) -> dict[str, float]
     - ``satisfaction_mean`` = Σ sᵢ / n over normalised ratings (0.5 before any),
     - ``satisfaction_recent``: the EWMA of ratings (0.5 before any),
     - support load: open tickets, complaints, escalations, mean first-response hours.
+
+    ``tickets``: ``state.ticket_totals``, when the caller has it already.
     """
     last_activity = state.last_purchase_at or state.first_seen_at
-    tickets = state.ticket_totals
+    if tickets is None:
+        tickets = state.ticket_totals
     tenure_days = _days(as_of - (state.first_purchase_at or state.first_seen_at))
     orders = state.order_count
     return {

@@ -449,10 +449,13 @@ def _score_as_of(
     Every time-based figure (recency, tenure, rates, silence against the customer's usual gap,
     the repeat-buying forecasts) is measured at ``as_of``; the models are only read.
     """
-    features = customer_features(state, as_of)
+    tickets = state.ticket_totals
+    features = customer_features(state, as_of, tickets)
     churn_inputs = churn_features(state, as_of, config.churn_window, features)
     cancelled = state.explicitly_cancelled
-    churn_probability = 1.0 if cancelled else models.churn.predict_proba_one(churn_inputs)
+    churn_probability, drivers = (
+        (1.0, []) if cancelled else models.churn.predict_and_explain(churn_inputs)
+    )
     buying = repeat_buying(state)
     forecasts = (
         models.forecasts(buying, as_of, (config.churn_window, config.clv_horizon))
@@ -464,7 +467,6 @@ def _score_as_of(
     mean_satisfaction = satisfaction_mean(state)
     recency_code, frequency_code, monetary_code = models.population.rfm_codes(features)
     loyalty = loyalty_index(state, features)
-    tickets = state.ticket_totals
     simple_clv = clv_simple(features, churn_probability)
 
     score = CustomerScore(
@@ -506,12 +508,7 @@ def _score_as_of(
         sla_breaches=tickets.sla_breaches,
         mean_first_response_hours=mean_first_response_hours(tickets),
         mean_resolution_hours=mean_resolution_hours(tickets),
-        churn_drivers=[]
-        if cancelled
-        else [
-            ChurnDriver(feature=name, log_odds=value)
-            for name, value in models.churn.explain_one(churn_inputs)
-        ],
+        churn_drivers=[ChurnDriver(feature=name, log_odds=value) for name, value in drivers],
         segment_distance=segment_distance,
         probability_alive=None if window_forecast is None else window_forecast.probability_alive,
         expected_purchases=(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from river import drift, linear_model, metrics, optim, preprocessing, stats
+from river import compose, drift, linear_model, metrics, optim, preprocessing, stats
 
 ROLLING_WINDOW = 2_000
 """Labelled examples in the rolling quality window."""
@@ -70,6 +70,30 @@ class ChurnModel:
         ]
         ranked = sorted((c for c in contributions if c[1] != 0.0), key=lambda c: (-abs(c[1]), c[0]))
         return ranked[:top]
+
+    def predict_and_explain(
+        self, features: Mapping[str, float], top: int = 3
+    ) -> tuple[float, list[tuple[str, float]]]:
+        """:meth:`predict_proba_one` and :meth:`explain_one` together, from one scaling of
+        the features when the pipeline is scaled logistic regression (the same numbers as
+        the two calls, which River's pipeline computes by the same two steps)."""
+        steps = getattr(self.pipeline, "steps", {})
+        if (
+            "StandardScaler" not in steps
+            or "LogisticRegression" not in steps
+            or len(steps) != 2
+            or compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT
+        ):
+            return self.predict_proba_one(features), self.explain_one(features, top)
+        scaled = self.pipeline["StandardScaler"].transform_one(dict(features))
+        regression = self.pipeline["LogisticRegression"]
+        probability = float(regression.predict_proba_one(scaled).get(True, 0.0))
+        weights = regression.weights
+        contributions = [
+            (name, float(weights.get(name, 0.0) * value)) for name, value in scaled.items()
+        ]
+        ranked = sorted((c for c in contributions if c[1] != 0.0), key=lambda c: (-abs(c[1]), c[0]))
+        return probability, ranked[:top]
 
     def learn_one(self, features: Mapping[str, float], churned: bool) -> None:
         """Predict (for the progressive metrics), then learn one labelled example."""

@@ -36,6 +36,12 @@ class PopulationStats:
         self.satisfaction = stats.Mean()
         self.n_learned = 0
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled without the read cache: a checkpoint holds the model alone."""
+        state = dict(self.__dict__)
+        state.pop("_boundaries_at", None)
+        return state
+
     def learn_one(self, features: Mapping[str, float], satisfaction: float | None) -> None:
         """Add one scored customer's RFM values (and mean satisfaction, if rated)."""
         for name, estimators in self.quantiles.items():
@@ -50,14 +56,26 @@ class PopulationStats:
         codes = []
         for name, higher_is_better in RFM_FEATURES.items():
             value = features[name]
-            estimates = (q.get() for q in self.quantiles[name])
-            boundaries = [b for b in estimates if b is not None]
+            boundaries = self._boundaries()[name]
             if higher_is_better:
                 code = 1 + sum(value > b for b in boundaries)
             else:
                 code = 1 + sum(value < b for b in boundaries)
             codes.append(min(code, 5))
         return codes[0], codes[1], codes[2]
+
+    def _boundaries(self) -> dict[str, list[float]]:
+        """Each RFM feature's quintile boundaries estimated so far, read again only after the
+        estimators learned (which counts in ``n_learned``)."""
+        cached: tuple[int, dict[str, list[float]]] | None = getattr(self, "_boundaries_at", None)
+        if cached is None or cached[0] != self.n_learned:
+            boundaries = {
+                name: [b for b in (q.get() for q in estimators) if b is not None]
+                for name, estimators in self.quantiles.items()
+            }
+            cached = (self.n_learned, boundaries)
+            self._boundaries_at = cached
+        return cached[1]
 
     @property
     def mean_satisfaction(self) -> float | None:

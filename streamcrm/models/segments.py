@@ -72,6 +72,12 @@ class SegmentModel:
                 centre[name]  # noqa: B018 - reading a defaultdict key draws its start value
         self.n_learned = 0
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled without the read cache: a checkpoint holds the model alone."""
+        state = dict(self.__dict__)
+        state.pop("_names_at", None)
+        return state
+
     def predict_one(self, features: Mapping[str, float]) -> tuple[int, str]:
         """The (segment id, segment name) of one customer's features, without learning."""
         segment_id, _ = self._nearest(features)
@@ -85,9 +91,19 @@ class SegmentModel:
 
     def place_one(self, features: Mapping[str, float]) -> tuple[int, str, float]:
         """(segment id, segment name, distance to its centre) in one pass: what a score
-        needs, from one scaling and one nearest-centre search."""
+        needs, from one scaling and one nearest-centre search (the names ranked once per
+        state of the centres, :meth:`current_names`)."""
         segment_id, distance = self._nearest(features)
-        return segment_id, self.segment_names()[segment_id], distance
+        return segment_id, self.current_names()[segment_id], distance
+
+    def current_names(self) -> dict[int, str]:
+        """:meth:`segment_names`, ranked again only after the centres moved (they move only
+        when the model learns, which counts in ``n_learned``). Read-only: do not change it."""
+        cached: tuple[int, dict[int, str]] | None = getattr(self, "_names_at", None)
+        if cached is None or cached[0] != self.n_learned:
+            cached = (self.n_learned, self.segment_names())
+            self._names_at = cached
+        return cached[1]
 
     def _nearest(self, features: Mapping[str, float]) -> tuple[int, float]:
         """(segment id, distance to its centre): one scaling, one nearest-centre search."""

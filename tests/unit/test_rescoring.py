@@ -63,6 +63,11 @@ class QuietnessChurnModel:
     def explain_one(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
         return [("recency_in_horizons", features["recency_in_horizons"])]
 
+    def predict_and_explain(
+        self, features: Mapping[str, float]
+    ) -> tuple[float, list[tuple[str, float]]]:
+        return self.predict_proba_one(features), self.explain_one(features)
+
     def learn_one(self, features: Mapping[str, float], churned: bool) -> None:
         return None
 
