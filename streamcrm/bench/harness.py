@@ -4,15 +4,17 @@ and settings of their own for each run."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from streamcrm.core.events import Event
 from streamcrm.core.records import ModelMetrics
 from streamcrm.services.kafka import event_topic, make_producer, poll_records, read_topic
+from streamcrm.services.processes import start_learner_process, stop_worker_process
 from streamcrm.settings import Settings
 
 Message = tuple[str, bytes, bytes]
@@ -155,3 +157,17 @@ def fresh_settings(base: Settings, label: str) -> Settings:
     """``base`` with topics, consumer group and Redis namespace of its own (a uuid name)."""
     name = f"bench-{label}-{uuid.uuid4().hex[:6]}"
     return base.model_copy(update={"topic_prefix": name, "app_id": name, "redis_namespace": name})
+
+
+@contextlib.contextmanager
+def shared_learner(settings: Settings, log_path: Path) -> Iterator[None]:
+    """The ``streamcrm learner`` process of workers set to ``learner=process`` (none for
+    ``in-worker``: a worker learns itself), stopped by its pid afterwards."""
+    if settings.learner != "process":
+        yield
+        return
+    learner = start_learner_process(settings, log_path)
+    try:
+        yield
+    finally:
+        stop_worker_process(learner)

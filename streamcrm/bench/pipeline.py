@@ -6,6 +6,9 @@ What it measures, on one machine, in one run (so ratios compare like with like):
   (simulated purchases, feedback and support of many customers). Sustained events/s is the
   rate between 10 % and 90 % of the stream, from the worker's own per-second metrics reports
   (start-up and group join excluded).
+- **learner**: with ``learner=process`` (the bench's default, ``--learner``), every scoring
+  worker runs beside one ``streamcrm learner`` process that learns what it queues, so the
+  worker only scores (issue 20's architecture); the components then count learning apart.
 - **Faust pass-through**: :mod:`streamcrm.bench.passthrough` on the same stream (decode →
   emit, no state, no models): what the framework itself allows.
 - **Quix Streams pass-through**: :mod:`streamcrm.bench.quix`, the same with the framework a
@@ -29,6 +32,7 @@ Every figure is printed in a table and written to a JSON file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import sys
@@ -51,6 +55,7 @@ from streamcrm.bench.harness import (
     rss_mib,
     scored_count,
     send_at_rate,
+    shared_learner,
     stream_for,
     sustained_rate,
 )
@@ -65,7 +70,7 @@ from streamcrm.core.events import (
 from streamcrm.core.records import ModelMetrics
 from streamcrm.core.scoring import ScoringConfig, apply_marketing, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
-from streamcrm.models import ModelBundle
+from streamcrm.models import ModelBundle, QueuedUpdates
 from streamcrm.services.kafka import (
     ensure_topics,
     poll_records,
@@ -79,6 +84,33 @@ from streamcrm.services.processes import (
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import DEFAULT_START, simulate
 from streamcrm.store import LedgerDue, OutboxRecord, PendingWrite, RedisStateStore
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 20's targets and the figure a run measured against it."""
+
+    name: str
+    measured: float | None
+    """None: not measured in this run."""
+    bound: float
+    style: str
+    """How to print the figure and the bound (a format string)."""
+    at_most: bool = False
+    """Met at or below ``bound`` (else at or above it)."""
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured <= self.bound if self.at_most else self.measured >= self.bound
+
+    def row(self) -> str:
+        """The target as one line of the report: name, bound, measured, met."""
+        bound = ("<= " if self.at_most else ">= ") + self.style.format(self.bound)
+        measured = "-" if self.measured is None else self.style.format(self.measured)
+        verdict = {None: "not measured", True: "met", False: "NOT met"}[self.met]
+        return f"{self.name:<50}{bound:>12}{measured:>12}  {verdict}"
 
 
 @dataclass
@@ -118,6 +150,70 @@ class BenchReport:
     soak: dict[str, float] | None = None
     """One worker under a steady load for minutes: RSS after warm-up and at the end
     (:mod:`streamcrm.bench.soak`); None when not run."""
+    learner: str = "process"
+    """Where the shared learner ran: ``process`` (its own, beside the workers) or
+    ``in-worker``."""
+    learning_us: float | None = None
+    """What learning a scored event's model updates costs (in the learner), per event."""
+
+    def targets(self) -> list[Target]:
+        """Issue 20's targets, each with the figure this run measured (None: not measured)."""
+        rate = self.pipeline_events_per_s or None
+        faust, quix, scaling = (
+            self.passthrough_events_per_s,
+            self.quix_events_per_s,
+            self.scaling_events_per_s,
+        )
+        redis_us = next((v for k, v in self.component_us.items() if k.startswith("Redis")), None)
+        soak = self.soak or {}
+        sent, scored = soak.get("events sent"), soak.get("events scored")
+        offered = self.latency_offered_per_s or 0.0
+
+        def ratio(over: float | None, under: float | None) -> float | None:
+            return over / under if over is not None and under else None
+
+        return [
+            Target("pipeline / Faust pass-through", ratio(rate, faust), 1.0, "{:.2f}x"),
+            Target("pipeline, events/s a worker", rate, 5_000, "{:,.0f}"),
+            Target(
+                "moonshot: pipeline / Quix Streams pass-through", ratio(rate, quix), 0.25, "{:.3f}x"
+            ),
+            Target(
+                "scoring core, µs an event",
+                self.component_us.get("scoring core + models (score_event)"),
+                50,
+                "{:,.0f}",
+                at_most=True,
+            ),
+            Target("Redis, µs an event", redis_us, 40, "{:,.0f}", at_most=True),
+            Target(
+                f"p99 ms at half the rate ({offered:,.0f} events/s)",
+                self.latency_ms.get("p99"),
+                100,
+                "{:,.0f}",
+                at_most=True,
+            ),
+            Target(
+                "soak: share of what was sent that was scored", ratio(scored, sent), 0.99, "{:.1%}"
+            ),
+            Target(
+                "soak: RSS growth after warm-up",
+                soak.get("RSS growth"),
+                0.10,
+                "{:+.1%}",
+                at_most=True,
+            ),
+            Target(
+                f"{self.scaling_workers or 2} workers / one", ratio(scaling, rate), 1.6, "{:.2f}x"
+            ),
+            Target(
+                "Redis bytes a customer",
+                self.redis_bytes_per_customer,
+                1024,
+                "{:,.0f}",
+                at_most=True,
+            ),
+        ]
 
     def ratios(self) -> dict[str, float]:
         """The pipeline rate against each baseline measured in the same run."""
@@ -151,18 +247,19 @@ def measure_pipeline_rate(
     ensure_topics(settings, base.kafka_bootstrap)
     messages = stream_for(settings, events)
     preload(base.kafka_bootstrap, messages)
-    worker = start_worker_process(settings, log_dir / f"bench-{label}.log")
-    rescores = RescoreCount()
-    try:
-        samples = follow_progress(
-            base.kafka_bootstrap,
-            settings.topics.model_metrics,
-            len(messages),
-            rescores,
-            timeout_s=max(600.0, len(messages) / 50),
-        )
-    finally:
-        stop_worker_process(worker)
+    with shared_learner(settings, log_dir / f"bench-{label}-learner.log"):
+        worker = start_worker_process(settings, log_dir / f"bench-{label}.log")
+        rescores = RescoreCount()
+        try:
+            samples = follow_progress(
+                base.kafka_bootstrap,
+                settings.topics.model_metrics,
+                len(messages),
+                rescores,
+                timeout_s=max(600.0, len(messages) / 50),
+            )
+        finally:
+            stop_worker_process(worker)
     return sustained_rate(samples, len(messages)), rescores.rescored
 
 
@@ -188,6 +285,8 @@ def measure_pipeline(
     report.preload_events_per_s = len(messages) / preload(base.kafka_bootstrap, messages)
     client = redis.Redis.from_url(base.redis_url)
     memory_before = int(client.info("memory")["used_memory"])
+    learner = contextlib.ExitStack()
+    learner.enter_context(shared_learner(settings, log_dir / "bench-learner.log"))
     worker = start_worker_process(settings, log_dir / "bench-worker.log")
     rescores = RescoreCount()
     try:
@@ -211,6 +310,7 @@ def measure_pipeline(
         report.worker_rss_mib["end"] = rss_mib(worker.pid)
     finally:
         stop_worker_process(worker)
+        learner.close()
         client.close()
     return settings
 
@@ -225,6 +325,8 @@ def measure_scaling(
     ensure_topics(settings, base.kafka_bootstrap)
     messages = stream_for(settings, events)
     preload(base.kafka_bootstrap, messages)
+    learner = contextlib.ExitStack()
+    learner.enter_context(shared_learner(settings, log_dir / "bench-scaling-learner.log"))
     group = [
         start_worker_process(settings, log_dir / f"bench-scaling-worker-{n}.log")
         for n in range(workers)
@@ -242,6 +344,7 @@ def measure_scaling(
     finally:
         for worker in group:
             stop_worker_process(worker)
+        learner.close()
 
 
 def measure_latency(
@@ -351,12 +454,20 @@ def measure_components(
     models, config = ModelBundle(), ScoringConfig(heartbeat_interval=timedelta(days=30))
     states: dict[str, CustomerState] = {}
     scored = []
-    started = time.perf_counter()
+    queued = QueuedUpdates()
+    core_s = learn_s = 0.0
     for event in decoded:
-        result = score_event(states.get(event.customer_id), event, models, config)
+        # What a scoring worker does (the updates queued for the shared learner), then what
+        # the learner does with them: timed apart, the models learning as they would.
+        started = time.perf_counter()
+        result = score_event(states.get(event.customer_id), event, models, config, learner=queued)
+        learned = time.perf_counter()
+        for update in queued.drain():
+            models.learn(update)
+        learn_s += time.perf_counter() - learned
+        core_s += learned - started
         states[event.customer_id] = result.state
         scored.append(result)
-    core_s = time.perf_counter() - started
 
     started = time.perf_counter()
     payloads = [r.score.model_dump_json().encode() for r in scored if r.score is not None]
@@ -394,9 +505,17 @@ def measure_components(
     batched_s = asyncio.run(redis_round_trips(base.batch_max_events))
     without_outbox_s = asyncio.run(redis_round_trips(base.batch_max_events, outbox=False))
     n = len(chosen)
+    report.learning_us = learn_s / n * 1e6
+    report.learner = base.learner
+    learning = (
+        {"learning (the shared learner, in the worker)": report.learning_us}
+        if base.learner == "in-worker"
+        else {}
+    )
     report.component_us = {
         "validate (decode_event)": decode_us,
         "scoring core + models (score_event)": core_s / n * 1e6,
+        **learning,
         f"Redis load + atomic save + outbox, batches of {base.batch_max_events}": batched_s
         / n
         * 1e6,
@@ -610,6 +729,15 @@ def format_report(report: BenchReport) -> str:
     ]
     if report.redis_bytes_per_customer is not None:
         lines.append(f"Redis memory per customer: {report.redis_bytes_per_customer:,.0f} bytes")
+    lines.append(
+        "shared learner: its own process (`streamcrm learner`), the worker only scores"
+        if report.learner == "process"
+        else "shared learner: in the worker (STREAMCRM_LEARNER=in-worker)"
+    )
+    if report.learning_us is not None:
+        lines.append(
+            f"{'learning, per event (where the learner runs)':<44}{report.learning_us:>9,.1f} µs"
+        )
     if report.soak is not None:
         soak = report.soak
         lines += [
@@ -620,11 +748,16 @@ def format_report(report: BenchReport) -> str:
             f" {soak['RSS last minute MiB']:,.0f} MiB: growth {soak['RSS growth']:+.1%},"
             f" spread (max - min) / min {soak['RSS spread']:.1%}",
         ]
+    lines += ["", f"{'targets (issue 20)':<50}{'target':>12}{'measured':>12}"]
+    lines += [target.row() for target in report.targets()]
     return "\n".join(lines)
 
 
 def write_json(path: Path, report: BenchReport) -> None:
-    path.write_text(json.dumps({**asdict(report), "ratios": report.ratios()}, indent=2))
+    targets = [{**asdict(target), "met": target.met} for target in report.targets()]
+    path.write_text(
+        json.dumps({**asdict(report), "ratios": report.ratios(), "targets": targets}, indent=2)
+    )
 
 
 __all__ = [

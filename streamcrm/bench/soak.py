@@ -10,6 +10,7 @@ first checkpoints, the model's samples filling) is left out of the comparison.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -18,7 +19,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from streamcrm.bench.harness import Message, rss_mib, scored_count, send_at_rate, stream_for
+from streamcrm.bench.harness import (
+    Message,
+    rss_mib,
+    scored_count,
+    send_at_rate,
+    shared_learner,
+    stream_for,
+)
 from streamcrm.services.kafka import ensure_topics, read_to_end
 from streamcrm.services.processes import start_worker_process, stop_worker_process
 from streamcrm.settings import Settings
@@ -122,6 +130,8 @@ def measure_soak(
         stream = continuing_stream(settings, customers, seed)
         sent[0] = send_at_rate(bootstrap, stream, rate, stop)
 
+    learner = contextlib.ExitStack()
+    learner.enter_context(shared_learner(settings, log_dir / "bench-soak-learner.log"))
     worker = start_worker_process(settings, log_dir / "bench-soak-worker.log")
     sender = threading.Thread(target=produce, name="soak-producer", daemon=True)
     samples: list[tuple[float, float]] = []
@@ -141,4 +151,5 @@ def measure_soak(
     finally:
         stop.set()
         stop_worker_process(worker)
+        learner.close()
     return soak_figures(samples, minutes, rate, sent[0], scored)

@@ -315,6 +315,13 @@ def _add_bench(commands: Commands) -> None:
         " Redis checkpoints) and so how many workers at 5,000 events/s it serves",
     )
     bench.add_argument(
+        "--learner",
+        choices=("process", "in-worker"),
+        default="process",
+        help="where the shared learner runs in the bench: its own `streamcrm learner` process"
+        " beside the workers, which then only score (default), or in the worker",
+    )
+    bench.add_argument(
         "--no-rescoring-comparison",
         action="store_true",
         help="skip the second pipeline run with re-scoring of quiet customers off",
@@ -726,6 +733,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     if args.learner_only:
         return _run_learner_bench(settings, args)
+    settings = settings.model_copy(update={"learner": args.learner})
     with embedded_settings(settings, announce_service) as settings:
         report = run_bench(
             settings,

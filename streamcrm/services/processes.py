@@ -73,6 +73,14 @@ def start_worker_process(settings: Settings, log_path: Path) -> subprocess.Popen
     )
 
 
+def start_learner_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m streamcrm learner`` (the shared learner of workers set to
+    ``learner=process``) configured by ``settings``; stop it as a worker."""
+    return start_process(
+        [sys.executable, "-m", "streamcrm", "learner"], log_path, worker_environment(settings)
+    )
+
+
 def stop_worker_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
     """Ask a worker to stop (SIGTERM: Faust shuts down cleanly), kill it if it hangs."""
     if process.poll() is None:
