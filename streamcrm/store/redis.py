@@ -505,7 +505,7 @@ class RedisStateStore:
         return [
             *mark,
             pack(state.model_dump_json()),
-            pack(score.model_dump_json()) if score is not None else "",
+            pack(stored_score_json(score, write.outbox)) if score is not None else "",
             score.as_of.isoformat() if score is not None else "",
             "" if due is None else "rem" if due.at is None else "add",
             state.customer_id,
@@ -686,6 +686,15 @@ class RedisStateStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def stored_score_json(score: CustomerScore, outbox: Sequence[OutboxRecord]) -> str:
+    """``score.model_dump_json()``, taken from the write's outbox record of that score when it
+    has one (made from the same score a moment before: serialised once, not twice)."""
+    for record in outbox:
+        if record.kind == "scores" and record.record_id == score.event_id and record.value:
+            return record.value
+    return score.model_dump_json()
 
 
 def _marks_to_hold(write: PendingWrite) -> str:

@@ -11,7 +11,9 @@ from streamcrm.core.scoring import ScoringConfig, score_event
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
 from streamcrm.sim.simulator import simulate
+from streamcrm.store import PendingWrite
 from streamcrm.store.codec import DICTIONARY_V1, DICTIONARY_V2, VERSION_1, pack, unpack
+from streamcrm.store.redis import stored_score_json
 
 
 def simulated_documents() -> list[str]:
@@ -57,3 +59,18 @@ def test_values_stored_with_the_first_dictionary_still_read() -> None:
     stored_by_version_1 = VERSION_1 + deflate.compress(document.encode()) + deflate.flush()
 
     assert unpack(stored_by_version_1).decode() == document
+
+
+def test_the_stored_score_is_the_one_the_outbox_publishes_serialised_once() -> None:
+    models, config = ModelBundle(), ScoringConfig(rescore_interval=timedelta(days=7))
+    state = None
+    for event in simulate(customers=1, days=120, seed=5).events:
+        scored = score_event(state, event, models, config)
+        state = scored.state
+        if scored.score is None:
+            continue
+        outbox = PendingWrite.outputs_of(scored.outputs)
+        assert stored_score_json(scored.score, outbox) == scored.score.model_dump_json()
+        assert stored_score_json(scored.score, ()) == scored.score.model_dump_json()
+        rescores_only = tuple(r for r in outbox if r.record_id != scored.score.event_id)
+        assert stored_score_json(scored.score, rescores_only) == scored.score.model_dump_json()
