@@ -440,6 +440,12 @@ class RedisStateStore:
 
     async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
         results: list[SaveResult] = []
+        # Per offsets hash, the marks the batch's earlier steps moved: a later step holds
+        # them too. Each write holds the marks as they stood before the batch; split into
+        # steps (a Redis Cluster), a batch may see a failover between two steps that drops
+        # the earlier ones, and a later step holding only the older marks would pass on the
+        # replica and move the marks past the lost writes: nobody would find them lost.
+        moved: dict[str, dict[str, int]] = {}
         for step in self._steps(writes):
             keys: list[str] = []
             args: list[str | bytes | int | float] = [
@@ -448,7 +454,7 @@ class RedisStateStore:
             held: tuple[str, str] | None = None
             for write in step:
                 write_keys = self._write_keys(write)
-                hold = _marks_to_hold(write)
+                hold = _marks_to_hold(write, moved.get(write_keys[0], {}))
                 # Within one atomic step the marks only move up: once a write of a partition
                 # has held them, a later write holding the same marks is checked already.
                 checked = held == (write_keys[0], hold)
@@ -460,6 +466,11 @@ class RedisStateStore:
             results.extend(SaveResult(int(result)) for result in made)
             if results[-1] != SaveResult.APPLIED:
                 break
+            for write in step:  # all applied: each moved its mark (writes of one field ascend)
+                if write.position is not None:
+                    marks = moved.setdefault(self._write_keys(write)[0], {})
+                    field, offset = write.position.mark_field, write.position.offset
+                    marks[field] = max(marks.get(field, offset), offset)
         return results
 
     def _steps(self, writes: Sequence[PendingWrite]) -> list[Sequence[PendingWrite]]:
@@ -697,8 +708,12 @@ def stored_score_json(score: CustomerScore, outbox: Sequence[OutboxRecord]) -> s
     return score.model_dump_json()
 
 
-def _marks_to_hold(write: PendingWrite) -> str:
+def _marks_to_hold(write: PendingWrite, moved: Mapping[str, int] | None = None) -> str:
+    """The marks ``write`` holds (JSON for the scripts, '' none), with those ``moved`` by
+    the earlier steps of its batch in its offsets hash."""
     marks = write.marks_to_hold()
+    for field, offset in (moved or {}).items():
+        marks[field] = max(marks.get(field, offset), offset)
     return json.dumps([item for pair in sorted(marks.items()) for item in pair]) if marks else ""
 
 
