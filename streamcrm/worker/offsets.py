@@ -135,14 +135,23 @@ class OffsetMarks:
         return InputPosition(topic, self.topic_ids.get(topic), partition, offset, previous)
 
     def marked(self, position: InputPosition | None) -> None:
-        """Remember that this worker moved the partition's mark to ``position``."""
+        """Remember that the partition's mark is at ``position`` (moved there by this worker,
+        or found there or past it): never below what this worker held already."""
         if position is not None:
-            self._last[position.mark_field] = position.offset
-            self._partitions[position.mark_field] = (position.topic, position.partition)
+            field = position.mark_field
+            held = self._last.get(field)
+            self._last[field] = position.offset if held is None else max(held, position.offset)
+            self._partitions[field] = (position.topic, position.partition)
 
     def after_write(self, position: InputPosition | None, result: SaveResult) -> None:
-        """Remember the mark a save moved (an applied write, or an erased customer's)."""
-        if result in (SaveResult.APPLIED, SaveResult.CUSTOMER_ERASED):
+        """Remember the mark a save moved (an applied write, or an erased customer's) or
+        found at or past its offset (``ALREADY_APPLIED``).
+
+        The last matters after a lost reply: a write made whose answer never came (the
+        connection broke, or the client's read timed out while the event loop was busy) is
+        sent again, and the retry answers ``ALREADY_APPLIED``. The store holds the write
+        then, and a failover that drops it must be found: later writes hold its mark."""
+        if result in (SaveResult.APPLIED, SaveResult.CUSTOMER_ERASED, SaveResult.ALREADY_APPLIED):
             self.marked(position)
 
     def partitions_applied(self) -> list[tuple[str, int]]:

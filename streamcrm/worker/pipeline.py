@@ -391,7 +391,15 @@ class ScoringPipeline:
             self.live.drop_from(queued)
             return _Planned(error, None if position is None else PendingWrite(position), queued)
         if scored.duplicate:
-            return _Planned(scored, None, queued, event.occurred_at)
+            # At an offset past the mark this worker holds, the event was applied by a write
+            # whose answer this worker never saw (a reply lost, its retry found the write
+            # made), or the producer sent it twice: a bare mark write learns (or moves) the
+            # mark, so that a failover dropping that write is found by the next one.
+            unknown = position is not None and (
+                position.previous is None or position.offset > position.previous
+            )
+            write = PendingWrite(position, guard=guard) if unknown else None
+            return _Planned(scored, write, queued, event.occurred_at)
         states[event.customer_id] = scored.state
         scored = self.retention.annotate_scored(scored)
         outbox = PendingWrite.outputs_of(scored.outputs)
@@ -435,6 +443,7 @@ class ScoringPipeline:
         scored on nothing the store has, so nothing of it may be learned.
 
         - no write to make (a duplicate by event id), or the write applied: the outcome;
+        - a duplicate's bare mark write, made or found made (``ALREADY_APPLIED``): the outcome;
         - the customer erased meanwhile: the mark moved, the event is done;
         - redelivered: ``ALREADY_APPLIED``; not written (the batch stopped before it) or a
           store behind: ``STATE_BEHIND``.
@@ -445,7 +454,8 @@ class ScoringPipeline:
                 self.live.drop_from(plan.queued_updates)
                 return SaveResult.STATE_BEHIND
             self.marks.after_write(plan.write.position, result)
-            if result != SaveResult.APPLIED:
+            duplicate = isinstance(plan.outcome, ScoredEvent) and plan.outcome.duplicate
+            if result != SaveResult.APPLIED and not (duplicate and plan.write.state is None):
                 self.live.drop_from(plan.queued_updates)
                 if result == SaveResult.CUSTOMER_ERASED:
                     assert plan.write.state is not None, "only a save finds a customer erased"

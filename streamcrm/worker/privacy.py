@@ -64,8 +64,7 @@ class PrivacyRequests:
             )
             if report.store_behind:
                 raise await self.marks.state_behind(position)
-            if not report.already_applied:
-                self.marks.marked(position)
+            self.marks.marked(position)  # moved, or found moved: held from now on
             # Even for a redelivered request: what followed the first (the learner's
             # forget, the tombstone) may have died with the worker. Both are idempotent.
             self.models.forget(event.customer_id)
@@ -83,7 +82,6 @@ class PrivacyRequests:
         if result == SaveResult.STATE_BEHIND:
             raise await self.marks.state_behind(position)
         recorded = result == SaveResult.APPLIED
-        if recorded:
-            self.marks.marked(position)
+        self.marks.marked(position)  # moved, or found moved: held from now on
         self.outcomes["consent recorded" if recorded else "duplicate"] += 1
         return PrivacyOutcome(event.customer_id, "consent", None, duplicate=not recorded)

@@ -18,7 +18,12 @@ import pytest
 
 from streamcrm.core.records import CustomerScore
 from streamcrm.core.scoring import ScoredEvent, ScoringConfig
-from streamcrm.errors import InvalidEventError, LateEventError, StateBehindError
+from streamcrm.errors import (
+    InvalidEventError,
+    LateEventError,
+    StateBehindError,
+    StoreUnavailableError,
+)
 from streamcrm.store import InMemoryStateStore, InputPosition, PendingWrite, SaveResult
 from streamcrm.worker.outbox import OutboxPublisher
 from streamcrm.worker.pipeline import BatchOutcome, ScoringPipeline
@@ -360,3 +365,48 @@ async def test_scores_are_published_in_the_order_their_states_were_saved(
     ]
     assert len(published) == 12  # each event's score once: the two first ones' and the batches'
     assert published[-1] == await store.load_score("a")
+
+
+class LosesOneReply(InMemoryStateStore):
+    """A store that makes the writes of one save, then fails as if the reply had been lost
+    (the connection broke, or the client's read timed out while its event loop was busy):
+    the retry (RetryingStore's, or redis-py's own) finds them made, ``ALREADY_APPLIED``."""
+
+    lose_next_reply = False
+
+    async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
+        results = await super().save_batch(writes)
+        if self.lose_next_reply:
+            self.lose_next_reply = False
+            raise StoreUnavailableError("Redis unavailable: reply lost")
+        return results
+
+
+async def test_writes_whose_reply_was_lost_are_still_held_and_their_loss_is_found() -> None:
+    """The open cut-off failover defect: a batch's writes made on the master, their reply
+    lost and the retry answered ``ALREADY_APPLIED`` at its first write, left the worker
+    holding the marks from before the batch (its messages, handled again one by one, were
+    duplicates by event id), so a failover that dropped exactly those writes went unnoticed
+    and the partition's next write was made over the lost ones."""
+    store = LosesOneReply()
+    pipeline = shared_pipeline(store)
+    stream = messages_from([purchase(f"c{i % 3}", day=hours(i)) for i in range(8)])
+    other = messages_from([purchase("d", day=hours(i)) for i in range(2)], partition=1)
+    await one_by_one(pipeline, stream[0])
+    await one_by_one(pipeline, other[0])
+    replica = store.replica()  # the replica stops following here
+    store.lose_next_reply = True
+
+    # Made on the master alone; the retry stops at the first write (partition 1's).
+    handled = await in_batch(pipeline, [other[1], *stream[1:5]])
+
+    assert [summary(o)[:2] for o in handled] == [("scored", True)] * 5
+    assert store._offsets[InputPosition(TOPIC, None, 0, 0).mark_field] == 4
+    store.fail_over_to(replica)
+    with pytest.raises(StateBehindError) as behind:
+        await pipeline.handle(stream[5].value, TOPIC, 0, 5)
+    assert (behind.value.partition, behind.value.resume_at) == (0, 1)
+    for message in stream[1:]:
+        await one_by_one(pipeline, message)
+    applied = [await store.load(f"c{i}") for i in range(3)]
+    assert [s.order_count for s in applied if s is not None] == [3, 3, 2]
