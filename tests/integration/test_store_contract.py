@@ -562,6 +562,41 @@ async def test_a_stored_mark_below_the_writers_previous_one_is_reported_as_state
     assert await store.applied_offset(later) == 5  # nothing was written
 
 
+async def test_a_cluster_batchs_step_after_a_failover_dropped_its_earlier_step_is_refused(
+    redis_cluster_store: RedisClusterStateStore, unique_name: str
+) -> None:
+    """A batch on a Redis Cluster is written in steps (one script per run of writes of one
+    partition). A failover between two steps may drop the earlier one: the later step must
+    not pass on the replica by holding only the marks from before the batch."""
+    store = redis_cluster_store
+    marks = {p: InputPosition("crm.support", "t", p, 4) for p in (0, 1)}
+    assert (
+        await store.save_batch([PendingWrite(m) for m in marks.values()])
+        == [SaveResult.APPLIED] * 2
+    )
+    made = store._write_script
+    steps = 0
+
+    async def first_step_dropped(keys: list[str], args: list[object]) -> object:
+        nonlocal steps
+        result = await made(keys=keys, args=args)
+        steps += 1
+        if steps == 1:  # the replica that takes over never received it
+            await store._redis.hset(offsets_key(unique_name, 0), marks[0].mark_field, "4")
+        return result
+
+    store._write_script = first_step_dropped  # type: ignore[assignment]
+    batch = [
+        PendingWrite(InputPosition("crm.support", "t", p, offset, previous=4))
+        for p, offset in ((0, 5), (1, 5), (0, 6))
+    ]
+
+    results = await store.save_batch(batch)
+
+    assert results == [SaveResult.APPLIED, SaveResult.APPLIED, SaveResult.STATE_BEHIND]
+    assert await store.applied_offset(marks[0]) == 4  # not moved past the lost write
+
+
 async def test_a_write_holding_another_topics_mark_the_store_lost_writes_nothing(
     store: StateStore,
 ) -> None:
