@@ -435,6 +435,12 @@ def measure_passthrough(
         stop_worker_process(process)
 
 
+CHECKPOINT_EVERY_EVENTS = 5_000
+"""How often the component measurement hands the learner's models to scoring: a worker
+scores with the newest checkpoint (every ``model_checkpoint_interval_s``, 10 s by default:
+some thousands of events at the rates measured here)."""
+
+
 def measure_decode(raws: Sequence[bytes]) -> tuple[list[Event], float]:
     """Validate every message once with ``decode_event``: the events, and what it cost in
     microseconds per message (the "validate" component; it needs neither Kafka nor Redis)."""
@@ -451,19 +457,24 @@ def measure_components(
     chosen = list(events[:sample])
     decoded, decode_us = measure_decode([e.model_dump_json().encode() for e in chosen])
 
-    models, config = ModelBundle(), ScoringConfig(heartbeat_interval=timedelta(days=30))
+    learning, config = ModelBundle(), ScoringConfig(heartbeat_interval=timedelta(days=30))
+    models = ModelBundle.from_bytes(learning.to_bytes())
     states: dict[str, CustomerState] = {}
     scored = []
     queued = QueuedUpdates()
     core_s = learn_s = 0.0
-    for event in decoded:
-        # What a scoring worker does (the updates queued for the shared learner), then what
-        # the learner does with them: timed apart, the models learning as they would.
+    for index, event in enumerate(decoded):
+        # What a scoring worker does: score with the models of the newest checkpoint, queuing
+        # what they should learn; and what the shared learner does: learn it into its own
+        # models, checkpointed every CHECKPOINT_EVERY_EVENTS (the scoring models follow).
+        # Timed apart; the checkpoint copies are in neither.
+        if index and index % CHECKPOINT_EVERY_EVENTS == 0:
+            models = ModelBundle.from_bytes(learning.to_bytes())
         started = time.perf_counter()
         result = score_event(states.get(event.customer_id), event, models, config, learner=queued)
         learned = time.perf_counter()
         for update in queued.drain():
-            models.learn(update)
+            learning.learn(update)
         learn_s += time.perf_counter() - learned
         core_s += learned - started
         states[event.customer_id] = result.state
