@@ -518,7 +518,7 @@ def measure_components(
     n = len(chosen)
     report.learning_us = learn_s / n * 1e6
     report.learner = base.learner
-    learning = (
+    in_worker = (
         {"learning (the shared learner, in the worker)": report.learning_us}
         if base.learner == "in-worker"
         else {}
@@ -526,7 +526,7 @@ def measure_components(
     report.component_us = {
         "validate (decode_event)": decode_us,
         "scoring core + models (score_event)": core_s / n * 1e6,
-        **learning,
+        **in_worker,
         f"Redis load + atomic save + outbox, batches of {base.batch_max_events}": batched_s
         / n
         * 1e6,
