@@ -64,12 +64,7 @@ class ChurnModel:
         if "StandardScaler" not in steps or "LogisticRegression" not in steps:
             return []
         scaled = self.pipeline["StandardScaler"].transform_one(dict(features))
-        weights = self.pipeline["LogisticRegression"].weights
-        contributions = [
-            (name, float(weights.get(name, 0.0) * value)) for name, value in scaled.items()
-        ]
-        ranked = sorted((c for c in contributions if c[1] != 0.0), key=lambda c: (-abs(c[1]), c[0]))
-        return ranked[:top]
+        return _drivers(scaled, self.pipeline["LogisticRegression"].weights, top)
 
     def predict_and_explain(
         self, features: Mapping[str, float], top: int = 3
@@ -88,12 +83,7 @@ class ChurnModel:
         scaled = self.pipeline["StandardScaler"].transform_one(dict(features))
         regression = self.pipeline["LogisticRegression"]
         probability = float(regression.predict_proba_one(scaled).get(True, 0.0))
-        weights = regression.weights
-        contributions = [
-            (name, float(weights.get(name, 0.0) * value)) for name, value in scaled.items()
-        ]
-        ranked = sorted((c for c in contributions if c[1] != 0.0), key=lambda c: (-abs(c[1]), c[0]))
-        return probability, ranked[:top]
+        return probability, _drivers(scaled, regression.weights, top)
 
     def learn_one(self, features: Mapping[str, float], churned: bool) -> None:
         """Predict (for the progressive metrics), then learn one labelled example."""
@@ -113,3 +103,14 @@ class ChurnModel:
         self.pipeline.learn_one(dict(features), churned)
         self.n_learned += 1
         self.n_churned += int(churned)
+
+
+def _drivers(
+    scaled: Mapping[str, float], weights: Mapping[str, float], top: int
+) -> list[tuple[str, float]]:
+    """The ``top`` contributions ``wᵢ · zᵢ`` by strength (ties by name), zeros left out."""
+    contributions = [
+        (name, float(weights.get(name, 0.0) * value)) for name, value in scaled.items()
+    ]
+    ranked = sorted((c for c in contributions if c[1] != 0.0), key=lambda c: (-abs(c[1]), c[0]))
+    return ranked[:top]

@@ -452,8 +452,8 @@ class RedisStateStore:
                 self._retention_ms if self._retention_ms is not None else ""
             ]
             held: tuple[str, str] | None = None
-            for write in step:
-                write_keys = self._write_keys(write)
+            step_keys = [self._write_keys(write) for write in step]
+            for write, write_keys in zip(step, step_keys, strict=True):
                 hold = _marks_to_hold(write, moved.get(write_keys[0], {}))
                 # Within one atomic step the marks only move up: once a write of a partition
                 # has held them, a later write holding the same marks is checked already.
@@ -466,9 +466,10 @@ class RedisStateStore:
             results.extend(SaveResult(int(result)) for result in made)
             if results[-1] != SaveResult.APPLIED:
                 break
-            for write in step:  # all applied: each moved its mark (writes of one field ascend)
+            # All applied: each moved its mark (writes of one field ascend).
+            for write, write_keys in zip(step, step_keys, strict=True):
                 if write.position is not None:
-                    marks = moved.setdefault(self._write_keys(write)[0], {})
+                    marks = moved.setdefault(write_keys[0], {})
                     field, offset = write.position.mark_field, write.position.offset
                     marks[field] = max(marks.get(field, offset), offset)
         return results

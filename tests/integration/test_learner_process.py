@@ -6,7 +6,6 @@ restarted, it learns every model update exactly once; and scoring workers set to
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,11 +16,7 @@ from streamcrm.learner.resume import position_field
 from streamcrm.models import ModelBundle, ModelUpdateBatch
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import ensure_topics, make_producer, topic_ids
-from streamcrm.services.processes import (
-    start_process,
-    stop_worker_process,
-    worker_environment,
-)
+from streamcrm.services.processes import start_learner_process, stop_worker_process
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import simulate
 from streamcrm.store import model_key
@@ -40,9 +35,7 @@ MESSAGES, UPDATES_PER_MESSAGE = 400, 500
 @contextmanager
 def running_learner(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``streamcrm learner`` as a subprocess; its log is printed if the test fails."""
-    process = start_process(
-        [sys.executable, "-m", "streamcrm", "learner"], log_path, worker_environment(settings)
-    )
+    process = start_learner_process(settings, log_path)
     try:
         yield process
     except BaseException:
