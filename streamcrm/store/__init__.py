@@ -1,7 +1,7 @@
 """Where customer state, latest scores and model checkpoints live: Redis
 (:mod:`streamcrm.store.redis`; on a Redis Cluster, :mod:`streamcrm.store.redis_cluster`), or
 an in-memory twin (:mod:`streamcrm.store.memory`), behind one protocol
-(:mod:`streamcrm.store.base`); stored JSON is deflated by :mod:`streamcrm.store.codec`.
+(:mod:`streamcrm.store.base`); stored JSON is compressed by :mod:`streamcrm.store.codec`.
 
 May import: the core and :mod:`streamcrm.errors`.
 """

@@ -10,7 +10,7 @@ producers' key, which is the raw id even when the worker stores a pseudonym).
 key                                        value
 =========================================  ================================================
 ``{ns}:v2:{pN}:customer:{customer_id}``    hash: ``state`` (CustomerState JSON), ``score``
-                                           (CustomerScore JSON), both deflated (see
+                                           (CustomerScore JSON), both compressed (see
                                            streamcrm.store.codec); ``as_of`` (ISO event time)
 ``{ns}:v2:{pN}:offsets``                   hash: ``{topic}|{topic id}|{N}`` → the offset of
                                            the newest input message of partition N whose

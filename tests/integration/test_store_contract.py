@@ -47,7 +47,7 @@ from streamcrm.store.base import (
     outbox_key,
     partition_of,
 )
-from streamcrm.store.codec import VERSION_2, unpack
+from streamcrm.store.codec import VERSION_3, unpack
 from tests.redis_cluster import LocalRedisCluster
 
 pytestmark = pytest.mark.integration
@@ -312,8 +312,8 @@ async def test_redis_key_layout_matches_the_documented_one(
         as_of = await raw.hget(customer_key, "as_of")
         assert datetime.fromisoformat(str(as_of)) == score.as_of
         stored = await binary.hgetall(customer_key.encode())
-        # State and score are deflated against a preset dictionary (streamcrm.store.codec).
-        assert stored[b"state"][:1] == VERSION_2 and stored[b"score"][:1] == VERSION_2
+        # State and score are compressed against a dictionary (streamcrm.store.codec).
+        assert stored[b"state"][:1] == VERSION_3 and stored[b"score"][:1] == VERSION_3
         assert len(stored[b"state"]) < len(state.model_dump_json()) / 2
         assert CustomerState.model_validate_json(unpack(stored[b"state"])) == state
         assert CustomerScore.model_validate_json(unpack(stored[b"score"])) == score

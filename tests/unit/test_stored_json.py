@@ -1,7 +1,9 @@
-"""State and score JSON as stored in Redis: deflated against the frozen preset dictionary."""
+"""State and score JSON as stored in Redis: compressed against a frozen dictionary, every
+earlier stored form still read."""
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from datetime import timedelta
 
@@ -12,7 +14,16 @@ from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
 from streamcrm.sim.simulator import simulate
 from streamcrm.store import PendingWrite
-from streamcrm.store.codec import DICTIONARY_V1, DICTIONARY_V2, VERSION_1, pack, unpack
+from streamcrm.store.codec import (
+    DICTIONARY_V1,
+    DICTIONARY_V2,
+    VERSION_1,
+    VERSION_3,
+    dictionary_v3,
+    pack,
+    pack_version_2,
+    unpack,
+)
 from streamcrm.store.redis import stored_score_json
 
 
@@ -51,6 +62,36 @@ def test_the_dictionaries_are_frozen() -> None:
     """Changing one would make every value stored with it unreadable: add a version instead."""
     assert (len(DICTIONARY_V1), zlib.adler32(DICTIONARY_V1)) == (3079, 3200238508)
     assert (len(DICTIONARY_V2), zlib.adler32(DICTIONARY_V2)) == (3684, 4195517934)
+    version_3 = dictionary_v3().as_bytes()
+    assert (len(version_3), dictionary_v3().dict_id()) == (16384, 1215378994)
+    assert hashlib.sha256(version_3).hexdigest() == (
+        "aff963eb1187e0b4c6cbd6bebe1cb383b5ce59e41eb883acf9fb4f3d267bec19"
+    )
+
+
+def test_values_are_written_in_the_newest_form_and_those_of_version_2_still_read() -> None:
+    documents = simulated_documents()
+
+    assert {pack(document)[:1] for document in documents} == {VERSION_3}
+    assert [unpack(pack_version_2(d)).decode() for d in documents] == documents
+
+
+def test_the_newest_form_stores_at_least_a_fifth_less_than_version_2() -> None:
+    documents = simulated_documents()
+
+    newest = sum(len(pack(document)) for document in documents)
+    version_2 = sum(len(pack_version_2(document)) for document in documents)
+
+    assert newest < 0.8 * version_2
+
+
+def test_a_damaged_value_is_an_error_not_garbage() -> None:
+    stored = pack(simulated_documents()[-1])
+
+    with pytest.raises(ValueError, match="unreadable stored value"):
+        unpack(stored[:-7])
+    with pytest.raises(ValueError, match="unreadable stored value"):
+        unpack(stored[:9] + bytes(len(stored) - 9))
 
 
 def test_values_stored_with_the_first_dictionary_still_read() -> None:
