@@ -66,8 +66,8 @@ def start_tansu(log_dir: Path, port: int | None = None) -> RunningService:
 
 
 REDIS_MEMORY_OPTIONS = ("--hash-max-listpack-value", "1024")
-"""A customer's hash (deflated state ≈ 270 B, score ≈ 240 B, as-of time) stays a compact
-listpack instead of a hash table: about 880 instead of 1,070 bytes per customer in Redis.
+"""A customer's hash (compressed state and score, a few hundred bytes each, as-of time) stays a
+compact listpack instead of a hash table: about 880 instead of 1,070 bytes per customer in Redis.
 Set the same in production's redis.conf (``hash-max-listpack-value 1024``; docs/performance.md).
 """
 

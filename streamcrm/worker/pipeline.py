@@ -151,7 +151,7 @@ class ScoringPipeline:
             self.live,
             self.time,
             config,
-            self._locks.hold,
+            self._locks.hold_all,
             self.outcomes,
             self.marks,
             annotate=lambda outputs: self.retention.annotate_outputs(outputs),

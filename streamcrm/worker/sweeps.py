@@ -2,7 +2,8 @@
 passing event time, for customers who send no events (see docs/scores.md).
 
 A customer is due in the due index of the input partition their events come from; only the
-partitions a worker owns are swept, so no two workers touch one customer.
+partitions a worker owns are swept, so no two workers touch one customer. A partition's due
+customers are swept in batches: one round trip loads them, one atomic step saves them all.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import zip_longest
 
 from streamcrm.core.records import Alert, CustomerScore
-from streamcrm.core.scoring import ScoringConfig, sweep_customer
+from streamcrm.core.scoring import ScoringConfig, SweptCustomer, sweep_customer
 from streamcrm.store import LedgerDue, PendingWrite, SaveResult
 from streamcrm.store.retrying import RetryingStore
 from streamcrm.worker.learning import LiveModels
@@ -64,21 +66,24 @@ class QuietCustomerSweeper:
         models: LiveModels,
         time: EventTime,
         config: ScoringConfig,
-        hold: Callable[[str], AbstractAsyncContextManager[None]],
+        hold_all: Callable[[Iterable[str]], AbstractAsyncContextManager[None]],
         outcomes: Counter[str],
         marks: OffsetMarks,
         annotate: Callable[[Outputs], Outputs] | None = None,
+        batch_size: int = 500,
     ) -> None:
-        """``hold``: the customer's lock, shared with event scoring (one step per customer at
-        a time); ``outcomes``: the worker's message counters, to count labels and re-scores;
-        ``marks``: the partitions' offset marks, which a sweep's save holds (a state loaded
-        before Redis lost writes is not written back); ``annotate``: what alerts carry beyond
-        the core's (the retention plan's marks)."""
+        """``hold_all``: the customers' locks, shared with event scoring (one step per
+        customer at a time); ``outcomes``: the worker's message counters, to count labels and
+        re-scores; ``marks``: the partitions' offset marks, which a sweep's save holds (a
+        state loaded before Redis lost writes is not written back); ``annotate``: what alerts
+        carry beyond the core's (the retention plan's marks); ``batch_size``: customers
+        loaded and saved per round trip."""
         self.store = store
         self.models = models
         self.time = time
         self.config = config
-        self.hold = hold
+        self.hold_all = hold_all
+        self.batch_size = batch_size
         self.outcomes = outcomes
         self.marks = marks
         self.annotate: Callable[[Outputs], Outputs] = annotate or (lambda outputs: outputs)
@@ -105,28 +110,62 @@ class QuietCustomerSweeper:
             )
             if watermark is None:
                 continue
-            for customer_id in await self.store.due_customers(partition, watermark, limit):
-                async with self.hold(customer_id):
-                    swept = await self._sweep_one(partition, customer_id, watermark)
+            due = await self.store.due_customers(partition, watermark, limit)
+            for start in range(0, len(due), self.batch_size):
+                batch = due[start : start + self.batch_size]
+                async with self.hold_all(batch):
+                    swept = await self._sweep_batch(partition, batch, watermark)
                 report = report + swept
                 if swept.behind:  # nothing more of it is settled before the rewind
                     break
         return report
 
-    async def _sweep_one(
-        self, partition: int, customer_id: str, watermark: datetime
+    async def _sweep_batch(
+        self, partition: int, customer_ids: Sequence[str], watermark: datetime
     ) -> SweepReport:
+        """Sweep ``customer_ids`` of ``partition`` on to ``watermark``: loaded in one round
+        trip, saved in one atomic step that stops at the first write refused. The customers
+        whose write was not made stay due, and nothing of theirs is learned."""
         guard = self.marks.guard(partition)
-        state = await self.store.load(customer_id, partition)
-        if state is None:  # expired (retention): nothing left to label
-            await self.store.forget_due(partition, customer_id)
-            return SweepReport(customers=1)
-        queued = self.models.queued()
-        swept = sweep_customer(
-            state, watermark, self.models.bundle, self.config, self.models.updates
-        )
+        states = await self.store.load_many(customer_ids, dict.fromkeys(customer_ids, partition))
+        report = SweepReport()
+        swept: list[tuple[int, SweptCustomer]] = []  # each with the updates queued before it
+        for customer_id in customer_ids:
+            state = states[customer_id]
+            if state is None:  # expired (retention): nothing left to label
+                await self.store.forget_due(partition, customer_id)
+                report = report + SweepReport(customers=1)
+                continue
+            queued = self.models.queued()
+            swept.append(
+                (
+                    queued,
+                    sweep_customer(
+                        state, watermark, self.models.bundle, self.config, self.models.updates
+                    ),
+                )
+            )
+        writes = [self._write(partition, customer, guard) for _, customer in swept]
+        results = await self.store.save_batch(writes)
+        for (queued, customer), saved in zip_longest(swept, results):
+            if saved != SaveResult.APPLIED:  # nothing of it, or of any later one, is learned
+                self.models.drop_from(queued)
+                if saved == SaveResult.STATE_BEHIND:
+                    # Redis lost writes: the partition is applied again first; the customers
+                    # stay due and are swept at a later sweep.
+                    await self.marks.found_behind(partition)
+                    return report + SweepReport(customers=1, behind=(partition,))
+                return report + SweepReport(customers=1)  # the rest stay due
+            report = report + self._count(customer)
+        return report
+
+    def _write(
+        self, partition: int, swept: SweptCustomer, guard: tuple[tuple[str, int], ...]
+    ) -> PendingWrite:
+        """A swept customer's write: state, re-score and its alerts into the outbox, due
+        entry and retention tallies; holding the partition's marks from before the load."""
         outputs = [(swept.score, swept.alerts)] if swept.score is not None else []
-        write = PendingWrite(
+        return PendingWrite(
             None,
             swept.state,
             swept.score,
@@ -135,15 +174,9 @@ class QuietCustomerSweeper:
             campaign_increments=swept.retention.increments(),
             guard=guard,
         )
-        (saved,) = await self.store.save_batch([write])
-        if saved != SaveResult.APPLIED:  # nothing of it may be learned
-            self.models.drop_from(queued)
-            if saved == SaveResult.STATE_BEHIND:
-                # Redis lost writes: the partition is applied again first; the customer
-                # stays due and is swept at a later sweep.
-                await self.marks.found_behind(partition)
-                return SweepReport(customers=1, behind=(partition,))
-            return SweepReport(customers=1)
+
+    def _count(self, swept: SweptCustomer) -> SweepReport:
+        """Count a swept customer whose write was made."""
         self.outcomes["labelled by sweep"] += swept.examples_learned
         rescored = swept.score is not None
         if rescored:

@@ -17,7 +17,7 @@ from streamcrm.core.records import MODEL_FIELDS, Alert, CustomerScore
 from streamcrm.core.scoring import ScoringConfig, rescore_due_at, score_event, sweep_customer
 from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle
-from streamcrm.store import InMemoryStateStore, OutboxRecord
+from streamcrm.store import InMemoryStateStore, OutboxRecord, PendingWrite, SaveResult
 from streamcrm.worker.outbox import OutboxPublisher
 from streamcrm.worker.pipeline import ScoringPipeline
 from tests.outputs import FakeOutputs, outbox_outputs
@@ -229,6 +229,79 @@ async def test_a_sweep_visits_at_most_its_limit_of_customers_per_partition() -> 
     report = await pipeline.sweep([0], limit=4)
 
     assert (report.customers, report.rescores) == (4, 4)
+
+
+class CountingStore(InMemoryStateStore):
+    """The in-memory store, counting load and save calls; refusing the save of customer
+    ``refuse`` if set (as Redis would a customer erased meanwhile) and stopping there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.refuse: str | None = None
+
+    async def load_many(
+        self, customer_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, CustomerState | None]:
+        self.calls["load"] += 1
+        return await super().load_many(customer_ids, partitions)
+
+    async def save_batch(self, writes: Sequence[PendingWrite]) -> list[SaveResult]:
+        self.calls["save"] += 1
+        ids = [w.state.customer_id if w.state is not None else None for w in writes]
+        if self.refuse in ids:
+            refused = ids.index(self.refuse)
+            return [*await super().save_batch(writes[:refused]), SaveResult.CUSTOMER_ERASED]
+        return await super().save_batch(writes)
+
+
+async def test_a_sweep_loads_a_partitions_due_customers_at_once_and_saves_them_in_one_step() -> (
+    None
+):
+    store = CountingStore()
+    pipeline = ScoringPipeline(store, CONFIG)
+    for n in range(10):
+        await pipeline.handle(raw(order(f"q{n}", 0)), "crm.purchases", 0, n)
+    await pipeline.handle(raw(order("clock", 100)), "crm.purchases", 0, 10)
+    store.calls.clear()
+
+    report = await pipeline.sweep([0])
+
+    assert (report.customers, report.rescores) == (10, 10)
+    assert store.calls == {"load": 1, "save": 1}
+
+
+async def six_quiet_customers(store: InMemoryStateStore) -> tuple[ScoringPipeline, list[str]]:
+    """A pipeline whose partition 0 has six customers quiet since day 0 and event time at day
+    100, nothing queued for the learner yet; and the due customers in sweep order."""
+    pipeline = ScoringPipeline(store, CONFIG, shared_models=True)
+    for n in range(6):
+        await pipeline.handle(raw(order(f"q{n}", 0)), "crm.purchases", 0, n)
+    await pipeline.handle(raw(order("clock", 100)), "crm.purchases", 0, 6)
+    pipeline.drain_updates()
+    return pipeline, await store.due_customers(0, T0 + timedelta(days=100), 100)
+
+
+async def test_a_refused_write_in_a_sweep_leaves_it_and_the_later_customers_due_and_unlearned() -> (
+    None
+):
+    control, due = await six_quiet_customers(CountingStore())
+    await control.sweep([0])
+    every_update = control.drain_updates()
+    store = CountingStore()
+    pipeline, _ = await six_quiet_customers(store)
+    before = await store.load_many(due, dict.fromkeys(due, 0))
+    store.refuse = due[3]
+
+    report = await pipeline.sweep([0])
+
+    assert report.rescores == 3
+    after = await store.load_many(due, dict.fromkeys(due, 0))
+    assert [after[c] == before[c] for c in due] == [False] * 3 + [True] * 3
+    assert set(due[3:]) <= set(await store.due_customers(0, T0 + timedelta(days=100), 100))
+    per_customer = len(every_update) // len(due)
+    assert per_customer > 0
+    assert pipeline.drain_updates() == every_update[: 3 * per_customer]
 
 
 async def test_a_partition_whose_topic_still_has_messages_holds_its_watermark_back() -> None:
