@@ -59,6 +59,7 @@ from streamcrm.bench.harness import (
     stream_for,
     sustained_rate,
 )
+from streamcrm.bench.soak import EventTime, measure_soak
 from streamcrm.core.events import (
     CampaignTouch,
     Event,
@@ -148,6 +149,9 @@ class BenchReport:
     pipeline_without_rescoring_events_per_s: float | None = None
     """The same stream and worker with re-scoring off."""
     soak: dict[str, float] | None = None
+    soak_event_time: str | None = None
+    """How the soak's event time moved: ``wall`` (a live feed's pace) or ``simulated`` (a
+    catch-up); see :mod:`streamcrm.bench.soak`."""
     """One worker under a steady load for minutes: RSS after warm-up and at the end
     (:mod:`streamcrm.bench.soak`); None when not run."""
     learner: str = "process"
@@ -576,7 +580,7 @@ def measure_rescores(
 ) -> dict[str, float]:
     """Per customer, what one re-score costs: the pure core (``sweep_customer`` a fortnight
     after each customer's newest score) and the sweep's Redis step (load, then save with the
-    re-score and its alerts in the outbox), microseconds."""
+    re-score and its alerts in the outbox, in batches as the sweep makes them), microseconds."""
     quiet = [state for state in states if state.newest_score_at is not None]
     started = time.perf_counter()
     swept = [
@@ -588,16 +592,27 @@ def measure_rescores(
     core_s = time.perf_counter() - started
 
     async def sweep_round_trips() -> float:
+        """As the sweep does: each batch of customers loaded in one round trip, then saved in
+        one atomic step with the re-scores and their alerts in the outbox."""
         store = RedisStateStore.from_url(base.redis_url or "", f"bench-{uuid.uuid4().hex[:8]}")
         try:
             began = time.perf_counter()
-            for result in swept:
-                await store.load(result.state.customer_id)
-                outbox = (
-                    (OutboxRecord.of_score(result.score),) if result.score is not None else ()
-                ) + tuple(OutboxRecord.of_alert(alert) for alert in result.alerts)
-                await store.save(
-                    result.state, result.score, LedgerDue(0, result.due_at), None, outbox
+            for start in range(0, len(swept), base.batch_max_events):
+                chunk = swept[start : start + base.batch_max_events]
+                ids = [result.state.customer_id for result in chunk]
+                await store.load_many(ids, dict.fromkeys(ids, 0))
+                await store.save_batch(
+                    [
+                        PendingWrite(
+                            None,
+                            result.state,
+                            result.score,
+                            LedgerDue(0, result.due_at),
+                            ((OutboxRecord.of_score(result.score),) if result.score else ())
+                            + tuple(OutboxRecord.of_alert(alert) for alert in result.alerts),
+                        )
+                        for result in chunk
+                    ]
                 )
             return time.perf_counter() - began
         finally:
@@ -621,6 +636,7 @@ def run_bench(
     scaling_workers: int = 2,
     soak_minutes: float = 0.0,
     soak_rate: float | None = None,
+    soak_event_time: EventTime = "wall",
     out: Callable[[str], None] = print,
     rescoring_comparison: bool = True,
 ) -> BenchReport:
@@ -653,12 +669,13 @@ def run_bench(
         out(f"{scaling_workers} workers of one group, {base.partitions} partitions a topic ...")
         measure_scaling(base, events, scaling_workers, log_dir, report)
     if soak_minutes > 0:
-        from streamcrm.bench.soak import measure_soak
-
         rate = soak_rate or report.pipeline_events_per_s / 2
         out(f"soak: one worker at {rate:,.0f} events/s for {soak_minutes:g} minutes ...")
         settings = fresh_settings(base, "soak").model_copy(update={"metrics_interval_s": 1.0})
-        figures = measure_soak(settings, soak_minutes, rate, report.customers, seed, log_dir)
+        figures = measure_soak(
+            settings, soak_minutes, rate, report.customers, seed, log_dir, soak_event_time
+        )
+        report.soak_event_time = figures.event_time
         report.soak = {
             "minutes": figures.minutes,
             "offered events/s": figures.offered_per_s,
@@ -753,7 +770,8 @@ def format_report(report: BenchReport) -> str:
         soak = report.soak
         lines += [
             "",
-            f"soak: {soak['minutes']:g} minutes at {soak['offered events/s']:,.0f} events/s"
+            f"soak: {soak['minutes']:g} minutes at {soak['offered events/s']:,.0f} events/s,"
+            f" {report.soak_event_time} event time"
             f" ({soak['events sent']:,.0f} sent, {soak['events scored']:,.0f} scored)",
             f"  worker RSS after warm-up {soak['RSS after warm-up MiB']:,.0f} MiB, last minute"
             f" {soak['RSS last minute MiB']:,.0f} MiB: growth {soak['RSS growth']:+.1%},"

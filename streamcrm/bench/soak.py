@@ -1,11 +1,19 @@
 """``streamcrm bench --soak-minutes M``: one worker under a steady load for M minutes, its
 resident memory sampled every few seconds.
 
-The question is whether a worker's memory stays flat in a long run, or grows with time,
-events or customers (a leak, an unbounded cache). The load is a continuing simulated stream:
-the same customers period after period (each period a fresh simulation dated after the last),
-offered at a fixed rate below the worker's maximum so that it keeps up. Warm-up (start-up, the
-first checkpoints, the model's samples filling) is left out of the comparison.
+The questions are whether a worker keeps up with a steady load below its maximum rate, and
+whether its memory stays flat in a long run or grows with time, events or customers (a leak,
+an unbounded cache). The load is a continuing simulated stream: the same customers period
+after period (each period a fresh simulation dated after the last), offered at a fixed rate.
+Warm-up (start-up, the first checkpoints, the model's samples filling) is left out of the
+memory comparison.
+
+Event time, by default, moves as a live feed's does: at the wall clock's pace (the n-th event
+is dated n / rate seconds after the first; each customer's events keep their order). With
+``simulated`` event time each period keeps its 14 simulated days, so at 450 events/s event
+time runs about 9,000 times faster than the wall clock, and every quiet customer falls due for
+re-scores again and again: that is a catch-up (a worker back after a long outage, a replay),
+not a steady load, and is reported as such.
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from streamcrm.bench.harness import (
     Message,
@@ -27,10 +36,14 @@ from streamcrm.bench.harness import (
     shared_learner,
     stream_for,
 )
+from streamcrm.core.events import Event
 from streamcrm.services.kafka import ensure_topics, read_to_end
 from streamcrm.services.processes import start_worker_process, stop_worker_process
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import DEFAULT_START, simulate
+
+EventTime = Literal["wall", "simulated"]
+"""How the soak's event time moves: at the wall clock's pace, or as simulated (a catch-up)."""
 
 SAMPLE_EVERY_S = 5.0
 WARMUP_S = 60.0
@@ -52,6 +65,7 @@ class SoakFigures:
     rss_min_mib: float
     rss_max_mib: float
     """Over the whole run after warm-up."""
+    event_time: EventTime = "wall"
 
     @property
     def growth(self) -> float:
@@ -71,6 +85,7 @@ def soak_figures(
     events_sent: int,
     events_scored: int,
     warmup_s: float = WARMUP_S,
+    event_time: EventTime = "wall",
 ) -> SoakFigures:
     """Summarise RSS ``samples`` (seconds since start, MiB) taken over a soak run.
 
@@ -95,19 +110,47 @@ def soak_figures(
         rss_last_minute_mib=statistics.median(last),
         rss_min_mib=min(values),
         rss_max_mib=max(values),
+        event_time=event_time,
     )
 
 
-def continuing_stream(settings: Settings, customers: int, seed: int) -> Iterator[Message]:
-    """The same customers' events, period after period, without end (in event-time order)."""
-    period = 0
-    while True:
-        start = DEFAULT_START + timedelta(days=PERIOD_DAYS * period)
-        simulated = simulate(customers=customers, days=PERIOD_DAYS, seed=seed + period, start=start)
-        events = sorted(simulated.events, key=lambda e: e.occurred_at)
-        renamed = [e.model_copy(update={"event_id": f"p{period}-{e.event_id}"}) for e in events]
-        yield from stream_for(settings, renamed)
-        period += 1
+def continuing_stream(
+    settings: Settings, customers: int, seed: int, rate: float | None = None
+) -> Iterator[Message]:
+    """The same customers' events, period after period, without end (in event-time order).
+    With ``rate``, dated at the wall clock's pace for that rate (:func:`at_wall_pace`)."""
+
+    def events() -> Iterator[Event]:
+        period = 0
+        while True:
+            start = DEFAULT_START + timedelta(days=PERIOD_DAYS * period)
+            simulated = simulate(
+                customers=customers, days=PERIOD_DAYS, seed=seed + period, start=start
+            )
+            for event in sorted(simulated.events, key=lambda e: e.occurred_at):
+                yield event.model_copy(update={"event_id": f"p{period}-{event.event_id}"})
+            period += 1
+
+    dated = events() if rate is None else at_wall_pace(events(), DEFAULT_START, rate)
+    for event in dated:
+        yield from stream_for(settings, [event])
+
+
+def at_wall_pace(events: Iterable[Event], start: datetime, rate: float) -> Iterator[Event]:
+    """``events`` (in event-time order) re-dated as a live feed offering ``rate`` a second
+    would date them: the n-th at ``start`` + n / ``rate`` seconds. Order is kept, so each
+    customer's events keep theirs.
+
+    >>> from streamcrm.sim.simulator import simulate
+    >>> simulated = sorted(simulate(2, 30, seed=1).events, key=lambda e: e.occurred_at)
+    >>> dated = list(at_wall_pace(simulated, DEFAULT_START, rate=4.0))
+    >>> [(e.occurred_at - DEFAULT_START).total_seconds() for e in dated[:3]]
+    [0.0, 0.25, 0.5]
+    >>> [e.event_id for e in dated] == [e.event_id for e in simulated]
+    True
+    """
+    for n, event in enumerate(events):
+        yield event.model_copy(update={"occurred_at": start + timedelta(seconds=n / rate)})
 
 
 def measure_soak(
@@ -117,9 +160,11 @@ def measure_soak(
     customers: int,
     seed: int,
     log_dir: Path,
+    event_time: EventTime = "wall",
 ) -> SoakFigures:
     """Run one worker (``settings`` with fresh topics) under ``rate`` events/s for
-    ``minutes``; sample its RSS every ``SAMPLE_EVERY_S``."""
+    ``minutes``, event time moving as ``event_time`` says; sample its RSS every
+    ``SAMPLE_EVERY_S``."""
     assert settings.kafka_bootstrap is not None
     bootstrap = settings.kafka_bootstrap
     ensure_topics(settings, bootstrap)
@@ -127,7 +172,9 @@ def measure_soak(
     sent = [0]
 
     def produce() -> None:
-        stream = continuing_stream(settings, customers, seed)
+        stream = continuing_stream(
+            settings, customers, seed, rate if event_time == "wall" else None
+        )
         sent[0] = send_at_rate(bootstrap, stream, rate, stop)
 
     learner = contextlib.ExitStack()
@@ -152,4 +199,4 @@ def measure_soak(
         stop.set()
         stop_worker_process(worker)
         learner.close()
-    return soak_figures(samples, minutes, rate, sent[0], scored)
+    return soak_figures(samples, minutes, rate, sent[0], scored, event_time=event_time)

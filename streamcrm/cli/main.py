@@ -308,6 +308,14 @@ def _add_bench(commands: Commands) -> None:
         help="offer this rate in the soak instead of half the pipeline's",
     )
     bench.add_argument(
+        "--soak-event-time",
+        choices=["wall", "simulated"],
+        default="wall",
+        help="the soak's event time moves at the wall clock's pace, as a live feed's does"
+        " (default), or as simulated: 14 days a period, thousands of times faster, a catch-up"
+        " in which quiet customers fall due for re-scores again and again",
+    )
+    bench.add_argument(
         "--learner-only",
         action="store_true",
         help="measure only the shared learner: the model updates a worker queues per event,"
@@ -745,6 +753,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
             scaling_workers=args.scaling_workers,
             soak_minutes=args.soak_minutes,
             soak_rate=args.soak_rate,
+            soak_event_time=args.soak_event_time,
             rescoring_comparison=not args.no_rescoring_comparison,
         )
     print(format_report(report))

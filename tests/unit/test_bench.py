@@ -131,7 +131,9 @@ def test_the_soak_is_reported_when_it_was_run() -> None:
         "RSS spread": 12 / 198,
     }
 
-    assert "soak: 10 minutes at 400 events/s" in format_report(report)
+    report.soak_event_time = "wall"
+
+    assert "soak: 10 minutes at 400 events/s, wall event time" in format_report(report)
     assert "growth +2.0%" in format_report(report)
 
 
