@@ -131,6 +131,11 @@ class BenchReport:
     latency_ms: dict[str, float] = field(default_factory=dict)
     worker_rss_mib: dict[str, float] = field(default_factory=dict)
     redis_bytes_per_customer: float | None = None
+    """Redis ``used_memory`` growth over the pipeline run per customer: everything the run
+    stored (checkpoints, offsets, outboxes too). The target is judged on it."""
+    redis_customer_bytes: dict[str, float] = field(default_factory=dict)
+    """Per customer, by part (``MEMORY USAGE`` of the run's keys): the customer hashes, the
+    due indexes, and everything else of the run (model checkpoints among it)."""
     redis_one_by_one_us: float | None = None
     """The Redis load + save per event without batching, for comparison."""
     redis_without_outbox_us: float | None = None
@@ -308,6 +313,7 @@ def measure_pipeline(
         report.worker_rss_mib["after stream"] = rss_mib(worker.pid)
         memory_after = int(client.info("memory")["used_memory"])
         report.redis_bytes_per_customer = (memory_after - memory_before) / customers
+        report.redis_customer_bytes = redis_memory_by_part(client, settings, customers)
         rate = report.pipeline_events_per_s / 2
         report.latency_offered_per_s = rate
         report.latency_ms = measure_latency(settings, events, rate, seconds=20.0)
@@ -317,6 +323,30 @@ def measure_pipeline(
         learner.close()
         client.close()
     return settings
+
+
+def redis_memory_by_part(
+    client: redis.Redis, settings: Settings, customers: int
+) -> dict[str, float]:
+    """``MEMORY USAGE`` of the run's keys (its namespace) per customer: customer hashes,
+    due indexes, and the rest."""
+    parts = {"customer hashes": 0, "due indexes": 0, "the rest (checkpoints, offsets, ...)": 0}
+    keys = list(client.scan_iter(match=f"{settings.redis_namespace}:*", count=1000))
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        usages = pipe.execute()
+    for key, usage in zip(keys, usages, strict=True):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        part = (
+            "customer hashes"
+            if ":customer:" in name
+            else "due indexes"
+            if name.endswith(":due")
+            else "the rest (checkpoints, offsets, ...)"
+        )
+        parts[part] += int(usage or 0)
+    return {part: total / customers for part, total in parts.items()}
 
 
 def measure_scaling(
@@ -757,6 +787,10 @@ def format_report(report: BenchReport) -> str:
     ]
     if report.redis_bytes_per_customer is not None:
         lines.append(f"Redis memory per customer: {report.redis_bytes_per_customer:,.0f} bytes")
+        lines += [
+            f"  {part}: {per_customer:,.0f} bytes"
+            for part, per_customer in report.redis_customer_bytes.items()
+        ]
     lines.append(
         "shared learner: its own process (`streamcrm learner`), the worker only scores"
         if report.learner == "process"
