@@ -40,18 +40,22 @@ def sustained_rate(samples: Sequence[tuple[float, int]], total: int) -> float:
     return (high - low) / (moment(high) - moment(low))
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50, p95 and p99 of ``values`` (nearest rank).
+def percentiles(
+    values: Sequence[float], shares: Sequence[float] = (0.50, 0.95, 0.99)
+) -> dict[str, float]:
+    """The ``shares`` percentiles of ``values`` (nearest rank), named ``p50`` and so on.
 
     >>> percentiles(list(range(1, 101)))
     {'p50': 50, 'p95': 95, 'p99': 99}
+    >>> percentiles(list(range(1, 101)), (0.9,))
+    {'p90': 90}
     """
     ordered = sorted(values)
 
     def rank(share: float) -> float:
         return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered)) - 1))]
 
-    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99)}
+    return {f"p{share * 100:g}": rank(share) for share in shares}
 
 
 def stream_for(settings: Settings, events: Sequence[Event]) -> list[Message]:
