@@ -137,7 +137,10 @@ def measure_latency(
         sender.join(timeout=5)
         consumer.close()
     if not consumed:
-        raise RuntimeError("no score arrived for the latency events")
+        raise RuntimeError(
+            f"no score of the {len(messages):,} latency events arrived within {grace_s:g} s of"
+            " the last send: the worker is further behind than that"
+        )
     worker = percentiles(at_worker, (0.50, 0.99))
     return {
         **percentiles(consumed, LATENCY_SHARES),

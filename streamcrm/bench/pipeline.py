@@ -674,12 +674,16 @@ def format_report(report: BenchReport) -> str:
         lines.append(
             f"{'Quix Streams pass-through (decode → emit)':<44}{report.quix_events_per_s:>12,.0f}"
         )
-    lines.append(f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}")
+    if report.ceiling_events_per_s:
+        lines.append(
+            f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}"
+        )
     if report.scaling_events_per_s is not None:
         label = f"streamcrm pipeline, {report.scaling_workers} workers"
         lines.append(f"{label:<44}{report.scaling_events_per_s:>12,.0f}")
-    lines += ["", f"{'per-event cost of each component':<44}{'µs':>12}"]
-    lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.component_us.items()]
+    if report.component_us:
+        lines += ["", f"{'per-event cost of each component':<44}{'µs':>12}"]
+        lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.component_us.items()]
     if report.redis_one_by_one_us is not None:
         lines.append(
             f"{'  (Redis one event per round trip)':<44}{report.redis_one_by_one_us:>12,.1f}"
