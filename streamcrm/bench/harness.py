@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from streamcrm.core.events import Event
@@ -40,18 +41,22 @@ def sustained_rate(samples: Sequence[tuple[float, int]], total: int) -> float:
     return (high - low) / (moment(high) - moment(low))
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50, p95 and p99 of ``values`` (nearest rank).
+def percentiles(
+    values: Sequence[float], shares: Sequence[float] = (0.50, 0.95, 0.99)
+) -> dict[str, float]:
+    """The ``shares`` percentiles of ``values`` (nearest rank), named ``p50`` and so on.
 
     >>> percentiles(list(range(1, 101)))
     {'p50': 50, 'p95': 95, 'p99': 99}
+    >>> percentiles(list(range(1, 101)), (0.9,))
+    {'p90': 90}
     """
     ordered = sorted(values)
 
     def rank(share: float) -> float:
         return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered)) - 1))]
 
-    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99)}
+    return {f"p{share * 100:g}": rank(share) for share in shares}
 
 
 def stream_for(settings: Settings, events: Sequence[Event]) -> list[Message]:
@@ -171,3 +176,20 @@ def shared_learner(settings: Settings, log_path: Path) -> Iterator[None]:
         yield
     finally:
         stop_worker_process(learner)
+
+
+def at_wall_pace(events: Iterable[Event], start: datetime, rate: float) -> Iterator[Event]:
+    """``events`` (in event-time order) re-dated as a live feed offering ``rate`` a second
+    would date them: the n-th at ``start`` + n / ``rate`` seconds. Order is kept, so each
+    customer's events keep theirs.
+
+    >>> from streamcrm.sim.simulator import DEFAULT_START, simulate
+    >>> simulated = sorted(simulate(2, 30, seed=1).events, key=lambda e: e.occurred_at)
+    >>> dated = list(at_wall_pace(simulated, DEFAULT_START, rate=4.0))
+    >>> [(e.occurred_at - DEFAULT_START).total_seconds() for e in dated[:3]]
+    [0.0, 0.25, 0.5]
+    >>> [e.event_id for e in dated] == [e.event_id for e in simulated]
+    True
+    """
+    for n, event in enumerate(events):
+        yield event.model_copy(update={"occurred_at": start + timedelta(seconds=n / rate)})

@@ -18,7 +18,9 @@ What it measures, on one machine, in one run (so ratios compare like with like):
   serialising the score), in one process without Kafka: the rate if nothing else cost time.
 - **scaling**: the same stream through two workers of one consumer group, as a ratio to one.
 - **latency** at a fixed offered load (half the measured pipeline rate): event produced →
-  its score consumed, p50 / p95 / p99.
+  its score consumed, p50 / p90 / p95 / p99 / max, once in steady state (event time moving
+  at wall-clock pace after the worker finished the stream: issue 20's target) and once
+  catching up (event time jumping ahead): :mod:`streamcrm.bench.latency`.
 - **memory**: the worker's resident set at the start and the end of the run, and Redis memory
   per customer (``used_memory`` growth over the customers stored).
 - **re-scores** of quiet customers: their cost per customer (the pure core, and the Redis
@@ -36,7 +38,6 @@ import contextlib
 import importlib.util
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -50,14 +51,17 @@ from streamcrm.bench.harness import (
     GroupProgress,
     follow_progress,
     fresh_settings,
-    percentiles,
     preload,
     rss_mib,
     scored_count,
-    send_at_rate,
     shared_learner,
     stream_for,
     sustained_rate,
+)
+from streamcrm.bench.latency import (
+    measure_catch_up_latency,
+    measure_steady_latency,
+    wait_until_quiet,
 )
 from streamcrm.bench.soak import EventTime, measure_soak
 from streamcrm.core.events import (
@@ -74,8 +78,6 @@ from streamcrm.core.state import CustomerState
 from streamcrm.models import ModelBundle, QueuedUpdates
 from streamcrm.services.kafka import (
     ensure_topics,
-    poll_records,
-    read_topic,
 )
 from streamcrm.services.processes import (
     start_process,
@@ -86,6 +88,9 @@ from streamcrm.settings import Settings
 from streamcrm.sim.simulator import DEFAULT_START, simulate
 from streamcrm.store import LedgerDue, OutboxRecord, PendingWrite, RedisStateStore
 
+LATENCY_S = 20.0
+"""How long each latency measurement offers its rate."""
+
 
 @dataclass(frozen=True)
 class Target:
@@ -94,7 +99,8 @@ class Target:
     name: str
     measured: float | None
     """None: not measured in this run."""
-    bound: float
+    bound: float | None
+    """None: a figure shown beside the targets for comparison, not itself a target."""
     style: str
     """How to print the figure and the bound (a format string)."""
     at_most: bool = False
@@ -102,14 +108,16 @@ class Target:
 
     @property
     def met(self) -> bool | None:
-        if self.measured is None:
+        if self.measured is None or self.bound is None:
             return None
         return self.measured <= self.bound if self.at_most else self.measured >= self.bound
 
     def row(self) -> str:
         """The target as one line of the report: name, bound, measured, met."""
-        bound = ("<= " if self.at_most else ">= ") + self.style.format(self.bound)
         measured = "-" if self.measured is None else self.style.format(self.measured)
+        if self.bound is None:
+            return f"{self.name:<50}{'-':>12}{measured:>12}  not a target"
+        bound = ("<= " if self.at_most else ">= ") + self.style.format(self.bound)
         verdict = {None: "not measured", True: "met", False: "NOT met"}[self.met]
         return f"{self.name:<50}{bound:>12}{measured:>12}  {verdict}"
 
@@ -128,7 +136,13 @@ class BenchReport:
     ceiling_events_per_s: float = 0.0
     component_us: dict[str, float] = field(default_factory=dict)
     latency_offered_per_s: float | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
+    steady_latency_ms: dict[str, float] = field(default_factory=dict)
+    """Event produced → score consumed at ``latency_offered_per_s``, event time moving at
+    wall-clock pace after the worker finished the stream (:mod:`streamcrm.bench.latency`)."""
+    quiet_after_s: float | None = None
+    """How long the worker took, after the stream, until its sweeps went quiet."""
+    catch_up_latency_ms: dict[str, float] = field(default_factory=dict)
+    """The same at the same rate, event time jumping ahead (a worker catching up)."""
     worker_rss_mib: dict[str, float] = field(default_factory=dict)
     redis_bytes_per_customer: float | None = None
     """Redis ``used_memory`` growth over the pipeline run per customer: everything the run
@@ -196,11 +210,17 @@ class BenchReport:
             ),
             Target("Redis, µs an event", redis_us, 40, "{:,.0f}", at_most=True),
             Target(
-                f"p99 ms at half the rate ({offered:,.0f} events/s)",
-                self.latency_ms.get("p99"),
+                f"p99 ms at {offered:,.0f} events/s, steady state",
+                self.steady_latency_ms.get("p99"),
                 100,
                 "{:,.0f}",
                 at_most=True,
+            ),
+            Target(
+                f"  (p99 ms at {offered:,.0f} events/s, catching up)",
+                self.catch_up_latency_ms.get("p99"),
+                None,
+                "{:,.0f}",
             ),
             Target(
                 "soak: share of what was sent that was scored", ratio(scored, sent), 0.99, "{:.1%}"
@@ -284,9 +304,16 @@ class RescoreCount:
 
 
 def measure_pipeline(
-    base: Settings, events: Sequence[Event], customers: int, log_dir: Path, report: BenchReport
+    base: Settings,
+    events: Sequence[Event],
+    customers: int,
+    log_dir: Path,
+    report: BenchReport,
+    latency_rate: float | None = None,
 ) -> Settings:
-    """Preload the stream, run one worker through it; fills the pipeline figures."""
+    """Preload the stream, run one worker through it, then measure its latency at
+    ``latency_rate`` (None: half the rate it reached), in steady state and catching up;
+    fills the pipeline, latency and memory figures."""
     assert base.kafka_bootstrap is not None and base.redis_url is not None
     settings = fresh_settings(base, "pipeline").model_copy(update={"metrics_interval_s": 1.0})
     ensure_topics(settings, base.kafka_bootstrap)
@@ -314,9 +341,12 @@ def measure_pipeline(
         memory_after = int(client.info("memory")["used_memory"])
         report.redis_bytes_per_customer = (memory_after - memory_before) / customers
         report.redis_customer_bytes = redis_memory_by_part(client, settings, customers)
-        rate = report.pipeline_events_per_s / 2
+        rate = latency_rate or report.pipeline_events_per_s / 2
         report.latency_offered_per_s = rate
-        report.latency_ms = measure_latency(settings, events, rate, seconds=20.0)
+        quiet_s = 2 * settings.sweep_interval_s + 2 * settings.metrics_interval_s
+        report.quiet_after_s = wait_until_quiet(settings, quiet_s)
+        report.steady_latency_ms = measure_steady_latency(settings, events, rate, LATENCY_S)
+        report.catch_up_latency_ms = measure_catch_up_latency(settings, events, rate, LATENCY_S)
         report.worker_rss_mib["end"] = rss_mib(worker.pid)
     finally:
         stop_worker_process(worker)
@@ -379,62 +409,6 @@ def measure_scaling(
         for worker in group:
             stop_worker_process(worker)
         learner.close()
-
-
-def measure_latency(
-    settings: Settings, events: Sequence[Event], rate: float, seconds: float
-) -> dict[str, float]:
-    """Offer ``rate`` events/s for ``seconds`` to a running worker; event produced → score
-    consumed, in milliseconds. The events continue the stream's customers a period later."""
-    assert settings.kafka_bootstrap is not None
-    wanted = int(rate * seconds)
-    later = [
-        e.model_copy(update={"event_id": f"lat-{e.event_id}"})
-        for e in _later_events(events)[:wanted]
-    ]
-    messages = stream_for(settings, later)
-    sent_at: dict[str, float] = {}
-    # kafka-python's default fetch wait (500 ms): Tansu waits it out (docs/tansu.md), so the
-    # figures include up to that much on the reading side. A 10 ms wait here, as the worker's,
-    # read no score at all after the 294k-event stream (not yet understood).
-    consumer = read_topic(settings.kafka_bootstrap, settings.topics.scores, from_beginning=False)
-    latencies: list[float] = []
-
-    def note_sent(n: int) -> None:
-        sent_at[later[n].event_id] = time.monotonic()
-
-    sender = threading.Thread(
-        target=send_at_rate,
-        args=(settings.kafka_bootstrap, messages, rate),
-        kwargs={"on_send": note_sent},
-        daemon=True,
-    )
-    sender.start()
-    deadline = time.monotonic() + seconds + 60
-    try:
-        while len(latencies) < len(messages) and time.monotonic() < deadline:
-            for record in poll_records(consumer, timeout_ms=100):
-                if record.value is None:
-                    continue
-                received = time.monotonic()
-                event_id = json.loads(record.value)["event_id"]
-                if event_id in sent_at:
-                    latencies.append((received - sent_at[event_id]) * 1000)
-    finally:
-        sender.join(timeout=5)
-        consumer.close()
-    if not latencies:
-        raise RuntimeError("no score arrived for the latency events")
-    return {**percentiles(latencies), "events": float(len(latencies))}
-
-
-def _later_events(events: Sequence[Event]) -> list[Event]:
-    """A second stream for the same customers, a period after the first."""
-    span = max(e.occurred_at for e in events) - min(e.occurred_at for e in events)
-    customers = len({e.customer_id for e in events})
-    days = max(1, span.days + 1)
-    later = simulate(customers=customers, days=days, seed=99, start=DEFAULT_START + span)
-    return list(later.events)
 
 
 def measure_passthrough(
@@ -669,12 +643,20 @@ def run_bench(
     soak_event_time: EventTime = "wall",
     out: Callable[[str], None] = print,
     rescoring_comparison: bool = True,
+    latency_only: bool = False,
+    latency_rate: float | None = None,
 ) -> BenchReport:
-    """Every measurement in turn (see the module docstring)."""
+    """Every measurement in turn (see the module docstring); with ``latency_only``, only one
+    worker through the stream and its latency after it (at ``latency_rate``, else half the
+    rate it reached)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out(f"simulating {customers:,} customers over {days} days ...")
     events = list(simulate(customers=customers, days=days, seed=seed).events)
     report = BenchReport(events=len(events), customers=len({e.customer_id for e in events}))
+    if latency_only:
+        out(f"{len(events):,} events; one worker through them, then its latency ...")
+        measure_pipeline(base, events, report.customers, log_dir, report, latency_rate)
+        return report
     out(f"{len(events):,} events; measuring the components ...")
     measure_components(base, events, report)
     if passthrough:
@@ -688,7 +670,7 @@ def run_bench(
 
             report.quix_events_per_s = measure_quix(base, events, log_dir)
     out("full pipeline (one worker), then latency at half its rate ...")
-    measure_pipeline(base, events, report.customers, log_dir, report)
+    measure_pipeline(base, events, report.customers, log_dir, report, latency_rate)
     if rescoring_comparison:
         out("the pipeline again, re-scoring off ...")
         off = base.model_copy(update={"rescore_interval_days": None})
@@ -723,6 +705,7 @@ def run_bench(
 
 def format_report(report: BenchReport) -> str:
     """The figures as a table."""
+    ratios = report.ratios() if report.ceiling_events_per_s else {}
     lines = [
         f"stream: {report.events:,} events of {report.customers:,} customers"
         f" (preloaded at {report.preload_events_per_s:,.0f} events/s)",
@@ -738,12 +721,16 @@ def format_report(report: BenchReport) -> str:
         lines.append(
             f"{'Quix Streams pass-through (decode → emit)':<44}{report.quix_events_per_s:>12,.0f}"
         )
-    lines.append(f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}")
+    if report.ceiling_events_per_s:
+        lines.append(
+            f"{'ceiling: sum of component costs':<44}{report.ceiling_events_per_s:>12,.0f}"
+        )
     if report.scaling_events_per_s is not None:
         label = f"streamcrm pipeline, {report.scaling_workers} workers"
         lines.append(f"{label:<44}{report.scaling_events_per_s:>12,.0f}")
-    lines += ["", f"{'per-event cost of each component':<44}{'µs':>12}"]
-    lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.component_us.items()]
+    if report.component_us:
+        lines += ["", f"{'per-event cost of each component':<44}{'µs':>12}"]
+        lines += [f"{name:<44}{cost:>12,.1f}" for name, cost in report.component_us.items()]
     if report.redis_one_by_one_us is not None:
         lines.append(
             f"{'  (Redis one event per round trip)':<44}{report.redis_one_by_one_us:>12,.1f}"
@@ -771,16 +758,28 @@ def format_report(report: BenchReport) -> str:
             f"{'streamcrm pipeline, re-scoring off':<44}"
             f"{report.pipeline_without_rescoring_events_per_s:>12,.0f} events/s"
         )
-    lines += ["", "ratios (same run)"]
-    lines += [f"{name:<44}{ratio:>12.2f}" for name, ratio in report.ratios().items()]
-    if report.latency_ms:
+    if ratios:
+        lines += ["", "ratios (same run)"]
+        lines += [f"{name:<44}{ratio:>12.2f}" for name, ratio in ratios.items()]
+    if report.steady_latency_ms or report.catch_up_latency_ms:
         lines += [
             "",
-            f"latency at {report.latency_offered_per_s:,.0f} events/s offered"
-            f" ({report.latency_ms.get('events', 0):,.0f} events), produced → score consumed:",
-            "  "
-            + "  ".join(f"{k} {v:,.0f} ms" for k, v in report.latency_ms.items() if k != "events"),
+            f"latency at {report.latency_offered_per_s:,.0f} events/s offered, produced → score"
+            " consumed (worker: → score sent), ms:",
         ]
+        if report.quiet_after_s is not None:
+            lines.append(
+                f"  (the worker's sweeps went quiet {report.quiet_after_s:,.0f} s after the stream)"
+            )
+        for label, figures in (
+            ("steady state (event time at wall-clock pace)", report.steady_latency_ms),
+            ("catching up (event time jumps a day in 20 s)", report.catch_up_latency_ms),
+        ):
+            if figures:
+                lines.append(f"  {label}, {figures.get('events', 0):,.0f} events:")
+                lines.append(
+                    "    " + "  ".join(f"{k} {v:,.0f}" for k, v in figures.items() if k != "events")
+                )
     lines += [
         "",
         "worker RSS: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in report.worker_rss_mib.items()),
@@ -818,9 +817,8 @@ def format_report(report: BenchReport) -> str:
 
 def write_json(path: Path, report: BenchReport) -> None:
     targets = [{**asdict(target), "met": target.met} for target in report.targets()]
-    path.write_text(
-        json.dumps({**asdict(report), "ratios": report.ratios(), "targets": targets}, indent=2)
-    )
+    ratios = report.ratios() if report.ceiling_events_per_s else {}
+    path.write_text(json.dumps({**asdict(report), "ratios": ratios, "targets": targets}, indent=2))
 
 
 __all__ = [

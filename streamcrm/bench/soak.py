@@ -22,14 +22,15 @@ import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from streamcrm.bench.harness import (
     Message,
+    at_wall_pace,
     rss_mib,
     scored_count,
     send_at_rate,
@@ -134,23 +135,6 @@ def continuing_stream(
     dated = events() if rate is None else at_wall_pace(events(), DEFAULT_START, rate)
     for event in dated:
         yield from stream_for(settings, [event])
-
-
-def at_wall_pace(events: Iterable[Event], start: datetime, rate: float) -> Iterator[Event]:
-    """``events`` (in event-time order) re-dated as a live feed offering ``rate`` a second
-    would date them: the n-th at ``start`` + n / ``rate`` seconds. Order is kept, so each
-    customer's events keep theirs.
-
-    >>> from streamcrm.sim.simulator import simulate
-    >>> simulated = sorted(simulate(2, 30, seed=1).events, key=lambda e: e.occurred_at)
-    >>> dated = list(at_wall_pace(simulated, DEFAULT_START, rate=4.0))
-    >>> [(e.occurred_at - DEFAULT_START).total_seconds() for e in dated[:3]]
-    [0.0, 0.25, 0.5]
-    >>> [e.event_id for e in dated] == [e.event_id for e in simulated]
-    True
-    """
-    for n, event in enumerate(events):
-        yield event.model_copy(update={"occurred_at": start + timedelta(seconds=n / rate)})
 
 
 def measure_soak(

@@ -330,6 +330,18 @@ def _add_bench(commands: Commands) -> None:
         " beside the workers, which then only score (default), or in the worker",
     )
     bench.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only one worker through the stream (pick a small one with --customers) and its"
+        " latency after it, in steady state and catching up",
+    )
+    bench.add_argument(
+        "--latency-rate",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="offer this rate in the latency measurements instead of half the pipeline's",
+    )
+    bench.add_argument(
         "--no-rescoring-comparison",
         action="store_true",
         help="skip the second pipeline run with re-scoring of quiet customers off",
@@ -755,6 +767,8 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
             soak_rate=args.soak_rate,
             soak_event_time=args.soak_event_time,
             rescoring_comparison=not args.no_rescoring_comparison,
+            latency_only=args.latency_only,
+            latency_rate=args.latency_rate,
         )
     print(format_report(report))
     write_json(args.json, report)

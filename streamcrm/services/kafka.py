@@ -168,10 +168,14 @@ def read_topic(
     topic: str,
     from_beginning: bool = True,
     client_options: Mapping[str, Any] | None = None,
+    fetch_max_wait_ms: int | None = None,
 ) -> KafkaConsumer:
-    """A group-less consumer assigned to every partition of ``topic``."""
+    """A group-less consumer assigned to every partition of ``topic``; its fetches wait
+    ``fetch_max_wait_ms`` for data at most (None: kafka-python's 500 ms; Tansu waits a fetch
+    out even when data arrives, docs/tansu.md)."""
+    waits = {} if fetch_max_wait_ms is None else {"fetch_max_wait_ms": fetch_max_wait_ms}
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, **(client_options or {})
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **waits, **(client_options or {})
     )
     partitions = None
     deadline = time.monotonic() + 10

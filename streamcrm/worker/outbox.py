@@ -152,6 +152,10 @@ class OutboxPublisher:
             await self.store.clear_outbox(partition, records)
             sent += len(to_send)
             self.sent += len(to_send)
+            if len(records) < self.batch:
+                # That was all of it: what is appended from now on is drained by its writer
+                # (each drains after it writes), so no round trip just to find it empty.
+                return sent
 
     def _not_sent_lately(
         self, partition: int, records: Sequence[OutboxRecord]

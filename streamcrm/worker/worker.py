@@ -190,9 +190,10 @@ class Worker:
 
     async def publish_outputs(self, partitions: Iterable[int]) -> None:
         """Publish the outboxes the event path has just written to (scores and alerts), so
-        they go out as soon as they are saved; what fails stays for the next try."""
-        for partition in sorted(partitions):
-            await self._drain_outbox(partition)
+        they go out as soon as they are saved; what fails stays for the next try. Each
+        partition has its own outbox: they are drained at once, their round trips to Redis
+        and the broker overlapping."""
+        await asyncio.gather(*(self._drain_outbox(p) for p in sorted(partitions)))
 
     async def publish_model_updates(self, flush: bool = False) -> None:
         """Queue what the models should learn; send it as one batch when enough has gathered

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcrm.bench.pipeline import measure_latency
+from streamcrm.bench.latency import measure_catch_up_latency
 from streamcrm.services.embedded import EmbeddedServices
 from streamcrm.services.kafka import ensure_topics
 from streamcrm.services.processes import start_worker_process, stop_worker_process
@@ -100,7 +100,7 @@ def test_latency_at_50_events_per_second(
         wanted = {event.event_id for event in warm_up}
         reader.wait_for(lambda records: wanted <= {s.event_id for s in scores(records)})
         reader.close()
-        latency = measure_latency(settings, warm_up, rate=50.0, seconds=10.0)
+        latency = measure_catch_up_latency(settings, warm_up, rate=50.0, seconds=10.0)
     print(
         f"{broker}, fetch wait {settings.kafka_fetch_max_wait_ms or 1500} ms: latency at 50"
         f" events/s over {latency['events']:.0f} events: p50 {latency['p50']:.0f} ms, p95"

@@ -338,6 +338,23 @@ async def test_the_outbox_is_published_once_and_cleared() -> None:
     assert await store.outbox(0, 10) == []
 
 
+async def test_a_drain_that_read_less_than_a_batch_does_not_read_the_outbox_again() -> None:
+    store, outputs = await filled_outbox(5), FakeOutputs()
+    publisher = OutboxPublisher(store, outputs, batch=2)
+    reads = 0
+    read = store.outbox
+
+    async def counted(partition: int, limit: int) -> list[OutboxRecord]:
+        nonlocal reads
+        reads += 1
+        return await read(partition, limit)
+
+    store.outbox = counted  # type: ignore[method-assign]
+
+    assert await publisher.drain(0) == 5
+    assert reads == 3  # 2 + 2 + 1: the short read was the last
+
+
 @pytest.mark.parametrize("sent_before_crash", [0, 2, 3])
 async def test_a_publisher_killed_mid_drain_loses_and_doubles_nothing_after_a_restart(
     sent_before_crash: int,

@@ -3,15 +3,17 @@ store, output topics in memory."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from datetime import UTC, datetime
 
 from streamcrm.core.records import Alert, CustomerScore, DeadLetter
 from streamcrm.core.scoring import ScoringConfig
+from streamcrm.core.state import CustomerState
 from streamcrm.services.kafka import Record
 from streamcrm.settings import Settings
-from streamcrm.store import InMemoryStateStore
+from streamcrm.store import InMemoryStateStore, InputPosition, OutboxRecord
 from streamcrm.worker.learning import SharedLearner
 from streamcrm.worker.metrics import WorkerMetrics
 from streamcrm.worker.outbox import OutboxPublisher
@@ -288,3 +290,33 @@ async def test_after_redis_lost_writes_a_purchase_applied_again_still_converts_i
     (figures,) = Tally.from_fields(await store.campaign_fields(0)).by_campaign_arm().values()
     assert (figures.touches, figures.conversions) == (1, 1)
     assert pipeline.outcomes["rewinds"] == 1 and pipeline.outcomes["re-applied"] == 2
+
+
+async def test_the_outboxes_of_a_batchs_partitions_are_published_at_once() -> None:
+    worker, _, outputs = a_worker()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for partition in (0, 1):
+        await worker.pipeline.store.save(
+            CustomerState(customer_id=f"c{partition}", first_seen_at=at, last_event_at=at),
+            None,
+            None,
+            InputPosition(TOPICS.purchases, None, partition, 0),
+            (OutboxRecord("scores", f"c{partition}", "{}", f"id{partition}"),),
+        )
+    in_flight, most_in_flight = 0, 0
+    send = outputs.send_all
+
+    async def acknowledged_later(records):  # type: ignore[no-untyped-def]
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        await asyncio.sleep(0.01)
+        await send(records)
+        in_flight -= 1
+
+    outputs.send_all = acknowledged_later  # type: ignore[method-assign]
+
+    await worker.publish_outputs([0, 1])
+
+    assert outputs.ids() == ["id0", "id1"]
+    assert most_in_flight == 2  # the second partition did not wait for the first's acks
