@@ -62,6 +62,7 @@ from streamcrm.core.marketing import (
 )
 from streamcrm.core.marketing import record_purchase as record_attributable_purchase
 from streamcrm.core.records import AlertKind, CustomerScore
+from streamcrm.core.trusted import unvalidated, with_changes
 from streamcrm.errors import EventValidationError
 
 RECENT_EVENT_IDS = 64
@@ -214,7 +215,8 @@ class TicketTotals(_Frozen):
                 resolution_seconds += _seconds(closed - begun)
             if ticket.category:
                 categories[ticket.category] = categories.get(ticket.category, 0) + 1
-        return cls(
+        return unvalidated(
+            cls,
             opened=opened,
             resolved=resolved,
             first_response_count=responses,
@@ -292,7 +294,8 @@ class ScorePoint(_Frozen):
     @classmethod
     def of(cls, score: CustomerScore) -> ScorePoint:
         """The point of ``score``, rounded (see ``PROBABILITY_DECIMALS``)."""
-        return cls(
+        return unvalidated(
+            cls,
             as_of=score.as_of,
             churn_probability=round(score.churn_probability, PROBABILITY_DECIMALS),
             health=round(score.health, POINT_DECIMALS),
@@ -487,7 +490,8 @@ def state_for(state: CustomerState | None, event: BaseEvent) -> CustomerState:
     """The customer's state, or a new one first and last seen at ``event``."""
     if state is not None:
         return state
-    return CustomerState(
+    return unvalidated(  # the validated event's id and time (see streamcrm.core.trusted)
+        CustomerState,
         customer_id=event.customer_id,
         first_seen_at=event.occurred_at,
         last_event_at=event.occurred_at,
@@ -501,9 +505,7 @@ def with_event_id(state: CustomerState, event_id: str) -> tuple[str, ...]:
 
 def counted_late(state: CustomerState, recent_ids: tuple[str, ...]) -> CustomerState:
     """The state after a late event: counted, its id remembered, nothing else applied."""
-    return state.model_copy(
-        update={"late_events": state.late_events + 1, "recent_event_ids": recent_ids}
-    )
+    return with_changes(state, late_events=state.late_events + 1, recent_event_ids=recent_ids)
 
 
 def apply(
@@ -545,9 +547,9 @@ def apply(
         events_applied=state.events_applied + 1,
         recent_event_ids=recent_ids,
     )
-    moved = state.model_copy(update=changes)
+    moved = with_changes(state, **changes)
     marketing, campaigns = _attributed(moved, event, rules, watermark)
-    return Transition(state=moved.model_copy(update={"marketing": marketing}), campaigns=campaigns)
+    return Transition(state=with_changes(moved, marketing=marketing), campaigns=campaigns)
 
 
 ATTRIBUTION_TOPICS = ("purchases", "marketing")
