@@ -87,6 +87,7 @@ from streamcrm.core.state import (
 )
 from streamcrm.core.trusted import unvalidated, with_changes
 from streamcrm.models import BuyingObservation, Learner, ModelBundle
+from streamcrm.models.repeat_buying import RepeatBuying
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def score_event(
         made.score.cancelled,
     )
     mean_satisfaction = score.satisfaction_mean
-    buying = repeat_buying(new_state)
+    buying = made.buying
     learner.learn_scored(
         features,
         mean_satisfaction,
@@ -428,6 +429,8 @@ class _Made:
     score: CustomerScore
     features: dict[str, float]
     churn_inputs: dict[str, float]
+    buying: RepeatBuying | None
+    """The customer's repeat-buying statistics (None before a first purchase)."""
 
 
 def _score_as_of(
@@ -522,7 +525,7 @@ def _score_as_of(
         usual_gap_days=usual_gap_days(state),
         model_version=models.version,
     )
-    return _Made(score, features, churn_inputs)
+    return _Made(score, features, churn_inputs, buying)
 
 
 def usual_gap_days(state: CustomerState) -> float | None:
