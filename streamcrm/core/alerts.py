@@ -53,6 +53,7 @@ from streamcrm.core.records import (
 )
 from streamcrm.core.scores import discounted_value
 from streamcrm.core.state import AlertMemory
+from streamcrm.core.trusted import unvalidated
 
 DRIVERS_PER_ALERT = 3
 """The churn drivers an alert carries (the score's strongest, in its order)."""
@@ -161,7 +162,8 @@ class _Step:
 
     def memory(self) -> AlertMemory:
         score = self.score
-        return AlertMemory(
+        return unvalidated(
+            AlertMemory,
             raised=tuple(kind for kind in _THRESHOLD_KINDS if kind in self.raised),
             last_fired=dict(sorted(self.last_fired.items())),
             segment_id=self.segment_id,

@@ -70,6 +70,7 @@ def customer_features(
         tickets = state.ticket_totals
     tenure_days = _days(as_of - (state.first_purchase_at or state.first_seen_at))
     orders = state.order_count
+    recent_satisfaction = state.satisfaction_recent  # an EWMA over the ratings: read once
     return {
         "recency_days": _days(as_of - last_activity),
         "frequency": float(orders),
@@ -82,9 +83,7 @@ def customer_features(
             state.rating_sum / state.rating_count if state.rating_count else NEUTRAL_SATISFACTION
         ),
         "satisfaction_recent": (
-            state.satisfaction_recent
-            if state.satisfaction_recent is not None
-            else NEUTRAL_SATISFACTION
+            recent_satisfaction if recent_satisfaction is not None else NEUTRAL_SATISFACTION
         ),
         "rating_count": float(state.rating_count),
         "open_tickets": float(state.open_tickets),

@@ -398,6 +398,10 @@ def _within(seen: Mapping[str, tuple[datetime, ...]], touch: Touch, window: time
 def _changed(
     before: MarketingMemory, after: MarketingMemory, window: timedelta
 ) -> tuple[MarketingMemory, Tally]:
+    if not before.touches and not after.touches:
+        # Every figure is a touch's, so both tallies are empty and so is the delta: the
+        # purchases of a customer no campaign reached (most of them) cost no tallying.
+        return after, Tally()
     return after, tally(after, window) - tally(before, window)
 
 

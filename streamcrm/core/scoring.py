@@ -85,7 +85,9 @@ from streamcrm.core.state import (
     with_event_id,
     with_score_point,
 )
+from streamcrm.core.trusted import unvalidated, with_changes
 from streamcrm.models import BuyingObservation, Learner, ModelBundle
+from streamcrm.models.repeat_buying import RepeatBuying
 
 
 @dataclass(frozen=True)
@@ -197,12 +199,11 @@ def score_event(
         caught_up, rescores = _rescores_before(
             state, event.occurred_at, models, config, limit=None, inclusive=False
         )
-        new_state = new_state.model_copy(
-            update={
-                "alert_memory": caught_up.alert_memory,
-                "score_history": caught_up.score_history,
-                "last_scored_at": caught_up.last_scored_at,
-            }
+        new_state = with_changes(
+            new_state,
+            alert_memory=caught_up.alert_memory,
+            score_history=caught_up.score_history,
+            last_scored_at=caught_up.last_scored_at,
         )
 
     pending = new_state.pending_snapshots
@@ -237,7 +238,7 @@ def score_event(
         made.score.cancelled,
     )
     mean_satisfaction = score.satisfaction_mean
-    buying = repeat_buying(new_state)
+    buying = made.buying
     learner.learn_scored(
         features,
         mean_satisfaction,
@@ -247,7 +248,7 @@ def score_event(
     if not cancelled:
         pending = add_snapshot(
             pending,
-            PendingSnapshot(scored_at=as_of, features=churn_inputs),
+            unvalidated(PendingSnapshot, scored_at=as_of, features=churn_inputs),
             config.max_pending_snapshots,
         )
         last_snapshot_at = max(as_of, last_snapshot_at or as_of)
@@ -260,15 +261,14 @@ def score_event(
         watermark,
         config,
     )
-    final_state = new_state.model_copy(
-        update={
-            "alert_outcomes": outcomes,
-            "pending_snapshots": pending,
-            "last_snapshot_at": last_snapshot_at,
-            "alert_memory": alert_memory,
-            "score_history": with_score_point(new_state.score_history, score),
-            "last_scored_at": max(as_of, new_state.newest_score_at or as_of),
-        }
+    final_state = with_changes(
+        new_state,
+        alert_outcomes=outcomes,
+        pending_snapshots=pending,
+        last_snapshot_at=last_snapshot_at,
+        alert_memory=alert_memory,
+        score_history=with_score_point(new_state.score_history, score),
+        last_scored_at=max(as_of, new_state.newest_score_at or as_of),
     )
     return ScoredEvent(
         state=final_state,
@@ -372,21 +372,18 @@ def apply_marketing(
             memory, campaigns = record_open(memory, event.touch_id, event.occurred_at, window)
         case TouchClicked():
             memory, campaigns = record_click(memory, event.touch_id, event.occurred_at, window)
-    moved = state.model_copy(
-        update={
-            "recent_event_ids": recent_ids,
-            "newest_by_topic": {
-                **state.newest_by_topic,
-                "marketing": event.occurred_at
-                if newest is None
-                else max(newest, event.occurred_at),
-            },
-        }
+    moved = with_changes(
+        state,
+        recent_event_ids=recent_ids,
+        newest_by_topic={
+            **state.newest_by_topic,
+            "marketing": event.occurred_at if newest is None else max(newest, event.occurred_at),
+        },
     )
     settled = attribution_settled_before(moved, config.rules, watermark)
     if settled is not None:
         memory = forget_before(memory, settled, window)
-    return MarketingStep(state=moved.model_copy(update={"marketing": memory}), campaigns=campaigns)
+    return MarketingStep(state=with_changes(moved, marketing=memory), campaigns=campaigns)
 
 
 def _rescores_before(
@@ -415,12 +412,11 @@ def _rescores_before(
             lapsed=lapsed,
         ).score
         alert_memory, alerts = evaluate_alerts(state.alert_memory, score, config.alerts)
-        state = state.model_copy(
-            update={
-                "alert_memory": alert_memory,
-                "score_history": with_score_point(state.score_history, score),
-                "last_scored_at": moment,
-            }
+        state = with_changes(
+            state,
+            alert_memory=alert_memory,
+            score_history=with_score_point(state.score_history, score),
+            last_scored_at=moment,
         )
         made.append(Rescore(score, tuple(alerts)))
     return state, made
@@ -433,6 +429,8 @@ class _Made:
     score: CustomerScore
     features: dict[str, float]
     churn_inputs: dict[str, float]
+    buying: RepeatBuying | None
+    """The customer's repeat-buying statistics (None before a first purchase)."""
 
 
 def _score_as_of(
@@ -469,7 +467,10 @@ def _score_as_of(
     loyalty = loyalty_index(state, features)
     simple_clv = clv_simple(features, churn_probability)
 
-    score = CustomerScore(
+    # Built unvalidated: every value below is computed here, of its field's type (see
+    # streamcrm.core.trusted; tests/unit/test_trusted.py holds it to the validated build).
+    score = unvalidated(
+        CustomerScore,
         customer_id=state.customer_id,
         as_of=as_of,
         event_id=event_id,
@@ -508,7 +509,9 @@ def _score_as_of(
         sla_breaches=tickets.sla_breaches,
         mean_first_response_hours=mean_first_response_hours(tickets),
         mean_resolution_hours=mean_resolution_hours(tickets),
-        churn_drivers=[ChurnDriver(feature=name, log_odds=value) for name, value in drivers],
+        churn_drivers=[
+            unvalidated(ChurnDriver, feature=name, log_odds=value) for name, value in drivers
+        ],
         segment_distance=segment_distance,
         probability_alive=None if window_forecast is None else window_forecast.probability_alive,
         expected_purchases=(
@@ -522,7 +525,7 @@ def _score_as_of(
         usual_gap_days=usual_gap_days(state),
         model_version=models.version,
     )
-    return _Made(score, features, churn_inputs)
+    return _Made(score, features, churn_inputs, buying)
 
 
 def usual_gap_days(state: CustomerState) -> float | None:
@@ -596,7 +599,8 @@ def sweep_customer(
             purchased = state.last_purchase_at is not None and (
                 moment < state.last_purchase_at <= moment + config.churn_window
             )
-            snapshot = PendingSnapshot(
+            snapshot = unvalidated(
+                PendingSnapshot,
                 scored_at=moment,
                 features=churn_features(state, moment, config.churn_window),
                 purchased=purchased,
@@ -606,14 +610,12 @@ def sweep_customer(
             heartbeats += 1
     labelled, pending = settle_closed(pending, watermark, config.churn_window)
     _learn(models if learner is None else learner, labelled)
-    swept = state.model_copy(
-        update={"pending_snapshots": pending, "last_snapshot_at": last_snapshot_at}
-    )
+    swept = with_changes(state, pending_snapshots=pending, last_snapshot_at=last_snapshot_at)
     swept, rescores = _rescores_before(swept, watermark, models, config, limit=1, inclusive=True)
     outcomes, retention = track_alert_outcomes(
         swept, None, [(r.score, r.alerts) for r in rescores], watermark, config
     )
-    swept = swept.model_copy(update={"alert_outcomes": outcomes})
+    swept = with_changes(swept, alert_outcomes=outcomes)
     return SweptCustomer(
         retention=retention,
         state=swept,

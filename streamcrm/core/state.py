@@ -62,6 +62,7 @@ from streamcrm.core.marketing import (
 )
 from streamcrm.core.marketing import record_purchase as record_attributable_purchase
 from streamcrm.core.records import AlertKind, CustomerScore
+from streamcrm.core.trusted import unvalidated, with_changes
 from streamcrm.errors import EventValidationError
 
 RECENT_EVENT_IDS = 64
@@ -214,7 +215,8 @@ class TicketTotals(_Frozen):
                 resolution_seconds += _seconds(closed - begun)
             if ticket.category:
                 categories[ticket.category] = categories.get(ticket.category, 0) + 1
-        return cls(
+        return unvalidated(
+            cls,
             opened=opened,
             resolved=resolved,
             first_response_count=responses,
@@ -292,7 +294,8 @@ class ScorePoint(_Frozen):
     @classmethod
     def of(cls, score: CustomerScore) -> ScorePoint:
         """The point of ``score``, rounded (see ``PROBABILITY_DECIMALS``)."""
-        return cls(
+        return unvalidated(
+            cls,
             as_of=score.as_of,
             churn_probability=round(score.churn_probability, PROBABILITY_DECIMALS),
             health=round(score.health, POINT_DECIMALS),
@@ -487,7 +490,8 @@ def state_for(state: CustomerState | None, event: BaseEvent) -> CustomerState:
     """The customer's state, or a new one first and last seen at ``event``."""
     if state is not None:
         return state
-    return CustomerState(
+    return unvalidated(  # the validated event's id and time (see streamcrm.core.trusted)
+        CustomerState,
         customer_id=event.customer_id,
         first_seen_at=event.occurred_at,
         last_event_at=event.occurred_at,
@@ -501,9 +505,7 @@ def with_event_id(state: CustomerState, event_id: str) -> tuple[str, ...]:
 
 def counted_late(state: CustomerState, recent_ids: tuple[str, ...]) -> CustomerState:
     """The state after a late event: counted, its id remembered, nothing else applied."""
-    return state.model_copy(
-        update={"late_events": state.late_events + 1, "recent_event_ids": recent_ids}
-    )
+    return with_changes(state, late_events=state.late_events + 1, recent_event_ids=recent_ids)
 
 
 def apply(
@@ -527,7 +529,8 @@ def apply(
     if newest is not None and newest - event.occurred_at > rules.allowed_lateness:
         return Transition(state=counted_late(state, recent_ids), late_by=newest - event.occurred_at)
 
-    changes = _changes_for(state, event, rules)
+    purchase = _as_purchase(event, rules)
+    changes = _changes_for(state, event, rules, purchase)
     # A state made by a campaign touch alone (a prospect) has seen no event of the customer:
     # their first one sets when they were first and last seen.
     prospect = state.events_applied == 0
@@ -545,9 +548,9 @@ def apply(
         events_applied=state.events_applied + 1,
         recent_event_ids=recent_ids,
     )
-    moved = state.model_copy(update=changes)
-    marketing, campaigns = _attributed(moved, event, rules, watermark)
-    return Transition(state=moved.model_copy(update={"marketing": marketing}), campaigns=campaigns)
+    moved = with_changes(state, **changes)
+    marketing, campaigns = _attributed(moved, purchase, rules, watermark)
+    return Transition(state=with_changes(moved, marketing=marketing), campaigns=campaigns)
 
 
 ATTRIBUTION_TOPICS = ("purchases", "marketing")
@@ -591,8 +594,17 @@ def attribution_settled_before(
     return max(bounds) if bounds else None
 
 
+def _as_purchase(event: Event, rules: StateRules) -> Purchase | None:
+    """A purchase event as the state and attribution count it: its id, time and amount in
+    cents of the reporting currency (converted once for both; None for other events)."""
+    if not isinstance(event, PurchaseEvent):
+        return None
+    cents = rules.to_reporting_cents(event.amount, event.currency)
+    return Purchase(event.event_id, event.occurred_at, cents)
+
+
 def _attributed(
-    state: CustomerState, event: Event, rules: StateRules, watermark: datetime | None
+    state: CustomerState, purchase: Purchase | None, rules: StateRules, watermark: datetime | None
 ) -> tuple[MarketingMemory, Tally]:
     """A purchase joins the customer's marketing memory (a touch may have won it: see
     :mod:`streamcrm.core.marketing`); any applied event may let the memory forget what is
@@ -600,21 +612,20 @@ def _attributed(
     memory, campaigns = state.marketing, Tally()
     settled_before = attribution_settled_before(state, rules, watermark)
     window = rules.attribution_window
-    if isinstance(event, PurchaseEvent) and (
-        settled_before is None or event.occurred_at >= settled_before
-    ):
-        cents = rules.to_reporting_cents(event.amount, event.currency)
-        purchase = Purchase(event.event_id, event.occurred_at, cents)
+    if purchase is not None and (settled_before is None or purchase.at >= settled_before):
         memory, campaigns = record_attributable_purchase(memory, purchase, window)
     if settled_before is not None and (memory.touches or memory.purchases):
         memory = forget_before(memory, settled_before, window)
     return memory, campaigns
 
 
-def _changes_for(state: CustomerState, event: Event, rules: StateRules) -> dict[str, object]:
+def _changes_for(
+    state: CustomerState, event: Event, rules: StateRules, purchase: Purchase | None
+) -> dict[str, object]:
     match event:
         case PurchaseEvent():
-            return _purchase_changes(state, event, rules)
+            assert purchase is not None, "a purchase event is a purchase"
+            return _purchase_changes(state, event, rules, purchase.amount_cents)
         case RefundEvent():
             return {
                 "refund_count": state.refund_count + 1,
@@ -632,10 +643,9 @@ def _changes_for(state: CustomerState, event: Event, rules: StateRules) -> dict[
 
 
 def _purchase_changes(
-    state: CustomerState, event: PurchaseEvent, rules: StateRules
+    state: CustomerState, event: PurchaseEvent, rules: StateRules, amount_cents: int
 ) -> dict[str, object]:
     at = event.occurred_at
-    amount_cents = rules.to_reporting_cents(event.amount, event.currency)
     changes: dict[str, object] = {
         "order_count": state.order_count + 1,
         **_purchase_day_changes(state, at, rules),

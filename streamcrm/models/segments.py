@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from operator import itemgetter
 
 from river import cluster, preprocessing
 
@@ -50,12 +51,28 @@ def nearest_centre(
     ...                dict.fromkeys(SEGMENT_FEATURES, 0.0))[0]
     3
     """
-    squared = {
-        centre_id: sum((point[name] - centre[name]) ** 2 for name in SEGMENT_FEATURES)
-        for centre_id, centre in centres.items()
-    }
-    nearest = min(squared, key=squared.__getitem__)
-    return nearest, math.sqrt(squared[nearest])
+    # Written out for the five features (a third of the time of a sum over a generator per
+    # centre), with the same arithmetic in the same order: sum() adds left to right from 0.
+    recency, frequency, monetary, satisfaction, support_load = _coordinates(point)
+    nearest: int | None = None
+    least = math.inf
+    for centre_id, centre in centres.items():
+        at_recency, at_frequency, at_monetary, at_satisfaction, at_support = _coordinates(centre)
+        squared = (
+            (recency - at_recency) ** 2
+            + (frequency - at_frequency) ** 2
+            + (monetary - at_monetary) ** 2
+            + (satisfaction - at_satisfaction) ** 2
+            + (support_load - at_support) ** 2
+        )
+        if nearest is None or squared < least:  # the first of equals, as min() picks
+            nearest, least = centre_id, squared
+    assert nearest is not None, "a model has centres"
+    return nearest, math.sqrt(least)
+
+
+_coordinates = itemgetter(*SEGMENT_FEATURES)
+"""A point's (or a centre's) values of :data:`SEGMENT_FEATURES`, in that order."""
 
 
 class SegmentModel:

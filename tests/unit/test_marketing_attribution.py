@@ -259,3 +259,31 @@ def test_forgetting_what_is_settled_changes_no_sum(
         forgetting = forget_before(forgetting, newest - lateness_days * DAY, WEEK)
 
     assert forgetting_total == keeping_total == tally(keeping, WEEK)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["purchase", "open", "click"]), st.floats(0, 30)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_without_a_touch_a_step_changes_no_figure_just_as_tallying_says(
+    steps: list[tuple[str, float]],
+) -> None:
+    """Steps on a memory with no touch skip tallying (nothing to count): the delta is the
+    tally of the memory after less the tally before, exactly, and zero."""
+    memory = MarketingMemory()
+    for number, (kind, day) in enumerate(steps):
+        at = T0 + day * DAY
+        if kind == "purchase":
+            after, delta = record_purchase(memory, Purchase(f"o{number}", at, 1_000), WEEK)
+        elif kind == "open":
+            after, delta = record_open(memory, f"t{number % 3}", at, WEEK)
+        else:
+            after, delta = record_click(memory, f"t{number % 3}", at, WEEK)
+        plain = tally(after, WEEK) - tally(memory, WEEK)
+        assert (delta, repr(delta)) == (plain, repr(plain))
+        assert delta.is_zero
+        memory = after

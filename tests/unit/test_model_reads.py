@@ -7,12 +7,13 @@ again) must never give a different number, before or after more learning.
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 
 from streamcrm.models.churn import ChurnModel
 from streamcrm.models.population import PopulationStats
-from streamcrm.models.segments import SegmentModel
+from streamcrm.models.segments import SEGMENT_FEATURES, SegmentModel, nearest_centre
 
 CHURN_FEATURES = ("recency_in_horizons", "silence_times_rate", "satisfaction_mean", "complaints")
 
@@ -57,6 +58,33 @@ def test_segment_names_are_ranked_again_once_the_centres_moved() -> None:
         assert model.current_names() == model.segment_names()
         model.learn_one(features)
     assert model.n_learned == 400
+
+
+def plain_nearest_centre(
+    centres: dict[int, dict[str, float]], point: dict[str, float]
+) -> tuple[int, float]:
+    """The nearest centre as first written: a sum of squares per centre, the least by min()."""
+    squared = {
+        centre_id: sum((point[name] - centre[name]) ** 2 for name in SEGMENT_FEATURES)
+        for centre_id, centre in centres.items()
+    }
+    nearest = min(squared, key=squared.__getitem__)
+    return nearest, math.sqrt(squared[nearest])
+
+
+def test_the_nearest_centre_written_out_is_the_sum_of_squares_to_the_last_bit() -> None:
+    rng = random.Random(8)
+
+    def point(spread: float) -> dict[str, float]:
+        return {name: rng.gauss(0.0, spread) for name in SEGMENT_FEATURES}
+
+    for _ in range(2_000):
+        centres = {centre_id: point(1.0) for centre_id in rng.sample(range(10), 4)}
+        for candidate in (point(0.5), point(3.0), dict(centres[rng.choice(list(centres))])):
+            assert nearest_centre(centres, candidate) == plain_nearest_centre(centres, candidate)
+    tied = {2: dict.fromkeys(SEGMENT_FEATURES, 1.0), 0: dict.fromkeys(SEGMENT_FEATURES, -1.0)}
+    origin = dict.fromkeys(SEGMENT_FEATURES, 0.0)
+    assert nearest_centre(tied, origin) == plain_nearest_centre(tied, origin) == (2, math.sqrt(5))
 
 
 def test_rfm_codes_follow_the_quantiles_as_they_learn() -> None:

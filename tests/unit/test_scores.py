@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from streamcrm.core.scores import (
     clv_discounted,
     clv_simple,
     customer_value,
+    discounted_value,
     health_score,
     loyalty_index,
     satisfaction_mean,
@@ -235,3 +237,12 @@ def test_health_falls_as_churn_probability_rises(
     assert health_score(1.0, satisfaction, loyalty, open_tickets) < health_score(
         0.0, satisfaction, loyalty, open_tickets
     )
+
+
+def test_the_discounted_value_with_divisors_worked_out_once_is_the_plain_sum() -> None:
+    rng = random.Random(12)
+    for _ in range(2_000):
+        value, retention = rng.uniform(0.0, 5_000.0), rng.random()
+        rate, years = rng.choice((0.0, 0.05, 0.1, rng.random())), rng.randint(1, 10)
+        plain = sum(value * retention**year / (1.0 + rate) ** year for year in range(1, years + 1))
+        assert discounted_value(value, retention, rate, years) == plain
