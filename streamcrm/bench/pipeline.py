@@ -86,7 +86,7 @@ from streamcrm.services.processes import (
 )
 from streamcrm.settings import Settings
 from streamcrm.sim.simulator import DEFAULT_START, simulate
-from streamcrm.store import LedgerDue, OutboxRecord, PendingWrite, RedisStateStore
+from streamcrm.store import LedgerDue, PendingWrite, RedisStateStore
 
 LATENCY_S = 20.0
 """How long each latency measurement offers its rate."""
@@ -612,8 +612,9 @@ def measure_rescores(
                             result.state,
                             result.score,
                             LedgerDue(0, result.due_at),
-                            ((OutboxRecord.of_score(result.score),) if result.score else ())
-                            + tuple(OutboxRecord.of_alert(alert) for alert in result.alerts),
+                            PendingWrite.outputs_of(
+                                [(result.score, result.alerts)] if result.score else []
+                            ),
                         )
                         for result in chunk
                     ]
