@@ -107,12 +107,17 @@ def kafka_classpath() -> str:
 
 def new_cluster_id() -> str:
     """A KRaft cluster id: a random UUID in URL-safe base64 without padding (22 characters),
-    as ``kafka-storage random-uuid`` prints it.
+    as ``kafka-storage random-uuid`` prints it. Like Kafka's ``Uuid.randomUuid``, it never
+    starts with ``-``: ``kafka-storage format --cluster-id -x...`` would read the id as an
+    option and refuse (1 draw in 64 would).
 
     >>> len(new_cluster_id())
     22
     """
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass(frozen=True)

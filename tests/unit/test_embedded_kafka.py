@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from streamcrm.services.apache_kafka import KAFKA_VERSION, KafkaNode, Listener, kafka_lib_dir
+from streamcrm.services import apache_kafka
+from streamcrm.services.apache_kafka import (
+    KAFKA_VERSION,
+    KafkaNode,
+    Listener,
+    kafka_lib_dir,
+    new_cluster_id,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,3 +80,14 @@ def test_a_secure_client_listener_is_added_beside_the_plaintext_one() -> None:
         "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL:SASL_PLAINTEXT"
     )
     assert properties["inter.broker.listener.name"] == "PLAINTEXT"
+
+
+def test_a_cluster_id_never_starts_with_a_dash_which_kafka_storage_reads_as_an_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=bytes(16))])
+    monkeypatch.setattr(apache_kafka.uuid, "uuid4", lambda: next(draws))
+
+    cluster_id = new_cluster_id()
+
+    assert cluster_id == "A" * 22
