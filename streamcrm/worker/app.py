@@ -157,6 +157,11 @@ def create_app(settings: Settings, pipeline: ScoringPipeline | None = None) -> f
         worker.publish_model_metrics
     )
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def finish_publishing(sender: faust.App, revoked: Any, **_: Any) -> None:
+        # Faust sends this after the agents finished their batches, before the hand-over.
+        await worker.finish_publishing()
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def final_checkpoint(sender: faust.App, **_: Any) -> None:
         await worker.before_shutdown()

@@ -141,6 +141,9 @@ class Worker:
         interleave."""
         self._next_to_apply: dict[tuple[str, int], int] = {}
         """Per input partition, the offset after the newest message this worker handled."""
+        self._publishing: dict[int, asyncio.Task[None]] = {}
+        """Per input partition, the publication of its outbox an agent started and did not
+        wait for (see :meth:`publish_outputs_soon`)."""
 
     # --- the agents ------------------------------------------------------------------------
 
@@ -162,7 +165,7 @@ class Worker:
                     await self.send_dead_letter(message, outcome)
             done = len(outcomes)
             self._handled(messages[:done])
-        await self.publish_outputs({m.partition for m in messages[:done]})
+        await self.publish_outputs_soon({m.partition for m in messages[:done]})
         self.metrics.note_scores(scored_in(messages, outcomes), time.time())
         for message in messages[done:]:
             await self.handle_message(message)
@@ -194,6 +197,54 @@ class Worker:
         partition has its own outbox: they are drained at once, their round trips to Redis
         and the broker overlapping."""
         await asyncio.gather(*(self._drain_outbox(p) for p in sorted(partitions)))
+
+    async def publish_outputs_soon(self, partitions: Iterable[int]) -> None:
+        """Start publishing the outboxes a batch has just written to, without waiting for the
+        broker's acknowledgements: the agent takes its next batch meanwhile, so a batch's
+        round trips to the broker no longer lengthen the next batch's wait. The outputs are
+        safe already (saved with the state, in the outbox), so a crash loses none of them.
+
+        At most one publication per partition is in flight: a partition still publishing an
+        earlier batch's outputs is waited for first, so scoring runs at most a batch ahead of
+        publishing. A rebalance and the shutdown wait for every publication in flight
+        (:meth:`outputs_published`), so a partition's next owner does not publish the same
+        outbox at the same time."""
+        for partition in sorted(set(partitions)):
+            while (running := self._publishing.get(partition)) is not None and not running.done():
+                await asyncio.wait({running})
+            task = asyncio.create_task(
+                self._drain_outbox(partition), name=f"publish-outbox-{partition}"
+            )
+            self._publishing[partition] = task
+            task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        for partition, running in list(self._publishing.items()):
+            if running is task:
+                del self._publishing[partition]
+
+    async def outputs_published(self, timeout_s: float | None = None) -> bool:
+        """Wait (at most ``timeout_s``) until every publication an agent started is done;
+        whether they all are."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while pending := {task for task in self._publishing.values() if not task.done()}:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.wait(pending, timeout=left)
+        return True
+
+    async def finish_publishing(self) -> None:
+        """Before a rebalance hands partitions on (or the worker stops): publish what the
+        agents started publishing. Waited for at most half the session timeout, so a broker
+        or Redis that does not answer cannot keep the group from rebalancing; what is left
+        stays in the outbox, and the next owner's recovery check sends only what is not on
+        its topic yet (at worst some outputs twice, with the same ids)."""
+        if not await self.outputs_published(self.settings.broker_session_timeout_s / 2):
+            logger.warning(
+                "outboxes of partitions %s still publishing at the hand-over",
+                sorted(self._publishing),
+            )
 
     async def publish_model_updates(self, flush: bool = False) -> None:
         """Queue what the models should learn; send it as one batch when enough has gathered
@@ -400,8 +451,9 @@ class Worker:
             await self.send_alert(MODEL_ALERT_KEY, alert)
 
     async def before_shutdown(self) -> None:
-        """Hand on what the models should still learn (to the next learner, if not this one)
-        and checkpoint."""
+        """Publish what the agents started publishing, hand on what the models should still
+        learn (to the next learner, if not this one) and checkpoint."""
+        await self.finish_publishing()
         await self.publish_model_updates(flush=True)
         await self.checkpoint()
 

@@ -87,6 +87,7 @@ async def test_a_batch_publishes_each_score_and_alert_and_dead_letters_the_bad_m
     ]
 
     await worker.handle_batch(batch)
+    await worker.outputs_published()
 
     scores = [CustomerScore.model_validate_json(v) for v in published(outputs, "scores")]
     alerts = [Alert.model_validate_json(v) for v in published(outputs, "alerts")]
@@ -320,3 +321,72 @@ async def test_the_outboxes_of_a_batchs_partitions_are_published_at_once() -> No
 
     assert outputs.ids() == ["id0", "id1"]
     assert most_in_flight == 2  # the second partition did not wait for the first's acks
+
+
+async def a_worker_past_its_first_message() -> tuple[Worker, FakeOutputs]:
+    """A worker that has handled partition 0's first message (handled alone: its stored
+    mark is checked first), so the next ones are scored as batches."""
+    worker, _, outputs = a_worker()
+    await worker.handle_batch([Message(purchase("c0", 0.0), 0)])
+    return worker, outputs
+
+
+class HeldAcknowledgements:
+    """Output topics whose acknowledgements wait until the test lets them through."""
+
+    def __init__(self, outputs: FakeOutputs) -> None:
+        self.outputs = outputs
+        self.send = outputs.send_all
+        self.let_through = asyncio.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        outputs.send_all = self.send_all  # type: ignore[method-assign]
+
+    async def send_all(self, records):  # type: ignore[no-untyped-def]
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await self.let_through.wait()
+        await self.send(records)
+        self.in_flight -= 1
+
+
+async def test_a_batch_does_not_wait_for_its_outputs_acknowledgements() -> None:
+    worker, outputs = await a_worker_past_its_first_message()
+    held = HeldAcknowledgements(outputs)
+
+    await asyncio.wait_for(worker.handle_batch([Message(purchase("c1", 1.0), 1)]), 1.0)
+
+    assert held.in_flight == 1  # sent, not yet acknowledged
+    held.let_through.set()
+    assert await worker.outputs_published()
+    assert len(published(outputs, "scores")) == 2
+
+
+async def test_a_partitions_next_batch_waits_for_the_publication_of_the_one_before() -> None:
+    worker, outputs = await a_worker_past_its_first_message()
+    held = HeldAcknowledgements(outputs)
+    await worker.handle_batch([Message(purchase("c1", 1.0), 1)])
+
+    second = asyncio.create_task(worker.handle_batch([Message(purchase("c2", 2.0), 2)]))
+    await asyncio.sleep(0.05)
+
+    assert not second.done()  # scored, but waiting for the first batch's publication
+    held.let_through.set()
+    await asyncio.wait_for(second, 1.0)
+    assert await worker.outputs_published()
+    assert held.most_in_flight == 1
+    assert len(published(outputs, "scores")) == 3
+
+
+async def test_a_hand_over_waits_for_publications_at_most_half_the_session_timeout() -> None:
+    worker, outputs = await a_worker_past_its_first_message()
+    worker.settings = SETTINGS.model_copy(update={"broker_session_timeout_s": 0.1})
+    held = HeldAcknowledgements(outputs)
+    await worker.handle_batch([Message(purchase("c1", 1.0), 1)])
+
+    await asyncio.wait_for(worker.finish_publishing(), 1.0)  # the broker never acknowledges
+
+    assert held.in_flight == 1 and len(published(outputs, "scores")) == 1
+    held.let_through.set()
+    await worker.finish_publishing()
+    assert len(published(outputs, "scores")) == 2
