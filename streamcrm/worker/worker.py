@@ -165,8 +165,8 @@ class Worker:
                     await self.send_dead_letter(message, outcome)
             done = len(outcomes)
             self._handled(messages[:done])
-        await self.publish_outputs_soon({m.partition for m in messages[:done]})
-        self.metrics.note_scores(scored_in(messages, outcomes), time.time())
+        publishing = await self.publish_outputs_soon({m.partition for m in messages[:done]})
+        self._note_scores_once_published(list(scored_in(messages, outcomes)), publishing)
         for message in messages[done:]:
             await self.handle_message(message)
         await self.publish_model_updates()
@@ -198,7 +198,7 @@ class Worker:
         and the broker overlapping."""
         await asyncio.gather(*(self._drain_outbox(p) for p in sorted(partitions)))
 
-    async def publish_outputs_soon(self, partitions: Iterable[int]) -> None:
+    async def publish_outputs_soon(self, partitions: Iterable[int]) -> list[asyncio.Task[None]]:
         """Start publishing the outboxes a batch has just written to, without waiting for the
         broker's acknowledgements: the agent takes its next batch meanwhile, so a batch's
         round trips to the broker no longer lengthen the next batch's wait. The outputs are
@@ -208,7 +208,8 @@ class Worker:
         earlier batch's outputs is waited for first, so scoring runs at most a batch ahead of
         publishing. A rebalance and the shutdown wait for every publication in flight
         (:meth:`outputs_published`), so a partition's next owner does not publish the same
-        outbox at the same time."""
+        outbox at the same time. Returns the publications started."""
+        started = []
         for partition in sorted(set(partitions)):
             while (running := self._publishing.get(partition)) is not None and not running.done():
                 await asyncio.wait({running})
@@ -217,6 +218,19 @@ class Worker:
             )
             self._publishing[partition] = task
             task.add_done_callback(self._published)
+            started.append(task)
+        return started
+
+    def _note_scores_once_published(
+        self, scored: list[tuple[float | None, CustomerScore]], publishing: list[asyncio.Task[None]]
+    ) -> None:
+        """The latency metric runs to a score's publication: noted when ``publishing`` is
+        done (at once when nothing was to be published)."""
+        if not publishing:
+            self.metrics.note_scores(scored, time.time())
+            return
+        published = asyncio.gather(*publishing, return_exceptions=True)
+        published.add_done_callback(lambda _: self.metrics.note_scores(scored, time.time()))
 
     def _published(self, task: asyncio.Task[None]) -> None:
         for partition, running in list(self._publishing.items()):

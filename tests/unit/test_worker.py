@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from streamcrm.core.records import Alert, CustomerScore, DeadLetter
@@ -390,3 +391,25 @@ async def test_a_hand_over_waits_for_publications_at_most_half_the_session_timeo
     held.let_through.set()
     await worker.finish_publishing()
     assert len(published(outputs, "scores")) == 2
+
+
+@dataclass(frozen=True)
+class TimedMessage(Message):
+    """A message with its Kafka timestamp (epoch seconds; 0: none)."""
+
+    timestamp: float = 0.0
+
+
+async def test_a_scores_latency_is_noted_once_its_publication_is_done() -> None:
+    worker, outputs = await a_worker_past_its_first_message()
+    noted_before = worker.metrics.latency.count
+    held = HeldAcknowledgements(outputs)
+    batch = [TimedMessage(purchase("c1", 1.0), 1, timestamp=1.0), Message(purchase("c2", 1.0), 2)]
+
+    await worker.handle_batch(batch)
+
+    assert worker.metrics.latency.count == noted_before  # not published yet
+    held.let_through.set()
+    await worker.outputs_published()
+    await asyncio.sleep(0)  # the note follows the publication's completion
+    assert worker.metrics.latency.count == noted_before + 1  # c2's message had no timestamp
