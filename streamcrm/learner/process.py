@@ -23,6 +23,7 @@ from kafka.structs import OffsetAndMetadata
 
 from streamcrm.learner.learner import PositionedLearner
 from streamcrm.learner.resume import Start
+from streamcrm.services.collector import settle_collector
 from streamcrm.services.connections import kafka_client_options, redis_state_store
 from streamcrm.services.kafka import Record, topic_ids
 from streamcrm.settings import Settings
@@ -151,6 +152,7 @@ async def run_learner(settings: Settings, stop: asyncio.Event | None = None) -> 
             position,
             point.why,
         )
+        settle_collector()
         due = time.monotonic() + settings.model_checkpoint_interval_s
         alive = alive_file(settings)
         alive.parent.mkdir(parents=True, exist_ok=True)

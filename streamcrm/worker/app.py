@@ -16,7 +16,6 @@ agent that raises would ack the message and skip it forever.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
+from streamcrm.services.collector import settle_collector
 from streamcrm.services.connections import (
     faust_broker_credentials,
     kafka_client_options,
@@ -349,9 +349,5 @@ def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
     """
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
     worker.spinner = None
-    # Everything built so far (modules, classes, models, the app) lives as long as the
-    # process: keep it out of the collector's full scans, which otherwise walk its 190,000
-    # objects at every one and hold the event loop for 130-480 ms (docs/performance.md).
-    gc.collect()
-    gc.freeze()
+    settle_collector()
     return worker

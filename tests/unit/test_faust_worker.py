@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import faust
 import pytest
 
 from streamcrm.worker.app import faust_worker
+
+
+@pytest.fixture(autouse=True)
+def collector_restored() -> Iterator[None]:
+    """faust_worker settles the collector of the process it runs in: undo it for the tests
+    after these."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 @pytest.fixture
