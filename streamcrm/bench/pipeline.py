@@ -510,7 +510,12 @@ def _measure_components(
             began = time.perf_counter()
             for start in range(0, len(scored), batch):
                 chunk = scored[start : start + batch]
-                await store.load_many([result.state.customer_id for result in chunk])
+                # As the worker loads them: each under its message's partition (the id's).
+                partitions = {
+                    result.state.customer_id: store.partition_of(result.state.customer_id)
+                    for result in chunk
+                }
+                await store.load_many(list(partitions), partitions)
                 await store.save_batch(
                     [
                         PendingWrite(
@@ -522,9 +527,9 @@ def _measure_components(
                         for result in chunk
                     ]
                 )
-                if outbox:
-                    waiting = await store.outbox(0, 10 * batch)
-                    await store.clear_outbox(0, waiting)
+                for partition in sorted(set(partitions.values())) if outbox else ():
+                    waiting = await store.outbox(partition, 10 * batch)
+                    await store.clear_outbox(partition, waiting)
             return time.perf_counter() - began
         finally:
             await store.close()

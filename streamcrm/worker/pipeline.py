@@ -193,15 +193,26 @@ class ScoringPipeline:
         return self.time.for_partition(partition, holding_back)
 
     def watermark_for(
-        self, partition: int, occurred_at: datetime, newest: datetime | None
+        self,
+        partition: int,
+        occurred_at: datetime,
+        newest: datetime | None,
+        held: Sequence[str] | None = None,
     ) -> datetime | None:
         """The event time up to which every event of ``partition``'s customers is in, on every
         input topic, once an event of ``occurred_at`` is in on top of ``newest``: the
         watermark, held back by the topics still behind (:attr:`holding_back`). It closes
         churn windows and settles attribution and alert outcomes; a topic that runs ahead of
-        another (a worker catching up) cannot settle them early."""
-        held = () if self.holding_back is None else self.holding_back(partition)
+        another (a worker catching up) cannot settle them early. ``held``: the topics
+        holding ``partition`` back, if the caller knows them already."""
+        if held is None:
+            held = self.topics_holding_back(partition)
         return self.time.for_partition(partition, held, max(newest or occurred_at, occurred_at))
+
+    def topics_holding_back(self, partition: int) -> Sequence[str]:
+        """The input topics whose ``partition`` still has messages to apply here
+        (:attr:`holding_back`; none without it)."""
+        return () if self.holding_back is None else tuple(self.holding_back(partition))
 
     @property
     def topic_ids(self) -> dict[str, str | None]:
@@ -349,6 +360,12 @@ class ScoringPipeline:
         its partition's marks from before the states were loaded (``guards``)."""
         planned: list[_Planned] = []
         newest = self.time.newest
+        # No message is applied while the batch is planned: what holds a partition back
+        # stays the same throughout, so it is asked once a partition.
+        held = {
+            partition: self.topics_holding_back(partition)
+            for partition in {message.partition for message in messages}
+        }
         for message, event in zip(messages, events, strict=True):
             # Each write carries the partition's mark from before the batch: the batch is
             # written in one atomic step, so a mark below it means writes lost before.
@@ -357,7 +374,13 @@ class ScoringPipeline:
                 plan = _Planned(event, PendingWrite(position), self.live.queued())
             else:
                 plan = self._plan_event(
-                    event, position, message.partition, states, newest, guards[message.partition]
+                    event,
+                    position,
+                    message.partition,
+                    states,
+                    newest,
+                    guards[message.partition],
+                    held[message.partition],
                 )
                 if isinstance(plan.outcome, ScoredEvent) and plan.outcome.score is not None:
                     newest = max(newest or event.occurred_at, event.occurred_at)
@@ -372,11 +395,13 @@ class ScoringPipeline:
         states: dict[str, CustomerState | None],
         newest: datetime | None,
         guard: tuple[tuple[str, int], ...] = (),
+        held: Sequence[str] | None = None,
     ) -> _Planned:
         """Score one event on its customer's state so far (``states``, updated in place),
         with the watermark the event itself may move; its write (None: a duplicate, or a
         failure with no mark to move). ``partition`` files the customer in the due index;
-        a write carrying the state holds ``guard`` (the partition's marks before the load)."""
+        a write carrying the state holds ``guard`` (the partition's marks before the load);
+        ``held``: the topics holding the partition back, if known (:meth:`watermark_for`)."""
         queued = self.live.queued()
         try:
             scored = score_event(
@@ -384,7 +409,7 @@ class ScoringPipeline:
                 event,
                 self.live.bundle,
                 self.config,
-                self.watermark_for(partition, event.occurred_at, newest),
+                self.watermark_for(partition, event.occurred_at, newest, held),
                 learner=self.live.updates,
             )
         except Exception as error:  # noqa: BLE001 - dead-lettered with its mark moved

@@ -410,3 +410,35 @@ async def test_writes_whose_reply_was_lost_are_still_held_and_their_loss_is_foun
         await one_by_one(pipeline, message)
     applied = [await store.load(f"c{i}") for i in range(3)]
     assert [s.order_count for s in applied if s is not None] == [3, 3, 2]
+
+
+async def test_a_batch_asks_once_a_partition_which_topics_hold_it_back_and_is_held_by_them() -> (
+    None
+):
+    # The feedback topic of partition 0 still has messages to apply: the purchases' watermark
+    # may not pass the newest feedback seen, whichever way the batch is scored.
+    asked: list[int] = []
+
+    def feedback_pending(partition: int) -> list[str]:
+        asked.append(partition)
+        return ["crm.feedback"] if partition == 0 else []
+
+    alone, batched = InMemoryStateStore(), InMemoryStateStore()
+    by_one, by_batch = shared_pipeline(alone), shared_pipeline(batched)
+    warm_up = [
+        Message(feedback("c0", day=0), 0, topic="crm.feedback"),
+        *(Message(purchase(f"c{8 + partition}", day=0), 0, partition) for partition in (0, 1)),
+    ]
+    for pipeline in (by_one, by_batch):
+        pipeline.holding_back = feedback_pending
+        for message in warm_up:
+            await one_by_one(pipeline, message)
+    stream = [Message(purchase(f"c{i}", day=40 + i), 1 + i // 2, partition=i % 2) for i in range(6)]
+    expected = [await one_by_one(by_one, message) for message in stream]
+    asked.clear()
+
+    got = await by_batch.handle_batch(stream)
+
+    assert sorted(asked) == [0, 1]
+    assert [summary(o) for o in got] == [summary(o) for o in expected]
+    assert batched._states == alone._states and batched._due == alone._due
