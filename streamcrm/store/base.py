@@ -181,13 +181,23 @@ class OutboxRecord:
         """:func:`output_fingerprint` of the record as it is sent (computed once)."""
         return output_fingerprint(self.record_id, self.value.encode())
 
-    def to_json(self) -> str:
+    @cached_property
+    def stored_json(self) -> str:
+        """The record as an outbox holds it: the JSON array [kind, key, value, id]. A record
+        read from an outbox keeps the exact text it was read as, which is what clearing it
+        compares (nothing is serialised again)."""
         return json.dumps([self.kind, self.key, self.value, self.record_id])
+
+    def to_json(self) -> str:
+        return self.stored_json
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> OutboxRecord:
-        kind, key, value, record_id = json.loads(raw)
-        return cls(kind, key, value, record_id)
+        text = raw if isinstance(raw, str) else raw.decode()
+        kind, key, value, record_id = json.loads(text)
+        record = cls(kind, key, value, record_id)
+        record.__dict__["stored_json"] = text  # a cached_property's own slot: frozen allows it
+        return record
 
     @classmethod
     def of_score(cls, score: CustomerScore) -> OutboxRecord:
