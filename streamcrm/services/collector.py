@@ -6,7 +6,7 @@ an older generation walks every object in it. A scoring worker allocates thousan
 short-lived containers a batch (decoded events, loaded states, features, scores), so with the
 default it collects the young generation every few events and lets some of those temporaries
 survive into the older generations, which then fill up and are walked again and again. In a
-scoring worker through 20,000 customers' fortnight (50,000 events, Apache Kafka, learner in
+scoring worker through 20,000 customers' fortnight (58,334 events, Apache Kafka, learner in
 its own process) the collector took 4.2–6.5 s of the worker's 46–57 CPU seconds, 61–63 full
 collections of about 30 ms each holding the event loop (docs/performance.md).
 
